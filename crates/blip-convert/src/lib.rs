@@ -1,0 +1,491 @@
+//! BLIP checkpoint → blip-onnx model package, written natively node by node (no torch, no tracing).
+//!
+//! [`convert`] reads the checkpoint ([`blip_checkpoint`]), builds one graph per role ([`graphs`]),
+//! streams each to disk ([`onnx_writer`]) inside a temporary folder next to the output, writes the
+//! tokenizer and the manifest, and only then renames the folder into place: a failed conversion
+//! leaves nothing behind.
+
+mod graphs;
+mod net;
+mod pos_embed;
+mod tokenizer;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use blip_checkpoint::{BlipConfig, Checkpoint, CheckpointError, Head, infer_config_from_shapes};
+use blip_package::{
+    GraphEntry, Manifest, ModelDims, Preprocess, Producer, Source, TensorSpec, Tokens,
+};
+use onnx_writer::{Dim, ModelInfo, WriteError};
+use sha2::{Digest, Sha256};
+
+pub use onnx_writer::ExternalData;
+pub use pos_embed::interpolate as interpolate_pos_embed;
+
+/// Opset of the standard-ops graphs (LayerNormalization needs 17).
+pub const OPSET: i64 = 17;
+/// IR version matching opset 17.
+pub const IR_VERSION: i64 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error(
+        "cannot tell which BLIP head {path} is (no architectures in config.json, and the tensor names match none); pass --head caption|retrieval|vqa"
+    )]
+    UnknownHead { path: PathBuf },
+    #[error("--head {asked} does not match the checkpoint, which has no {missing} tensors")]
+    HeadMismatch { asked: String, missing: String },
+    #[error("output {path} already exists; pass --force to replace it")]
+    OutputExists { path: PathBuf },
+    #[error("cannot write the package next to {path}: {source}")]
+    Unwritable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--image-size {size} is not a multiple of the patch size {patch}")]
+    ImageSize { size: usize, patch: usize },
+    #[error(
+        "no tokenizer found (looked for tokenizer.json and vocab.txt in {looked}); pass --tokenizer PATH"
+    )]
+    NoTokenizer { looked: String },
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("writing graph: {0}")]
+    Write(#[from] WriteError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, ConvertError>;
+
+#[derive(Debug, Clone, Default)]
+pub struct ConvertOptions {
+    /// Image size of the package; position embeddings are interpolated when it differs from the checkpoint's.
+    pub image_size: Option<usize>,
+    /// A Hugging Face config.json to use instead of the checkpoint's (or of shape inference for `.pth`).
+    pub config: Option<PathBuf>,
+    /// tokenizer.json / vocab.txt, or a folder holding one.
+    pub tokenizer: Option<PathBuf>,
+    pub head: Option<Head>,
+    pub force: bool,
+    pub external_data: ExternalData,
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone)]
+pub struct ConvertReport {
+    pub output: PathBuf,
+    pub head: Head,
+    pub graphs: Vec<GraphReport>,
+    pub hash_seconds: f64,
+    pub total_seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct GraphReport {
+    pub role: String,
+    pub bytes: u64,
+    pub nodes: usize,
+    pub seconds: f64,
+}
+
+fn roles(head: Head) -> &'static [&'static str] {
+    use blip_package::*;
+    match head {
+        Head::Caption => &[VISION_ENCODER, CROSS_KV, DECODER],
+        Head::Retrieval => &[VISION_ENCODER, TEXT_ENCODER, ITM],
+        Head::Vqa => &[VISION_ENCODER, VQA_QUESTION_ENCODER, CROSS_KV, DECODER],
+    }
+}
+
+fn required_prefix(head: Head) -> &'static str {
+    match head {
+        Head::Caption => "text_decoder.",
+        Head::Retrieval => "itm_head.",
+        Head::Vqa => "text_encoder.",
+    }
+}
+
+/// sha256 over the weight files (read through, not mapped, so hashing does not grow RSS).
+fn hash_files(files: &[PathBuf]) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files {
+        let mut file = std::fs::File::open(f).map_err(|source| ConvertError::Io {
+            path: f.clone(),
+            source,
+        })?;
+        loop {
+            let n = file.read(&mut buf).map_err(|source| ConvertError::Io {
+                path: f.clone(),
+                source,
+            })?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn hash_file(path: &Path) -> Result<String> {
+    hash_files(&[path.to_path_buf()])
+}
+
+fn spec(s: &graphs::IoSpec) -> TensorSpec {
+    TensorSpec {
+        name: s.name.clone(),
+        dtype: s.dtype.name().to_string(),
+        dims: s
+            .dims
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(v) => serde_json::json!(v),
+                Dim::Sym(n) => serde_json::json!(n),
+            })
+            .collect(),
+    }
+}
+
+/// Loads the configuration: `--config`, the folder's config.json, or (for `.pth`) inferred from shapes.
+fn load_config(ck: &Checkpoint, opts: &ConvertOptions) -> Result<(BlipConfig, Head)> {
+    let mut cfg = match (&opts.config, &ck.config_file) {
+        (Some(p), _) | (None, Some(p)) => BlipConfig::from_file(p)?,
+        (None, None) => {
+            let head = opts
+                .head
+                .or_else(|| Head::from_tensor_names(ck.names()))
+                .ok_or(ConvertError::UnknownHead {
+                    path: ck.path.clone(),
+                })?;
+            infer_config_from_shapes(&ck.shapes(), head).map_err(|message| {
+                ConvertError::Config {
+                    path: ck.path.clone(),
+                    message,
+                }
+            })?
+        }
+    };
+    let head = opts
+        .head
+        .or(cfg.head)
+        .or_else(|| Head::from_tensor_names(ck.names()))
+        .ok_or(ConvertError::UnknownHead {
+            path: ck.path.clone(),
+        })?;
+    let prefix = required_prefix(head);
+    if !ck.names().any(|n| n.starts_with(prefix)) {
+        return Err(ConvertError::HeadMismatch {
+            asked: head.name().into(),
+            missing: prefix.trim_end_matches('.').into(),
+        });
+    }
+    cfg.head = Some(head);
+    Ok((cfg, head))
+}
+
+/// Converts `checkpoint` into a package folder at `output`.
+pub fn convert(checkpoint: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+    let start = Instant::now();
+    if output.exists() && !opts.force {
+        return Err(ConvertError::OutputExists {
+            path: output.to_path_buf(),
+        });
+    }
+    let ck = Checkpoint::open(checkpoint)?;
+    let (mut cfg, head) = load_config(&ck, opts)?;
+
+    // Position embeddings: keep, or interpolate to the requested size.
+    let trained_size = {
+        let pos = "vision_model.embeddings.position_embedding";
+        let rows = ck.shape(pos).and_then(|s| s.get(1).copied()).unwrap_or(0);
+        let grid = ((rows.max(1) - 1) as f64).sqrt().round() as usize;
+        if grid * grid + 1 == rows {
+            grid * cfg.vision.patch_size
+        } else {
+            cfg.vision.image_size
+        }
+    };
+    cfg.vision.image_size = trained_size;
+    let target_size = opts.image_size.unwrap_or(trained_size);
+    if target_size == 0 || target_size % cfg.vision.patch_size != 0 {
+        return Err(ConvertError::ImageSize {
+            size: target_size,
+            patch: cfg.vision.patch_size,
+        });
+    }
+    let pos_embed = if target_size != trained_size {
+        let key = "vision_model.embeddings.position_embedding";
+        let d = cfg.vision.hidden_size;
+        let g_in = trained_size / cfg.vision.patch_size;
+        ck.expect_shape(key, &[1, g_in * g_in + 1, d])?;
+        let values = ck.f32(key)?;
+        cfg.vision.image_size = target_size;
+        Some(pos_embed::interpolate(
+            &values,
+            d,
+            g_in,
+            target_size / cfg.vision.patch_size,
+        ))
+    } else {
+        None
+    };
+    let checkpoint_dir = if checkpoint.is_dir() {
+        Some(checkpoint)
+    } else {
+        None
+    };
+    let tok = tokenizer::resolve(
+        opts.tokenizer.as_deref(),
+        checkpoint_dir,
+        cfg.text.vocab_size,
+    )?;
+
+    // Everything is written into a hidden sibling folder, renamed into place at the end.
+    let parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "package".into());
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|source| ConvertError::Unwritable {
+        path: output.to_path_buf(),
+        source,
+    })?;
+    let result = write_package(
+        &ck,
+        &cfg,
+        head,
+        pos_embed,
+        &tok,
+        &tmp,
+        opts,
+        trained_size,
+        start,
+    );
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if let Err(e) = replace_dir(&tmp, output) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    Ok(ConvertReport {
+        output: output.to_path_buf(),
+        total_seconds: start.elapsed().as_secs_f64(),
+        ..report
+    })
+}
+
+fn replace_dir(tmp: &Path, output: &Path) -> Result<()> {
+    let io = |source| ConvertError::Io {
+        path: output.to_path_buf(),
+        source,
+    };
+    if output.exists() {
+        let old = output.with_file_name(format!(
+            ".{}.old-{}",
+            output
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        std::fs::rename(output, &old).map_err(io)?;
+        if let Err(e) = std::fs::rename(tmp, output) {
+            let _ = std::fs::rename(&old, output);
+            return Err(io(e));
+        }
+        if old.is_dir() {
+            std::fs::remove_dir_all(&old)
+        } else {
+            std::fs::remove_file(&old)
+        }
+        .map_err(io)?;
+    } else {
+        std::fs::rename(tmp, output).map_err(io)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_package(
+    ck: &Checkpoint,
+    cfg: &BlipConfig,
+    head: Head,
+    mut pos_embed: Option<Vec<f32>>,
+    tok: &tokenizer::PackageTokenizer,
+    dir: &Path,
+    opts: &ConvertOptions,
+    trained_size: usize,
+    start: Instant,
+) -> Result<ConvertReport> {
+    let t_hash = Instant::now();
+    let source_sha = hash_files(&ck.files)?;
+    let hash_seconds = t_hash.elapsed().as_secs_f64();
+    let tokenizer_path = dir.join(blip_package::TOKENIZER_FILE);
+    tok.tokenizer
+        .save(&tokenizer_path, false)
+        .map_err(|e| ConvertError::Tokenizer {
+            path: tokenizer_path.clone(),
+            message: e.to_string(),
+        })?;
+
+    let info = ModelInfo {
+        ir_version: IR_VERSION,
+        opsets: vec![(String::new(), OPSET)],
+        producer_name: "blip-onnx".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc: format!(
+            "BLIP {} converted by blip-onnx from {}",
+            head.name(),
+            ck.format.name()
+        ),
+        metadata: vec![
+            ("source_sha256".into(), source_sha.clone()),
+            ("head".into(), head.name().into()),
+        ],
+    };
+    let mut entries = BTreeMap::new();
+    let mut reports = Vec::new();
+    for role in roles(head) {
+        let t0 = Instant::now();
+        let net = net::Net::new(role, ck);
+        let built = match *role {
+            blip_package::VISION_ENCODER => {
+                graphs::vision_encoder(net, cfg, head, pos_embed.take())?
+            }
+            blip_package::TEXT_ENCODER => graphs::text_encoder(net, cfg)?,
+            blip_package::ITM => graphs::itm(net, cfg)?,
+            blip_package::VQA_QUESTION_ENCODER => graphs::vqa_question_encoder(net, cfg)?,
+            blip_package::CROSS_KV => graphs::cross_kv(net, cfg, head)?,
+            blip_package::DECODER => graphs::decoder(net, cfg, head, ck)?,
+            other => unreachable!("unknown role {other}. This is a bug."),
+        };
+        let file = format!("{role}.onnx");
+        let path = dir.join(&file);
+        let nodes = built.net.g.node_count();
+        let stats = onnx_writer::save_model(built.net.g, &info, &path, opts.external_data)?;
+        tracing::info!(
+            role,
+            nodes,
+            bytes = stats.onnx_bytes + stats.data_bytes,
+            "wrote graph"
+        );
+        entries.insert(
+            role.to_string(),
+            GraphEntry {
+                file,
+                data_file: stats.data_file.clone(),
+                sha256: hash_file(&path)?,
+                bytes: stats.onnx_bytes + stats.data_bytes,
+                precision: "fp32".into(),
+                inputs: built.inputs.iter().map(spec).collect(),
+                outputs: built.outputs.iter().map(spec).collect(),
+            },
+        );
+        reports.push(GraphReport {
+            role: role.to_string(),
+            bytes: stats.onnx_bytes + stats.data_bytes,
+            nodes,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+
+    let v = &cfg.vision;
+    let t = &cfg.text;
+    let grid = v.image_size / v.patch_size;
+    let manifest = Manifest {
+        format: blip_package::FORMAT.into(),
+        format_version: blip_package::FORMAT_VERSION,
+        producer: Producer {
+            name: "blip-onnx".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        source: Source {
+            name: ck
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            format: ck.format.name().into(),
+            sha256: source_sha,
+            files: ck
+                .files
+                .iter()
+                .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect(),
+            interpolated_from_image_size: (trained_size != v.image_size).then_some(trained_size),
+        },
+        head: head.name().into(),
+        model: ModelDims {
+            vision_hidden_size: v.hidden_size,
+            vision_layers: v.num_hidden_layers,
+            vision_heads: v.num_attention_heads,
+            patch_size: v.patch_size,
+            image_size: v.image_size,
+            image_tokens: grid * grid + 1,
+            text_hidden_size: t.hidden_size,
+            text_layers: t.num_hidden_layers,
+            text_heads: t.num_attention_heads,
+            vocab_size: t.vocab_size,
+            max_position_embeddings: t.max_position_embeddings,
+            embed_dim: (head == Head::Retrieval).then_some(cfg.image_text_hidden_size),
+        },
+        preprocess: Preprocess::blip(v.image_size),
+        tokens: Tokens {
+            bos: tok.bos,
+            enc: tok.enc,
+            cls: tok.cls,
+            sep: tok.sep,
+            eos: tok.sep,
+            pad: tok.pad,
+            max_text_tokens: 35,
+        },
+        opset: OPSET,
+        precision: "fp32".into(),
+        tokenizer: blip_package::TOKENIZER_FILE.into(),
+        graphs: entries,
+    };
+    if t.bos_token_id != tok.bos || t.sep_token_id != tok.sep || t.pad_token_id != tok.pad {
+        tracing::warn!(
+            config_bos = t.bos_token_id,
+            tokenizer_bos = tok.bos,
+            "config token ids differ from the tokenizer's; the manifest uses the tokenizer's"
+        );
+    }
+    let path = dir.join(blip_package::MANIFEST_FILE);
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| ConvertError::Io {
+        path: path.clone(),
+        source: e.into(),
+    })?;
+    std::fs::write(&path, text + "\n").map_err(|source| ConvertError::Io { path, source })?;
+    Ok(ConvertReport {
+        output: dir.to_path_buf(),
+        head,
+        graphs: reports,
+        hash_seconds,
+        total_seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,232 @@
+//! The blip-onnx model package: a folder with `blip.json` (this manifest), `tokenizer.json` and one
+//! ONNX graph per role. Written by the converter, read by the runtime and the checks.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const MANIFEST_FILE: &str = "blip.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const FORMAT: &str = "blip-onnx-package";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Graph roles, in the order a package lists them.
+pub const VISION_ENCODER: &str = "vision_encoder";
+pub const TEXT_ENCODER: &str = "text_encoder";
+pub const ITM: &str = "itm";
+pub const VQA_QUESTION_ENCODER: &str = "vqa_question_encoder";
+pub const CROSS_KV: &str = "cross_kv";
+pub const DECODER: &str = "decoder";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("{path}: not a blip-onnx package (no {MANIFEST_FILE})")]
+    NoManifest { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid manifest: {message}")]
+    BadManifest { path: PathBuf, message: String },
+    #[error("{path}: graph {graph} is listed in the manifest but its file {file} is missing")]
+    MissingGraphFile {
+        path: PathBuf,
+        graph: String,
+        file: String,
+    },
+    #[error("package {path} has no {graph} graph (head {head})")]
+    NoSuchGraph {
+        path: PathBuf,
+        graph: String,
+        head: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub producer: Producer,
+    pub source: Source,
+    /// caption | retrieval | vqa
+    pub head: String,
+    pub model: ModelDims,
+    pub preprocess: Preprocess,
+    pub tokens: Tokens,
+    pub opset: i64,
+    pub precision: String,
+    pub tokenizer: String,
+    pub graphs: BTreeMap<String, GraphEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Producer {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Source {
+    /// File or folder name the package was converted from (no absolute paths: packages move).
+    pub name: String,
+    /// hf-safetensors | hf-pytorch-bin | salesforce-pth
+    pub format: String,
+    /// sha256 over the weight files, in order (one file: that file's sha256).
+    pub sha256: String,
+    pub files: Vec<String>,
+    /// Set when position embeddings were interpolated from the checkpoint's grid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpolated_from_image_size: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelDims {
+    pub vision_hidden_size: usize,
+    pub vision_layers: usize,
+    pub vision_heads: usize,
+    pub patch_size: usize,
+    pub image_size: usize,
+    /// Image tokens: patches + [CLS].
+    pub image_tokens: usize,
+    pub text_hidden_size: usize,
+    pub text_layers: usize,
+    pub text_heads: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed_dim: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Preprocess {
+    pub image_size: usize,
+    /// Pillow-compatible resample filter name.
+    pub resample: String,
+    pub crop: bool,
+    pub rescale: f64,
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+}
+
+impl Preprocess {
+    /// BLIP's eval transform: square bicubic resize, no crop, CLIP mean/std.
+    pub fn blip(image_size: usize) -> Self {
+        Preprocess {
+            image_size,
+            resample: "bicubic".into(),
+            crop: false,
+            rescale: 1.0 / 255.0,
+            mean: [0.48145466, 0.4578275, 0.40821073],
+            std: [0.26862954, 0.26130258, 0.27577711],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Tokens {
+    pub bos: i64,
+    pub enc: i64,
+    pub cls: i64,
+    pub sep: i64,
+    pub eos: i64,
+    pub pad: i64,
+    /// Text truncation the reference applies to retrieval texts and VQA questions.
+    pub max_text_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: String,
+    /// Fixed sizes as numbers, symbolic ones as names.
+    pub dims: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GraphEntry {
+    pub file: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_file: Option<String>,
+    pub sha256: String,
+    pub bytes: u64,
+    pub precision: String,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// An opened package folder.
+#[derive(Debug, Clone)]
+pub struct Package {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Package {
+    pub fn open(dir: &Path) -> Result<Package, PackageError> {
+        let path = dir.join(MANIFEST_FILE);
+        if !path.is_file() {
+            return Err(PackageError::NoManifest {
+                path: dir.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| PackageError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| PackageError::BadManifest {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        if manifest.format != FORMAT {
+            return Err(PackageError::BadManifest {
+                path,
+                message: format!("format is {:?}, expected {FORMAT:?}", manifest.format),
+            });
+        }
+        if manifest.format_version > FORMAT_VERSION {
+            return Err(PackageError::BadManifest {
+                path,
+                message: format!(
+                    "format_version {} is newer than this tool understands ({FORMAT_VERSION})",
+                    manifest.format_version
+                ),
+            });
+        }
+        for (name, g) in &manifest.graphs {
+            if !dir.join(&g.file).is_file() {
+                return Err(PackageError::MissingGraphFile {
+                    path: dir.to_path_buf(),
+                    graph: name.clone(),
+                    file: g.file.clone(),
+                });
+            }
+        }
+        Ok(Package {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    pub fn graph(&self, role: &str) -> Result<&GraphEntry, PackageError> {
+        self.manifest
+            .graphs
+            .get(role)
+            .ok_or_else(|| PackageError::NoSuchGraph {
+                path: self.dir.clone(),
+                graph: role.to_string(),
+                head: self.manifest.head.clone(),
+            })
+    }
+
+    pub fn graph_path(&self, role: &str) -> Result<PathBuf, PackageError> {
+        Ok(self.dir.join(&self.graph(role)?.file))
+    }
+
+    pub fn tokenizer_path(&self) -> PathBuf {
+        self.dir.join(&self.manifest.tokenizer)
+    }
+}

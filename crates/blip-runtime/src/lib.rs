@@ -1,0 +1,194 @@
+//! Running blip-onnx packages on ONNX Runtime.
+//!
+//! ONNX Runtime is not linked: the shared library from the PyPI `onnxruntime` wheel is loaded at run
+//! time (`scripts/fetch-onnxruntime.sh` fetches it, pinned by version and sha256). [`Runtime::init`]
+//! finds it through `ORT_DYLIB_PATH` or the fetch script's cache folder and refuses a missing or too old
+//! library with one line that says how to fix it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+pub use blip_package::{Package, PackageError};
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+
+/// The ONNX Runtime release the fetch script pins.
+pub const ORT_VERSION: &str = "1.32.0";
+/// Oldest minor version this build's C API (`api-31`) accepts.
+pub const ORT_MIN_MINOR: u32 = 31;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "ONNX Runtime library not found (looked at {looked}); run `eval \"$(scripts/fetch-onnxruntime.sh)\"` or set ORT_DYLIB_PATH to libonnxruntime.so.{ORT_VERSION}"
+    )]
+    LibraryNotFound { looked: String },
+    #[error(
+        "{path} is not a usable ONNX Runtime library (version {found}; need 1.{ORT_MIN_MINOR} or newer); run `eval \"$(scripts/fetch-onnxruntime.sh)\"` to get {ORT_VERSION}"
+    )]
+    LibraryVersion { path: PathBuf, found: String },
+    #[error("loading ONNX Runtime from {path}: {message}")]
+    LibraryLoad { path: PathBuf, message: String },
+    #[error("loading graph {path}: {message}")]
+    Session { path: PathBuf, message: String },
+    #[error("running {graph}: {message}")]
+    Inference { graph: String, message: String },
+    #[error(transparent)]
+    Package(#[from] PackageError),
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// Where the fetch script caches the library (keep in sync with scripts/fetch-onnxruntime.sh).
+pub fn cached_library_path() -> Option<PathBuf> {
+    let base = std::env::var_os("BLIP_ONNX_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(|x| PathBuf::from(x).join("blip-onnx"))
+                .or_else(|| {
+                    std::env::var_os("HOME")
+                        .map(|h| PathBuf::from(h).join(".cache").join("blip-onnx"))
+                })
+        })?;
+    Some(
+        base.join(format!("onnxruntime-{ORT_VERSION}"))
+            .join(format!("libonnxruntime.so.{ORT_VERSION}")),
+    )
+}
+
+/// Resolves the library: `ORT_DYLIB_PATH` first (as ort itself does), then the fetch script's cache.
+pub fn find_library() -> Result<PathBuf> {
+    let mut looked = Vec::new();
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        looked.push(format!("ORT_DYLIB_PATH={}", p.display()));
+    }
+    if let Some(p) = cached_library_path() {
+        if p.is_file() {
+            return Ok(p);
+        }
+        looked.push(p.display().to_string());
+    }
+    Err(RuntimeError::LibraryNotFound {
+        looked: looked.join(", "),
+    })
+}
+
+/// Graph optimisation level for sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OptLevel {
+    Disable,
+    Basic,
+    Extended,
+    #[default]
+    All,
+}
+
+/// Session settings.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Intra-op threads; 0 lets ONNX Runtime decide (one per core).
+    pub intra_threads: usize,
+    pub inter_threads: usize,
+    pub opt_level: OptLevel,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            intra_threads: 0,
+            inter_threads: 1,
+            opt_level: OptLevel::All,
+        }
+    }
+}
+
+/// A loaded ONNX Runtime (the library is loaded once per process).
+#[derive(Clone)]
+pub struct Runtime {
+    env: Arc<ort::environment::Environment>,
+    pub library: PathBuf,
+    pub minor_version: u32,
+}
+
+static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
+
+impl Runtime {
+    /// Loads ONNX Runtime (once; later calls return the same runtime).
+    pub fn init() -> Result<Runtime> {
+        let lib = find_library()?;
+        let result = RUNTIME.get_or_init(|| Self::load(&lib).map_err(|e| e.to_string()));
+        result
+            .clone()
+            .map_err(|message| RuntimeError::LibraryLoad { path: lib, message })
+    }
+
+    fn load(lib: &Path) -> Result<Runtime> {
+        let minor = ort::util::probe(lib).ok_or_else(|| RuntimeError::LibraryVersion {
+            path: lib.to_path_buf(),
+            found: "unknown: the file does not load as ONNX Runtime".into(),
+        })?;
+        if minor < ORT_MIN_MINOR {
+            return Err(RuntimeError::LibraryVersion {
+                path: lib.to_path_buf(),
+                found: format!("1.{minor}"),
+            });
+        }
+        let load = |message: String| RuntimeError::LibraryLoad {
+            path: lib.to_path_buf(),
+            message,
+        };
+        let env = ort::init_from(lib)
+            .map_err(|e| load(e.to_string()))?
+            .with_name("blip-onnx")
+            .build()
+            .map_err(|e| load(e.to_string()))?;
+        Ok(Runtime {
+            env: Arc::new(env),
+            library: lib.to_path_buf(),
+            minor_version: minor,
+        })
+    }
+
+    /// Opens one graph file as a session.
+    pub fn session(&self, path: &Path, opts: &SessionOptions) -> Result<Session> {
+        let err = |message: String| RuntimeError::Session {
+            path: path.to_path_buf(),
+            message,
+        };
+        let level = match opts.opt_level {
+            OptLevel::Disable => GraphOptimizationLevel::Disable,
+            OptLevel::Basic => GraphOptimizationLevel::Level1,
+            OptLevel::Extended => GraphOptimizationLevel::Level2,
+            OptLevel::All => GraphOptimizationLevel::All,
+        };
+        let mut builder = Session::builder(&self.env)
+            .map_err(|e| err(e.to_string()))?
+            .with_optimization_level(level)
+            .map_err(|e| err(e.to_string()))?
+            .with_inter_threads(opts.inter_threads.max(1))
+            .map_err(|e| err(e.to_string()))?;
+        if opts.intra_threads > 0 {
+            builder = builder
+                .with_intra_threads(opts.intra_threads)
+                .map_err(|e| err(e.to_string()))?;
+        }
+        builder
+            .commit_from_file(path)
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// Opens the graph of `role` in a package.
+    pub fn package_session(
+        &self,
+        package: &Package,
+        role: &str,
+        opts: &SessionOptions,
+    ) -> Result<Session> {
+        self.session(&package.graph_path(role)?, opts)
+    }
+}

@@ -1,0 +1,344 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::{CheckpointError, Result};
+
+/// Which BLIP task head a checkpoint carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// `BlipForConditionalGeneration`: vision encoder + text decoder.
+    Caption,
+    /// `BlipForImageTextRetrieval`: vision encoder + text encoder + ITC projections + ITM head.
+    Retrieval,
+    /// `BlipForQuestionAnswering`: vision encoder + question encoder + answer decoder.
+    Vqa,
+}
+
+impl Head {
+    pub fn name(self) -> &'static str {
+        match self {
+            Head::Caption => "caption",
+            Head::Retrieval => "retrieval",
+            Head::Vqa => "vqa",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Head> {
+        match s {
+            "caption" => Some(Head::Caption),
+            "retrieval" | "itm" => Some(Head::Retrieval),
+            "vqa" => Some(Head::Vqa),
+            _ => None,
+        }
+    }
+
+    fn from_architecture(a: &str) -> Option<Head> {
+        match a {
+            "BlipForConditionalGeneration" => Some(Head::Caption),
+            "BlipForImageTextRetrieval" => Some(Head::Retrieval),
+            "BlipForQuestionAnswering" => Some(Head::Vqa),
+            _ => None,
+        }
+    }
+
+    /// Guesses the head from tensor names (for `.pth` files and configs without `architectures`).
+    pub fn from_tensor_names<'a>(mut names: impl Iterator<Item = &'a str>) -> Option<Head> {
+        let (mut itm, mut enc, mut dec) = (false, false, false);
+        for n in names.by_ref() {
+            itm |= n.starts_with("itm_head.");
+            enc |= n.starts_with("text_encoder.");
+            dec |= n.starts_with("text_decoder.");
+        }
+        match (itm, enc, dec) {
+            (true, true, _) => Some(Head::Retrieval),
+            (false, true, true) => Some(Head::Vqa),
+            (false, false, true) => Some(Head::Caption),
+            _ => None,
+        }
+    }
+}
+
+fn d_vocab() -> usize {
+    30524
+}
+fn d_768() -> usize {
+    768
+}
+fn d_3072() -> usize {
+    3072
+}
+fn d_12() -> usize {
+    12
+}
+fn d_8() -> usize {
+    8
+}
+fn d_512() -> usize {
+    512
+}
+fn d_gelu() -> String {
+    "gelu".into()
+}
+fn d_eps_text() -> f64 {
+    1e-12
+}
+fn d_eps_vision() -> f64 {
+    1e-5
+}
+fn d_bos() -> i64 {
+    30522
+}
+fn d_pad() -> i64 {
+    0
+}
+fn d_sep() -> i64 {
+    102
+}
+fn d_384() -> usize {
+    384
+}
+fn d_16() -> usize {
+    16
+}
+fn d_256() -> usize {
+    256
+}
+
+/// `text_config` of a BLIP config.json, with transformers' defaults.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct TextConfig {
+    #[serde(default = "d_vocab")]
+    pub vocab_size: usize,
+    #[serde(default = "d_768")]
+    pub hidden_size: usize,
+    #[serde(default = "d_3072")]
+    pub intermediate_size: usize,
+    #[serde(default = "d_12")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "d_8")]
+    pub num_attention_heads: usize,
+    #[serde(default = "d_512")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "d_gelu")]
+    pub hidden_act: String,
+    #[serde(default = "d_eps_text")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "d_bos")]
+    pub bos_token_id: i64,
+    #[serde(default = "d_pad")]
+    pub pad_token_id: i64,
+    #[serde(default = "d_sep")]
+    pub sep_token_id: i64,
+}
+
+/// `vision_config` of a BLIP config.json, with transformers' defaults.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct VisionConfig {
+    #[serde(default = "d_768")]
+    pub hidden_size: usize,
+    #[serde(default = "d_3072")]
+    pub intermediate_size: usize,
+    #[serde(default = "d_12")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "d_12")]
+    pub num_attention_heads: usize,
+    #[serde(default = "d_384")]
+    pub image_size: usize,
+    #[serde(default = "d_16")]
+    pub patch_size: usize,
+    #[serde(default = "d_gelu")]
+    pub hidden_act: String,
+    #[serde(default = "d_eps_vision")]
+    pub layer_norm_eps: f64,
+}
+
+impl Default for TextConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialize. This is a bug.")
+    }
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialize. This is a bug.")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    model_type: Option<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
+    #[serde(default)]
+    text_config: Option<TextConfig>,
+    #[serde(default)]
+    vision_config: Option<VisionConfig>,
+    #[serde(default = "d_256")]
+    image_text_hidden_size: usize,
+}
+
+/// The parts of a BLIP configuration the converter needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlipConfig {
+    pub head: Option<Head>,
+    pub text: TextConfig,
+    pub vision: VisionConfig,
+    pub image_text_hidden_size: usize,
+}
+
+impl BlipConfig {
+    /// Reads a Hugging Face BLIP `config.json`.
+    pub fn from_file(path: &Path) -> Result<BlipConfig> {
+        let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let raw: RawConfig =
+            serde_json::from_str(&text).map_err(|e| CheckpointError::BadConfig {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        match raw.model_type.as_deref() {
+            Some("blip") => {}
+            other => {
+                return Err(CheckpointError::UnknownModelType {
+                    path: path.to_path_buf(),
+                    found: other.unwrap_or("<missing>").to_string(),
+                });
+            }
+        }
+        let cfg = BlipConfig {
+            head: raw
+                .architectures
+                .iter()
+                .find_map(|a| Head::from_architecture(a)),
+            text: raw.text_config.unwrap_or_default(),
+            vision: raw.vision_config.unwrap_or_default(),
+            image_text_hidden_size: raw.image_text_hidden_size,
+        };
+        cfg.validate()
+            .map_err(|message| CheckpointError::BadConfig {
+                path: path.to_path_buf(),
+                message,
+            })?;
+        Ok(cfg)
+    }
+
+    /// Internal consistency that the graphs rely on.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let t = &self.text;
+        let v = &self.vision;
+        if t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0 {
+            return Err(format!(
+                "text hidden_size {} is not divisible by num_attention_heads {}",
+                t.hidden_size, t.num_attention_heads
+            ));
+        }
+        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+            return Err(format!(
+                "vision hidden_size {} is not divisible by num_attention_heads {}",
+                v.hidden_size, v.num_attention_heads
+            ));
+        }
+        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+            return Err(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                v.image_size, v.patch_size
+            ));
+        }
+        for (what, act) in [("text", &t.hidden_act), ("vision", &v.hidden_act)] {
+            if act != "gelu" {
+                return Err(format!(
+                    "{what} hidden_act {act:?} is not supported (BLIP uses exact \"gelu\")"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Infers the configuration of an original salesforce/BLIP checkpoint (already renamed to HF keys) from
+/// its tensor shapes, with BLIP's fixed choices: 64-wide attention heads (ViT-B 12, ViT-L 16, BERT-base 12),
+/// ViT LayerNorm eps 1e-6 (timm), BERT eps 1e-12, and the grid the position embedding was trained at.
+pub fn infer_config_from_shapes(
+    shapes: &BTreeMap<String, Vec<usize>>,
+    head: Head,
+) -> std::result::Result<BlipConfig, String> {
+    let get = |k: &str| shapes.get(k).ok_or_else(|| format!("missing tensor {k}"));
+    let count_layers = |prefix: &str, suffix: &str| {
+        (0..)
+            .take_while(|i| shapes.contains_key(&format!("{prefix}{i}{suffix}")))
+            .count()
+    };
+    let patch = get("vision_model.embeddings.patch_embedding.weight")?;
+    let pos = get("vision_model.embeddings.position_embedding")?;
+    let fc1 = get("vision_model.encoder.layers.0.mlp.fc1.weight")?;
+    if patch.len() != 4 || pos.len() != 3 || fc1.len() != 2 {
+        return Err("unexpected vision tensor ranks".into());
+    }
+    let v_hidden = patch[0];
+    let grid = ((pos[1] - 1) as f64).sqrt().round() as usize;
+    if grid * grid + 1 != pos[1] {
+        return Err(format!(
+            "position embedding has {} rows, not a square grid + 1",
+            pos[1]
+        ));
+    }
+    let heads_for = |hidden: usize, what: &str| {
+        if hidden % 64 == 0 {
+            Ok(hidden / 64)
+        } else {
+            Err(format!(
+                "{what} width {hidden} is not a multiple of 64; pass --config with the model's config.json"
+            ))
+        }
+    };
+    let vision = VisionConfig {
+        hidden_size: v_hidden,
+        intermediate_size: fc1[0],
+        num_hidden_layers: count_layers("vision_model.encoder.layers.", ".mlp.fc1.weight"),
+        num_attention_heads: heads_for(v_hidden, "vision")?,
+        image_size: grid * patch[2],
+        patch_size: patch[2],
+        hidden_act: "gelu".into(),
+        layer_norm_eps: 1e-6,
+    };
+    let text_prefix = match head {
+        Head::Caption => "text_decoder.bert.",
+        Head::Retrieval | Head::Vqa => "text_encoder.",
+    };
+    let words = get(&format!("{text_prefix}embeddings.word_embeddings.weight"))?;
+    let positions = get(&format!(
+        "{text_prefix}embeddings.position_embeddings.weight"
+    ))?;
+    let inter = get(&format!(
+        "{text_prefix}encoder.layer.0.intermediate.dense.weight"
+    ))?;
+    let t_hidden = words[1];
+    let text = TextConfig {
+        vocab_size: words[0],
+        hidden_size: t_hidden,
+        intermediate_size: inter[0],
+        num_hidden_layers: count_layers(
+            &format!("{text_prefix}encoder.layer."),
+            ".intermediate.dense.weight",
+        ),
+        num_attention_heads: heads_for(t_hidden, "text")?,
+        max_position_embeddings: positions[0],
+        ..TextConfig::default()
+    };
+    let image_text_hidden_size = shapes
+        .get("vision_proj.weight")
+        .map(|s| s[0])
+        .unwrap_or(256);
+    let cfg = BlipConfig {
+        head: Some(head),
+        text,
+        vision,
+        image_text_hidden_size,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
