@@ -376,6 +376,14 @@ def cmd_fixtures(args) -> None:
         save_goldens(tensors, meta, goldens_dir)
         print(f"{name}: {sum(p.numel() for p in model.parameters())} params", file=sys.stderr)
 
+        if head == "retrieval":
+            # The same weights as a torch pickle (pytorch_model.bin layout), for the .bin reader.
+            bin_dir = models_dir / "tiny-retrieval-bin"
+            bin_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(models_dir / name / "config.json", bin_dir / "config.json")
+            torch.save(model.half().state_dict(), bin_dir / "pytorch_model.bin")
+            model.float()
+
         if head == "caption":
             # The same weights in salesforce/BLIP's original key layout, nested under "model", plus the
             # momentum-encoder style extras the converter must ignore; and goldens at a new image size
