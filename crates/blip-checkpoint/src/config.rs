@@ -230,19 +230,19 @@ impl BlipConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         let t = &self.text;
         let v = &self.vision;
-        if t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0 {
+        if t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             return Err(format!(
                 "text hidden_size {} is not divisible by num_attention_heads {}",
                 t.hidden_size, t.num_attention_heads
             ));
         }
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(format!(
                 "vision hidden_size {} is not divisible by num_attention_heads {}",
                 v.hidden_size, v.num_attention_heads
             ));
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(format!(
                 "image_size {} is not a multiple of patch_size {}",
                 v.image_size, v.patch_size
@@ -287,7 +287,7 @@ pub fn infer_config_from_shapes(
         ));
     }
     let heads_for = |hidden: usize, what: &str| {
-        if hidden % 64 == 0 {
+        if hidden.is_multiple_of(64) {
             Ok(hidden / 64)
         } else {
             Err(format!(

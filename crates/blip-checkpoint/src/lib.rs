@@ -416,3 +416,122 @@ fn shard_files(index: &Path) -> Result<Vec<String>> {
     files.dedup();
     Ok(files)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_buffer(
+        bytes: Vec<u8>,
+        dtype: DType,
+        shape: Vec<usize>,
+        strides: Option<Vec<usize>>,
+    ) -> Checkpoint {
+        let mut ck = Checkpoint::empty(CheckpointFormat::OriginalPth, Path::new("mem"));
+        let available = bytes.len();
+        ck.buffers.push(Buffer::Owned(bytes));
+        ck.tensors.insert(
+            "t".into(),
+            TensorEntry {
+                dtype,
+                shape,
+                strides,
+                buffer: 0,
+                offset: 0,
+                available,
+                file: 0,
+            },
+        );
+        ck
+    }
+
+    #[test]
+    fn converts_half_precision_and_gathers_strided_views() {
+        let vals = [1.5f32, -2.0, 0.25, 3.0, 65504.0, -0.125];
+        let f16: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        assert_eq!(
+            with_buffer(f16, DType::F16, vec![2, 3], None)
+                .f32("t")
+                .unwrap(),
+            vals
+        );
+        let bf16: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        let got = with_buffer(bf16, DType::BF16, vec![6], None)
+            .f32("t")
+            .unwrap();
+        assert_eq!(got[..4], [1.5, -2.0, 0.25, 3.0]);
+        // A transposed [3, 2] view of row-major [2, 3] storage (torch stride (1, 3)).
+        let f32s: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let ck = with_buffer(f32s, DType::F32, vec![3, 2], Some(vec![1, 3]));
+        assert_eq!(
+            ck.f32("t").unwrap(),
+            [1.5, 3.0, -2.0, 65504.0, 0.25, -0.125]
+        );
+        assert_eq!(ck.f32_bytes("t").unwrap().len(), 24);
+    }
+
+    #[test]
+    fn integer_tensors_are_refused_as_weights() {
+        let ck = with_buffer(vec![0; 16], DType::I64, vec![2], None);
+        let err = ck.f32("t").unwrap_err();
+        assert!(
+            err.to_string().contains("cannot be converted to float32"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn infers_blip_base_sizes_from_shapes() {
+        let mut s = BTreeMap::new();
+        s.insert(
+            "vision_model.embeddings.patch_embedding.weight".to_string(),
+            vec![768, 3, 16, 16],
+        );
+        s.insert(
+            "vision_model.embeddings.position_embedding".to_string(),
+            vec![1, 577, 768],
+        );
+        for i in 0..12 {
+            s.insert(
+                format!("vision_model.encoder.layers.{i}.mlp.fc1.weight"),
+                vec![3072, 768],
+            );
+            s.insert(
+                format!("text_decoder.bert.encoder.layer.{i}.intermediate.dense.weight"),
+                vec![3072, 768],
+            );
+        }
+        s.insert(
+            "text_decoder.bert.embeddings.word_embeddings.weight".to_string(),
+            vec![30524, 768],
+        );
+        s.insert(
+            "text_decoder.bert.embeddings.position_embeddings.weight".to_string(),
+            vec![512, 768],
+        );
+        let cfg = infer_config_from_shapes(&s, Head::Caption).unwrap();
+        assert_eq!(
+            (
+                cfg.vision.image_size,
+                cfg.vision.num_hidden_layers,
+                cfg.vision.num_attention_heads
+            ),
+            (384, 12, 12)
+        );
+        assert_eq!(
+            (
+                cfg.text.num_hidden_layers,
+                cfg.text.num_attention_heads,
+                cfg.text.vocab_size
+            ),
+            (12, 12, 30524)
+        );
+        assert_eq!(cfg.vision.layer_norm_eps, 1e-6);
+    }
+}

@@ -221,7 +221,7 @@ pub fn convert(checkpoint: &Path, output: &Path, opts: &ConvertOptions) -> Resul
     };
     cfg.vision.image_size = trained_size;
     let target_size = opts.image_size.unwrap_or(trained_size);
-    if target_size == 0 || target_size % cfg.vision.patch_size != 0 {
+    if target_size == 0 || !target_size.is_multiple_of(cfg.vision.patch_size) {
         return Err(ConvertError::ImageSize {
             size: target_size,
             patch: cfg.vision.patch_size,
