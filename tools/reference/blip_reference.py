@@ -540,6 +540,74 @@ def cmd_bench_convert(args) -> None:
               "guide also runs, is not counted)."]
     (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    update_readme(f"bench:{name}", "\n".join(lines[4:]))
+
+
+def update_readme(marker: str, text: str) -> None:
+    """Replaces the README block between <!-- marker --> and <!-- /marker --> with text."""
+    readme = REPO / "README.md"
+    body = readme.read_text()
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    if start not in body or end not in body:
+        print(f"README has no {start} block; not updated", file=sys.stderr)
+        return
+    head, rest = body.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+
+
+@torch.no_grad()
+def cmd_parity(args) -> None:
+    """Compares a converted package against PyTorch on the fixture images (any size, any head)."""
+    import onnxruntime as ort
+    from transformers import AutoConfig, BlipForConditionalGeneration, BlipForImageTextRetrieval, \
+        BlipForQuestionAnswering
+
+    cfg = AutoConfig.from_pretrained(args.checkpoint)
+    cls = {"BlipForConditionalGeneration": BlipForConditionalGeneration,
+           "BlipForImageTextRetrieval": BlipForImageTextRetrieval,
+           "BlipForQuestionAnswering": BlipForQuestionAnswering}[cfg.architectures[0]]
+    model = cls.from_pretrained(args.checkpoint).eval()
+    assets = ensure_assets()
+    man = json.loads((Path(args.package) / "blip.json").read_text())
+    pv = pixel_values(assets["images"][:2], man["preprocess"]["image_size"])
+    sess = lambda role: ort.InferenceSession(str(Path(args.package) / man["graphs"][role]["file"]),  # noqa: E731
+                                             providers=["CPUExecutionProvider"])
+    report = {}
+    vis = model.vision_model(pixel_values=pv).last_hidden_state
+    out = sess("vision_encoder").run(None, {"pixel_values": pv.numpy()})
+    report["vision.last_hidden_state"] = float(np.abs(out[0] - vis.numpy()).max())
+    if "decoder" in man["graphs"]:
+        enc = vis
+        dec = model.text_decoder
+        kv = dict(zip([o.name for o in sess("cross_kv").get_outputs()],
+                      sess("cross_kv").run(None, {"encoder_hidden_states": enc.numpy()})))
+        ids = torch.tensor([[30522, 1037, 3861, 1997]] * enc.shape[0])
+        ref = dec(input_ids=ids, encoder_hidden_states=enc).logits
+        d = sess("decoder")
+        feeds = {"input_ids": ids.numpy(), "position_ids": np.tile(np.arange(4), (enc.shape[0], 1)),
+                 "attention_mask": np.ones((enc.shape[0], 4), np.int64),
+                 "encoder_attention_mask": np.ones(enc.shape[:2], np.int64)}
+        heads = man["model"]["text_heads"]
+        hd = man["model"]["text_hidden_size"] // heads
+        for i in range(man["model"]["text_layers"]):
+            for k in ("key", "value"):
+                feeds[f"past_key_values.{i}.{k}"] = np.zeros((enc.shape[0], heads, 0, hd), np.float32)
+                feeds[f"cross_key_values.{i}.{k}"] = kv[f"cross_key_values.{i}.{k}"]
+        got = d.run(["logits"], feeds)[0]
+        report["decoder.logits"] = float(np.abs(got - ref.numpy()).max())
+    result = {"checkpoint": args.checkpoint, "package": args.package, "command": " ".join(sys.argv),
+              "max_abs_diff": report}
+    print(json.dumps(result))
+    if args.record:
+        out = REPO / "docs" / "bench" / f"parity-{args.record}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        rows = ", ".join(f"{k} {v:.1e}" for k, v in report.items())
+        update_readme(f"parity:{args.record}", f"FP32 max abs diff vs PyTorch on the fixture images "
+                      f"(`{result['command']}`): {rows}.")
+    if any(v > args.tolerance for v in report.values()):
+        raise SystemExit(f"parity above {args.tolerance}")
 
 
 def main() -> None:
@@ -562,10 +630,15 @@ def main() -> None:
     b.add_argument("--repeat", type=int, default=2)
     b.add_argument("--workdir", default=None, help="where temporary packages go")
     b.add_argument("--out", default=str(REPO / "docs/bench"))
+    q = sub.add_parser("parity", help="compare a package with PyTorch on the fixture images")
+    q.add_argument("checkpoint")
+    q.add_argument("package")
+    q.add_argument("--tolerance", type=float, default=1e-4)
+    q.add_argument("--record", help="write docs/bench/parity-RECORD.json and the README block")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     {"fixtures": cmd_fixtures, "checkpoint": cmd_checkpoint, "export": cmd_export,
-     "bench-convert": cmd_bench_convert}[args.cmd](args)
+     "bench-convert": cmd_bench_convert, "parity": cmd_parity}[args.cmd](args)
 
 
 if __name__ == "__main__":
