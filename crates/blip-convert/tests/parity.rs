@@ -290,6 +290,34 @@ fn check_retrieval(pkg: &blip_package::Package, g: &Goldens) {
         &out["itm_logits"],
         g.f("itm.logits"),
     );
+    // Each pair alone, without padding, gives the same logits as inside the padded batch.
+    let itm_mask = g.i("itm.attention_mask");
+    for p in 0..9 {
+        let n = itm_mask
+            .index_axis(Axis(0), p)
+            .iter()
+            .filter(|&&m| m == 1)
+            .count();
+        let ids = rows_i(g.i("itm.input_ids"), p..p + 1)
+            .slice_axis(Axis(1), ndarray::Slice::from(0..n))
+            .to_owned();
+        let one = run(
+            &mut itm,
+            vec![
+                ("input_ids", In::I(ids)),
+                ("attention_mask", In::I(ones_i64(&[1, n]))),
+                (
+                    "encoder_hidden_states",
+                    In::F(rows(states, p / 3..p / 3 + 1)),
+                ),
+            ],
+        );
+        assert_close(
+            "itm logits b1",
+            &one["itm_logits"],
+            &rows(g.f("itm.logits"), p..p + 1),
+        );
+    }
 }
 
 #[test]
@@ -336,6 +364,33 @@ fn check_vqa(pkg: &blip_package::Package, g: &Goldens) {
         &out["last_hidden_state"],
         g.f("question.last_hidden_state"),
     );
+    let q_mask = g.i("question.attention_mask");
+    for r in 0..3 {
+        // Unpadded batch 1: the valid positions equal the padded batch's.
+        let n = q_mask
+            .index_axis(Axis(0), r)
+            .iter()
+            .filter(|&&m| m == 1)
+            .count();
+        let ids = rows_i(g.i("question.input_ids"), r..r + 1)
+            .slice_axis(Axis(1), ndarray::Slice::from(0..n))
+            .to_owned();
+        let one = run(
+            &mut q,
+            vec![
+                ("input_ids", In::I(ids)),
+                ("attention_mask", In::I(ones_i64(&[1, n]))),
+                (
+                    "encoder_hidden_states",
+                    In::F(rows(g.f("vision.last_hidden_state"), r..r + 1)),
+                ),
+            ],
+        );
+        let want = rows(g.f("question.last_hidden_state"), r..r + 1)
+            .slice_axis(Axis(1), ndarray::Slice::from(0..n))
+            .to_owned();
+        assert_close("question states b1", &one["last_hidden_state"], &want);
+    }
     let states = g.f("question.last_hidden_state");
     decoder_parity(pkg, g, states);
     let t = &pkg.manifest.tokens;
