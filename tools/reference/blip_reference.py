@@ -250,6 +250,12 @@ def goldens_for(head: str, model, tok, images: list[Path], image_size: int) -> t
         settings = {
             "greedy": dict(num_beams=1, do_sample=False, max_length=20),
             "beam3": dict(num_beams=3, do_sample=False, max_length=20, min_length=5),
+            # Processors and beam options: repetition penalty (on logits for greedy, on log-probs in beam
+            # search), length penalty, early stopping, more beams.
+            "greedy_rep": dict(num_beams=1, do_sample=False, max_length=20, repetition_penalty=1.5),
+            "beam3_rep_lp": dict(num_beams=3, do_sample=False, max_length=20, min_length=5,
+                                 repetition_penalty=1.5, length_penalty=0.5),
+            "beam4_es": dict(num_beams=4, do_sample=False, max_length=16, min_length=3, early_stopping=True),
         }
         for prompt in (None, PROMPT):
             if prompt:
@@ -308,7 +314,55 @@ def goldens_for(head: str, model, tok, images: list[Path], image_size: int) -> t
         meta["generate"]["greedy"] = {"settings": {"num_beams": 1, "max_length": 10}, "ids": ids_list(greedy)}
         q_mask = torch.ones(q.shape[:2], dtype=torch.long)
         tensors.update(decoder_steps(dec, greedy, q, q_mask, steps=min(4, greedy.shape[1])))
+        # transformers 5.24 ignores encoder_attention_mask in BLIP's cross-attention, so LAVIS's masked
+        # rank mode is reproduced exactly by encoding each question without padding (mask of ones).
+        per_q = []
+        for i in range(len(QUESTIONS)):
+            n = int(mask[i].sum())
+            qi = model.text_encoder(input_ids=ids[i:i + 1, :n], attention_mask=mask[i:i + 1, :n],
+                                    encoder_hidden_states=vis[i:i + 1]).last_hidden_state
+            per_q.append(rank_answers(model, tok, qi, torch.ones(1, n, dtype=torch.long), ANSWERS, k=3))
+        meta["rank"] = {key: (per_q[0][key] if key in ("answers", "k", "label_smoothing")
+                              else [r[key][0] for r in per_q]) for key in per_q[0]}
     return {k: v.contiguous() for k, v in tensors.items()}, meta
+
+
+ANSWERS = ["red", "blue", "two", "yes", "no", "a dog", "three cats on a couch", "green"]
+
+
+def rank_answers(model, tok, question_states, question_mask, answers, k: int, smoothing: float = 0.1) -> dict:
+    """LAVIS / salesforce-BLIP VQA rank mode: first-token top-k, then full-answer likelihood.
+
+    The answer score is BLIP's per-answer negative loss: BLIP's BertLMHeadModel uses cross-entropy with
+    label_smoothing 0.1 (med.py), summed over the answer tokens; the question mask is the real one.
+    """
+    enc = tok(answers, padding="longest", return_tensors="pt")
+    answer_ids, answer_atts = enc["input_ids"].clone(), enc["attention_mask"]
+    answer_ids[:, 0] = tok.convert_tokens_to_ids("[DEC]")
+    dec = model.text_decoder
+    nq = question_states.shape[0]
+    start = answer_ids[0, 0].repeat(nq, 1)
+    logits = dec(input_ids=start, encoder_hidden_states=question_states,
+                 encoder_attention_mask=question_mask).logits[:, 0, :]
+    first_probs = torch.softmax(logits, dim=1).index_select(1, answer_ids[:, 1])
+    topk_probs, topk_ids = first_probs.topk(k, dim=1)
+    ids = torch.cat([answer_ids.index_select(0, t) for t in topk_ids])
+    atts = torch.cat([answer_atts.index_select(0, t) for t in topk_ids])
+    states = question_states.repeat_interleave(k, dim=0)
+    q_atts = question_mask.repeat_interleave(k, dim=0)
+    out = dec(input_ids=ids, attention_mask=atts, encoder_hidden_states=states, encoder_attention_mask=q_atts).logits
+    logp = torch.log_softmax(out[:, :-1, :], dim=-1)
+    targets = ids[:, 1:]
+    valid = targets != tok.pad_token_id
+    nll = -logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    smooth = -logp.mean(dim=-1)
+    loss = ((1 - smoothing) * nll + smoothing * smooth) * valid
+    scores = (-loss.sum(1)).view(nq, k)
+    best = scores.argmax(dim=1)
+    chosen = [int(topk_ids[q, best[q]]) for q in range(nq)]
+    return {"answers": answers, "k": k, "label_smoothing": smoothing,
+            "first_token_topk_ids": ids_list(topk_ids), "first_token_topk_probs": topk_probs.tolist(),
+            "scores": scores.tolist(), "best": chosen, "best_answers": [answers[i] for i in chosen]}
 
 
 def save_goldens(tensors: dict, meta: dict, out: Path) -> None:

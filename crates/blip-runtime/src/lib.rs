@@ -5,12 +5,21 @@
 //! finds it through `ORT_DYLIB_PATH` or the fetch script's cache folder and refuses a missing or too old
 //! library with one line that says how to fix it.
 
+pub mod decoder;
+pub mod generate;
+mod model;
+mod tasks;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 pub use blip_package::{Package, PackageError};
+pub use blip_preprocess::PreprocessError;
+pub use generate::{Generated, GenerationConfig, Strategy};
+pub use model::{BlipModel, ImageInput, VisionOutput};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+pub use tasks::{Answer, Caption, CaptionOptions, Hit, RankedAnswers, VqaOptions};
 
 /// The ONNX Runtime release the fetch script pins.
 pub const ORT_VERSION: &str = "1.32.0";
@@ -35,6 +44,10 @@ pub enum RuntimeError {
     Inference { graph: String, message: String },
     #[error(transparent)]
     Package(#[from] PackageError),
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+    #[error("{0}")]
+    Input(String),
 }
 
 pub type Result<T> = std::result::Result<T, RuntimeError>;

@@ -2,110 +2,17 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
-use blip_convert::{ConvertOptions, convert};
 use blip_package::Package;
 use blip_runtime::{Runtime, SessionOptions};
+pub use blip_testkit::*;
 use ndarray::{ArrayD, Axis, IxDyn};
 use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 
-/// FP32 parity tolerance (max abs diff) against PyTorch.
-pub const TOL: f32 = 1e-4;
-
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repo root")
-}
-
-pub fn fixture(rel: &str) -> PathBuf {
-    repo().join("fixtures").join(rel)
-}
-
-/// Golden tensors and metadata written by tools/reference/blip_reference.py.
-pub struct Goldens {
-    pub f32: HashMap<String, ArrayD<f32>>,
-    pub i64: HashMap<String, ArrayD<i64>>,
-    pub meta: serde_json::Value,
-}
-
-impl Goldens {
-    pub fn load(name: &str) -> Goldens {
-        let bytes =
-            std::fs::read(fixture(&format!("goldens/{name}.safetensors"))).expect("golden file");
-        let st = safetensors::SafeTensors::deserialize(&bytes).expect("golden safetensors");
-        let mut f32s = HashMap::new();
-        let mut i64s = HashMap::new();
-        for (k, v) in st.tensors() {
-            let shape = IxDyn(v.shape());
-            match v.dtype() {
-                safetensors::Dtype::F32 => {
-                    let data = v
-                        .data()
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect();
-                    f32s.insert(k.to_string(), ArrayD::from_shape_vec(shape, data).unwrap());
-                }
-                safetensors::Dtype::I64 => {
-                    let data = v
-                        .data()
-                        .chunks_exact(8)
-                        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-                        .collect();
-                    i64s.insert(k.to_string(), ArrayD::from_shape_vec(shape, data).unwrap());
-                }
-                other => panic!("unexpected golden dtype {other:?}"),
-            }
-        }
-        let meta = serde_json::from_str(
-            &std::fs::read_to_string(fixture(&format!("goldens/{name}.json"))).unwrap(),
-        )
-        .unwrap();
-        Goldens {
-            f32: f32s,
-            i64: i64s,
-            meta,
-        }
-    }
-
-    pub fn f(&self, k: &str) -> &ArrayD<f32> {
-        self.f32
-            .get(k)
-            .unwrap_or_else(|| panic!("golden {k} missing"))
-    }
-
-    pub fn i(&self, k: &str) -> &ArrayD<i64> {
-        self.i64
-            .get(k)
-            .unwrap_or_else(|| panic!("golden {k} missing"))
-    }
-
-    pub fn ids(&self, key: &str) -> Vec<Vec<i64>> {
-        serde_json::from_value(self.meta["generate"][key]["ids"].clone()).unwrap()
-    }
-}
-
 /// ONNX Runtime from the fetch script's cache or ORT_DYLIB_PATH. Tests fail (not skip) without it.
 pub fn runtime() -> Runtime {
     Runtime::init().unwrap_or_else(|e| panic!("{e}"))
-}
-
-pub struct Converted {
-    pub _dir: tempfile::TempDir,
-    pub pkg: Package,
-}
-
-pub fn convert_fixture(checkpoint: &Path, opts: &ConvertOptions) -> Converted {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("pkg");
-    convert(checkpoint, &out, opts)
-        .unwrap_or_else(|e| panic!("convert {}: {e}", checkpoint.display()));
-    let pkg = Package::open(&out).unwrap();
-    Converted { _dir: dir, pkg }
 }
 
 pub fn session(pkg: &Package, role: &str) -> Session {
@@ -139,25 +46,6 @@ pub fn run<S: Into<String>>(s: &mut Session, inputs: Vec<(S, In)>) -> HashMap<St
             )
         })
         .collect()
-}
-
-pub fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
-    assert_eq!(a.shape(), b.shape(), "shape mismatch");
-    a.iter()
-        .zip(b.iter())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-#[track_caller]
-pub fn assert_close(what: &str, got: &ArrayD<f32>, want: &ArrayD<f32>) {
-    let d = max_abs_diff(got, want);
-    assert!(d <= TOL, "{what}: max abs diff {d:e} > {TOL:e}");
-    // A broken graph that outputs zeros must not pass because the golden is small.
-    assert!(
-        want.iter().any(|v| v.abs() > 1e-3),
-        "{what}: golden is degenerate"
-    );
 }
 
 pub fn rows(a: &ArrayD<f32>, range: std::ops::Range<usize>) -> ArrayD<f32> {

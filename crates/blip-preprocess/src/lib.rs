@@ -1,0 +1,27 @@
+//! BLIP inputs as tensors: [`ImagePreprocessor`] (decode, Pillow-exact bicubic resize, CLIP
+//! normalisation) and [`BlipTokenizer`] (BERT WordPiece with BLIP's [DEC] / [ENC] conventions).
+
+mod image;
+mod text;
+
+pub use image::{DEFAULT_MAX_PIXELS, ImagePreprocessor, RgbImage, resize_like_pillow};
+pub use text::{BlipTokenizer, FirstToken, TextBatch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    #[error("image {name}: {message}")]
+    Image { name: String, message: String },
+    #[error("image {name} is {width}x{height} = {} pixels, over the limit of {max_pixels} (decompression-bomb guard)", *width as u64 * *height as u64)]
+    TooLarge {
+        name: String,
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
+    #[error("resize: {0}")]
+    Resize(String),
+    #[error("empty text")]
+    EmptyText,
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+}

@@ -1,0 +1,141 @@
+//! BLIP tokenization over the package's `tokenizer.json`: batches padded to the longest text, optional
+//! truncation (35 tokens for retrieval texts and VQA questions, as the reference), and BLIP's first-token
+//! conventions ([CLS] for ITC, [ENC] for ITM / VQA questions, [DEC] for decoder prompts).
+
+use std::path::Path;
+
+use blip_package::Tokens;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::PreprocessError;
+
+/// Which token replaces [CLS] at position 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstToken {
+    Cls,
+    Enc,
+    Dec,
+}
+
+/// Token ids and attention mask of a padded batch, row-major `[rows, cols]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextBatch {
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl TextBatch {
+    pub fn row_ids(&self, r: usize) -> &[i64] {
+        &self.ids[r * self.cols..(r + 1) * self.cols]
+    }
+    pub fn row_len(&self, r: usize) -> usize {
+        self.mask[r * self.cols..(r + 1) * self.cols]
+            .iter()
+            .filter(|&&m| m == 1)
+            .count()
+    }
+}
+
+pub struct BlipTokenizer {
+    tokenizer: Tokenizer,
+    pub tokens: Tokens,
+}
+
+impl BlipTokenizer {
+    pub fn from_file(path: &Path, tokens: Tokens) -> Result<Self, PreprocessError> {
+        let mut tokenizer = Tokenizer::from_file(path)
+            .map_err(|e| PreprocessError::Tokenizer(format!("{}: {e}", path.display())))?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| PreprocessError::Tokenizer(e.to_string()))?;
+        Ok(BlipTokenizer { tokenizer, tokens })
+    }
+
+    fn encode_one(
+        &self,
+        text: &str,
+        max_tokens: Option<usize>,
+    ) -> Result<Vec<i64>, PreprocessError> {
+        if text.trim().is_empty() {
+            return Err(PreprocessError::EmptyText);
+        }
+        let mut tok = self.tokenizer.clone();
+        if let Some(max) = max_tokens {
+            tok.with_truncation(Some(TruncationParams {
+                max_length: max,
+                ..Default::default()
+            }))
+            .map_err(|e| PreprocessError::Tokenizer(e.to_string()))?;
+        }
+        let enc = tok
+            .encode(text, true)
+            .map_err(|e| PreprocessError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+    }
+
+    /// Encodes texts (with [CLS] … [SEP]), replaces the first token, pads to the longest.
+    pub fn encode_batch(
+        &self,
+        texts: &[&str],
+        first: FirstToken,
+        max_tokens: Option<usize>,
+    ) -> Result<TextBatch, PreprocessError> {
+        let mut rows = Vec::with_capacity(texts.len());
+        for t in texts {
+            let mut ids = self.encode_one(t, max_tokens)?;
+            ids[0] = match first {
+                FirstToken::Cls => self.tokens.cls,
+                FirstToken::Enc => self.tokens.enc,
+                FirstToken::Dec => self.tokens.bos,
+            };
+            rows.push(ids);
+        }
+        Ok(self.pad(&rows))
+    }
+
+    /// Pads id rows to the longest with [PAD], mask 0.
+    pub fn pad(&self, rows: &[Vec<i64>]) -> TextBatch {
+        let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows.len() * cols);
+        let mut mask = Vec::with_capacity(rows.len() * cols);
+        for r in rows {
+            ids.extend_from_slice(r);
+            mask.extend(std::iter::repeat_n(1, r.len()));
+            ids.extend(std::iter::repeat_n(self.tokens.pad, cols - r.len()));
+            mask.extend(std::iter::repeat_n(0, cols - r.len()));
+        }
+        TextBatch {
+            ids,
+            mask,
+            rows: rows.len(),
+            cols,
+        }
+    }
+
+    /// A caption prompt as the decoder starts it: [DEC] + prompt tokens, no trailing [SEP]
+    /// (BLIP's `input_ids[:, 0] = bos; input_ids[:, :-1]`). An empty prompt gives `[DEC]`.
+    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<i64>, PreprocessError> {
+        if prompt.trim().is_empty() {
+            return Ok(vec![self.tokens.bos]);
+        }
+        let mut ids = self.encode_one(prompt, None)?;
+        ids[0] = self.tokens.bos;
+        ids.pop();
+        Ok(ids)
+    }
+
+    /// Text of generated ids, special tokens dropped.
+    pub fn decode(&self, ids: &[i64]) -> Result<String, PreprocessError> {
+        let ids: Vec<u32> = ids.iter().filter(|&&i| i >= 0).map(|&i| i as u32).collect();
+        self.tokenizer
+            .decode(&ids, true)
+            .map_err(|e| PreprocessError::Tokenizer(e.to_string()))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+}

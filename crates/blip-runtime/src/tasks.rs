@@ -1,0 +1,582 @@
+//! BLIP's tasks over a loaded package, with the reference procedures: captioning (prompted, any
+//! decoding strategy), ITC embeddings, ITM, retrieval (ITC top-k → ITM rerank, score = ITM logit +
+//! ITC similarity, as BLIP's evaluation), and VQA (generation, or LAVIS's rank mode over an answer list).
+
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
+
+use crate::decoder::{CachedDecoder, DecoderShape, RefeedDecoder};
+use crate::generate::{Generated, GenerationConfig, Strategy, generate};
+use crate::model::{BlipModel, ImageInput, infer_err};
+use crate::{Result, RuntimeError};
+use blip_preprocess::FirstToken;
+
+/// Captioning settings. Defaults are BLIP's COCO evaluation: prompt "a picture of ", beam 3,
+/// 20 tokens at most, 5 at least (lengths count the prompt, as in BLIP / HF).
+#[derive(Debug, Clone)]
+pub struct CaptionOptions {
+    pub prompt: String,
+    pub strategy: Strategy,
+    pub max_length: usize,
+    pub min_length: usize,
+    pub repetition_penalty: f32,
+    /// Decode without the KV cache (re-feeding the sequence): for checking the cached path only.
+    pub no_cache: bool,
+}
+
+impl Default for CaptionOptions {
+    fn default() -> Self {
+        CaptionOptions {
+            prompt: "a picture of ".into(),
+            strategy: Strategy::Beam {
+                num_beams: 3,
+                length_penalty: 1.0,
+                early_stopping: false,
+            },
+            max_length: 20,
+            min_length: 5,
+            repetition_penalty: 1.0,
+            no_cache: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caption {
+    pub text: String,
+    /// Generated ids, prompt included, ending with [SEP] when the caption finished.
+    pub ids: Vec<i64>,
+    pub score: Option<f32>,
+}
+
+/// VQA settings; defaults are BLIP's: beam 3, max 10, min 1, questions truncated to 35 tokens.
+#[derive(Debug, Clone)]
+pub struct VqaOptions {
+    pub strategy: Strategy,
+    pub max_length: usize,
+    pub min_length: usize,
+    pub max_question_tokens: usize,
+}
+
+impl Default for VqaOptions {
+    fn default() -> Self {
+        VqaOptions {
+            strategy: Strategy::Beam {
+                num_beams: 3,
+                length_penalty: 1.0,
+                early_stopping: false,
+            },
+            max_length: 10,
+            min_length: 1,
+            max_question_tokens: 35,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub text: String,
+    pub ids: Vec<i64>,
+}
+
+/// Rank mode result for one question.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedAnswers {
+    /// Index into the answer list of the best answer.
+    pub best: usize,
+    /// (answer index, score) of the first-token top-k candidates, in first-token order.
+    pub candidates: Vec<(usize, f32)>,
+}
+
+/// One retrieval hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub index: usize,
+    pub itc: f32,
+    /// Raw ITM logit of "match" (None when not reranked).
+    pub itm: Option<f32>,
+    /// itm + itc when reranked, else itc.
+    pub score: f32,
+}
+
+fn beams(strategy: &Strategy) -> usize {
+    match strategy {
+        Strategy::Beam { num_beams, .. } => *num_beams,
+        _ => 1,
+    }
+}
+
+impl BlipModel {
+    fn decoder_shape(&self) -> DecoderShape {
+        let m = &self.package.manifest.model;
+        DecoderShape {
+            layers: m.text_layers,
+            heads: m.text_heads,
+            head_dim: m.text_hidden_size / m.text_heads,
+            vocab: m.vocab_size,
+        }
+    }
+
+    fn generation_config(
+        &self,
+        strategy: &Strategy,
+        max_length: usize,
+        min_length: usize,
+        repetition_penalty: f32,
+    ) -> GenerationConfig {
+        let t = &self.package.manifest.tokens;
+        GenerationConfig {
+            strategy: strategy.clone(),
+            max_length,
+            min_length,
+            repetition_penalty,
+            eos: t.eos,
+            pad: t.pad,
+        }
+    }
+
+    /// Decodes from encoder `states` (`[n, E, D]`): cross K/V once per input, shared by its beams.
+    fn decode_states(
+        &mut self,
+        states: ArrayView3<'_, f32>,
+        enc_mask: Option<&[i64]>,
+        prompt: &[i64],
+        cfg: &GenerationConfig,
+        no_cache: bool,
+    ) -> Result<Generated> {
+        let n = states.shape()[0];
+        let e = states.shape()[1];
+        let k = beams(&cfg.strategy);
+        let rows = n * k;
+        let cross = self.cross_kv(states, k)?;
+        let mask: Vec<i64> = match enc_mask {
+            Some(m) => m
+                .chunks(e)
+                .flat_map(|r| std::iter::repeat_n(r, k).flatten().copied())
+                .collect(),
+            None => vec![1; rows * e],
+        };
+        let shape = self.decoder_shape();
+        let session = self.session(blip_package::DECODER)?;
+        if no_cache {
+            let mut dec = RefeedDecoder::new(session, shape, cross, mask, rows);
+            generate(&mut dec, n, prompt, cfg)
+        } else {
+            let mut dec = CachedDecoder::new(session, shape, cross, mask, rows)?;
+            generate(&mut dec, n, prompt, cfg)
+        }
+    }
+
+    /// Captions `n` preprocessed images (`pixels`: `n × 3 × S × S`).
+    pub fn caption_pixels(
+        &mut self,
+        pixels: &[f32],
+        n: usize,
+        opts: &CaptionOptions,
+    ) -> Result<Vec<Caption>> {
+        let prompt = self.tokenizer.prompt_ids(&opts.prompt)?;
+        if prompt.len() >= opts.max_length {
+            return Err(RuntimeError::Input(format!(
+                "the prompt is {} tokens, not shorter than max_length {}",
+                prompt.len(),
+                opts.max_length
+            )));
+        }
+        let vision = self.vision(pixels, n)?;
+        let cfg = self.generation_config(
+            &opts.strategy,
+            opts.max_length,
+            opts.min_length,
+            opts.repetition_penalty,
+        );
+        let generated =
+            self.decode_states(vision.hidden.view(), None, &prompt, &cfg, opts.no_cache)?;
+        let mut out = Vec::with_capacity(n);
+        for (i, ids) in generated.sequences.iter().enumerate() {
+            let full = self.tokenizer.decode(ids)?;
+            // BLIP strips the prompt from the decoded text (`caption[len(prompt):]`).
+            let p = opts.prompt.trim();
+            let text = match full.strip_prefix(p) {
+                Some(rest) if !p.is_empty() => rest.trim().to_string(),
+                _ if p.is_empty() => full.trim().to_string(),
+                _ => self
+                    .tokenizer
+                    .decode(&ids[prompt.len()..])?
+                    .trim()
+                    .to_string(),
+            };
+            out.push(Caption {
+                text,
+                ids: ids.clone(),
+                score: generated.scores.as_ref().map(|s| s[i]),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Loads every image; returns the pixels of those that decoded and, per input, its slot or error.
+    fn load_images(
+        &self,
+        images: &[ImageInput],
+    ) -> (Vec<f32>, Vec<std::result::Result<usize, RuntimeError>>) {
+        let mut pixels = Vec::new();
+        let mut slots = Vec::with_capacity(images.len());
+        let mut ok = 0;
+        for img in images {
+            match self.pixel_values(img) {
+                Ok(p) => {
+                    pixels.extend_from_slice(&p);
+                    slots.push(Ok(ok));
+                    ok += 1;
+                }
+                Err(e) => slots.push(Err(e)),
+            }
+        }
+        (pixels, slots)
+    }
+
+    /// Captions images; an image that cannot be read gets its own error, the others their captions.
+    pub fn caption(
+        &mut self,
+        images: &[ImageInput],
+        opts: &CaptionOptions,
+    ) -> Result<Vec<Result<Caption>>> {
+        let (pixels, slots) = self.load_images(images);
+        let n = slots.iter().filter(|s| s.is_ok()).count();
+        let mut captions = if n > 0 {
+            self.caption_pixels(&pixels, n, opts)?
+        } else {
+            Vec::new()
+        }
+        .into_iter()
+        .map(Some)
+        .collect::<Vec<_>>();
+        Ok(slots
+            .into_iter()
+            .map(|s| {
+                s.map(|i| {
+                    captions[i]
+                        .take()
+                        .expect("each caption is taken once. This is a bug.")
+                })
+            })
+            .collect())
+    }
+
+    /// ITC embeddings and hidden states of images (retrieval packages).
+    pub fn embed_images(&mut self, images: &[ImageInput]) -> Result<(Array2<f32>, Array3<f32>)> {
+        let mut pixels = Vec::new();
+        for img in images {
+            pixels.extend(self.pixel_values(img)?);
+        }
+        let v = self.vision(&pixels, images.len())?;
+        let embeds = v.embeds.ok_or_else(|| {
+            RuntimeError::Input(format!(
+                "package head {} has no image embeddings",
+                self.head()
+            ))
+        })?;
+        Ok((embeds, v.hidden))
+    }
+
+    /// ITC embeddings of texts (truncated to `max_text_tokens`).
+    pub fn embed_texts(&mut self, texts: &[&str]) -> Result<Array2<f32>> {
+        let max = self.package.manifest.tokens.max_text_tokens;
+        let batch = self
+            .tokenizer
+            .encode_batch(texts, FirstToken::Cls, Some(max))?;
+        self.text_embeds(&batch)
+    }
+
+    /// ITM logits `[n, 2]` of (image hidden state i, text i) pairs.
+    pub fn itm_pairs(
+        &mut self,
+        image_hidden: ArrayView3<'_, f32>,
+        texts: &[&str],
+    ) -> Result<Array2<f32>> {
+        let max = self.package.manifest.tokens.max_text_tokens;
+        let batch = self
+            .tokenizer
+            .encode_batch(texts, FirstToken::Enc, Some(max))?;
+        self.itm_logits(&batch, image_hidden)
+    }
+
+    /// Ranks images for one text: ITC top-`k` by similarity, then ITM rerank of those `k`
+    /// (`hidden_for` supplies the hidden states of the candidate images). `k = 0` skips the rerank.
+    pub fn rank_images(
+        &mut self,
+        text: &str,
+        image_embeds: ArrayView2<'_, f32>,
+        k: usize,
+        mut hidden_for: impl FnMut(&mut Self, &[usize]) -> Result<Array3<f32>>,
+    ) -> Result<Vec<Hit>> {
+        let t = self.embed_texts(&[text])?;
+        let sims = image_embeds.dot(&t.row(0));
+        let mut order: Vec<usize> = (0..sims.len()).collect();
+        order.sort_by(|&a, &b| sims[b].total_cmp(&sims[a]).then(a.cmp(&b)));
+        let mut hits: Vec<Hit> = order
+            .iter()
+            .map(|&i| Hit {
+                index: i,
+                itc: sims[i],
+                itm: None,
+                score: sims[i],
+            })
+            .collect();
+        let k = k.min(hits.len());
+        if k == 0 {
+            return Ok(hits);
+        }
+        let cand: Vec<usize> = order[..k].to_vec();
+        let hidden = hidden_for(self, &cand)?;
+        let texts = vec![text; k];
+        let logits = self.itm_pairs(hidden.view(), &texts)?;
+        for (j, hit) in hits.iter_mut().take(k).enumerate() {
+            let itm = logits[[j, 1]];
+            hit.itm = Some(itm);
+            hit.score = itm + hit.itc;
+        }
+        hits[..k].sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+        Ok(hits)
+    }
+
+    fn pixels_of(&self, images: &[ImageInput]) -> Result<Vec<f32>> {
+        let mut pixels = Vec::new();
+        for img in images {
+            pixels.extend(self.pixel_values(img)?);
+        }
+        Ok(pixels)
+    }
+
+    /// Question states for (image, question) pairs from preprocessed pixels.
+    fn questions(
+        &mut self,
+        pixels: &[f32],
+        n: usize,
+        questions: &[&str],
+        max_tokens: usize,
+    ) -> Result<(Array3<f32>, Vec<i64>)> {
+        if n != questions.len() {
+            return Err(RuntimeError::Input(format!(
+                "{n} images but {} questions",
+                questions.len()
+            )));
+        }
+        let vision = self.vision(pixels, n)?;
+        let batch = self
+            .tokenizer
+            .encode_batch(questions, FirstToken::Enc, Some(max_tokens))?;
+        let states = self.question_states(&batch, vision.hidden.view())?;
+        Ok((states, batch.mask))
+    }
+
+    /// Generated answers for (image i, question i) pairs.
+    pub fn answer(
+        &mut self,
+        images: &[ImageInput],
+        questions: &[&str],
+        opts: &VqaOptions,
+    ) -> Result<Vec<Answer>> {
+        let pixels = self.pixels_of(images)?;
+        self.answer_pixels(&pixels, images.len(), questions, opts)
+    }
+
+    /// Generated answers from preprocessed pixels (`n × 3 × S × S`).
+    pub fn answer_pixels(
+        &mut self,
+        pixels: &[f32],
+        n: usize,
+        questions: &[&str],
+        opts: &VqaOptions,
+    ) -> Result<Vec<Answer>> {
+        let (states, _) = self.questions(pixels, n, questions, opts.max_question_tokens)?;
+        let cfg = self.generation_config(&opts.strategy, opts.max_length, opts.min_length, 1.0);
+        // As BLIP and HF: the decoder attends to every question position (mask of ones).
+        let bos = [self.package.manifest.tokens.bos];
+        let generated = self.decode_states(states.view(), None, &bos, &cfg, false)?;
+        generated
+            .sequences
+            .into_iter()
+            .map(|ids| {
+                Ok(Answer {
+                    text: self.tokenizer.decode(&ids)?.trim().to_string(),
+                    ids,
+                })
+            })
+            .collect()
+    }
+
+    /// LAVIS rank mode: the `k` answers whose first token is likeliest are scored by their full
+    /// likelihood (BLIP's loss: cross-entropy with label smoothing 0.1, summed over answer tokens).
+    pub fn rank_answers(
+        &mut self,
+        images: &[ImageInput],
+        questions: &[&str],
+        answers: &[&str],
+        k: usize,
+        max_question_tokens: usize,
+    ) -> Result<Vec<RankedAnswers>> {
+        let pixels = self.pixels_of(images)?;
+        self.rank_answers_pixels(
+            &pixels,
+            images.len(),
+            questions,
+            answers,
+            k,
+            max_question_tokens,
+        )
+    }
+
+    /// Rank mode from preprocessed pixels.
+    pub fn rank_answers_pixels(
+        &mut self,
+        pixels: &[f32],
+        n: usize,
+        questions: &[&str],
+        answers: &[&str],
+        k: usize,
+        max_question_tokens: usize,
+    ) -> Result<Vec<RankedAnswers>> {
+        if answers.is_empty() {
+            return Err(RuntimeError::Input("the answer list is empty".into()));
+        }
+        let (states, q_mask) = self.questions(pixels, n, questions, max_question_tokens)?;
+        let nq = states.shape()[0];
+        let e = states.shape()[1];
+        let k = k.clamp(1, answers.len());
+        let ans = self
+            .tokenizer
+            .encode_batch(answers, FirstToken::Dec, None)?;
+        let vocab = self.package.manifest.model.vocab_size;
+        // First step: logits after [DEC] for every question.
+        let bos = vec![self.package.manifest.tokens.bos; nq];
+        let first = self.decoder_logits(states.view(), &q_mask, &bos, &vec![1; nq], 1)?;
+        let mut cand_rows = Vec::new();
+        let mut per_q = Vec::with_capacity(nq);
+        for q in 0..nq {
+            let row = first.slice(s![q, 0, ..]);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let denom: f32 = row.iter().map(|x| (x - max).exp()).sum();
+            let probs: Vec<f32> = (0..answers.len())
+                .map(|a| (row[ans.row_ids(a)[1] as usize] - max).exp() / denom)
+                .collect();
+            let mut order: Vec<usize> = (0..answers.len()).collect();
+            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+            order.truncate(k);
+            cand_rows.extend(order.iter().copied());
+            per_q.push(order);
+        }
+        // Full answers, k per question, against the question repeated k times.
+        let ids: Vec<i64> = cand_rows
+            .iter()
+            .flat_map(|&a| ans.row_ids(a).iter().copied())
+            .collect();
+        let mask: Vec<i64> = cand_rows
+            .iter()
+            .flat_map(|&a| ans.mask[a * ans.cols..(a + 1) * ans.cols].iter().copied())
+            .collect();
+        let rep: Vec<usize> = (0..nq).flat_map(|q| std::iter::repeat_n(q, k)).collect();
+        let rep_states = states.select(Axis(0), &rep);
+        let rep_mask: Vec<i64> = rep
+            .iter()
+            .flat_map(|&q| q_mask[q * e..(q + 1) * e].iter().copied())
+            .collect();
+        let logits = self.decoder_logits(rep_states.view(), &rep_mask, &ids, &mask, ans.cols)?;
+        let mut out = Vec::with_capacity(nq);
+        for (q, order) in per_q.iter().enumerate() {
+            let mut candidates = Vec::with_capacity(k);
+            for (j, &a) in order.iter().enumerate() {
+                let r = q * k + j;
+                let mut score = 0.0f32;
+                for t in 1..ans.cols {
+                    let target = ids[r * ans.cols + t];
+                    if target == self.package.manifest.tokens.pad {
+                        continue;
+                    }
+                    let row = logits.slice(s![r, t - 1, ..]);
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+                    let nll = lse - row[target as usize];
+                    let smooth = lse - row.iter().sum::<f32>() / vocab as f32;
+                    score -= 0.9 * nll + 0.1 * smooth;
+                }
+                candidates.push((a, score));
+            }
+            let best = candidates
+                .iter()
+                .enumerate()
+                .max_by(|x, y| x.1.1.total_cmp(&y.1.1).then(y.0.cmp(&x.0)))
+                .map(|(_, c)| c.0)
+                .unwrap_or(0);
+            out.push(RankedAnswers { best, candidates });
+        }
+        Ok(out)
+    }
+
+    /// All-position decoder logits `[rows, t, V]` for `ids` (`rows × t`, padding mask `mask`) from an
+    /// empty cache, cross-attending to `states` with `enc_mask`.
+    fn decoder_logits(
+        &mut self,
+        states: ArrayView3<'_, f32>,
+        enc_mask: &[i64],
+        ids: &[i64],
+        mask: &[i64],
+        t: usize,
+    ) -> Result<Array3<f32>> {
+        let rows = states.shape()[0];
+        let e = states.shape()[1];
+        let cross = self.cross_kv(states, 1)?;
+        let shape = self.decoder_shape();
+        let session = self.session(blip_package::DECODER)?;
+        let g = "decoder";
+        let mut inputs: Vec<(
+            std::borrow::Cow<'_, str>,
+            ort::session::SessionInputValue<'_>,
+        )> = vec![
+            (
+                "input_ids".into(),
+                ort::value::Tensor::from_array(([rows, t], ids.to_vec()))
+                    .map_err(infer_err(g))?
+                    .into(),
+            ),
+            (
+                "position_ids".into(),
+                ort::value::Tensor::from_array((
+                    [rows, t],
+                    (0..rows).flat_map(|_| 0..t as i64).collect::<Vec<_>>(),
+                ))
+                .map_err(infer_err(g))?
+                .into(),
+            ),
+            (
+                "attention_mask".into(),
+                ort::value::Tensor::from_array(([rows, t], mask.to_vec()))
+                    .map_err(infer_err(g))?
+                    .into(),
+            ),
+            (
+                "encoder_attention_mask".into(),
+                ort::value::Tensor::from_array(([rows, e], enc_mask.to_vec()))
+                    .map_err(infer_err(g))?
+                    .into(),
+            ),
+        ];
+        for i in 0..shape.layers {
+            for kv in ["key", "value"] {
+                let empty = ort::value::Tensor::<f32>::from_array((
+                    [rows, shape.heads, 0, shape.head_dim],
+                    Vec::<f32>::new(),
+                ))
+                .map_err(infer_err(g))?;
+                inputs.push((format!("past_key_values.{i}.{kv}").into(), empty.into()));
+            }
+        }
+        for (name, v) in cross.iter() {
+            inputs.push((
+                name.as_str().into(),
+                ort::session::SessionInputValue::from(v),
+            ));
+        }
+        let out = session.run(inputs).map_err(infer_err(g))?;
+        crate::model::to_array3(&out["logits"], g)
+    }
+}

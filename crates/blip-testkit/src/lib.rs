@@ -1,0 +1,131 @@
+//! Shared by the test suites: fixture paths, the PyTorch goldens written by
+//! `tools/reference/blip_reference.py`, and fixture checkpoints converted into temporary packages.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use blip_convert::{ConvertOptions, convert};
+use blip_package::Package;
+use ndarray::{ArrayD, IxDyn};
+
+/// FP32 parity tolerance (max abs diff) against PyTorch.
+pub const TOL: f32 = 1e-4;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    repo().join("fixtures").join(rel)
+}
+
+/// Golden tensors and metadata.
+pub struct Goldens {
+    pub f32: HashMap<String, ArrayD<f32>>,
+    pub i64: HashMap<String, ArrayD<i64>>,
+    pub meta: serde_json::Value,
+}
+
+impl Goldens {
+    pub fn load(name: &str) -> Goldens {
+        let bytes =
+            std::fs::read(fixture(&format!("goldens/{name}.safetensors"))).expect("golden file");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("golden safetensors");
+        let mut f32s = HashMap::new();
+        let mut i64s = HashMap::new();
+        for (k, v) in st.tensors() {
+            let shape = IxDyn(v.shape());
+            match v.dtype() {
+                safetensors::Dtype::F32 => {
+                    let data = v
+                        .data()
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect();
+                    f32s.insert(
+                        k.to_string(),
+                        ArrayD::from_shape_vec(shape, data).expect("golden shape"),
+                    );
+                }
+                safetensors::Dtype::I64 => {
+                    let data = v
+                        .data()
+                        .chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                        .collect();
+                    i64s.insert(
+                        k.to_string(),
+                        ArrayD::from_shape_vec(shape, data).expect("golden shape"),
+                    );
+                }
+                other => panic!("unexpected golden dtype {other:?}"),
+            }
+        }
+        let meta_text =
+            std::fs::read_to_string(fixture(&format!("goldens/{name}.json"))).expect("golden json");
+        Goldens {
+            f32: f32s,
+            i64: i64s,
+            meta: serde_json::from_str(&meta_text).expect("golden json"),
+        }
+    }
+
+    pub fn f(&self, k: &str) -> &ArrayD<f32> {
+        self.f32
+            .get(k)
+            .unwrap_or_else(|| panic!("golden {k} missing"))
+    }
+
+    pub fn i(&self, k: &str) -> &ArrayD<i64> {
+        self.i64
+            .get(k)
+            .unwrap_or_else(|| panic!("golden {k} missing"))
+    }
+
+    /// Token ids of a `generate` run recorded under `meta.generate[key]`.
+    pub fn ids(&self, key: &str) -> Vec<Vec<i64>> {
+        serde_json::from_value(self.meta["generate"][key]["ids"].clone())
+            .unwrap_or_else(|_| panic!("golden ids {key}"))
+    }
+
+    pub fn settings(&self, key: &str) -> &serde_json::Value {
+        &self.meta["generate"][key]["settings"]
+    }
+}
+
+/// A fixture checkpoint converted into a temporary package (removed on drop).
+pub struct Converted {
+    pub dir: tempfile::TempDir,
+    pub pkg: Package,
+}
+
+pub fn convert_fixture(checkpoint: &Path, opts: &ConvertOptions) -> Converted {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("pkg");
+    convert(checkpoint, &out, opts)
+        .unwrap_or_else(|e| panic!("convert {}: {e}", checkpoint.display()));
+    let pkg = Package::open(&out).expect("package opens");
+    Converted { dir, pkg }
+}
+
+pub fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape(), "shape mismatch");
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[track_caller]
+pub fn assert_close(what: &str, got: &ArrayD<f32>, want: &ArrayD<f32>) {
+    let d = max_abs_diff(got, want);
+    assert!(d <= TOL, "{what}: max abs diff {d:e} > {TOL:e}");
+    // A broken graph that outputs zeros must not pass because the golden is small.
+    assert!(
+        want.iter().any(|v| v.abs() > 1e-3),
+        "{what}: golden is degenerate"
+    );
+}
