@@ -1,6 +1,8 @@
 //! `blip-onnx`: convert BLIP checkpoints to ONNX model packages and run them.
 
+mod index;
 mod inspect;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,6 +85,68 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Caption images (caption package): beam 3, 5-20 tokens, prompt \"a picture of \" by default, as BLIP's COCO evaluation.
+    Caption {
+        #[command(flatten)]
+        common: tasks::Common,
+        #[command(flatten)]
+        decoding: tasks::Decoding,
+        /// Image files (PNG, JPEG, WebP, GIF, BMP).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// ITC embeddings (projected, L2-normalised) of images or texts (retrieval package).
+    Embed {
+        #[command(flatten)]
+        common: tasks::Common,
+        #[arg(long = "image", num_args = 1..)]
+        images: Vec<PathBuf>,
+        #[arg(long = "text", num_args = 1..)]
+        texts: Vec<String>,
+    },
+    /// Image-text matching: ITM match probability (and ITC similarity) of an image with each text.
+    Itm {
+        #[command(flatten)]
+        common: tasks::Common,
+        image: PathBuf,
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
+    /// Answer questions about an image (VQA package): generated, or ranked over an answer list.
+    Vqa {
+        #[command(flatten)]
+        common: tasks::Common,
+        image: PathBuf,
+        #[arg(required = true)]
+        questions: Vec<String>,
+        /// Rank these answers (one per line) instead of generating, as LAVIS's VQAv2 evaluation.
+        #[arg(long)]
+        answers: Option<PathBuf>,
+        /// Answers kept after the first-token ranking (LAVIS: 128).
+        #[arg(short, long, default_value_t = 128)]
+        k: usize,
+    },
+    /// Embed every image under DIR into an index file (unchanged files are reused on re-runs).
+    Index {
+        #[command(flatten)]
+        common: tasks::Common,
+        dir: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Search an index with a text: ITC top-k, then ITM rerank of the best candidates.
+    Search {
+        #[command(flatten)]
+        common: tasks::Common,
+        index: PathBuf,
+        query: String,
+        /// Results to print.
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        /// Candidates reranked with ITM (score = ITM logit + ITC similarity); 0 for ITC only.
+        #[arg(long, default_value_t = 16)]
+        rerank: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,7 +158,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -102,7 +167,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Convert {
             checkpoint,
@@ -158,12 +223,51 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
-            Ok(())
+            Ok(0)
         }
         Command::Inspect {
             package,
             run,
             threads,
-        } => inspect::inspect(&package, run, threads),
+        } => inspect::inspect(&package, run, threads).map(|_| 0),
+        Command::Caption {
+            common,
+            decoding,
+            images,
+        } => tasks::caption(&common, &decoding, &images),
+        Command::Embed {
+            common,
+            images,
+            texts,
+        } => {
+            if images.is_empty() && texts.is_empty() {
+                anyhow::bail!("give --image FILE... or --text TEXT...");
+            }
+            tasks::embed(&common, &images, &texts)
+        }
+        Command::Itm {
+            common,
+            image,
+            texts,
+        } => tasks::itm(&common, &image, &texts),
+        Command::Vqa {
+            common,
+            image,
+            questions,
+            answers,
+            k,
+        } => tasks::vqa(&common, &image, &questions, answers.as_deref(), k),
+        Command::Index {
+            common,
+            dir,
+            output,
+        } => tasks::index(&common, &dir, &output),
+        Command::Search {
+            common,
+            index,
+            query,
+            k,
+            rerank,
+        } => tasks::search(&common, &index, &query, k, rerank),
     }
 }

@@ -96,3 +96,204 @@ fn inspect_reports_a_missing_graph_file() {
         "{stderr}"
     );
 }
+
+fn convert_to(dir: &std::path::Path, head: &str) -> PathBuf {
+    let out = dir.join(head);
+    let ck = fixture(&format!("models/tiny-{head}"));
+    assert!(blip(&["convert", ck.to_str().unwrap(), "-o", out.to_str().unwrap()]).0);
+    out
+}
+
+fn golden_ids(name: &str, key: &str) -> Vec<Vec<i64>> {
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(&format!("goldens/{name}.json"))).unwrap(),
+    )
+    .unwrap();
+    serde_json::from_value(meta["generate"][key]["ids"].clone()).unwrap()
+}
+
+#[test]
+fn caption_prints_pytorch_tokens_and_reports_bad_files_with_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = convert_to(dir.path(), "caption");
+    let img = fixture("images/synthetic_a.png");
+    let (ok, stdout, stderr) = blip(&[
+        "caption",
+        "-p",
+        pkg.to_str().unwrap(),
+        "--beams",
+        "1",
+        "--prompt",
+        "",
+        "--min-length",
+        "0",
+        "--format",
+        "jsonl",
+        img.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let rec: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let want: Vec<i64> = golden_ids("tiny-caption", "greedy")[0].clone();
+    assert_eq!(rec["tokens"], serde_json::json!(want));
+    let out = Command::new(env!("CARGO_BIN_EXE_blip-onnx"))
+        .args([
+            "caption",
+            "-p",
+            pkg.to_str().unwrap(),
+            img.to_str().unwrap(),
+            "/no/such/image.png",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "partial failure exit code");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("synthetic_a.png\t") && stdout.contains("/no/such/image.png\tERROR"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn index_reuses_unchanged_files_and_search_reranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = convert_to(dir.path(), "retrieval");
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for f in ["synthetic_a.png", "synthetic_b.png", "grace_hopper.jpg"] {
+        std::fs::copy(fixture(&format!("images/{f}")), images.join(f)).unwrap();
+    }
+    let idx = dir.path().join("idx.bin");
+    let args = [
+        "index",
+        "-p",
+        pkg.to_str().unwrap(),
+        images.to_str().unwrap(),
+        "-o",
+        idx.to_str().unwrap(),
+        "--format",
+        "json",
+    ];
+    let (ok, stdout, stderr) = blip(&args);
+    assert!(ok, "{stderr}");
+    let first: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (first[0]["embedded"].as_u64(), first[0]["reused"].as_u64()),
+        (Some(3), Some(0))
+    );
+    std::fs::write(images.join("broken.png"), b"not an image").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_blip-onnx"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let second: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            second[0]["embedded"].as_u64(),
+            second[0]["reused"].as_u64(),
+            second[0]["failed"].as_u64()
+        ),
+        (Some(0), Some(3), Some(1))
+    );
+    let (ok, stdout, stderr) = blip(&[
+        "search",
+        "-p",
+        pkg.to_str().unwrap(),
+        idx.to_str().unwrap(),
+        "a red circle",
+        "-k",
+        "3",
+        "--rerank",
+        "2",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{stderr}");
+    let hits: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let hits = hits.as_array().unwrap();
+    assert_eq!(hits.len(), 3);
+    for h in &hits[..2] {
+        let (itc, itm, score) = (
+            h["itc"].as_f64().unwrap(),
+            h["itm"].as_f64().unwrap(),
+            h["score"].as_f64().unwrap(),
+        );
+        assert!(
+            (itc + itm - score).abs() < 1e-5,
+            "reranked score = ITM logit + ITC similarity"
+        );
+    }
+    assert!(hits[2]["itm"].is_null());
+    assert!(hits[0]["score"].as_f64() >= hits[1]["score"].as_f64());
+}
+
+#[test]
+fn vqa_generates_and_ranks_and_embed_and_itm_print_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let vqa = convert_to(dir.path(), "vqa");
+    let img = fixture("images/synthetic_a.png");
+    let (ok, stdout, stderr) = blip(&[
+        "vqa",
+        "-p",
+        vqa.to_str().unwrap(),
+        img.to_str().unwrap(),
+        "what color is the circle?",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("what color is the circle?\t"),
+        "{stdout}"
+    );
+    let answers = dir.path().join("answers.txt");
+    std::fs::write(&answers, "red\nblue\ntwo\n\n").unwrap();
+    let (ok, stdout, stderr) = blip(&[
+        "vqa",
+        "-p",
+        vqa.to_str().unwrap(),
+        img.to_str().unwrap(),
+        "what color?",
+        "--answers",
+        answers.to_str().unwrap(),
+        "-k",
+        "2",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r[0]["candidates"].as_array().unwrap().len(), 2);
+    assert!(["red", "blue", "two"].contains(&r[0]["answer"].as_str().unwrap()));
+    let ret = convert_to(dir.path(), "retrieval");
+    let (ok, stdout, stderr) = blip(&[
+        "embed",
+        "-p",
+        ret.to_str().unwrap(),
+        "--text",
+        "a red circle",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{stderr}");
+    let e: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let v: Vec<f64> = serde_json::from_value(e[0]["embedding"].clone()).unwrap();
+    assert_eq!(v.len(), 24);
+    assert!(
+        (v.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-4,
+        "normalised"
+    );
+    let (ok, stdout, stderr) = blip(&[
+        "itm",
+        "-p",
+        ret.to_str().unwrap(),
+        img.to_str().unwrap(),
+        "a red circle",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{stderr}");
+    let m: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let p = m[0]["match_probability"].as_f64().unwrap();
+    assert!(p > 0.0 && p < 1.0);
+    let (ok, _, stderr) = blip(&["embed", "-p", ret.to_str().unwrap(), "--text", "  "]);
+    assert!(!ok && stderr.contains("empty text"), "{stderr}");
+}

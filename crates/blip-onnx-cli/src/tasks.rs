@@ -1,0 +1,445 @@
+//! The task subcommands: caption, embed, itm, vqa, index, search.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use blip_runtime::{BlipModel, CaptionOptions, ImageInput, SessionOptions, Strategy, VqaOptions};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::index::{Index, IndexEntry};
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+    Jsonl,
+}
+
+/// Options every task shares.
+#[derive(Args, Clone)]
+pub struct Common {
+    /// Model package folder (written by `blip-onnx convert`).
+    #[arg(short, long, env = "BLIP_ONNX_PACKAGE")]
+    pub package: PathBuf,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Intra-op threads for ONNX Runtime (0: one per core).
+    #[arg(long, default_value_t = 0, env = "BLIP_ONNX_THREADS")]
+    pub threads: usize,
+    /// Images per vision-encoder batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl Common {
+    pub fn model(&self) -> Result<BlipModel> {
+        let opts = SessionOptions {
+            intra_threads: self.threads,
+            ..Default::default()
+        };
+        BlipModel::open(&self.package, &opts)
+            .with_context(|| format!("loading package {}", self.package.display()))
+    }
+
+    fn progress(&self, n: usize, what: &str) -> ProgressBar {
+        if self.quiet || n < 2 || !std::io::stderr().is_terminal() {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(n as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+            )
+            .expect("static template. This is a bug.")
+            .progress_chars("=> "),
+        );
+        bar.set_message(what.to_string());
+        bar
+    }
+}
+
+/// Decoding options of `caption`.
+#[derive(Args, Clone)]
+pub struct Decoding {
+    /// Prompt the caption starts with (stripped from the output); "" for none.
+    #[arg(long, default_value = "a picture of ")]
+    pub prompt: String,
+    /// Beam search width (BLIP's evaluation uses 3); 1 means greedy.
+    #[arg(long, default_value_t = 3)]
+    pub beams: usize,
+    /// Nucleus sampling instead of beam search.
+    #[arg(long)]
+    pub sample: bool,
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    /// 0 disables top-k.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Maximum length in tokens, prompt included.
+    #[arg(long, default_value_t = 20)]
+    pub max_length: usize,
+    /// Minimum length in tokens, prompt included.
+    #[arg(long, default_value_t = 5)]
+    pub min_length: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub length_penalty: f32,
+    /// Repetition penalty (BLIP's sampling mode uses 1.1).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+}
+
+impl Decoding {
+    fn options(&self) -> Result<CaptionOptions> {
+        let strategy = if self.sample {
+            Strategy::Sample {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                seed: self.seed,
+            }
+        } else if self.beams > 1 {
+            Strategy::Beam {
+                num_beams: self.beams,
+                length_penalty: self.length_penalty,
+                early_stopping: false,
+            }
+        } else if self.beams == 1 {
+            Strategy::Greedy
+        } else {
+            bail!("--beams must be at least 1");
+        };
+        if self.max_length < 2 {
+            bail!("--max-length must be at least 2 tokens");
+        }
+        Ok(CaptionOptions {
+            prompt: self.prompt.clone(),
+            strategy,
+            max_length: self.max_length,
+            min_length: self.min_length,
+            repetition_penalty: self.repetition_penalty,
+            no_cache: false,
+        })
+    }
+}
+
+fn emit(
+    format: Format,
+    records: &[serde_json::Value],
+    text: impl Fn(&serde_json::Value) -> String,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Text => {
+            for r in records {
+                writeln!(out, "{}", text(r))?;
+            }
+        }
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(records)?)?,
+        Format::Jsonl => {
+            for r in records {
+                writeln!(out, "{r}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Exit status for a run where some inputs failed but the rest were answered.
+pub const EXIT_PARTIAL: u8 = 3;
+
+pub fn caption(common: &Common, decoding: &Decoding, images: &[PathBuf]) -> Result<u8> {
+    let opts = decoding.options()?;
+    let mut model = common.model()?;
+    let bar = common.progress(images.len(), "captioning");
+    let mut records = Vec::with_capacity(images.len());
+    let mut failed = 0;
+    for chunk in images.chunks(common.batch_size.max(1)) {
+        let inputs: Vec<ImageInput> = chunk.iter().map(|p| ImageInput::Path(p.clone())).collect();
+        for (path, result) in chunk.iter().zip(model.caption(&inputs, &opts)?) {
+            match result {
+                Ok(c) => records.push(
+                    json!({"image": path, "caption": c.text, "tokens": c.ids, "score": c.score}),
+                ),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("error: {e}");
+                    records.push(json!({"image": path, "error": e.to_string()}));
+                }
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    emit(common.format, &records, |r| match r.get("caption") {
+        Some(c) => format!(
+            "{}\t{}",
+            r["image"].as_str().unwrap_or(""),
+            c.as_str().unwrap_or("")
+        ),
+        None => format!(
+            "{}\tERROR {}",
+            r["image"].as_str().unwrap_or(""),
+            r["error"].as_str().unwrap_or("")
+        ),
+    })?;
+    Ok(if failed > 0 { EXIT_PARTIAL } else { 0 })
+}
+
+pub fn embed(common: &Common, images: &[PathBuf], texts: &[String]) -> Result<u8> {
+    let mut model = common.model()?;
+    let mut records = Vec::new();
+    if !images.is_empty() {
+        let bar = common.progress(images.len(), "embedding");
+        for chunk in images.chunks(common.batch_size.max(1)) {
+            let inputs: Vec<ImageInput> =
+                chunk.iter().map(|p| ImageInput::Path(p.clone())).collect();
+            let (embeds, _) = model.embed_images(&inputs)?;
+            for (p, row) in chunk.iter().zip(embeds.rows()) {
+                records.push(json!({"image": p, "embedding": row.to_vec()}));
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+    }
+    if !texts.is_empty() {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let embeds = model.embed_texts(&refs)?;
+        for (t, row) in texts.iter().zip(embeds.rows()) {
+            records.push(json!({"text": t, "embedding": row.to_vec()}));
+        }
+    }
+    emit(common.format, &records, |r| {
+        let key = r
+            .get("image")
+            .or_else(|| r.get("text"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let v: Vec<String> = r["embedding"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| format!("{:.6}", x.as_f64().unwrap_or(0.0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        format!("{key}\t{}", v.join(" "))
+    })?;
+    Ok(0)
+}
+
+pub fn itm(common: &Common, image: &Path, texts: &[String]) -> Result<u8> {
+    let mut model = common.model()?;
+    let (embeds, hidden) = model.embed_images(&[ImageInput::Path(image.to_path_buf())])?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let rows: Vec<usize> = vec![0; texts.len()];
+    let logits = model.itm_pairs(hidden.select(ndarray::Axis(0), &rows).view(), &refs)?;
+    let text_embeds = model.embed_texts(&refs)?;
+    let mut records = Vec::new();
+    for (i, t) in texts.iter().enumerate() {
+        let (l0, l1) = (logits[[i, 0]], logits[[i, 1]]);
+        let m = l0.max(l1);
+        let p = (l1 - m).exp() / ((l0 - m).exp() + (l1 - m).exp());
+        let itc = embeds.row(0).dot(&text_embeds.row(i));
+        records.push(json!({"image": image, "text": t, "match_probability": p, "itm_logits": [l0, l1], "itc_similarity": itc}));
+    }
+    emit(common.format, &records, |r| {
+        format!(
+            "{:.4}\titc {:.4}\t{}",
+            r["match_probability"].as_f64().unwrap_or(0.0),
+            r["itc_similarity"].as_f64().unwrap_or(0.0),
+            r["text"].as_str().unwrap_or("")
+        )
+    })?;
+    Ok(0)
+}
+
+pub fn vqa(
+    common: &Common,
+    image: &Path,
+    questions: &[String],
+    answers_file: Option<&Path>,
+    k: usize,
+) -> Result<u8> {
+    let mut model = common.model()?;
+    let images = vec![ImageInput::Path(image.to_path_buf()); questions.len()];
+    let qs: Vec<&str> = questions.iter().map(String::as_str).collect();
+    let mut records = Vec::new();
+    match answers_file {
+        None => {
+            for (q, a) in
+                questions
+                    .iter()
+                    .zip(model.answer(&images, &qs, &VqaOptions::default())?)
+            {
+                records.push(json!({"image": image, "question": q, "answer": a.text}));
+            }
+        }
+        Some(path) => {
+            let list = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let list: Vec<&str> = list
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            if list.is_empty() {
+                bail!("{}: no answers in the file (one per line)", path.display());
+            }
+            let ranked = model.rank_answers(&images, &qs, &list, k, 35)?;
+            for (q, r) in questions.iter().zip(ranked) {
+                let cands: Vec<_> = r
+                    .candidates
+                    .iter()
+                    .map(|(i, s)| json!({"answer": list[*i], "score": s}))
+                    .collect();
+                records.push(json!({"image": image, "question": q, "answer": list[r.best], "candidates": cands}));
+            }
+        }
+    }
+    emit(common.format, &records, |r| {
+        format!(
+            "{}\t{}",
+            r["question"].as_str().unwrap_or(""),
+            r["answer"].as_str().unwrap_or("")
+        )
+    })?;
+    Ok(0)
+}
+
+fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
+                ["png", "jpg", "jpeg", "webp", "gif", "bmp"]
+                    .contains(&x.to_ascii_lowercase().as_str())
+            }) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn index(common: &Common, dir: &Path, output: &Path) -> Result<u8> {
+    let mut model = common.model()?;
+    let fingerprint = Index::fingerprint(&model.package);
+    let previous = match Index::read(output) {
+        Ok(idx) if idx.package == fingerprint => Some(idx),
+        _ => None,
+    };
+    let files = list_images(dir)?;
+    let mut entries = Vec::with_capacity(files.len());
+    let mut todo = Vec::new();
+    for f in &files {
+        let stamp = IndexEntry::stamp(f)?;
+        match previous.as_ref().and_then(|p| p.find(f, &stamp)) {
+            Some(e) => entries.push(Some(e)),
+            None => {
+                entries.push(None);
+                todo.push((entries.len() - 1, f.clone(), stamp));
+            }
+        }
+    }
+    let bar = common.progress(todo.len(), "indexing");
+    let mut failed = 0;
+    for chunk in todo.chunks(common.batch_size.max(1)) {
+        for (slot, path, stamp) in chunk {
+            // One image at a time inside the batch loop keeps a bad file from failing its neighbours.
+            match model.embed_images(&[ImageInput::Path(path.clone())]) {
+                Ok((embeds, _)) => {
+                    entries[*slot] = Some(IndexEntry {
+                        path: path.clone(),
+                        stamp: stamp.clone(),
+                        embedding: embeds.row(0).to_vec(),
+                    })
+                }
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("skipping {}: {e}", path.display());
+                }
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let reused = files.len() - todo.len();
+    let idx = Index {
+        package: fingerprint,
+        entries: entries.into_iter().flatten().collect(),
+    };
+    idx.write(output)?;
+    let summary = json!({"index": output, "images": idx.entries.len(), "embedded": todo.len() - failed, "reused": reused, "failed": failed});
+    emit(common.format, &[summary], |r| {
+        format!(
+            "{} images in {} ({} embedded, {} unchanged, {} failed)",
+            r["images"],
+            output.display(),
+            r["embedded"],
+            r["reused"],
+            r["failed"]
+        )
+    })?;
+    Ok(if failed > 0 { EXIT_PARTIAL } else { 0 })
+}
+
+pub fn search(common: &Common, index: &Path, query: &str, k: usize, rerank: usize) -> Result<u8> {
+    let mut model = common.model()?;
+    let idx = Index::read(index)?;
+    if idx.package != Index::fingerprint(&model.package) {
+        bail!(
+            "{} was built with another package; re-run `blip-onnx index`",
+            index.display()
+        );
+    }
+    if idx.entries.is_empty() {
+        bail!("{} holds no images", index.display());
+    }
+    let dim = idx.entries[0].embedding.len();
+    let flat: Vec<f32> = idx
+        .entries
+        .iter()
+        .flat_map(|e| e.embedding.iter().copied())
+        .collect();
+    let embeds = ndarray::Array2::from_shape_vec((idx.entries.len(), dim), flat)?;
+    let paths: Vec<PathBuf> = idx.entries.iter().map(|e| e.path.clone()).collect();
+    // ITM needs the candidates' full image states: re-encode the top `rerank` images.
+    let hits = model.rank_images(query, embeds.view(), rerank, |m, cand| {
+        let inputs: Vec<ImageInput> = cand
+            .iter()
+            .map(|&i| ImageInput::Path(paths[i].clone()))
+            .collect();
+        Ok(m.embed_images(&inputs)?.1)
+    })?;
+    let records: Vec<_> = hits
+        .iter()
+        .take(k)
+        .enumerate()
+        .map(|(rank, h)| json!({"rank": rank + 1, "image": paths[h.index], "score": h.score, "itc": h.itc, "itm": h.itm}))
+        .collect();
+    emit(common.format, &records, |r| {
+        format!(
+            "{}\t{:.4}\t{}",
+            r["rank"],
+            r["score"].as_f64().unwrap_or(0.0),
+            r["image"].as_str().unwrap_or("")
+        )
+    })?;
+    Ok(0)
+}
