@@ -1,5 +1,6 @@
 //! `blip-onnx`: convert BLIP checkpoints to ONNX model packages and run them.
 
+mod bench;
 mod index;
 mod inspect;
 mod tasks;
@@ -134,6 +135,20 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Runtime latencies on real-size packages as JSON (used by the side-by-side benchmark).
+    BenchRuntime {
+        /// Caption package.
+        caption: PathBuf,
+        /// Retrieval package (adds the rerank row).
+        #[arg(long)]
+        retrieval: Option<PathBuf>,
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// Search an index with a text: ITC top-k, then ITM rerank of the best candidates.
     Search {
         #[command(flatten)]
@@ -257,6 +272,13 @@ fn run(cli: Cli) -> Result<u8> {
             answers,
             k,
         } => tasks::vqa(&common, &image, &questions, answers.as_deref(), k),
+        Command::BenchRuntime {
+            caption,
+            retrieval,
+            image,
+            reps,
+            threads,
+        } => bench::run(&caption, retrieval.as_deref(), &image, reps, threads),
         Command::Index {
             common,
             dir,

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use blip_package::Tokens;
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::Tokenizer;
 
 use crate::PreprocessError;
 
@@ -54,6 +54,8 @@ impl BlipTokenizer {
         Ok(BlipTokenizer { tokenizer, tokens })
     }
 
+    /// `[CLS] tokens [SEP]`, the tokens cut so the whole fits `max_tokens` (BERT's truncation of a
+    /// single sequence). Done here rather than by reconfiguring the tokenizer, whose clone is costly.
     fn encode_one(
         &self,
         text: &str,
@@ -62,18 +64,19 @@ impl BlipTokenizer {
         if text.trim().is_empty() {
             return Err(PreprocessError::EmptyText);
         }
-        let mut tok = self.tokenizer.clone();
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| PreprocessError::Tokenizer(e.to_string()))?;
+        let mut body: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
         if let Some(max) = max_tokens {
-            tok.with_truncation(Some(TruncationParams {
-                max_length: max,
-                ..Default::default()
-            }))
-            .map_err(|e| PreprocessError::Tokenizer(e.to_string()))?;
+            body.truncate(max.saturating_sub(2).max(1));
         }
-        let enc = tok
-            .encode(text, true)
-            .map_err(|e| PreprocessError::Tokenizer(e.to_string()))?;
-        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+        let mut ids = Vec::with_capacity(body.len() + 2);
+        ids.push(self.tokens.cls);
+        ids.extend(body);
+        ids.push(self.tokens.sep);
+        Ok(ids)
     }
 
     /// Encodes texts (with [CLS] … [SEP]), replaces the first token, pads to the longest.
@@ -137,5 +140,65 @@ impl BlipTokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer() -> BlipTokenizer {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/models/tiny-caption/tokenizer.json");
+        let tokens = Tokens {
+            bos: 30522,
+            enc: 30523,
+            cls: 101,
+            sep: 102,
+            eos: 102,
+            pad: 0,
+            max_text_tokens: 35,
+        };
+        BlipTokenizer::from_file(&path, tokens).unwrap()
+    }
+
+    #[test]
+    fn truncation_keeps_cls_and_sep_like_bert() {
+        let t = tokenizer();
+        let long = "a picture of a woman with a dog sitting in a beach ".repeat(20);
+        let full = t
+            .encode_batch(&[long.as_str()], FirstToken::Cls, None)
+            .unwrap();
+        let cut = t
+            .encode_batch(&[long.as_str()], FirstToken::Enc, Some(35))
+            .unwrap();
+        assert_eq!(cut.cols, 35);
+        assert_eq!(cut.ids[0], 30523);
+        assert_eq!(cut.ids[34], 102);
+        assert_eq!(cut.ids[1..34], full.ids[1..34]);
+        // "a picture of" is [CLS] 1037 3861 1997 [SEP] in bert-base-uncased.
+        let p = t
+            .encode_batch(&["A picture of"], FirstToken::Cls, Some(35))
+            .unwrap();
+        assert_eq!(p.ids, [101, 1037, 3861, 1997, 102]);
+        assert_eq!(
+            t.prompt_ids("a picture of ").unwrap(),
+            [30522, 1037, 3861, 1997]
+        );
+    }
+
+    #[test]
+    fn padding_and_empty_text() {
+        let t = tokenizer();
+        let b = t
+            .encode_batch(&["a red circle", "two cats"], FirstToken::Cls, None)
+            .unwrap();
+        assert_eq!((b.rows, b.cols), (2, 5));
+        assert_eq!(b.mask, [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]);
+        assert_eq!(b.ids[9], 0);
+        assert!(matches!(
+            t.encode_batch(&["ok", " \n"], FirstToken::Cls, None),
+            Err(PreprocessError::EmptyText)
+        ));
     }
 }

@@ -1,0 +1,106 @@
+//! `blip-onnx bench-runtime`: in-process latencies of the runtime on real-size packages, as JSON
+//! (driven side by side with PyTorch by `tools/reference/blip_reference.py bench-runtime`).
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+use blip_runtime::{BlipModel, CaptionOptions, ImageInput, SessionOptions, Strategy};
+use serde_json::json;
+
+fn median_ms(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2] * 1e3
+}
+
+fn time<T, E: Into<anyhow::Error>>(
+    reps: usize,
+    mut f: impl FnMut() -> std::result::Result<T, E>,
+) -> Result<(f64, Vec<f64>)> {
+    f().map_err(Into::into)?; // warm-up
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f().map_err(Into::into)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok((median_ms(times.clone()), times))
+}
+
+pub fn run(
+    caption_pkg: &Path,
+    retrieval_pkg: Option<&Path>,
+    image: &Path,
+    reps: usize,
+    threads: usize,
+) -> Result<u8> {
+    let opts = SessionOptions {
+        intra_threads: threads,
+        ..Default::default()
+    };
+    let mut rows = Vec::new();
+    let mut model = BlipModel::open(caption_pkg, &opts)?;
+    let input = ImageInput::Path(image.to_path_buf());
+    let px = model.pixel_values(&input)?;
+    for batch in [1usize, 8] {
+        let pixels: Vec<f32> = std::iter::repeat_n(px.iter().copied(), batch)
+            .flatten()
+            .collect();
+        let (ms, _) = time(if batch == 1 { reps } else { reps.div_ceil(2) }, || {
+            model.vision(&pixels, batch)
+        })?;
+        rows.push(json!({"case": format!("vision encoder b{batch}"), "median_ms": ms}));
+    }
+    // Exactly 20 new tokens after [DEC] (EOS blocked until then), from the image file.
+    for (name, strategy) in [
+        ("caption greedy, 20 tokens", Strategy::Greedy),
+        (
+            "caption beam 3, 20 tokens",
+            Strategy::Beam {
+                num_beams: 3,
+                length_penalty: 1.0,
+                early_stopping: false,
+            },
+        ),
+    ] {
+        let opts = CaptionOptions {
+            prompt: String::new(),
+            strategy,
+            max_length: 21,
+            min_length: 21,
+            repetition_penalty: 1.0,
+            no_cache: false,
+        };
+        let (ms, _) = time(reps.div_ceil(2), || -> Result<()> {
+            let c = model.caption(std::slice::from_ref(&input), &opts)?;
+            c.into_iter().next().transpose()?;
+            Ok(())
+        })?;
+        rows.push(json!({"case": name, "median_ms": ms}));
+    }
+    drop(model);
+    if let Some(pkg) = retrieval_pkg {
+        let mut model = BlipModel::open(pkg, &opts)?;
+        let (_, hidden) = model.embed_images(std::slice::from_ref(&input))?;
+        // 1000 cached unit image embeddings; the 16 rerank candidates' hidden states are cached too.
+        let dim = model.package.manifest.model.embed_dim.unwrap_or(256);
+        let embeds = ndarray::Array2::from_shape_fn((1000, dim), |(i, j)| {
+            (((i * 31 + j * 17) % 97) as f32 - 48.0) / 400.0
+        });
+        let cand = hidden.select(ndarray::Axis(0), &[0; 16]);
+        let (ms, _) = time(reps, || {
+            model.rank_images(
+                "a woman in a uniform standing next to a flag",
+                embeds.view(),
+                16,
+                |_, _| Ok(cand.clone()),
+            )
+        })?;
+        rows.push(json!({"case": "retrieval: 1 text vs 1000 images, rerank 16", "median_ms": ms}));
+    }
+    println!(
+        "{}",
+        json!({"engine": "blip-onnx (Rust, ORT)", "threads": threads, "rows": rows})
+    );
+    Ok(0)
+}
