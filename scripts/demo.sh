@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job end to end on the bundled fixture checkpoints:
 # fetch ONNX Runtime -> build -> convert (HF caption / retrieval / VQA folders and an original .pth)
-# -> load and run every graph of each package -> short report.
+# -> check every graph loads and runs -> caption, answer, index and search with the packages.
 #   scripts/demo.sh [OUT_DIR]     (default: out/demo)
+# The fixtures are tiny random-weight models: the pipeline is real, the words are not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-out/demo}"
@@ -20,4 +21,12 @@ for pkg in "$out"/tiny-*; do
   "$bin" inspect "$pkg" --run
   echo
 done
+echo "== captions (beam 3, prompt \"a picture of \")"
+"$bin" caption -p "$out/tiny-caption" fixtures/images/*
+echo "== VQA"
+"$bin" vqa -p "$out/tiny-vqa" fixtures/images/grace_hopper.jpg "what is in the picture?"
+echo "== index + search (ITC top-k, ITM rerank)"
+"$bin" index -p "$out/tiny-retrieval" fixtures/images -o "$out/images.idx"
+"$bin" search -p "$out/tiny-retrieval" "$out/images.idx" "a woman in a uniform" -k 3 --rerank 2
+echo
 echo "packages in $out; run 'scripts/test.sh' for the parity suite against PyTorch"

@@ -664,6 +664,128 @@ def cmd_parity(args) -> None:
         raise SystemExit(f"parity above {args.tolerance}")
 
 
+@torch.no_grad()
+def cmd_bench_runtime(args) -> None:
+    """Runtime benchmark on base-size packages, side by side in one run: PyTorch eager (transformers),
+    the common guide's recipe in ONNX-Runtime-in-Python (vision encoder only: the guide has no decoder),
+    and blip-onnx's Rust runtime (`blip-onnx bench-runtime`). Same thread count for all."""
+    import platform
+    import statistics
+
+    import onnxruntime as ort
+    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipImageProcessor
+
+    torch.set_num_threads(args.threads)
+    image = Path(args.image)
+
+    def timed(fn, reps):
+        fn()
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times) * 1e3
+
+    cap = BlipForConditionalGeneration.from_pretrained(args.caption).eval()
+    size = cap.config.vision_config.image_size
+    proc = BlipImageProcessor(size={"height": size, "width": size})
+    pv1 = proc(images=[Image.open(image).convert("RGB")], return_tensors="pt")["pixel_values"]
+    pv8 = pv1.repeat(8, 1, 1, 1)
+    torch_rows = {
+        "vision encoder b1": timed(lambda: cap.vision_model(pixel_values=pv1), args.reps),
+        "vision encoder b8": timed(lambda: cap.vision_model(pixel_values=pv8), max(1, (args.reps + 1) // 2)),
+    }
+
+    def caption(beams):
+        px = proc(images=[Image.open(image).convert("RGB")], return_tensors="pt")["pixel_values"]
+        out = cap.generate(pixel_values=px, num_beams=beams, max_new_tokens=20, min_new_tokens=20)
+        assert out.shape[1] == 21, out.shape
+
+    torch_rows["caption greedy, 20 tokens"] = timed(lambda: caption(1), max(1, (args.reps + 1) // 2))
+    torch_rows["caption beam 3, 20 tokens"] = timed(lambda: caption(3), max(1, (args.reps + 1) // 2))
+
+    # The guide's recipe: torch.onnx.export of the vision encoder, run in onnxruntime (Python).
+    with tempfile.TemporaryDirectory() as tmp:
+        class Vision(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, pixel_values):
+                return self.m(pixel_values=pixel_values).last_hidden_state
+
+        path = f"{tmp}/vision.onnx"
+        torch.onnx.export(Vision(cap.vision_model), (pv1,), path, input_names=["pixel_values"],
+                          output_names=["last_hidden_state"], dynamic_axes={"pixel_values": {0: "b"}},
+                          opset_version=17, dynamo=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = args.threads
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        guide_rows = {
+            "vision encoder b1": timed(lambda: sess.run(None, {"pixel_values": pv1.numpy()}), args.reps),
+            "vision encoder b8": timed(lambda: sess.run(None, {"pixel_values": pv8.numpy()}),
+                                       max(1, (args.reps + 1) // 2)),
+        }
+        del sess
+    del cap
+
+    if args.retrieval:
+        ret = BlipForImageTextRetrieval.from_pretrained(args.retrieval).eval()
+        tok = make_tokenizer(ensure_assets()["vocab"])
+        hidden = ret.vision_model(pixel_values=pv1).last_hidden_state
+        cand = hidden.repeat(16, 1, 1)
+        dim = ret.config.image_text_hidden_size
+        idx = torch.arange(1000 * dim).reshape(1000, dim)
+        embeds = (((idx // dim) * 31 + (idx % dim) * 17) % 97 - 48).float() / 400.0
+        text = "a woman in a uniform standing next to a flag"
+
+        def retrieve():
+            enc = tok([text], padding="longest", truncation=True, max_length=35, return_tensors="pt")
+            t = ret.text_encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+            feat = torch.nn.functional.normalize(ret.text_proj(t[:, 0, :]), dim=-1)
+            sims = embeds @ feat[0]
+            top = sims.topk(16).indices
+            ids = enc["input_ids"].clone()
+            ids[:, 0] = tok.convert_tokens_to_ids("[ENC]")
+            out = ret.text_encoder(input_ids=ids.repeat(16, 1), attention_mask=enc["attention_mask"].repeat(16, 1),
+                                   encoder_hidden_states=cand,
+                                   encoder_attention_mask=torch.ones(cand.shape[:2], dtype=torch.long))
+            score = ret.itm_head(out.last_hidden_state[:, 0, :])[:, 1] + sims[top]
+            return score.argsort(descending=True)
+
+        torch_rows["retrieval: 1 text vs 1000 images, rerank 16"] = timed(retrieve, args.reps)
+        del ret
+
+    cmd = [args.binary, "bench-runtime", args.caption_package, "--image", str(image), "--reps", str(args.reps),
+           "--threads", str(args.threads)]
+    if args.retrieval_package:
+        cmd += ["--retrieval", args.retrieval_package]
+    ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    rust_rows = {r["case"]: r["median_ms"] for r in ours["rows"]}
+
+    result = {"command": " ".join(sys.argv), "threads": args.threads, "image": image.name,
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+              "pytorch_ms": torch_rows, "guide_ort_python_ms": guide_rows, "blip_onnx_ms": rust_rows}
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "runtime-base.json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = ["| case (base, fp32, median ms) | PyTorch eager | guide recipe, ORT-Python | blip-onnx (Rust) | speed-up vs PyTorch |",
+             "|---|---|---|---|---|"]
+    for case, ms in torch_rows.items():
+        g = guide_rows.get(case)
+        r = rust_rows.get(case)
+        lines.append(f"| {case} | {ms:.0f} | {f'{g:.0f}' if g else '—'} | {f'{r:.0f}' if r else '—'} | "
+                     f"{f'{ms / r:.2f}x' if r else '—'} |")
+    lines += ["", f"{args.threads} threads each, {os.cpu_count()} CPUs, one run (`{result['command']}`); "
+              "captions from the image file end to end, 20 new tokens forced (EOS blocked)."]
+    text = "\n".join(lines)
+    (out_dir / "runtime-base.md").write_text("# Runtime benchmark (base, FP32)\n\n" + text + "\n")
+    print(text)
+    update_readme("bench:runtime-base", text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -684,6 +806,16 @@ def main() -> None:
     b.add_argument("--repeat", type=int, default=2)
     b.add_argument("--workdir", default=None, help="where temporary packages go")
     b.add_argument("--out", default=str(REPO / "docs/bench"))
+    r = sub.add_parser("bench-runtime", help="runtime latencies vs PyTorch and the guide's ORT-Python recipe")
+    r.add_argument("--caption", required=True, help="base caption checkpoint folder")
+    r.add_argument("--caption-package", required=True)
+    r.add_argument("--retrieval", help="base retrieval checkpoint folder")
+    r.add_argument("--retrieval-package")
+    r.add_argument("--image", default=str(FIXTURES / "images" / "grace_hopper.jpg"))
+    r.add_argument("--binary", default=str(REPO / "target/release/blip-onnx"))
+    r.add_argument("--reps", type=int, default=5)
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--out", default=str(REPO / "docs/bench"))
     q = sub.add_parser("parity", help="compare a package with PyTorch on the fixture images")
     q.add_argument("checkpoint")
     q.add_argument("package")
@@ -692,7 +824,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     {"fixtures": cmd_fixtures, "checkpoint": cmd_checkpoint, "export": cmd_export,
-     "bench-convert": cmd_bench_convert, "parity": cmd_parity}[args.cmd](args)
+     "bench-convert": cmd_bench_convert, "parity": cmd_parity,
+     "bench-runtime": cmd_bench_runtime}[args.cmd](args)
 
 
 if __name__ == "__main__":
