@@ -4,7 +4,9 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use blip_runtime::{BlipModel, CaptionOptions, ImageInput, SessionOptions, Strategy, VqaOptions};
+use blip_runtime::{
+    BlipModel, CaptionOptions, Device, ImageInput, SessionOptions, Strategy, VqaOptions,
+};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -36,12 +38,27 @@ pub struct Common {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Execution provider: cpu, or cuda / cuda:N (an error when it cannot be used; never a silent fallback).
+    #[arg(long, default_value = "cpu", env = "BLIP_ONNX_DEVICE")]
+    pub device: String,
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda { device_id: 0 }),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(device_id) => Ok(Device::Cuda { device_id }),
+            None => bail!("--device {other:?}: expected cpu, cuda or cuda:N"),
+        },
+    }
 }
 
 impl Common {
     pub fn model(&self) -> Result<BlipModel> {
         let opts = SessionOptions {
             intra_threads: self.threads,
+            device: parse_device(&self.device)?,
             ..Default::default()
         };
         BlipModel::open(&self.package, &opts)

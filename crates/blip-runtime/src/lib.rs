@@ -40,6 +40,8 @@ pub enum RuntimeError {
     LibraryLoad { path: PathBuf, message: String },
     #[error("loading graph {path}: {message}")]
     Session { path: PathBuf, message: String },
+    #[error("execution provider: {0}")]
+    ExecutionProvider(String),
     #[error("running {graph}: {message}")]
     Inference { graph: String, message: String },
     #[error(transparent)]
@@ -51,6 +53,32 @@ pub enum RuntimeError {
 }
 
 pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+#[cfg(feature = "cuda")]
+fn with_cuda(
+    builder: ort::session::builder::SessionBuilder,
+    device_id: i32,
+) -> Result<ort::session::builder::SessionBuilder> {
+    let ep = ort::ep::CUDA::default()
+        .with_device_id(device_id)
+        .build()
+        .error_on_failure();
+    builder.with_execution_providers([ep]).map_err(|e| {
+        RuntimeError::ExecutionProvider(format!(
+            "CUDA device {device_id} could not be registered ({e}); the library must be ONNX Runtime GPU (onnxruntime-gpu) with CUDA available"
+        ))
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn with_cuda(
+    _builder: ort::session::builder::SessionBuilder,
+    _device_id: i32,
+) -> Result<ort::session::builder::SessionBuilder> {
+    Err(RuntimeError::ExecutionProvider(
+        "CUDA was requested but this build has no CUDA support; rebuild with `--features cuda` and load an onnxruntime-gpu library".into(),
+    ))
+}
 
 /// Where the fetch script caches the library (keep in sync with scripts/fetch-onnxruntime.sh).
 pub fn cached_library_path() -> Option<PathBuf> {
@@ -101,6 +129,16 @@ pub enum OptLevel {
     All,
 }
 
+/// Where sessions run. A requested GPU that cannot be used is an error, never a silent CPU fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda {
+        device_id: i32,
+    },
+}
+
 /// Session settings.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
@@ -108,6 +146,7 @@ pub struct SessionOptions {
     pub intra_threads: usize,
     pub inter_threads: usize,
     pub opt_level: OptLevel,
+    pub device: Device,
 }
 
 impl Default for SessionOptions {
@@ -116,6 +155,7 @@ impl Default for SessionOptions {
             intra_threads: 0,
             inter_threads: 1,
             opt_level: OptLevel::All,
+            device: Device::Cpu,
         }
     }
 }
@@ -189,6 +229,9 @@ impl Runtime {
             builder = builder
                 .with_intra_threads(opts.intra_threads)
                 .map_err(|e| err(e.to_string()))?;
+        }
+        if let Device::Cuda { device_id } = opts.device {
+            builder = with_cuda(builder, device_id)?;
         }
         builder
             .commit_from_file(path)
