@@ -11,10 +11,9 @@ fn cuda_request_without_cuda_is_a_loud_error() {
         device: Device::Cuda { device_id: 0 },
         ..Default::default()
     };
-    let err = rt
-        .package_session(&c.pkg, "vision_encoder", &opts)
-        .err()
-        .expect("CUDA must not silently fall back");
+    let Err(err) = rt.package_session(&c.pkg, "vision_encoder", &opts) else {
+        panic!("CUDA must not silently fall back to the CPU");
+    };
     let msg = err.to_string();
     assert!(msg.contains("CUDA"), "{msg}");
 }
