@@ -22,7 +22,7 @@ for pkg in "$out"/tiny-*; do
   echo
 done
 echo "== captions (beam 3, prompt \"a picture of \")"
-"$bin" caption -p "$out/tiny-caption" fixtures/images/*
+"$bin" caption -p "$out/tiny-caption" fixtures/images/*.png fixtures/images/*.jpg
 echo "== VQA"
 "$bin" vqa -p "$out/tiny-vqa" fixtures/images/grace_hopper.jpg "what is in the picture?"
 echo "== index + search (ITC top-k, ITM rerank)"

@@ -117,6 +117,42 @@ def make_tokenizer(vocab: Path):
     return tok
 
 
+def format_variants(images: Path) -> dict:
+    """The same photo in the encodings and pixel layouts the runtime must accept, and what Pillow
+    (+ EXIF transpose, which the runtime applies) makes of each."""
+    from PIL import ImageOps
+
+    src = Image.open(images / "grace_hopper.jpg").convert("RGB").resize((60, 70), Image.BICUBIC)
+    out = images / "formats"
+    out.mkdir(exist_ok=True)
+    variants = {}
+    src.convert("L").save(out / "gray.png"); variants["gray.png"] = 1
+    rgba = src.copy(); rgba.putalpha(Image.linear_gradient("L").resize(src.size)); rgba.save(out / "rgba.png")
+    variants["rgba.png"] = 1
+    arr16 = (np.asarray(src).astype(np.uint16) * 257)
+    import zlib, struct
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    h, w = arr16.shape[:2]
+    raw = b"".join(b"\x00" + arr16[y].astype(">u2").tobytes() for y in range(h))
+    png16 = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    (out / "rgb16.png").write_bytes(png16); variants["rgb16.png"] = 1
+    src.quantize(64).save(out / "palette.gif"); variants["palette.gif"] = 1
+    src.save(out / "lossless.webp", lossless=True); variants["lossless.webp"] = 1
+    src.save(out / "plain.bmp"); variants["plain.bmp"] = 1
+    src.convert("CMYK").save(out / "cmyk.jpg", quality=95); variants["cmyk.jpg"] = 0
+    exif = Image.Exif(); exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    src.transpose(Image.ROTATE_90).save(out / "exif_rotated.jpg", quality=95, exif=exif)
+    variants["exif_rotated.jpg"] = 0
+    reference = {}
+    for name in variants:
+        im = ImageOps.exif_transpose(Image.open(out / name))
+        reference[name] = im.convert("RGB")
+    return {"variants": variants, "reference": reference, "dir": out}
+
+
 # ----------------------------------------------------------------------------- models
 
 SIZES = {
@@ -417,6 +453,12 @@ def cmd_fixtures(args) -> None:
     assets = ensure_assets()
     tok = make_tokenizer(assets["vocab"])
     models_dir, goldens_dir = FIXTURES / "models", FIXTURES / "goldens"
+    formats = format_variants(FIXTURES / "images")
+    proc = processor_for(32, None)
+    names = sorted(formats["variants"])
+    pv = proc(images=[formats["reference"][n] for n in names], return_tensors="pt")["pixel_values"].float()
+    save_goldens({"pixel_values": pv}, {"name": "formats-32", "images": names,
+                                         "png_like": [n for n in names if formats["variants"][n]]}, goldens_dir)
     seeds = {"caption": 1, "retrieval": 2, "vqa": 3}
     size = SIZES["tiny"]["vision"]["image_size"]
     for head in HEADS:

@@ -126,6 +126,10 @@ enum Command {
         /// Answers kept after the first-token ranking (LAVIS: 128).
         #[arg(short, long, default_value_t = 128)]
         k: usize,
+        /// Generation: mask the question padding in cross-attention (BLIP and transformers do not,
+        /// so batched answers can depend on the other questions' lengths).
+        #[arg(long)]
+        mask_question_padding: bool,
     },
     /// Embed every image under DIR into an index file (unchanged files are reused on re-runs).
     Index {
@@ -271,7 +275,15 @@ fn run(cli: Cli) -> Result<u8> {
             questions,
             answers,
             k,
-        } => tasks::vqa(&common, &image, &questions, answers.as_deref(), k),
+            mask_question_padding,
+        } => tasks::vqa(
+            &common,
+            &image,
+            &questions,
+            answers.as_deref(),
+            k,
+            mask_question_padding,
+        ),
         Command::BenchRuntime {
             caption,
             retrieval,

@@ -287,6 +287,7 @@ pub fn vqa(
     questions: &[String],
     answers_file: Option<&Path>,
     k: usize,
+    mask_question_padding: bool,
 ) -> Result<u8> {
     let mut model = common.model()?;
     let images = vec![ImageInput::Path(image.to_path_buf()); questions.len()];
@@ -294,11 +295,14 @@ pub fn vqa(
     let mut records = Vec::new();
     match answers_file {
         None => {
-            for (q, a) in
-                questions
-                    .iter()
-                    .zip(model.answer(&images, &qs, &VqaOptions::default())?)
-            {
+            for (q, a) in questions.iter().zip(model.answer(
+                &images,
+                &qs,
+                &VqaOptions {
+                    mask_question_padding,
+                    ..Default::default()
+                },
+            )?) {
                 records.push(json!({"image": image, "question": q, "answer": a.text}));
             }
         }

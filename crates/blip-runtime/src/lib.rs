@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 pub use blip_package::{Package, PackageError};
 pub use blip_preprocess::PreprocessError;
 pub use generate::{Generated, GenerationConfig, Strategy};
-pub use model::{BlipModel, ImageInput, VisionOutput};
+pub use model::{BlipModel, ImageInput, VisionOutput, unique_inputs};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 pub use tasks::{Answer, Caption, CaptionOptions, Hit, RankedAnswers, VqaOptions};

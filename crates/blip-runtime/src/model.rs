@@ -13,7 +13,7 @@ use ort::value::{DynValue, Tensor, TensorRef};
 use crate::{Result, Runtime, RuntimeError, SessionOptions};
 
 /// An image to process: a file, or encoded bytes already in memory.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ImageInput {
     Path(PathBuf),
     Bytes { name: String, data: Vec<u8> },
@@ -26,6 +26,23 @@ impl ImageInput {
             ImageInput::Bytes { name, .. } => name.clone(),
         }
     }
+}
+
+/// Distinct inputs and, per input, the index of its distinct copy: an image given several times in
+/// one call is decoded and encoded once.
+pub fn unique_inputs(images: &[ImageInput]) -> (Vec<ImageInput>, Vec<usize>) {
+    let mut seen: HashMap<&ImageInput, usize> = HashMap::new();
+    let mut unique = Vec::new();
+    let map = images
+        .iter()
+        .map(|img| {
+            *seen.entry(img).or_insert_with(|| {
+                unique.push(img.clone());
+                unique.len() - 1
+            })
+        })
+        .collect();
+    (unique, map)
 }
 
 impl From<&Path> for ImageInput {
@@ -76,9 +93,15 @@ pub struct BlipModel {
     pub tokenizer: BlipTokenizer,
     pub images: ImagePreprocessor,
     sessions: HashMap<String, Session>,
+    images_encoded: u64,
 }
 
 impl BlipModel {
+    /// How many images the vision encoder has encoded so far (a repeated image in one call counts once).
+    pub fn images_encoded(&self) -> u64 {
+        self.images_encoded
+    }
+
     /// Loads a package and opens every graph it lists.
     pub fn open(dir: &Path, opts: &SessionOptions) -> Result<BlipModel> {
         let package = Package::open(dir)?;
@@ -95,6 +118,7 @@ impl BlipModel {
             tokenizer,
             images,
             sessions,
+            images_encoded: 0,
         })
     }
 
@@ -126,6 +150,7 @@ impl BlipModel {
     /// Runs the vision encoder on `n` preprocessed images laid end to end.
     pub fn vision(&mut self, pixels: &[f32], n: usize) -> Result<VisionOutput> {
         let s = self.package.manifest.preprocess.image_size;
+        self.images_encoded += n as u64;
         let session = self.session(blip_package::VISION_ENCODER)?;
         let input = TensorRef::from_array_view(([n, 3, s, s], pixels))
             .map_err(infer_err("vision_encoder"))?;

@@ -6,7 +6,7 @@ use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
 
 use crate::decoder::{CachedDecoder, DecoderShape, RefeedDecoder};
 use crate::generate::{Generated, GenerationConfig, Strategy, generate};
-use crate::model::{BlipModel, ImageInput, infer_err};
+use crate::model::{BlipModel, ImageInput, infer_err, unique_inputs};
 use crate::{Result, RuntimeError};
 use blip_preprocess::FirstToken;
 
@@ -55,6 +55,10 @@ pub struct VqaOptions {
     pub max_length: usize,
     pub min_length: usize,
     pub max_question_tokens: usize,
+    /// Mask the question padding in the decoder's cross-attention. BLIP and transformers attend to
+    /// every position (padding included), so a batched answer can depend on the other questions'
+    /// lengths; `false` keeps that reference behaviour.
+    pub mask_question_padding: bool,
 }
 
 impl Default for VqaOptions {
@@ -68,6 +72,7 @@ impl Default for VqaOptions {
             max_length: 10,
             min_length: 1,
             max_question_tokens: 35,
+            mask_question_padding: false,
         }
     }
 }
@@ -240,42 +245,46 @@ impl BlipModel {
         images: &[ImageInput],
         opts: &CaptionOptions,
     ) -> Result<Vec<Result<Caption>>> {
-        let (pixels, slots) = self.load_images(images);
+        let (unique, map) = unique_inputs(images);
+        let (pixels, slots) = self.load_images(&unique);
         let n = slots.iter().filter(|s| s.is_ok()).count();
-        let mut captions = if n > 0 {
+        let captions = if n > 0 {
             self.caption_pixels(&pixels, n, opts)?
         } else {
             Vec::new()
-        }
-        .into_iter()
-        .map(Some)
-        .collect::<Vec<_>>();
-        Ok(slots
+        };
+        let mut per_unique: Vec<Option<Result<Caption>>> = slots
             .into_iter()
-            .map(|s| {
-                s.map(|i| {
-                    captions[i]
-                        .take()
-                        .expect("each caption is taken once. This is a bug.")
-                })
+            .map(|s| Some(s.map(|i| captions[i].clone())))
+            .collect();
+        Ok(map
+            .iter()
+            .map(|&u| match per_unique[u].take() {
+                Some(r) => {
+                    // Keep a copy for a later duplicate of the same image.
+                    per_unique[u] = Some(match &r {
+                        Ok(c) => Ok(c.clone()),
+                        Err(e) => Err(RuntimeError::Input(e.to_string())),
+                    });
+                    r
+                }
+                None => unreachable!("every distinct image has a result. This is a bug."),
             })
             .collect())
     }
 
-    /// ITC embeddings and hidden states of images (retrieval packages).
+    /// ITC embeddings and hidden states of images (retrieval packages); repeated images are encoded once.
     pub fn embed_images(&mut self, images: &[ImageInput]) -> Result<(Array2<f32>, Array3<f32>)> {
-        let mut pixels = Vec::new();
-        for img in images {
-            pixels.extend(self.pixel_values(img)?);
-        }
-        let v = self.vision(&pixels, images.len())?;
+        let (unique, map) = unique_inputs(images);
+        let pixels = self.pixels_of(&unique)?;
+        let v = self.vision(&pixels, unique.len())?;
         let embeds = v.embeds.ok_or_else(|| {
             RuntimeError::Input(format!(
                 "package head {} has no image embeddings",
                 self.head()
             ))
         })?;
-        Ok((embeds, v.hidden))
+        Ok((embeds.select(Axis(0), &map), v.hidden.select(Axis(0), &map)))
     }
 
     /// ITC embeddings of texts (truncated to `max_text_tokens`).
@@ -347,25 +356,28 @@ impl BlipModel {
         Ok(pixels)
     }
 
-    /// Question states for (image, question) pairs from preprocessed pixels.
+    /// Question states for (image `rows[i]`, question i) pairs; `pixels` holds `n` distinct images.
     fn questions(
         &mut self,
         pixels: &[f32],
         n: usize,
+        rows: &[usize],
         questions: &[&str],
         max_tokens: usize,
     ) -> Result<(Array3<f32>, Vec<i64>)> {
-        if n != questions.len() {
+        if rows.len() != questions.len() || rows.iter().any(|&r| r >= n) {
             return Err(RuntimeError::Input(format!(
-                "{n} images but {} questions",
+                "{} images but {} questions",
+                rows.len(),
                 questions.len()
             )));
         }
         let vision = self.vision(pixels, n)?;
+        let hidden = vision.hidden.select(Axis(0), rows);
         let batch = self
             .tokenizer
             .encode_batch(questions, FirstToken::Enc, Some(max_tokens))?;
-        let states = self.question_states(&batch, vision.hidden.view())?;
+        let states = self.question_states(&batch, hidden.view())?;
         Ok((states, batch.mask))
     }
 
@@ -376,8 +388,9 @@ impl BlipModel {
         questions: &[&str],
         opts: &VqaOptions,
     ) -> Result<Vec<Answer>> {
-        let pixels = self.pixels_of(images)?;
-        self.answer_pixels(&pixels, images.len(), questions, opts)
+        let (unique, map) = unique_inputs(images);
+        let pixels = self.pixels_of(&unique)?;
+        self.answer_rows(&pixels, unique.len(), &map, questions, opts)
     }
 
     /// Generated answers from preprocessed pixels (`n × 3 × S × S`).
@@ -388,11 +401,25 @@ impl BlipModel {
         questions: &[&str],
         opts: &VqaOptions,
     ) -> Result<Vec<Answer>> {
-        let (states, _) = self.questions(pixels, n, questions, opts.max_question_tokens)?;
+        let rows: Vec<usize> = (0..n).collect();
+        self.answer_rows(pixels, n, &rows, questions, opts)
+    }
+
+    fn answer_rows(
+        &mut self,
+        pixels: &[f32],
+        n: usize,
+        rows: &[usize],
+        questions: &[&str],
+        opts: &VqaOptions,
+    ) -> Result<Vec<Answer>> {
+        let (states, q_mask) =
+            self.questions(pixels, n, rows, questions, opts.max_question_tokens)?;
         let cfg = self.generation_config(&opts.strategy, opts.max_length, opts.min_length, 1.0);
         // As BLIP and HF: the decoder attends to every question position (mask of ones).
         let bos = [self.package.manifest.tokens.bos];
-        let generated = self.decode_states(states.view(), None, &bos, &cfg, false)?;
+        let mask = opts.mask_question_padding.then_some(q_mask.as_slice());
+        let generated = self.decode_states(states.view(), mask, &bos, &cfg, false)?;
         generated
             .sequences
             .into_iter()
@@ -415,10 +442,12 @@ impl BlipModel {
         k: usize,
         max_question_tokens: usize,
     ) -> Result<Vec<RankedAnswers>> {
-        let pixels = self.pixels_of(images)?;
-        self.rank_answers_pixels(
+        let (unique, map) = unique_inputs(images);
+        let pixels = self.pixels_of(&unique)?;
+        self.rank_rows(
             &pixels,
-            images.len(),
+            unique.len(),
+            &map,
             questions,
             answers,
             k,
@@ -436,10 +465,25 @@ impl BlipModel {
         k: usize,
         max_question_tokens: usize,
     ) -> Result<Vec<RankedAnswers>> {
+        let rows: Vec<usize> = (0..n).collect();
+        self.rank_rows(pixels, n, &rows, questions, answers, k, max_question_tokens)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rank_rows(
+        &mut self,
+        pixels: &[f32],
+        n: usize,
+        rows: &[usize],
+        questions: &[&str],
+        answers: &[&str],
+        k: usize,
+        max_question_tokens: usize,
+    ) -> Result<Vec<RankedAnswers>> {
         if answers.is_empty() {
             return Err(RuntimeError::Input("the answer list is empty".into()));
         }
-        let (states, q_mask) = self.questions(pixels, n, questions, max_question_tokens)?;
+        let (states, q_mask) = self.questions(pixels, n, rows, questions, max_question_tokens)?;
         let nq = states.shape()[0];
         let e = states.shape()[1];
         let k = k.clamp(1, answers.len());

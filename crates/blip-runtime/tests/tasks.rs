@@ -402,3 +402,117 @@ fn vqa_answers_and_rank_mode_match_the_reference() {
         assert_eq!(r.best, best[q], "question {q}: best answer");
     }
 }
+
+#[test]
+fn image_formats_and_layouts_match_pillow() {
+    let g = Goldens::load("formats-32");
+    let names: Vec<String> = serde_json::from_value(g.meta["images"].clone()).unwrap();
+    let png_like: Vec<String> = serde_json::from_value(g.meta["png_like"].clone()).unwrap();
+    let pre = blip_preprocess::ImagePreprocessor::new(&blip_package::Preprocess::blip(32));
+    let n = 32 * 32;
+    for (i, name) in names.iter().enumerate() {
+        let path = fixture(&format!("images/formats/{name}"));
+        let from_path = pre.pixel_values(&pre.load_path(&path).unwrap()).unwrap();
+        // Bytes in memory give the same result as the file.
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            pre.pixel_values(&pre.load_bytes(&bytes, name).unwrap())
+                .unwrap(),
+            from_path,
+            "{name}"
+        );
+        let want = g.f("pixel_values").index_axis(Axis(0), i).to_owned();
+        let want = want.as_slice().unwrap();
+        let mut worst = 0f32;
+        for c in 0..3 {
+            for j in 0..n {
+                worst =
+                    worst.max((from_path[c * n + j] - want[c * n + j]).abs() * pre.std[c] * 255.0);
+            }
+        }
+        // Lossless encodings: within a level of Pillow. JPEG: decoder differences (and CMYK conversion).
+        let limit = if png_like.contains(name) { 1.01 } else { 3.0 };
+        eprintln!("{name}: max {worst:.2} levels from Pillow");
+        assert!(worst <= limit, "{name}: {worst} levels from Pillow");
+    }
+}
+
+#[test]
+fn a_package_with_a_missing_graph_is_refused() {
+    let c = convert_fixture(&fixture("models/tiny-vqa"), &ConvertOptions::default());
+    std::fs::remove_file(c.pkg.dir.join("cross_kv.onnx")).unwrap();
+    let Err(err) = BlipModel::open(&c.pkg.dir, &SessionOptions::default()) else {
+        panic!("must fail")
+    };
+    assert!(
+        err.to_string().contains("cross_kv.onnx is missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_image_repeated_in_one_call_is_encoded_once() {
+    let (_c, mut m) = model("tiny-vqa");
+    let img = ImageInput::Path(fixture("images/synthetic_a.png"));
+    let other = ImageInput::Bytes {
+        name: "b".into(),
+        data: std::fs::read(fixture("images/synthetic_b.png")).unwrap(),
+    };
+    let qs = [
+        "what color is the circle?",
+        "how many shapes?",
+        "is it red?",
+    ];
+    let together = m
+        .answer(
+            &[img.clone(), img.clone(), other.clone()],
+            &qs,
+            &VqaOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(m.images_encoded(), 2, "two distinct images");
+    // Same answers as feeding the three images' pixels separately (no de-duplication).
+    let pre = &m.images;
+    let mut pixels = Vec::new();
+    for image in [&img, &img, &other] {
+        let decoded = match image {
+            ImageInput::Path(p) => pre.load_path(p).unwrap(),
+            ImageInput::Bytes { name, data } => pre.load_bytes(data, name).unwrap(),
+        };
+        pixels.extend(pre.pixel_values(&decoded).unwrap());
+    }
+    let separate = m
+        .answer_pixels(&pixels, 3, &qs, &VqaOptions::default())
+        .unwrap();
+    assert_eq!(separate, together);
+    // With the question padding masked, an answer no longer depends on the other questions' lengths.
+    let masked = VqaOptions {
+        mask_question_padding: true,
+        ..Default::default()
+    };
+    let batch = m
+        .answer(&[img.clone(), img.clone(), other.clone()], &qs, &masked)
+        .unwrap();
+    for (i, (image, q)) in [&img, &img, &other].into_iter().zip(qs).enumerate() {
+        let alone = m
+            .answer(std::slice::from_ref(image), &[q], &masked)
+            .unwrap();
+        assert_eq!(alone[0].ids, batch[i].ids, "question {i}");
+    }
+    let (c, mut cap) = model("tiny-caption");
+    let a = ImageInput::Path(fixture("images/synthetic_a.png"));
+    let out = cap
+        .caption(
+            &[
+                a.clone(),
+                a.clone(),
+                ImageInput::Path(c.pkg.dir.join("missing.png")),
+                a,
+            ],
+            &CaptionOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(cap.images_encoded(), 1);
+    assert_eq!(out[0].as_ref().unwrap(), out[3].as_ref().unwrap());
+    assert!(out[2].is_err());
+}
