@@ -451,19 +451,24 @@ fn image_states_input(cfg: &BlipConfig) -> IoSpec {
     )
 }
 
-/// Retrieval: image-grounded text encoder (first token [ENC]) → ITM logits `[B, 2]`.
-pub fn itm<'a>(mut net: Net<'a>, cfg: &BlipConfig) -> Result<BuiltGraph<'a>> {
-    let t = &cfg.text;
+/// The image-grounded text encoder shared by ITM and VQA: ids, mask and image states in, hidden states out.
+fn grounded_encoder(net: &mut Net<'_>, cfg: &BlipConfig) -> Result<(Vec<IoSpec>, String)> {
     let mut inputs = text_inputs();
     inputs.push(image_states_input(cfg));
-    declare_inputs(&mut net, &inputs);
+    declare_inputs(net, &inputs);
     let h = text_encoder_body(
-        &mut net,
-        t,
+        net,
+        &cfg.text,
         Some(("encoder_hidden_states", cfg.vision.hidden_size)),
     )?;
+    Ok((inputs, h))
+}
+
+/// Retrieval: image-grounded text encoder (first token [ENC]) → ITM logits `[B, 2]`.
+pub fn itm<'a>(mut net: Net<'a>, cfg: &BlipConfig) -> Result<BuiltGraph<'a>> {
+    let (inputs, h) = grounded_encoder(&mut net, cfg)?;
     let cls = net.first_token("itm_head.cls", &h);
-    let logits = net.linear("itm_head", &cls, t.hidden_size, 2)?;
+    let logits = net.linear("itm_head", &cls, cfg.text.hidden_size, 2)?;
     Ok(finish(
         net,
         inputs,
@@ -476,19 +481,11 @@ pub fn itm<'a>(mut net: Net<'a>, cfg: &BlipConfig) -> Result<BuiltGraph<'a>> {
 
 /// VQA: question (first token [ENC]) encoded with cross-attention to the image → question states.
 pub fn vqa_question_encoder<'a>(mut net: Net<'a>, cfg: &BlipConfig) -> Result<BuiltGraph<'a>> {
-    let t = &cfg.text;
-    let mut inputs = text_inputs();
-    inputs.push(image_states_input(cfg));
-    declare_inputs(&mut net, &inputs);
-    let h = text_encoder_body(
-        &mut net,
-        t,
-        Some(("encoder_hidden_states", cfg.vision.hidden_size)),
-    )?;
+    let (inputs, h) = grounded_encoder(&mut net, cfg)?;
     let out = io(
         "last_hidden_state",
         DataType::F32,
-        &[sym("batch"), sym("sequence"), fixed(t.hidden_size)],
+        &[sym("batch"), sym("sequence"), fixed(cfg.text.hidden_size)],
     );
     Ok(finish(net, inputs, vec![(out, h)]))
 }

@@ -171,16 +171,7 @@ fn caption_package_with_external_data_matches_pytorch() {
 
 #[test]
 fn original_pth_with_interpolated_position_embeddings_matches_pytorch() {
-    let opts = ConvertOptions {
-        image_size: Some(48),
-        config: Some(fixture("models/tiny-caption/config.json")),
-        tokenizer: Some(fixture("models/tiny-caption")),
-        ..Default::default()
-    };
-    let c = convert_fixture(
-        &fixture("models/tiny-caption-pth/model_tiny_caption.pth"),
-        &opts,
-    );
+    let c = convert_pth_48();
     let m = &c.pkg.manifest;
     assert_eq!(
         (

@@ -4,7 +4,7 @@
 
 use blip_convert::ConvertOptions;
 use blip_runtime::{BlipModel, CaptionOptions, ImageInput, SessionOptions, Strategy, VqaOptions};
-use blip_testkit::{Converted, Goldens, assert_close, convert_fixture, fixture};
+use blip_testkit::{Converted, Goldens, assert_close, convert_fixture, convert_pth_48, fixture};
 use ndarray::Axis;
 
 fn model(name: &str) -> (Converted, BlipModel) {
@@ -153,16 +153,7 @@ fn captions_are_token_exact_with_transformers_generate() {
 
 #[test]
 fn captions_from_an_interpolated_pth_package_are_token_exact() {
-    let opts = ConvertOptions {
-        image_size: Some(48),
-        config: Some(fixture("models/tiny-caption/config.json")),
-        tokenizer: Some(fixture("models/tiny-caption")),
-        ..Default::default()
-    };
-    let c = convert_fixture(
-        &fixture("models/tiny-caption-pth/model_tiny_caption.pth"),
-        &opts,
-    );
+    let c = convert_pth_48();
     let mut m = BlipModel::open(&c.pkg.dir, &SessionOptions::default()).unwrap();
     check_captions("tiny-caption-pth-48", &mut m);
 }

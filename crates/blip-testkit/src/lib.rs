@@ -111,6 +111,21 @@ pub fn convert_fixture(checkpoint: &Path, opts: &ConvertOptions) -> Converted {
     Converted { dir, pkg }
 }
 
+/// The original-layout `.pth` fixture converted at 48 px (position embeddings interpolated from 32),
+/// with the HF config and tokenizer of the same weights (goldens: `tiny-caption-pth-48`).
+pub fn convert_pth_48() -> Converted {
+    let opts = ConvertOptions {
+        image_size: Some(48),
+        config: Some(fixture("models/tiny-caption/config.json")),
+        tokenizer: Some(fixture("models/tiny-caption")),
+        ..Default::default()
+    };
+    convert_fixture(
+        &fixture("models/tiny-caption-pth/model_tiny_caption.pth"),
+        &opts,
+    )
+}
+
 pub fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
     assert_eq!(a.shape(), b.shape(), "shape mismatch");
     a.iter()
