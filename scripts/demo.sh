@@ -19,6 +19,8 @@ done
 echo
 for pkg in "$out"/tiny-*; do
   "$bin" inspect "$pkg" --run
+  printf 'deployment checklist: '
+  "$bin" check "$pkg" | tail -n 1
   echo
 done
 echo "== captions (beam 3, prompt \"a picture of \")"

@@ -139,6 +139,18 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Static deployment checklist of a package: each item pass/fail with its reason; exit 4 on a failure.
+    ///
+    /// Graphs for the head, tokenizer ids vs the manifest, per graph: checksum, opset/IR, no
+    /// training-only ops, I/O names, dtypes and dynamic axes vs the manifest, external data, loading in ORT.
+    Check {
+        package: PathBuf,
+        /// Skip loading the graphs in ONNX Runtime.
+        #[arg(long)]
+        no_ort: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: tasks::Format,
+    },
     /// Runtime latencies on real-size packages as JSON (used by the side-by-side benchmark).
     BenchRuntime {
         /// Caption package.
@@ -284,6 +296,28 @@ fn run(cli: Cli) -> Result<u8> {
             k,
             mask_question_padding,
         ),
+        Command::Check {
+            package,
+            no_ort,
+            format,
+        } => {
+            let report = blip_validate::check(&package, !no_ort);
+            if format == tasks::Format::Text {
+                for i in &report.items {
+                    println!(
+                        "{} {:<44} {}",
+                        if i.pass { "pass" } else { "FAIL" },
+                        i.item,
+                        i.reason
+                    );
+                }
+                let failed = report.failures().count();
+                println!("{} passed, {failed} failed", report.items.len() - failed);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(if report.passed() { 0 } else { 4 })
+        }
         Command::BenchRuntime {
             caption,
             retrieval,

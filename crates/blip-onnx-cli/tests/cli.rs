@@ -297,3 +297,40 @@ fn vqa_generates_and_ranks_and_embed_and_itm_print_numbers() {
     let (ok, _, stderr) = blip(&["embed", "-p", ret.to_str().unwrap(), "--text", "  "]);
     assert!(!ok && stderr.contains("empty text"), "{stderr}");
 }
+
+#[test]
+fn check_passes_a_fresh_package_and_exits_4_on_a_damaged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = convert_to(dir.path(), "retrieval");
+    let (ok, stdout, stderr) = blip(&["check", pkg.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.trim_end().ends_with("30 passed, 0 failed"),
+        "{stdout}"
+    );
+    let manifest = pkg.join("blip.json");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("\"pad\": 0", "\"pad\": 7");
+    std::fs::write(&manifest, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_blip-onnx"))
+        .args([
+            "check",
+            pkg.to_str().unwrap(),
+            "--no-ort",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed: Vec<&str> = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["pass"] == false)
+        .map(|i| i["item"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["package: tokenizer ids"]);
+}
