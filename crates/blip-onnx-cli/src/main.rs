@@ -42,6 +42,11 @@ enum ExternalArg {
     Never,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    Int8,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Convert a BLIP checkpoint (Hugging Face folder, or salesforce/BLIP .pth) into a model package.
@@ -138,6 +143,25 @@ enum Command {
         dir: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
+    },
+    /// Write a quantized copy of a package: dynamic INT8 with per-channel weights, in standard ops.
+    ///
+    /// Default policy: encoders (vision, text, ITM, question encoder, cross K/V) INT8, decoder FP32 —
+    /// plain INT8 of BLIP's text decoder is known to lose accuracy. Graph files get the `_quantized` suffix.
+    Quantize {
+        package: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value = "int8")]
+        precision: PrecisionArg,
+        /// encoders | all | comma-separated graph roles
+        #[arg(long, default_value = "encoders")]
+        policy: String,
+        /// 7-bit weights, for CPUs without VNNI.
+        #[arg(long)]
+        reduce_range: bool,
+        #[arg(long)]
+        force: bool,
     },
     /// Static deployment checklist of a package: each item pass/fail with its reason; exit 4 on a failure.
     ///
@@ -296,6 +320,36 @@ fn run(cli: Cli) -> Result<u8> {
             k,
             mask_question_padding,
         ),
+        Command::Quantize {
+            package,
+            output,
+            precision: PrecisionArg::Int8,
+            policy,
+            reduce_range,
+            force,
+        } => {
+            let policy = match policy.as_str() {
+                "encoders" => blip_quantize::Policy::Encoders,
+                "all" => blip_quantize::Policy::All,
+                roles => blip_quantize::Policy::Roles(
+                    roles.split(',').map(|r| r.trim().to_string()).collect(),
+                ),
+            };
+            let opts = blip_quantize::QuantizeOptions {
+                policy,
+                reduce_range,
+                force,
+            };
+            let stats = blip_quantize::quantize_package(&package, &output, &opts)?;
+            println!("int8 package written to {}", output.display());
+            for s in &stats {
+                println!(
+                    "  {:<22} {:>4} MatMuls quantized {:>12} -> {:>12} bytes",
+                    s.role, s.quantized_matmuls, s.bytes_before, s.bytes_after
+                );
+            }
+            Ok(0)
+        }
         Command::Check {
             package,
             no_ort,

@@ -1,0 +1,516 @@
+//! Quantizing blip-onnx packages, in Rust, on the ONNX graphs.
+//!
+//! INT8 dynamic quantization as ONNX Runtime's `quantize_dynamic` does it, in standard ops: every
+//! `MatMul` (and the LM head's `Gemm`) with a constant weight becomes
+//! `DynamicQuantizeLinear(x) → MatMulInteger(x_q, W_q, x_zp, W_zp) → Cast → Mul(x_scale · w_scale)`,
+//! with per-output-channel symmetric int8 weights (optionally reduce-range, 7 bits, for CPUs without
+//! VNNI). ORT fuses the pattern into its integer kernels. Convolutions (the ViT patch embedding) stay
+//! float, so the result also runs where `ConvInteger` is missing (onnxruntime-web).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use blip_package::{GraphEntry, Manifest, Package};
+use onnx_writer::onnx::{
+    AttributeProto, ModelProto, NodeProto, TensorProto, tensor_proto::DataLocation,
+    tensor_proto::DataType as PbType,
+};
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuantizeError {
+    #[error(transparent)]
+    Package(#[from] blip_package::PackageError),
+    #[error("{path}: {message}")]
+    Graph { path: PathBuf, message: String },
+    #[error("output {path} already exists; pass --force to replace it")]
+    OutputExists { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, QuantizeError>;
+
+/// Which graphs to quantize.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Policy {
+    /// Encoders (vision, text, ITM, question encoder, cross K/V) INT8; the decoder stays FP32 (plain
+    /// INT8 of the BLIP text decoder is known to lose accuracy; weight-only INT4/INT8 is the plan there).
+    Encoders,
+    /// Every graph INT8.
+    All,
+    /// These roles only.
+    Roles(Vec<String>),
+}
+
+impl Policy {
+    fn includes(&self, role: &str) -> bool {
+        match self {
+            Policy::Encoders => role != blip_package::DECODER,
+            Policy::All => true,
+            Policy::Roles(r) => r.iter().any(|x| x == role),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QuantizeOptions {
+    pub policy: Policy,
+    /// 7-bit weights ([-63, 63]): avoids int16 accumulation saturation on CPUs without VNNI.
+    pub reduce_range: bool,
+    pub force: bool,
+}
+
+impl Default for QuantizeOptions {
+    fn default() -> Self {
+        QuantizeOptions {
+            policy: Policy::Encoders,
+            reduce_range: false,
+            force: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GraphStats {
+    pub role: String,
+    pub quantized_matmuls: usize,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+fn graph_err(path: &Path, message: impl Into<String>) -> QuantizeError {
+    QuantizeError::Graph {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn f32_values(t: &TensorProto, path: &Path) -> Result<Vec<f32>> {
+    if t.data_type != Some(PbType::Float as i32) {
+        return Err(graph_err(path, format!("{:?} is not float", t.name)));
+    }
+    if let Some(raw) = &t.raw_data {
+        return Ok(raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect());
+    }
+    Ok(t.float_data.clone())
+}
+
+/// Reads a model; external tensors are loaded inline (the quantized graph is written inline).
+fn load_model(path: &Path) -> Result<ModelProto> {
+    let bytes = std::fs::read(path).map_err(|source| QuantizeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut model =
+        ModelProto::decode(bytes.as_slice()).map_err(|e| graph_err(path, e.to_string()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if let Some(g) = model.graph.as_mut() {
+        for t in g
+            .initializer
+            .iter_mut()
+            .filter(|t| t.data_location == Some(DataLocation::External as i32))
+        {
+            let get = |k: &str| {
+                t.external_data
+                    .iter()
+                    .find(|e| e.key.as_deref() == Some(k))
+                    .and_then(|e| e.value.clone())
+            };
+            let location = get("location")
+                .ok_or_else(|| graph_err(path, "external tensor without location"))?;
+            let offset: u64 = get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let length: usize = get("length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let data_path = dir.join(&location);
+            let mut f = std::fs::File::open(&data_path).map_err(|source| QuantizeError::Io {
+                path: data_path.clone(),
+                source,
+            })?;
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset)).map_err(|source| {
+                QuantizeError::Io {
+                    path: data_path.clone(),
+                    source,
+                }
+            })?;
+            let mut buf = vec![0u8; length];
+            f.read_exact(&mut buf).map_err(|source| QuantizeError::Io {
+                path: data_path.clone(),
+                source,
+            })?;
+            t.raw_data = Some(buf);
+            t.data_location = None;
+            t.external_data.clear();
+        }
+    }
+    Ok(model)
+}
+
+fn tensor(name: &str, dtype: PbType, dims: &[i64], raw: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        data_type: Some(dtype as i32),
+        dims: dims.to_vec(),
+        raw_data: Some(raw),
+        ..Default::default()
+    }
+}
+
+fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attribute: Vec<AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: Some(name.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute,
+        ..Default::default()
+    }
+}
+
+/// Symmetric per-column int8: `w[k, n] ≈ q[k, n] · scale[n]`.
+fn quantize_columns(w: &[f32], k: usize, n: usize, qmax: f32) -> (Vec<u8>, Vec<f32>) {
+    let mut scale = vec![0f32; n];
+    for row in w.chunks_exact(n) {
+        for (s, v) in scale.iter_mut().zip(row) {
+            *s = s.max(v.abs());
+        }
+    }
+    for s in scale.iter_mut() {
+        *s = if *s > 0.0 { *s / qmax } else { 1.0 };
+    }
+    let mut q = Vec::with_capacity(k * n);
+    for row in w.chunks_exact(n) {
+        for (v, s) in row.iter().zip(&scale) {
+            q.push((v / s).round().clamp(-qmax, qmax) as i8 as u8);
+        }
+    }
+    (q, scale)
+}
+
+/// Rewrites every float MatMul with a constant 2-D weight, and `Gemm(transB=1)` heads, to dynamic INT8.
+fn quantize_graph(model: &mut ModelProto, path: &Path, reduce_range: bool) -> Result<usize> {
+    let qmax = if reduce_range { 63.0 } else { 127.0 };
+    let graph = model
+        .graph
+        .as_mut()
+        .ok_or_else(|| graph_err(path, "no graph"))?;
+    let inits: HashMap<String, usize> = graph
+        .initializer
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.name.clone().map(|n| (n, i)))
+        .collect();
+    let mut new_nodes = Vec::with_capacity(graph.node.len() * 2);
+    let mut new_inits = Vec::new();
+    let mut dynq: HashMap<String, [String; 3]> = HashMap::new();
+    let mut count = 0;
+    for n in std::mem::take(&mut graph.node) {
+        let op = n.op_type.as_deref().unwrap_or("");
+        let trans_b = n
+            .attribute
+            .iter()
+            .any(|a| a.name.as_deref() == Some("transB") && a.i == Some(1));
+        let weight = n
+            .input
+            .get(1)
+            .and_then(|w| inits.get(w))
+            .map(|&i| &graph.initializer[i]);
+        let eligible = match (op, weight) {
+            ("MatMul", Some(w)) => w.dims.len() == 2 && w.data_type == Some(PbType::Float as i32),
+            ("Gemm", Some(w)) => {
+                trans_b
+                    && w.dims.len() == 2
+                    && w.data_type == Some(PbType::Float as i32)
+                    && !n
+                        .attribute
+                        .iter()
+                        .any(|a| matches!(a.name.as_deref(), Some("alpha" | "beta" | "transA")))
+            }
+            _ => false,
+        };
+        let Some(w) = weight.filter(|_| eligible) else {
+            new_nodes.push(n);
+            continue;
+        };
+        let name = n.name.clone().unwrap_or_default();
+        let x = n.input[0].clone();
+        let out = n.output[0].clone();
+        let values = f32_values(w, path)?;
+        let (k, cols, wt) = if op == "Gemm" {
+            // Gemm(transB) weight is [N, K]: quantize its transpose so MatMulInteger sees [K, N].
+            let (rows, kk) = (w.dims[0] as usize, w.dims[1] as usize);
+            let mut t = vec![0f32; values.len()];
+            for r in 0..rows {
+                for c in 0..kk {
+                    t[c * rows + r] = values[r * kk + c];
+                }
+            }
+            (kk, rows, t)
+        } else {
+            (w.dims[0] as usize, w.dims[1] as usize, values)
+        };
+        let wname = w.name.clone().unwrap_or_default();
+        let (q, scale) = quantize_columns(&wt, k, cols, qmax);
+        let qn = format!("{wname}_quantized");
+        let sn = format!("{wname}_scale");
+        let zn = format!("{wname}_zero_point");
+        if !new_inits
+            .iter()
+            .any(|t: &TensorProto| t.name.as_deref() == Some(qn.as_str()))
+        {
+            new_inits.push(tensor(&qn, PbType::Int8, &[k as i64, cols as i64], q));
+            new_inits.push(tensor(
+                &sn,
+                PbType::Float,
+                &[cols as i64],
+                scale.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ));
+            new_inits.push(tensor(&zn, PbType::Int8, &[cols as i64], vec![0u8; cols]));
+        }
+        // One DynamicQuantizeLinear per activation, shared by the MatMuls that read it (Q, K, V).
+        let [xq, xs, xz] = dynq
+            .entry(x.clone())
+            .or_insert_with(|| {
+                let base = format!("{x}_dynq");
+                let names = [
+                    format!("{base}_q"),
+                    format!("{base}_scale"),
+                    format!("{base}_zp"),
+                ];
+                new_nodes.push(node(
+                    "DynamicQuantizeLinear",
+                    &format!("{name}/DynamicQuantizeLinear"),
+                    &[&x],
+                    &[&names[0], &names[1], &names[2]],
+                    vec![],
+                ));
+                names
+            })
+            .clone();
+        let yi = format!("{out}_int32");
+        let yf = format!("{out}_int32_float");
+        let s = format!("{out}_scale");
+        new_nodes.push(node(
+            "MatMulInteger",
+            &format!("{name}/MatMulInteger"),
+            &[&xq, &qn, &xz, &zn],
+            &[&yi],
+            vec![],
+        ));
+        new_nodes.push(node(
+            "Cast",
+            &format!("{name}/Cast"),
+            &[&yi],
+            &[&yf],
+            vec![onnx_writer::attr_int("to", PbType::Float as i64)],
+        ));
+        new_nodes.push(node(
+            "Mul",
+            &format!("{name}/scale"),
+            &[&xs, &sn],
+            &[&s],
+            vec![],
+        ));
+        if op == "Gemm" {
+            let y = format!("{out}_nobias");
+            new_nodes.push(node(
+                "Mul",
+                &format!("{name}/dequantize"),
+                &[&yf, &s],
+                &[&y],
+                vec![],
+            ));
+            match n.input.get(2) {
+                Some(bias) => new_nodes.push(node(
+                    "Add",
+                    &format!("{name}/bias"),
+                    &[&y, bias],
+                    &[&out],
+                    vec![],
+                )),
+                None => new_nodes.push(node(
+                    "Identity",
+                    &format!("{name}/out"),
+                    &[&y],
+                    &[&out],
+                    vec![],
+                )),
+            }
+        } else {
+            new_nodes.push(node(
+                "Mul",
+                &format!("{name}/dequantize"),
+                &[&yf, &s],
+                &[&out],
+                vec![],
+            ));
+        }
+        count += 1;
+    }
+    graph.node = new_nodes;
+    // Drop float weights nothing reads any more.
+    let used: std::collections::HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().cloned())
+        .collect();
+    graph
+        .initializer
+        .retain(|t| t.name.as_ref().is_some_and(|n| used.contains(n)));
+    graph.initializer.extend(new_inits);
+    Ok(count)
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Writes a quantized copy of the package at `src` to `out` (atomically, as the converter does).
+pub fn quantize_package(src: &Path, out: &Path, opts: &QuantizeOptions) -> Result<Vec<GraphStats>> {
+    if out.exists() && !opts.force {
+        return Err(QuantizeError::OutputExists {
+            path: out.to_path_buf(),
+        });
+    }
+    let pkg = Package::open(src)?;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "package".into());
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|source| QuantizeError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    let result = write_quantized(&pkg, &tmp, opts);
+    let stats = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let io = |source| QuantizeError::Io {
+        path: out.to_path_buf(),
+        source,
+    };
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(io)?;
+    }
+    std::fs::rename(&tmp, out).map_err(io)?;
+    Ok(stats)
+}
+
+fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<Vec<GraphStats>> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| QuantizeError::Io {
+            path: path.clone(),
+            source,
+        }
+    };
+    let mut manifest: Manifest = pkg.manifest.clone();
+    let src_tok = pkg.tokenizer_path();
+    std::fs::copy(&src_tok, dir.join(&manifest.tokenizer)).map_err(io(&src_tok))?;
+    let mut stats = Vec::new();
+    let mut graphs = std::collections::BTreeMap::new();
+    for (role, entry) in &pkg.manifest.graphs {
+        let path = pkg.dir.join(&entry.file);
+        let before = entry.bytes;
+        if !opts.policy.includes(role) {
+            std::fs::copy(&path, dir.join(&entry.file)).map_err(io(&path))?;
+            if let Some(data) = &entry.data_file {
+                std::fs::copy(pkg.dir.join(data), dir.join(data))
+                    .map_err(io(&pkg.dir.join(data)))?;
+            }
+            graphs.insert(role.clone(), entry.clone());
+            stats.push(GraphStats {
+                role: role.clone(),
+                quantized_matmuls: 0,
+                bytes_before: before,
+                bytes_after: before,
+            });
+            continue;
+        }
+        let mut model = load_model(&path)?;
+        let count = quantize_graph(&mut model, &path, opts.reduce_range)?;
+        model.doc_string = Some(format!(
+            "{} | dynamic INT8, per-channel weights{}",
+            model.doc_string.unwrap_or_default(),
+            if opts.reduce_range {
+                ", reduce-range"
+            } else {
+                ""
+            }
+        ));
+        let bytes = model.encode_to_vec();
+        let file = format!("{role}_quantized.onnx");
+        std::fs::write(dir.join(&file), &bytes).map_err(io(&dir.join(&file)))?;
+        graphs.insert(
+            role.clone(),
+            GraphEntry {
+                file,
+                data_file: None,
+                sha256: sha256(&bytes),
+                bytes: bytes.len() as u64,
+                precision: "int8".into(),
+                ..entry.clone()
+            },
+        );
+        stats.push(GraphStats {
+            role: role.clone(),
+            quantized_matmuls: count,
+            bytes_before: before,
+            bytes_after: bytes.len() as u64,
+        });
+    }
+    let all_int8 = graphs.values().all(|g| g.precision == "int8");
+    manifest.precision = if all_int8 {
+        "int8".into()
+    } else {
+        "mixed".into()
+    };
+    manifest.graphs = graphs;
+    let path = dir.join(blip_package::MANIFEST_FILE);
+    let text =
+        serde_json::to_string_pretty(&manifest).map_err(|e| graph_err(&path, e.to_string()))?;
+    std::fs::write(&path, text + "\n").map_err(io(&path))?;
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_column_symmetric_int8_round_trips_within_half_a_step() {
+        let w = [0.5f32, -2.0, 0.25, 1.0, 0.0, -0.125];
+        let (q, s) = quantize_columns(&w, 2, 3, 127.0);
+        assert_eq!(s, [1.0 / 127.0, 2.0 / 127.0, 0.25 / 127.0]);
+        for (i, v) in w.iter().enumerate() {
+            let back = (q[i] as i8) as f32 * s[i % 3];
+            assert!((back - v).abs() <= s[i % 3] / 2.0 + 1e-7, "{v} vs {back}");
+        }
+        assert_eq!(q[0] as i8, 64);
+        assert_eq!(q[1] as i8, -127);
+    }
+}

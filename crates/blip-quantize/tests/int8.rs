@@ -1,0 +1,128 @@
+//! INT8 packages: pass the checklist, load in ORT, and stay close to FP32 on the fixtures.
+
+use blip_convert::ConvertOptions;
+use blip_quantize::{Policy, QuantizeOptions, quantize_package};
+use blip_runtime::{BlipModel, CaptionOptions, SessionOptions, Strategy};
+use blip_testkit::{Goldens, convert_fixture, fixture};
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn int8_retrieval_package_keeps_embeddings_and_itm() {
+    let fp32 = convert_fixture(
+        &fixture("models/tiny-retrieval"),
+        &ConvertOptions::default(),
+    );
+    let out = fp32.dir.path().join("int8");
+    let stats = quantize_package(
+        &fp32.pkg.dir,
+        &out,
+        &QuantizeOptions {
+            policy: Policy::All,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let vision = stats.iter().find(|s| s.role == "vision_encoder").unwrap();
+    assert_eq!(
+        vision.quantized_matmuls,
+        2 * 4 + 1,
+        "qkv, projection, fc1, fc2 per layer + vision_proj"
+    );
+    let report = blip_validate::check(&out, true);
+    assert!(
+        report.passed(),
+        "{:#?}",
+        report.failures().collect::<Vec<_>>()
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("blip.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["graphs"]["text_encoder"]["file"],
+        "text_encoder_quantized.onnx"
+    );
+    assert_eq!(manifest["precision"], "int8");
+
+    let g = Goldens::load("tiny-retrieval");
+    let pixels = g.f("pixel_values").as_slice().unwrap().to_vec();
+    let texts: Vec<String> = serde_json::from_value(g.meta["texts"].clone()).unwrap();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut a = BlipModel::open(&fp32.pkg.dir, &SessionOptions::default()).unwrap();
+    let mut b = BlipModel::open(&out, &SessionOptions::default()).unwrap();
+    let (va, vb) = (a.vision(&pixels, 3).unwrap(), b.vision(&pixels, 3).unwrap());
+    let (ia, ib) = (va.embeds.unwrap(), vb.embeds.unwrap());
+    let (ta, tb) = (
+        a.embed_texts(&texts).unwrap(),
+        b.embed_texts(&texts).unwrap(),
+    );
+    for r in 0..3 {
+        let ci = cosine(ia.row(r).as_slice().unwrap(), ib.row(r).as_slice().unwrap());
+        let ct = cosine(ta.row(r).as_slice().unwrap(), tb.row(r).as_slice().unwrap());
+        assert!(
+            ci >= 0.99 && ct >= 0.99,
+            "row {r}: image cosine {ci}, text cosine {ct}"
+        );
+        assert!(
+            ci < 1.0 - 1e-7 || ct < 1.0 - 1e-7,
+            "the INT8 graph must actually differ"
+        );
+    }
+    let la = a.itm_pairs(va.hidden.view(), &texts).unwrap();
+    let lb = b.itm_pairs(vb.hidden.view(), &texts).unwrap();
+    let worst = la
+        .iter()
+        .zip(lb.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 0.05, "ITM logits moved by {worst}");
+}
+
+#[test]
+fn default_policy_keeps_the_decoder_fp32_and_captions_still_run() {
+    let fp32 = convert_fixture(&fixture("models/tiny-caption"), &ConvertOptions::default());
+    let out = fp32.dir.path().join("int8");
+    let stats = quantize_package(&fp32.pkg.dir, &out, &QuantizeOptions::default()).unwrap();
+    let dec = stats.iter().find(|s| s.role == "decoder").unwrap();
+    assert_eq!(
+        (dec.quantized_matmuls, dec.bytes_before),
+        (0, dec.bytes_after)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("blip.json")).unwrap()).unwrap();
+    assert_eq!(manifest["precision"], "mixed");
+    assert_eq!(manifest["graphs"]["decoder"]["precision"], "fp32");
+    assert_eq!(manifest["graphs"]["cross_kv"]["precision"], "int8");
+    let g = Goldens::load("tiny-caption");
+    let pixels = g.f("pixel_values").as_slice().unwrap().to_vec();
+    let mut m = BlipModel::open(&out, &SessionOptions::default()).unwrap();
+    let opts = CaptionOptions {
+        prompt: String::new(),
+        strategy: Strategy::Greedy,
+        max_length: 20,
+        min_length: 0,
+        ..Default::default()
+    };
+    let caps = m.caption_pixels(&pixels, 3, &opts).unwrap();
+    assert!(caps.iter().all(|c| c.ids.len() > 1 && c.ids[0] == 30522));
+    // Everything quantized: still loads and runs (a quality gate belongs to `validate`).
+    let all = fp32.dir.path().join("int8-all");
+    quantize_package(
+        &fp32.pkg.dir,
+        &all,
+        &QuantizeOptions {
+            policy: Policy::All,
+            reduce_range: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut m = BlipModel::open(&all, &SessionOptions::default()).unwrap();
+    assert_eq!(m.caption_pixels(&pixels, 3, &opts).unwrap().len(), 3);
+    let err = quantize_package(&fp32.pkg.dir, &all, &QuantizeOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("--force"), "{err}");
+}
