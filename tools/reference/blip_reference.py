@@ -806,22 +806,33 @@ def cmd_bench_runtime(args) -> None:
         cmd += ["--retrieval", args.retrieval_package]
     ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
     rust_rows = {r["case"]: r["median_ms"] for r in ours["rows"]}
+    int8_rows = {}
+    if args.int8_caption_package:
+        cmd8 = [args.binary, "bench-runtime", args.int8_caption_package, "--image", str(image), "--reps",
+                str(args.reps), "--threads", str(args.threads)]
+        if args.int8_retrieval_package:
+            cmd8 += ["--retrieval", args.int8_retrieval_package]
+        out8 = subprocess.run(cmd8, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        int8_rows = {r["case"]: r["median_ms"] for r in json.loads(out8)["rows"]}
 
     result = {"command": " ".join(sys.argv), "threads": args.threads, "image": image.name,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-              "pytorch_ms": torch_rows, "guide_ort_python_ms": guide_rows, "blip_onnx_ms": rust_rows}
+              "pytorch_ms": torch_rows, "guide_ort_python_ms": guide_rows, "blip_onnx_ms": rust_rows,
+              "blip_onnx_int8_encoders_ms": int8_rows}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "runtime-base.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = ["| case (base, fp32, median ms) | PyTorch eager | guide recipe, ORT-Python | blip-onnx (Rust) | speed-up vs PyTorch |",
-             "|---|---|---|---|---|"]
+    lines = ["| case (base, median ms) | PyTorch eager | guide recipe, ORT-Python | blip-onnx FP32 | speed-up | "
+             "blip-onnx INT8 encoders | speed-up |",
+             "|---|---|---|---|---|---|---|"]
+    fmt = lambda v: f"{v:.0f}" if v else "—"  # noqa: E731
     for case, ms in torch_rows.items():
-        g = guide_rows.get(case)
-        r = rust_rows.get(case)
-        lines.append(f"| {case} | {ms:.0f} | {f'{g:.0f}' if g else '—'} | {f'{r:.0f}' if r else '—'} | "
-                     f"{f'{ms / r:.2f}x' if r else '—'} |")
+        g, r, q = guide_rows.get(case), rust_rows.get(case), int8_rows.get(case)
+        lines.append(f"| {case} | {ms:.0f} | {fmt(g)} | {fmt(r)} | {f'{ms / r:.2f}x' if r else '—'} | {fmt(q)} | "
+                     f"{f'{ms / q:.2f}x' if q else '—'} |")
     lines += ["", f"{args.threads} threads each, {os.cpu_count()} CPUs, one run (`{result['command']}`); "
-              "captions from the image file end to end, 20 new tokens forced (EOS blocked)."]
+              "captions from the image file end to end, 20 new tokens forced (EOS blocked). INT8 encoders: "
+              "`blip-onnx quantize` default policy (vision, cross K/V, text, ITM INT8; decoder FP32)."]
     text = "\n".join(lines)
     (out_dir / "runtime-base.md").write_text("# Runtime benchmark (base, FP32)\n\n" + text + "\n")
     print(text)
@@ -853,6 +864,8 @@ def main() -> None:
     r.add_argument("--caption-package", required=True)
     r.add_argument("--retrieval", help="base retrieval checkpoint folder")
     r.add_argument("--retrieval-package")
+    r.add_argument("--int8-caption-package", help="also time an INT8 (blip-onnx quantize) caption package")
+    r.add_argument("--int8-retrieval-package")
     r.add_argument("--image", default=str(FIXTURES / "images" / "grace_hopper.jpg"))
     r.add_argument("--binary", default=str(REPO / "target/release/blip-onnx"))
     r.add_argument("--reps", type=int, default=5)
