@@ -255,17 +255,7 @@ pub fn convert(checkpoint: &Path, output: &Path, opts: &ConvertOptions) -> Resul
     )?;
 
     // Everything is written into a hidden sibling folder, renamed into place at the end.
-    let parent = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "package".into());
-    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|source| ConvertError::Unwritable {
+    let tmp = blip_package::staging_dir(output).map_err(|source| ConvertError::Unwritable {
         path: output.to_path_buf(),
         source,
     })?;
@@ -287,46 +277,18 @@ pub fn convert(checkpoint: &Path, output: &Path, opts: &ConvertOptions) -> Resul
             return Err(e);
         }
     };
-    if let Err(e) = replace_dir(&tmp, output) {
+    if let Err(source) = blip_package::commit_staging(&tmp, output) {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
+        return Err(ConvertError::Io {
+            path: output.to_path_buf(),
+            source,
+        });
     }
     Ok(ConvertReport {
         output: output.to_path_buf(),
         total_seconds: start.elapsed().as_secs_f64(),
         ..report
     })
-}
-
-fn replace_dir(tmp: &Path, output: &Path) -> Result<()> {
-    let io = |source| ConvertError::Io {
-        path: output.to_path_buf(),
-        source,
-    };
-    if output.exists() {
-        let old = output.with_file_name(format!(
-            ".{}.old-{}",
-            output
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            std::process::id()
-        ));
-        std::fs::rename(output, &old).map_err(io)?;
-        if let Err(e) = std::fs::rename(tmp, output) {
-            let _ = std::fs::rename(&old, output);
-            return Err(io(e));
-        }
-        if old.is_dir() {
-            std::fs::remove_dir_all(&old)
-        } else {
-            std::fs::remove_file(&old)
-        }
-        .map_err(io)?;
-    } else {
-        std::fs::rename(tmp, output).map_err(io)?;
-    }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

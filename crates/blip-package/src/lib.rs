@@ -230,3 +230,43 @@ impl Package {
         self.dir.join(&self.manifest.tokenizer)
     }
 }
+
+/// Creates the hidden sibling folder a package is written into before it is moved to `out`
+/// (`.NAME.partial-PID`), so a failed write never leaves a partial package at `out`.
+pub fn staging_dir(out: &Path) -> std::io::Result<PathBuf> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "package".into());
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    Ok(tmp)
+}
+
+/// Moves a finished staging folder to `out`, replacing what is there: the old folder is renamed
+/// aside first and put back if the move fails.
+pub fn commit_staging(tmp: &Path, out: &Path) -> std::io::Result<()> {
+    if !out.exists() {
+        return std::fs::rename(tmp, out);
+    }
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let old = out.with_file_name(format!(".{name}.old-{}", std::process::id()));
+    std::fs::rename(out, &old)?;
+    if let Err(e) = std::fs::rename(tmp, out) {
+        let _ = std::fs::rename(&old, out);
+        return Err(e);
+    }
+    if old.is_dir() {
+        std::fs::remove_dir_all(&old)
+    } else {
+        std::fs::remove_file(&old)
+    }
+}

@@ -387,18 +387,8 @@ pub fn quantize_package(src: &Path, out: &Path, opts: &QuantizeOptions) -> Resul
         });
     }
     let pkg = Package::open(src)?;
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "package".into());
-    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|source| QuantizeError::Io {
-        path: tmp.clone(),
+    let tmp = blip_package::staging_dir(out).map_err(|source| QuantizeError::Io {
+        path: out.to_path_buf(),
         source,
     })?;
     let result = write_quantized(&pkg, &tmp, opts);
@@ -409,14 +399,13 @@ pub fn quantize_package(src: &Path, out: &Path, opts: &QuantizeOptions) -> Resul
             return Err(e);
         }
     };
-    let io = |source| QuantizeError::Io {
-        path: out.to_path_buf(),
-        source,
-    };
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(io)?;
+    if let Err(source) = blip_package::commit_staging(&tmp, out) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(QuantizeError::Io {
+            path: out.to_path_buf(),
+            source,
+        });
     }
-    std::fs::rename(&tmp, out).map_err(io)?;
     Ok(stats)
 }
 
