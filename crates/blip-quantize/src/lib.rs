@@ -45,6 +45,8 @@ pub enum Policy {
     Encoders,
     /// Every graph INT8.
     All,
+    /// The decoder only (weight-only INT4 is meant for it: its per-step cost is reading weights).
+    Decoder,
     /// These roles only.
     Roles(Vec<String>),
 }
@@ -54,13 +56,28 @@ impl Policy {
         match self {
             Policy::Encoders => role != blip_package::DECODER,
             Policy::All => true,
+            Policy::Decoder => role == blip_package::DECODER,
             Policy::Roles(r) => r.iter().any(|x| x == role),
         }
     }
 }
 
+/// What the selected MatMuls become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// Dynamic INT8: int8 per-channel weights, activations quantized at run time (standard ops).
+    Int8,
+    /// Weight-only INT4 (`com.microsoft.MatMulNBits`), symmetric blocks of `block_size` along K.
+    /// `accuracy_level` 4 lets ORT multiply in int8 (fastest on CPU); 0 computes in float.
+    Int4 {
+        block_size: usize,
+        accuracy_level: i64,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct QuantizeOptions {
+    pub precision: Precision,
     pub policy: Policy,
     /// 7-bit weights ([-63, 63]): avoids int16 accumulation saturation on CPUs without VNNI.
     pub reduce_range: bool,
@@ -70,6 +87,7 @@ pub struct QuantizeOptions {
 impl Default for QuantizeOptions {
     fn default() -> Self {
         QuantizeOptions {
+            precision: Precision::Int8,
             policy: Policy::Encoders,
             reduce_range: false,
             force: false,
@@ -375,6 +393,176 @@ fn quantize_graph(model: &mut ModelProto, path: &Path, reduce_range: bool) -> Re
     Ok(count)
 }
 
+/// Symmetric 4-bit blocks along K for one output column: MatMulNBits' `B[n]` bytes and `scales[n]`.
+fn quantize_q4_column(col: &[f32], block: usize) -> (Vec<u8>, Vec<f32>) {
+    let blocks = col.len().div_ceil(block);
+    let mut bytes = Vec::with_capacity(blocks * block / 2);
+    let mut scales = Vec::with_capacity(blocks);
+    for b in 0..blocks {
+        let vals: Vec<f32> = (0..block)
+            .map(|i| col.get(b * block + i).copied().unwrap_or(0.0))
+            .collect();
+        let max = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = if max > 0.0 { max / 7.0 } else { 1.0 };
+        // Codes are value/scale + 8 (MatMulNBits' default zero point), two per byte, low nibble first.
+        let code = |v: f32| ((v / scale).round().clamp(-8.0, 7.0) + 8.0) as u8;
+        for pair in vals.chunks(2) {
+            bytes.push(code(pair[0]) | (code(pair[1]) << 4));
+        }
+        scales.push(scale);
+    }
+    (bytes, scales)
+}
+
+/// Rewrites float MatMuls with constant 2-D weights (and `Gemm(transB=1)` heads) to `MatMulNBits`.
+fn quantize_graph_q4(
+    model: &mut ModelProto,
+    path: &Path,
+    block: usize,
+    accuracy_level: i64,
+) -> Result<usize> {
+    if !block.is_power_of_two() || block < 16 {
+        return Err(graph_err(
+            path,
+            format!("block size {block} must be a power of two, at least 16"),
+        ));
+    }
+    let graph = model
+        .graph
+        .as_mut()
+        .ok_or_else(|| graph_err(path, "no graph"))?;
+    let inits: HashMap<String, usize> = graph
+        .initializer
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.name.clone().map(|n| (n, i)))
+        .collect();
+    let mut new_nodes = Vec::with_capacity(graph.node.len());
+    let mut new_inits = Vec::new();
+    let mut count = 0;
+    for n in std::mem::take(&mut graph.node) {
+        let op = n.op_type.as_deref().unwrap_or("");
+        let trans_b = n
+            .attribute
+            .iter()
+            .any(|a| a.name.as_deref() == Some("transB") && a.i == Some(1));
+        let weight = n
+            .input
+            .get(1)
+            .and_then(|w| inits.get(w))
+            .map(|&i| &graph.initializer[i]);
+        let eligible = match (op, weight) {
+            ("MatMul", Some(w)) => w.dims.len() == 2 && w.data_type == Some(PbType::Float as i32),
+            ("Gemm", Some(w)) => {
+                trans_b && w.dims.len() == 2 && w.data_type == Some(PbType::Float as i32)
+            }
+            _ => false,
+        };
+        let Some(w) = weight.filter(|_| eligible) else {
+            new_nodes.push(n);
+            continue;
+        };
+        let values = f32_values(w, path)?;
+        let (rows, cols) = (w.dims[0] as usize, w.dims[1] as usize);
+        // MatMulNBits takes B as [N, K]: a MatMul weight [K, N] is read by column, a Gemm(transB) one by row.
+        let (k, n_out) = if op == "Gemm" {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        let column = |j: usize| -> Vec<f32> {
+            if op == "Gemm" {
+                values[j * cols..(j + 1) * cols].to_vec()
+            } else {
+                (0..rows).map(|r| values[r * cols + j]).collect()
+            }
+        };
+        let blocks = k.div_ceil(block);
+        let mut packed = Vec::with_capacity(n_out * blocks * block / 2);
+        let mut scales = Vec::with_capacity(n_out * blocks);
+        for j in 0..n_out {
+            let (b, s) = quantize_q4_column(&column(j), block);
+            packed.extend(b);
+            scales.extend(s);
+        }
+        let wname = w.name.clone().unwrap_or_default();
+        let (qn, sn) = (format!("{wname}_q4"), format!("{wname}_q4_scales"));
+        if !new_inits
+            .iter()
+            .any(|t: &TensorProto| t.name.as_deref() == Some(qn.as_str()))
+        {
+            new_inits.push(tensor(
+                &qn,
+                PbType::Uint8,
+                &[n_out as i64, blocks as i64, (block / 2) as i64],
+                packed,
+            ));
+            new_inits.push(tensor(
+                &sn,
+                PbType::Float,
+                &[(n_out * blocks) as i64],
+                scales.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ));
+        }
+        let name = n.name.clone().unwrap_or_default();
+        let out = n.output[0].clone();
+        let attrs = vec![
+            onnx_writer::attr_int("K", k as i64),
+            onnx_writer::attr_int("N", n_out as i64),
+            onnx_writer::attr_int("bits", 4),
+            onnx_writer::attr_int("block_size", block as i64),
+            onnx_writer::attr_int("accuracy_level", accuracy_level),
+        ];
+        let y = if op == "Gemm" && n.input.len() > 2 {
+            format!("{out}_nobias")
+        } else {
+            out.clone()
+        };
+        let mut q = node(
+            "MatMulNBits",
+            &format!("{name}/MatMulNBits"),
+            &[&n.input[0], &qn, &sn],
+            &[&y],
+            attrs,
+        );
+        q.domain = Some("com.microsoft".into());
+        new_nodes.push(q);
+        if y != out {
+            new_nodes.push(node(
+                "Add",
+                &format!("{name}/bias"),
+                &[&y, &n.input[2]],
+                &[&out],
+                vec![],
+            ));
+        }
+        count += 1;
+    }
+    graph.node = new_nodes;
+    let used: std::collections::HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().cloned())
+        .collect();
+    graph
+        .initializer
+        .retain(|t| t.name.as_ref().is_some_and(|n| used.contains(n)));
+    graph.initializer.extend(new_inits);
+    if !model
+        .opset_import
+        .iter()
+        .any(|o| o.domain.as_deref() == Some("com.microsoft"))
+    {
+        model
+            .opset_import
+            .push(onnx_writer::onnx::OperatorSetIdProto {
+                domain: Some("com.microsoft".into()),
+                version: Some(1),
+            });
+    }
+    Ok(count)
+}
+
 fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -441,18 +629,34 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
             continue;
         }
         let mut model = load_model(&path)?;
-        let count = quantize_graph(&mut model, &path, opts.reduce_range)?;
-        model.doc_string = Some(format!(
-            "{} | dynamic INT8, per-channel weights{}",
-            model.doc_string.unwrap_or_default(),
-            if opts.reduce_range {
-                ", reduce-range"
-            } else {
-                ""
+        let (count, note, suffix, precision) = match opts.precision {
+            Precision::Int8 => {
+                let c = quantize_graph(&mut model, &path, opts.reduce_range)?;
+                let note = if opts.reduce_range {
+                    "dynamic INT8, per-channel weights, reduce-range"
+                } else {
+                    "dynamic INT8, per-channel weights"
+                };
+                (c, note.to_string(), "quantized", "int8")
             }
-        ));
+            Precision::Int4 {
+                block_size,
+                accuracy_level,
+            } => {
+                let c = quantize_graph_q4(&mut model, &path, block_size, accuracy_level)?;
+                (
+                    c,
+                    format!(
+                        "weight-only INT4 (MatMulNBits, block {block_size}, accuracy level {accuracy_level})"
+                    ),
+                    "q4",
+                    "int4",
+                )
+            }
+        };
+        model.doc_string = Some(format!("{} | {note}", model.doc_string.unwrap_or_default()));
         let bytes = model.encode_to_vec();
-        let file = format!("{role}_quantized.onnx");
+        let file = format!("{role}_{suffix}.onnx");
         std::fs::write(dir.join(&file), &bytes).map_err(io(&dir.join(&file)))?;
         graphs.insert(
             role.clone(),
@@ -461,7 +665,7 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
                 data_file: None,
                 sha256: sha256(&bytes),
                 bytes: bytes.len() as u64,
-                precision: "int8".into(),
+                precision: precision.into(),
                 ..entry.clone()
             },
         );
@@ -472,9 +676,14 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
             bytes_after: bytes.len() as u64,
         });
     }
-    let all_int8 = graphs.values().all(|g| g.precision == "int8");
-    manifest.precision = if all_int8 {
-        "int8".into()
+    // One precision for the package when every graph shares it, else "mixed" (see each graph's).
+    let first = graphs
+        .values()
+        .next()
+        .map(|g| g.precision.clone())
+        .unwrap_or_default();
+    manifest.precision = if graphs.values().all(|g| g.precision == first) {
+        first
     } else {
         "mixed".into()
     };
@@ -489,6 +698,25 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q4_blocks_pack_low_nibble_first_around_zero_point_8() {
+        // One 16-wide block (padded from 3 values): scale = 0.7 / 7 = 0.1.
+        let (bytes, scales) = quantize_q4_column(&[0.7, -0.7, 0.1], 16);
+        assert_eq!(scales.len(), 1);
+        assert!((scales[0] - 0.1).abs() < 1e-7);
+        assert_eq!(bytes.len(), 8);
+        assert_eq!(bytes[0], (8 + 7) | ((8 - 7) << 4));
+        assert_eq!(
+            bytes[1],
+            (8 + 1) | (8 << 4),
+            "third value, then zero padding"
+        );
+        assert!(bytes[2..].iter().all(|&b| b == 0x88));
+        // Two blocks when K exceeds the block.
+        let (bytes, scales) = quantize_q4_column(&[1.0; 20], 16);
+        assert_eq!((bytes.len(), scales.len()), (16, 2));
+    }
 
     #[test]
     fn per_column_symmetric_int8_round_trips_within_half_a_step() {

@@ -126,3 +126,71 @@ fn default_policy_keeps_the_decoder_fp32_and_captions_still_run() {
     let err = quantize_package(&fp32.pkg.dir, &all, &QuantizeOptions::default()).unwrap_err();
     assert!(err.to_string().contains("--force"), "{err}");
 }
+
+#[test]
+fn int4_weight_only_decoder_runs_and_stays_close() {
+    use blip_quantize::Precision;
+    let fp32 = convert_fixture(&fixture("models/tiny-caption"), &ConvertOptions::default());
+    let int8 = fp32.dir.path().join("int8");
+    quantize_package(&fp32.pkg.dir, &int8, &QuantizeOptions::default()).unwrap();
+    // Chained: INT8 encoders from the first pass, INT4 decoder now.
+    let mixed = fp32.dir.path().join("mixed");
+    let opts = QuantizeOptions {
+        precision: Precision::Int4 {
+            block_size: 32,
+            accuracy_level: 0,
+        },
+        policy: Policy::Decoder,
+        ..Default::default()
+    };
+    let stats = quantize_package(&int8, &mixed, &opts).unwrap();
+    let dec = stats.iter().find(|s| s.role == "decoder").unwrap();
+    // Per layer: self Q, K, V, O; cross Q, O (cross K/V live in cross_kv); FFN in and out.
+    assert_eq!(
+        dec.quantized_matmuls,
+        2 * 8 + 2,
+        "8 MatMuls per layer + LM transform + LM head"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(mixed.join("blip.json")).unwrap()).unwrap();
+    assert_eq!(manifest["graphs"]["decoder"]["file"], "decoder_q4.onnx");
+    assert_eq!(manifest["graphs"]["decoder"]["precision"], "int4");
+    assert_eq!(manifest["graphs"]["vision_encoder"]["precision"], "int8");
+    assert_eq!(manifest["precision"], "mixed");
+    let report = blip_validate::check(&mixed, true);
+    assert!(
+        report.passed(),
+        "{:#?}",
+        report.failures().collect::<Vec<_>>()
+    );
+
+    // Decoder logits of the first step, FP32 vs INT4 weights, on the golden image states.
+    let g = Goldens::load("tiny-caption");
+    let pixels = g.f("pixel_values").as_slice().unwrap().to_vec();
+    let mut a = BlipModel::open(&fp32.pkg.dir, &SessionOptions::default()).unwrap();
+    let mut b = BlipModel::open(&mixed, &SessionOptions::default()).unwrap();
+    let opts = CaptionOptions {
+        prompt: String::new(),
+        strategy: Strategy::Greedy,
+        max_length: 2,
+        min_length: 0,
+        ..Default::default()
+    };
+    let (ca, cb) = (
+        a.caption_pixels(&pixels, 3, &opts).unwrap(),
+        b.caption_pixels(&pixels, 3, &opts).unwrap(),
+    );
+    let agree = ca.iter().zip(&cb).filter(|(x, y)| x.ids == y.ids).count();
+    assert!(
+        agree >= 2,
+        "first generated token agrees on {agree}/3 images"
+    );
+    let full = CaptionOptions {
+        prompt: String::new(),
+        strategy: Strategy::Greedy,
+        max_length: 20,
+        min_length: 0,
+        ..Default::default()
+    };
+    assert_eq!(b.caption_pixels(&pixels, 3, &full).unwrap().len(), 3);
+}
