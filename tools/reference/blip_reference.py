@@ -814,25 +814,33 @@ def cmd_bench_runtime(args) -> None:
             cmd8 += ["--retrieval", args.int8_retrieval_package]
         out8 = subprocess.run(cmd8, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         int8_rows = {r["case"]: r["median_ms"] for r in json.loads(out8)["rows"]}
+    mixed_rows = {}
+    if args.mixed_caption_package:
+        cmdm = [args.binary, "bench-runtime", args.mixed_caption_package, "--image", str(image), "--reps",
+                str(args.reps), "--threads", str(args.threads)]
+        outm = subprocess.run(cmdm, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        mixed_rows = {r["case"]: r["median_ms"] for r in json.loads(outm)["rows"] if r["case"].startswith("caption")}
 
     result = {"command": " ".join(sys.argv), "threads": args.threads, "image": image.name,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "pytorch_ms": torch_rows, "guide_ort_python_ms": guide_rows, "blip_onnx_ms": rust_rows,
-              "blip_onnx_int8_encoders_ms": int8_rows}
+              "blip_onnx_int8_encoders_ms": int8_rows, "blip_onnx_int8_encoders_int4_decoder_ms": mixed_rows}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "runtime-base.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = ["| case (base, median ms) | PyTorch eager | guide recipe, ORT-Python | blip-onnx FP32 | speed-up | "
-             "blip-onnx INT8 encoders | speed-up |",
-             "|---|---|---|---|---|---|---|"]
+             "blip-onnx INT8 encoders | speed-up | + INT4 decoder | speed-up |",
+             "|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v: f"{v:.0f}" if v else "—"  # noqa: E731
     for case, ms in torch_rows.items():
-        g, r, q = guide_rows.get(case), rust_rows.get(case), int8_rows.get(case)
-        lines.append(f"| {case} | {ms:.0f} | {fmt(g)} | {fmt(r)} | {f'{ms / r:.2f}x' if r else '—'} | {fmt(q)} | "
-                     f"{f'{ms / q:.2f}x' if q else '—'} |")
+        g, r, q, x = guide_rows.get(case), rust_rows.get(case), int8_rows.get(case), mixed_rows.get(case)
+        ratio = lambda v: f"{ms / v:.2f}x" if v else "—"  # noqa: E731
+        lines.append(f"| {case} | {ms:.0f} | {fmt(g)} | {fmt(r)} | {ratio(r)} | {fmt(q)} | {ratio(q)} | {fmt(x)} | "
+                     f"{ratio(x)} |")
     lines += ["", f"{args.threads} threads each, {os.cpu_count()} CPUs, one run (`{result['command']}`); "
               "captions from the image file end to end, 20 new tokens forced (EOS blocked). INT8 encoders: "
-              "`blip-onnx quantize` default policy (vision, cross K/V, text, ITM INT8; decoder FP32)."]
+              "`blip-onnx quantize` default policy (vision, cross K/V, text, ITM INT8; decoder FP32); + INT4 decoder: "
+              "then `blip-onnx quantize --precision int4` (MatMulNBits, block 32, accuracy level 4)."]
     text = "\n".join(lines)
     (out_dir / "runtime-base.md").write_text("# Runtime benchmark (base, FP32)\n\n" + text + "\n")
     print(text)
@@ -866,6 +874,7 @@ def main() -> None:
     r.add_argument("--retrieval-package")
     r.add_argument("--int8-caption-package", help="also time an INT8 (blip-onnx quantize) caption package")
     r.add_argument("--int8-retrieval-package")
+    r.add_argument("--mixed-caption-package", help="INT8 encoders + INT4 decoder caption package")
     r.add_argument("--image", default=str(FIXTURES / "images" / "grace_hopper.jpg"))
     r.add_argument("--binary", default=str(REPO / "target/release/blip-onnx"))
     r.add_argument("--reps", type=int, default=5)
