@@ -219,9 +219,35 @@ fn quantize_columns(w: &[f32], k: usize, n: usize, qmax: f32) -> (Vec<u8>, Vec<f
     (q, scale)
 }
 
-/// Rewrites every float MatMul with a constant 2-D weight, and `Gemm(transB=1)` heads, to dynamic INT8.
-fn quantize_graph(model: &mut ModelProto, path: &Path, reduce_range: bool) -> Result<usize> {
-    let qmax = if reduce_range { 63.0 } else { 127.0 };
+/// A float MatMul with a constant 2-D weight, or a `Gemm(transB=1)` head, to be rewritten.
+struct WeightMatMul<'a> {
+    node: &'a NodeProto,
+    weight: &'a TensorProto,
+    /// Gemm(transB=1): the weight is `[N, K]` (a MatMul weight is `[K, N]`).
+    gemm: bool,
+}
+
+impl WeightMatMul<'_> {
+    fn name(&self) -> String {
+        self.node.name.clone().unwrap_or_default()
+    }
+    fn weight_name(&self) -> String {
+        self.weight.name.clone().unwrap_or_default()
+    }
+    /// `(K, N)` of the product.
+    fn k_n(&self) -> (usize, usize) {
+        let (r, c) = (self.weight.dims[0] as usize, self.weight.dims[1] as usize);
+        if self.gemm { (c, r) } else { (r, c) }
+    }
+}
+
+/// Walks the graph, hands every eligible MatMul / Gemm to `rewrite` (which emits its replacement nodes
+/// and initializers), keeps the other nodes, and drops float weights nothing reads any more.
+fn rewrite_weight_matmuls(
+    model: &mut ModelProto,
+    path: &Path,
+    mut rewrite: impl FnMut(&WeightMatMul<'_>, &mut Vec<NodeProto>, &mut Vec<TensorProto>) -> Result<()>,
+) -> Result<usize> {
     let graph = model
         .graph
         .as_mut()
@@ -234,72 +260,94 @@ fn quantize_graph(model: &mut ModelProto, path: &Path, reduce_range: bool) -> Re
         .collect();
     let mut new_nodes = Vec::with_capacity(graph.node.len() * 2);
     let mut new_inits = Vec::new();
-    let mut dynq: HashMap<String, [String; 3]> = HashMap::new();
     let mut count = 0;
     for n in std::mem::take(&mut graph.node) {
         let op = n.op_type.as_deref().unwrap_or("");
-        let trans_b = n
+        let plain_gemm = n
             .attribute
             .iter()
-            .any(|a| a.name.as_deref() == Some("transB") && a.i == Some(1));
+            .all(|a| matches!(a.name.as_deref(), Some("transB")))
+            && n.attribute
+                .iter()
+                .any(|a| a.name.as_deref() == Some("transB") && a.i == Some(1));
         let weight = n
             .input
             .get(1)
             .and_then(|w| inits.get(w))
             .map(|&i| &graph.initializer[i]);
-        let eligible = match (op, weight) {
-            ("MatMul", Some(w)) => w.dims.len() == 2 && w.data_type == Some(PbType::Float as i32),
-            ("Gemm", Some(w)) => {
-                trans_b
-                    && w.dims.len() == 2
-                    && w.data_type == Some(PbType::Float as i32)
-                    && !n
-                        .attribute
-                        .iter()
-                        .any(|a| matches!(a.name.as_deref(), Some("alpha" | "beta" | "transA")))
+        let eligible = weight
+            .filter(|w| w.dims.len() == 2 && w.data_type == Some(PbType::Float as i32))
+            .filter(|_| op == "MatMul" || (op == "Gemm" && plain_gemm));
+        match eligible {
+            Some(w) => {
+                rewrite(
+                    &WeightMatMul {
+                        node: &n,
+                        weight: w,
+                        gemm: op == "Gemm",
+                    },
+                    &mut new_nodes,
+                    &mut new_inits,
+                )?;
+                count += 1;
             }
-            _ => false,
-        };
-        let Some(w) = weight.filter(|_| eligible) else {
-            new_nodes.push(n);
-            continue;
-        };
-        let name = n.name.clone().unwrap_or_default();
-        let x = n.input[0].clone();
-        let out = n.output[0].clone();
-        let values = f32_values(w, path)?;
-        let (k, cols, wt) = if op == "Gemm" {
-            // Gemm(transB) weight is [N, K]: quantize its transpose so MatMulInteger sees [K, N].
-            let (rows, kk) = (w.dims[0] as usize, w.dims[1] as usize);
+            None => new_nodes.push(n),
+        }
+    }
+    graph.node = new_nodes;
+    let used: std::collections::HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().cloned())
+        .collect();
+    graph
+        .initializer
+        .retain(|t| t.name.as_ref().is_some_and(|n| used.contains(n)));
+    let mut seen = std::collections::HashSet::new();
+    graph.initializer.extend(
+        new_inits
+            .into_iter()
+            .filter(|t| seen.insert(t.name.clone())),
+    );
+    Ok(count)
+}
+
+/// Dynamic INT8: `DynamicQuantizeLinear(x) → MatMulInteger → Cast → Mul(x_scale · w_scale)` (+ bias for Gemm).
+fn quantize_graph(model: &mut ModelProto, path: &Path, reduce_range: bool) -> Result<usize> {
+    let qmax = if reduce_range { 63.0 } else { 127.0 };
+    // One DynamicQuantizeLinear per activation, shared by the MatMuls that read it (Q, K, V).
+    let mut dynq: HashMap<String, [String; 3]> = HashMap::new();
+    rewrite_weight_matmuls(model, path, |m, nodes, inits| {
+        let (name, out, x) = (m.name(), m.node.output[0].clone(), m.node.input[0].clone());
+        let values = f32_values(m.weight, path)?;
+        let (k, cols) = m.k_n();
+        // MatMulInteger wants B as [K, N]: a Gemm(transB) weight is transposed first.
+        let wt = if m.gemm {
             let mut t = vec![0f32; values.len()];
-            for r in 0..rows {
-                for c in 0..kk {
-                    t[c * rows + r] = values[r * kk + c];
+            for r in 0..cols {
+                for c in 0..k {
+                    t[c * cols + r] = values[r * k + c];
                 }
             }
-            (kk, rows, t)
+            t
         } else {
-            (w.dims[0] as usize, w.dims[1] as usize, values)
+            values
         };
-        let wname = w.name.clone().unwrap_or_default();
         let (q, scale) = quantize_columns(&wt, k, cols, qmax);
-        let qn = format!("{wname}_quantized");
-        let sn = format!("{wname}_scale");
-        let zn = format!("{wname}_zero_point");
-        if !new_inits
-            .iter()
-            .any(|t: &TensorProto| t.name.as_deref() == Some(qn.as_str()))
-        {
-            new_inits.push(tensor(&qn, PbType::Int8, &[k as i64, cols as i64], q));
-            new_inits.push(tensor(
-                &sn,
-                PbType::Float,
-                &[cols as i64],
-                scale.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ));
-            new_inits.push(tensor(&zn, PbType::Int8, &[cols as i64], vec![0u8; cols]));
-        }
-        // One DynamicQuantizeLinear per activation, shared by the MatMuls that read it (Q, K, V).
+        let wname = m.weight_name();
+        let (qn, sn, zn) = (
+            format!("{wname}_quantized"),
+            format!("{wname}_scale"),
+            format!("{wname}_zero_point"),
+        );
+        inits.push(tensor(&qn, PbType::Int8, &[k as i64, cols as i64], q));
+        inits.push(tensor(
+            &sn,
+            PbType::Float,
+            &[cols as i64],
+            scale.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
+        inits.push(tensor(&zn, PbType::Int8, &[cols as i64], vec![0u8; cols]));
         let [xq, xs, xz] = dynq
             .entry(x.clone())
             .or_insert_with(|| {
@@ -309,7 +357,7 @@ fn quantize_graph(model: &mut ModelProto, path: &Path, reduce_range: bool) -> Re
                     format!("{base}_scale"),
                     format!("{base}_zp"),
                 ];
-                new_nodes.push(node(
+                nodes.push(node(
                     "DynamicQuantizeLinear",
                     &format!("{name}/DynamicQuantizeLinear"),
                     &[&x],
@@ -319,78 +367,61 @@ fn quantize_graph(model: &mut ModelProto, path: &Path, reduce_range: bool) -> Re
                 names
             })
             .clone();
-        let yi = format!("{out}_int32");
-        let yf = format!("{out}_int32_float");
-        let s = format!("{out}_scale");
-        new_nodes.push(node(
+        let (yi, yf, s) = (
+            format!("{out}_int32"),
+            format!("{out}_int32_float"),
+            format!("{out}_scale"),
+        );
+        nodes.push(node(
             "MatMulInteger",
             &format!("{name}/MatMulInteger"),
             &[&xq, &qn, &xz, &zn],
             &[&yi],
             vec![],
         ));
-        new_nodes.push(node(
+        nodes.push(node(
             "Cast",
             &format!("{name}/Cast"),
             &[&yi],
             &[&yf],
             vec![onnx_writer::attr_int("to", PbType::Float as i64)],
         ));
-        new_nodes.push(node(
+        nodes.push(node(
             "Mul",
             &format!("{name}/scale"),
             &[&xs, &sn],
             &[&s],
             vec![],
         ));
-        if op == "Gemm" {
+        push_output(nodes, m, &name, "dequantize", "Mul", &[&yf, &s]);
+        Ok(())
+    })
+}
+
+/// Emits the node producing the rewritten op's output, adding the Gemm's bias when it has one.
+fn push_output(
+    nodes: &mut Vec<NodeProto>,
+    m: &WeightMatMul<'_>,
+    name: &str,
+    what: &str,
+    op: &str,
+    inputs: &[&str],
+) {
+    let out = m.node.output[0].clone();
+    match m.node.input.get(2).filter(|_| m.gemm) {
+        Some(bias) => {
             let y = format!("{out}_nobias");
-            new_nodes.push(node(
-                "Mul",
-                &format!("{name}/dequantize"),
-                &[&yf, &s],
-                &[&y],
-                vec![],
-            ));
-            match n.input.get(2) {
-                Some(bias) => new_nodes.push(node(
-                    "Add",
-                    &format!("{name}/bias"),
-                    &[&y, bias],
-                    &[&out],
-                    vec![],
-                )),
-                None => new_nodes.push(node(
-                    "Identity",
-                    &format!("{name}/out"),
-                    &[&y],
-                    &[&out],
-                    vec![],
-                )),
-            }
-        } else {
-            new_nodes.push(node(
-                "Mul",
-                &format!("{name}/dequantize"),
-                &[&yf, &s],
+            nodes.push(node(op, &format!("{name}/{what}"), inputs, &[&y], vec![]));
+            nodes.push(node(
+                "Add",
+                &format!("{name}/bias"),
+                &[&y, bias],
                 &[&out],
                 vec![],
             ));
         }
-        count += 1;
+        None => nodes.push(node(op, &format!("{name}/{what}"), inputs, &[&out], vec![])),
     }
-    graph.node = new_nodes;
-    // Drop float weights nothing reads any more.
-    let used: std::collections::HashSet<String> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().cloned())
-        .collect();
-    graph
-        .initializer
-        .retain(|t| t.name.as_ref().is_some_and(|n| used.contains(n)));
-    graph.initializer.extend(new_inits);
-    Ok(count)
 }
 
 /// Symmetric 4-bit blocks along K for one output column: MatMulNBits' `B[n]` bytes and `scales[n]`.
@@ -414,7 +445,7 @@ fn quantize_q4_column(col: &[f32], block: usize) -> (Vec<u8>, Vec<f32>) {
     (bytes, scales)
 }
 
-/// Rewrites float MatMuls with constant 2-D weights (and `Gemm(transB=1)` heads) to `MatMulNBits`.
+/// Weight-only INT4: `com.microsoft.MatMulNBits` with symmetric blocks along K (+ bias for Gemm).
 fn quantize_graph_q4(
     model: &mut ModelProto,
     path: &Path,
@@ -427,54 +458,16 @@ fn quantize_graph_q4(
             format!("block size {block} must be a power of two, at least 16"),
         ));
     }
-    let graph = model
-        .graph
-        .as_mut()
-        .ok_or_else(|| graph_err(path, "no graph"))?;
-    let inits: HashMap<String, usize> = graph
-        .initializer
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| t.name.clone().map(|n| (n, i)))
-        .collect();
-    let mut new_nodes = Vec::with_capacity(graph.node.len());
-    let mut new_inits = Vec::new();
-    let mut count = 0;
-    for n in std::mem::take(&mut graph.node) {
-        let op = n.op_type.as_deref().unwrap_or("");
-        let trans_b = n
-            .attribute
-            .iter()
-            .any(|a| a.name.as_deref() == Some("transB") && a.i == Some(1));
-        let weight = n
-            .input
-            .get(1)
-            .and_then(|w| inits.get(w))
-            .map(|&i| &graph.initializer[i]);
-        let eligible = match (op, weight) {
-            ("MatMul", Some(w)) => w.dims.len() == 2 && w.data_type == Some(PbType::Float as i32),
-            ("Gemm", Some(w)) => {
-                trans_b && w.dims.len() == 2 && w.data_type == Some(PbType::Float as i32)
-            }
-            _ => false,
-        };
-        let Some(w) = weight.filter(|_| eligible) else {
-            new_nodes.push(n);
-            continue;
-        };
-        let values = f32_values(w, path)?;
-        let (rows, cols) = (w.dims[0] as usize, w.dims[1] as usize);
+    let count = rewrite_weight_matmuls(model, path, |m, nodes, inits| {
+        let values = f32_values(m.weight, path)?;
+        let (k, n_out) = m.k_n();
+        let cols = m.weight.dims[1] as usize;
         // MatMulNBits takes B as [N, K]: a MatMul weight [K, N] is read by column, a Gemm(transB) one by row.
-        let (k, n_out) = if op == "Gemm" {
-            (cols, rows)
-        } else {
-            (rows, cols)
-        };
         let column = |j: usize| -> Vec<f32> {
-            if op == "Gemm" {
+            if m.gemm {
                 values[j * cols..(j + 1) * cols].to_vec()
             } else {
-                (0..rows).map(|r| values[r * cols + j]).collect()
+                (0..k).map(|r| values[r * cols + j]).collect()
             }
         };
         let blocks = k.div_ceil(block);
@@ -485,27 +478,20 @@ fn quantize_graph_q4(
             packed.extend(b);
             scales.extend(s);
         }
-        let wname = w.name.clone().unwrap_or_default();
+        let wname = m.weight_name();
         let (qn, sn) = (format!("{wname}_q4"), format!("{wname}_q4_scales"));
-        if !new_inits
-            .iter()
-            .any(|t: &TensorProto| t.name.as_deref() == Some(qn.as_str()))
-        {
-            new_inits.push(tensor(
-                &qn,
-                PbType::Uint8,
-                &[n_out as i64, blocks as i64, (block / 2) as i64],
-                packed,
-            ));
-            new_inits.push(tensor(
-                &sn,
-                PbType::Float,
-                &[(n_out * blocks) as i64],
-                scales.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ));
-        }
-        let name = n.name.clone().unwrap_or_default();
-        let out = n.output[0].clone();
+        inits.push(tensor(
+            &qn,
+            PbType::Uint8,
+            &[n_out as i64, blocks as i64, (block / 2) as i64],
+            packed,
+        ));
+        inits.push(tensor(
+            &sn,
+            PbType::Float,
+            &[(n_out * blocks) as i64],
+            scales.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
         let attrs = vec![
             onnx_writer::attr_int("K", k as i64),
             onnx_writer::attr_int("N", n_out as i64),
@@ -513,41 +499,21 @@ fn quantize_graph_q4(
             onnx_writer::attr_int("block_size", block as i64),
             onnx_writer::attr_int("accuracy_level", accuracy_level),
         ];
-        let y = if op == "Gemm" && n.input.len() > 2 {
-            format!("{out}_nobias")
-        } else {
-            out.clone()
-        };
-        let mut q = node(
+        let name = m.name();
+        let mut tmp = Vec::new();
+        push_output(
+            &mut tmp,
+            m,
+            &name,
             "MatMulNBits",
-            &format!("{name}/MatMulNBits"),
-            &[&n.input[0], &qn, &sn],
-            &[&y],
-            attrs,
+            "MatMulNBits",
+            &[&m.node.input[0], &qn, &sn],
         );
-        q.domain = Some("com.microsoft".into());
-        new_nodes.push(q);
-        if y != out {
-            new_nodes.push(node(
-                "Add",
-                &format!("{name}/bias"),
-                &[&y, &n.input[2]],
-                &[&out],
-                vec![],
-            ));
-        }
-        count += 1;
-    }
-    graph.node = new_nodes;
-    let used: std::collections::HashSet<String> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().cloned())
-        .collect();
-    graph
-        .initializer
-        .retain(|t| t.name.as_ref().is_some_and(|n| used.contains(n)));
-    graph.initializer.extend(new_inits);
+        tmp[0].attribute = attrs;
+        tmp[0].domain = Some("com.microsoft".into());
+        nodes.extend(tmp);
+        Ok(())
+    })?;
     if !model
         .opset_import
         .iter()
