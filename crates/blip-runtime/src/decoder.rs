@@ -36,23 +36,23 @@ fn empty_past(rows: usize, s: &DecoderShape) -> Result<NamedValues> {
     Ok(past)
 }
 
-/// Runs the decoder once; returns the last position's logits and the present K/V.
+/// Feeds the decoder `tokens` (`rows × t`) after `past_len` cached positions, with a padding
+/// `attention_mask` over past + current positions (`rows × (past_len + t)`).
 #[allow(clippy::too_many_arguments)]
-fn run_decoder(
-    session: &mut Session,
+fn feed<'s>(
+    session: &'s mut Session,
     tokens: &[i64],
     rows: usize,
     t: usize,
     past_len: usize,
+    attention_mask: Vec<i64>,
     past: &[(String, DynValue)],
     cross: &[(String, DynValue)],
     enc_mask: &[i64],
-    s: &DecoderShape,
-) -> Result<(Vec<f32>, NamedValues)> {
+) -> Result<ort::session::SessionOutputs<'s>> {
     let positions: Vec<i64> = (0..rows)
         .flat_map(|_| (past_len..past_len + t).map(|p| p as i64))
         .collect();
-    let total = past_len + t;
     let enc_len = enc_mask.len() / rows.max(1);
     let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
         (
@@ -69,7 +69,7 @@ fn run_decoder(
         ),
         (
             "attention_mask".into(),
-            Tensor::from_array(([rows, total], vec![1i64; rows * total]))
+            Tensor::from_array(([rows, past_len + t], attention_mask))
                 .map_err(infer_err(G))?
                 .into(),
         ),
@@ -83,7 +83,26 @@ fn run_decoder(
     for (name, v) in past.iter().chain(cross.iter()) {
         inputs.push((Cow::Borrowed(name.as_str()), SessionInputValue::from(v)));
     }
-    let mut out = session.run(inputs).map_err(infer_err(G))?;
+    session.run(inputs).map_err(infer_err(G))
+}
+
+/// Runs the decoder once (no padding); returns the last position's logits and the present K/V.
+#[allow(clippy::too_many_arguments)]
+fn run_decoder(
+    session: &mut Session,
+    tokens: &[i64],
+    rows: usize,
+    t: usize,
+    past_len: usize,
+    past: &[(String, DynValue)],
+    cross: &[(String, DynValue)],
+    enc_mask: &[i64],
+    s: &DecoderShape,
+) -> Result<(Vec<f32>, NamedValues)> {
+    let ones = vec![1i64; rows * (past_len + t)];
+    let mut out = feed(
+        session, tokens, rows, t, past_len, ones, past, cross, enc_mask,
+    )?;
     let (shape, data) = out["logits"]
         .try_extract_tensor::<f32>()
         .map_err(infer_err(G))?;
@@ -112,6 +131,33 @@ fn run_decoder(
         }
     }
     Ok((last, present))
+}
+
+/// Logits of every position (`rows × t × V`) for padded sequences `ids` with padding `mask`, from an
+/// empty cache (VQA rank mode scores whole answers this way).
+pub fn all_logits(
+    session: &mut Session,
+    shape: &DecoderShape,
+    ids: &[i64],
+    mask: &[i64],
+    t: usize,
+    cross: &[(String, DynValue)],
+    enc_mask: &[i64],
+) -> Result<ndarray::Array3<f32>> {
+    let rows = ids.len() / t.max(1);
+    let past = empty_past(rows, shape)?;
+    let out = feed(
+        session,
+        ids,
+        rows,
+        t,
+        0,
+        mask.to_vec(),
+        &past,
+        cross,
+        enc_mask,
+    )?;
+    crate::model::to_array3(&out["logits"], G)
 }
 
 /// Incremental decoding with the self-attention KV cache.

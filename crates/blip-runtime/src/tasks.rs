@@ -6,7 +6,7 @@ use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
 
 use crate::decoder::{CachedDecoder, DecoderShape, RefeedDecoder};
 use crate::generate::{Generated, GenerationConfig, Strategy, generate};
-use crate::model::{BlipModel, ImageInput, infer_err, unique_inputs};
+use crate::model::{BlipModel, ImageInput, unique_inputs};
 use crate::{Result, RuntimeError};
 use blip_preprocess::FirstToken;
 
@@ -566,61 +566,9 @@ impl BlipModel {
         mask: &[i64],
         t: usize,
     ) -> Result<Array3<f32>> {
-        let rows = states.shape()[0];
-        let e = states.shape()[1];
         let cross = self.cross_kv(states, 1)?;
         let shape = self.decoder_shape();
         let session = self.session(blip_package::DECODER)?;
-        let g = "decoder";
-        let mut inputs: Vec<(
-            std::borrow::Cow<'_, str>,
-            ort::session::SessionInputValue<'_>,
-        )> = vec![
-            (
-                "input_ids".into(),
-                ort::value::Tensor::from_array(([rows, t], ids.to_vec()))
-                    .map_err(infer_err(g))?
-                    .into(),
-            ),
-            (
-                "position_ids".into(),
-                ort::value::Tensor::from_array((
-                    [rows, t],
-                    (0..rows).flat_map(|_| 0..t as i64).collect::<Vec<_>>(),
-                ))
-                .map_err(infer_err(g))?
-                .into(),
-            ),
-            (
-                "attention_mask".into(),
-                ort::value::Tensor::from_array(([rows, t], mask.to_vec()))
-                    .map_err(infer_err(g))?
-                    .into(),
-            ),
-            (
-                "encoder_attention_mask".into(),
-                ort::value::Tensor::from_array(([rows, e], enc_mask.to_vec()))
-                    .map_err(infer_err(g))?
-                    .into(),
-            ),
-        ];
-        for i in 0..shape.layers {
-            for kv in ["key", "value"] {
-                let empty = ort::value::Tensor::<f32>::from_array((
-                    [rows, shape.heads, 0, shape.head_dim],
-                    Vec::<f32>::new(),
-                ))
-                .map_err(infer_err(g))?;
-                inputs.push((format!("past_key_values.{i}.{kv}").into(), empty.into()));
-            }
-        }
-        for (name, v) in cross.iter() {
-            inputs.push((
-                name.as_str().into(),
-                ort::session::SessionInputValue::from(v),
-            ));
-        }
-        let out = session.run(inputs).map_err(infer_err(g))?;
-        crate::model::to_array3(&out["logits"], g)
+        crate::decoder::all_logits(session, &shape, ids, mask, t, &cross, enc_mask)
     }
 }
