@@ -60,109 +60,67 @@ impl Head {
     }
 }
 
-fn d_vocab() -> usize {
-    30524
-}
-fn d_768() -> usize {
-    768
-}
-fn d_3072() -> usize {
-    3072
-}
-fn d_12() -> usize {
-    12
-}
-fn d_8() -> usize {
-    8
-}
-fn d_512() -> usize {
-    512
-}
-fn d_gelu() -> String {
-    "gelu".into()
-}
-fn d_eps_text() -> f64 {
-    1e-12
-}
-fn d_eps_vision() -> f64 {
-    1e-5
-}
-fn d_bos() -> i64 {
-    30522
-}
-fn d_pad() -> i64 {
-    0
-}
-fn d_sep() -> i64 {
-    102
-}
-fn d_384() -> usize {
-    384
-}
-fn d_16() -> usize {
-    16
-}
-fn d_256() -> usize {
-    256
-}
-
-/// `text_config` of a BLIP config.json, with transformers' defaults.
+/// `text_config` of a BLIP config.json; absent keys take transformers' defaults.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct TextConfig {
-    #[serde(default = "d_vocab")]
     pub vocab_size: usize,
-    #[serde(default = "d_768")]
     pub hidden_size: usize,
-    #[serde(default = "d_3072")]
     pub intermediate_size: usize,
-    #[serde(default = "d_12")]
     pub num_hidden_layers: usize,
-    #[serde(default = "d_8")]
     pub num_attention_heads: usize,
-    #[serde(default = "d_512")]
     pub max_position_embeddings: usize,
-    #[serde(default = "d_gelu")]
     pub hidden_act: String,
-    #[serde(default = "d_eps_text")]
     pub layer_norm_eps: f64,
-    #[serde(default = "d_bos")]
     pub bos_token_id: i64,
-    #[serde(default = "d_pad")]
     pub pad_token_id: i64,
-    #[serde(default = "d_sep")]
     pub sep_token_id: i64,
 }
 
-/// `vision_config` of a BLIP config.json, with transformers' defaults.
+/// `vision_config` of a BLIP config.json; absent keys take transformers' defaults.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct VisionConfig {
-    #[serde(default = "d_768")]
     pub hidden_size: usize,
-    #[serde(default = "d_3072")]
     pub intermediate_size: usize,
-    #[serde(default = "d_12")]
     pub num_hidden_layers: usize,
-    #[serde(default = "d_12")]
     pub num_attention_heads: usize,
-    #[serde(default = "d_384")]
     pub image_size: usize,
-    #[serde(default = "d_16")]
     pub patch_size: usize,
-    #[serde(default = "d_gelu")]
     pub hidden_act: String,
-    #[serde(default = "d_eps_vision")]
     pub layer_norm_eps: f64,
 }
 
 impl Default for TextConfig {
     fn default() -> Self {
-        serde_json::from_str("{}").expect("defaults deserialize. This is a bug.")
+        TextConfig {
+            vocab_size: 30524,
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 512,
+            hidden_act: "gelu".into(),
+            layer_norm_eps: 1e-12,
+            bos_token_id: 30522,
+            pad_token_id: 0,
+            sep_token_id: 102,
+        }
     }
 }
 
 impl Default for VisionConfig {
     fn default() -> Self {
-        serde_json::from_str("{}").expect("defaults deserialize. This is a bug.")
+        VisionConfig {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            image_size: 384,
+            patch_size: 16,
+            hidden_act: "gelu".into(),
+            layer_norm_eps: 1e-5,
+        }
     }
 }
 
@@ -175,8 +133,8 @@ struct RawConfig {
     text_config: Option<TextConfig>,
     #[serde(default)]
     vision_config: Option<VisionConfig>,
-    #[serde(default = "d_256")]
-    image_text_hidden_size: usize,
+    /// ITC projection width (transformers' default 256).
+    image_text_hidden_size: Option<usize>,
 }
 
 /// The parts of a BLIP configuration the converter needs.
@@ -216,7 +174,7 @@ impl BlipConfig {
                 .find_map(|a| Head::from_architecture(a)),
             text: raw.text_config.unwrap_or_default(),
             vision: raw.vision_config.unwrap_or_default(),
-            image_text_hidden_size: raw.image_text_hidden_size,
+            image_text_hidden_size: raw.image_text_hidden_size.unwrap_or(256),
         };
         cfg.validate()
             .map_err(|message| CheckpointError::BadConfig {
@@ -341,4 +299,38 @@ pub fn infer_config_from_shapes(
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_keys_take_transformers_defaults() {
+        let dir = std::env::temp_dir().join(format!("blip-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        std::fs::write(&path, r#"{"model_type": "blip", "text_config": {"num_attention_heads": 12}, "architectures": ["BlipForImageTextRetrieval"]}"#).unwrap();
+        let cfg = BlipConfig::from_file(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(cfg.head, Some(Head::Retrieval));
+        assert_eq!(
+            (
+                cfg.text.num_attention_heads,
+                cfg.text.vocab_size,
+                cfg.text.layer_norm_eps
+            ),
+            (12, 30524, 1e-12)
+        );
+        assert_eq!(
+            (cfg.vision.image_size, cfg.vision.layer_norm_eps),
+            (384, 1e-5)
+        );
+        assert_eq!(cfg.image_text_hidden_size, 256);
+        assert_eq!(
+            TextConfig::default().num_attention_heads,
+            8,
+            "transformers' (wrong for base) default"
+        );
+    }
 }
