@@ -11,7 +11,6 @@ mod pos_embed;
 mod tokenizer;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -20,7 +19,6 @@ use blip_package::{
     GraphEntry, Manifest, ModelDims, Preprocess, Producer, Source, TensorSpec, Tokens,
 };
 use onnx_writer::{Dim, ModelInfo, WriteError};
-use sha2::{Digest, Sha256};
 
 pub use onnx_writer::ExternalData;
 pub use pos_embed::interpolate as interpolate_pos_embed;
@@ -58,6 +56,8 @@ pub enum ConvertError {
     NoTokenizer { looked: String },
     #[error("tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
+    #[error(transparent)]
+    Package(#[from] blip_package::PackageError),
     #[error("writing graph: {0}")]
     Write(#[from] WriteError),
     #[error("{path}: {source}")]
@@ -116,33 +116,6 @@ fn required_prefix(head: Head) -> &'static str {
         Head::Retrieval => "itm_head.",
         Head::Vqa => "text_encoder.",
     }
-}
-
-/// sha256 over the weight files (read through, not mapped, so hashing does not grow RSS).
-fn hash_files(files: &[PathBuf]) -> Result<String> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for f in files {
-        let mut file = std::fs::File::open(f).map_err(|source| ConvertError::Io {
-            path: f.clone(),
-            source,
-        })?;
-        loop {
-            let n = file.read(&mut buf).map_err(|source| ConvertError::Io {
-                path: f.clone(),
-                source,
-            })?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-fn hash_file(path: &Path) -> Result<String> {
-    hash_files(&[path.to_path_buf()])
 }
 
 fn spec(s: &graphs::IoSpec) -> TensorSpec {
@@ -304,7 +277,7 @@ fn write_package(
     start: Instant,
 ) -> Result<ConvertReport> {
     let t_hash = Instant::now();
-    let source_sha = hash_files(&ck.files)?;
+    let source_sha = blip_package::sha256_files(&ck.files)?;
     let hash_seconds = t_hash.elapsed().as_secs_f64();
     let tokenizer_path = dir.join(blip_package::TOKENIZER_FILE);
     tok.tokenizer
@@ -360,7 +333,7 @@ fn write_package(
             GraphEntry {
                 file,
                 data_file: stats.data_file.clone(),
-                sha256: hash_file(&path)?,
+                sha256: blip_package::sha256_files(std::slice::from_ref(&path))?,
                 bytes: stats.onnx_bytes + stats.data_bytes,
                 precision: "fp32".into(),
                 inputs: built.inputs.iter().map(spec).collect(),

@@ -270,3 +270,27 @@ pub fn commit_staging(tmp: &Path, out: &Path) -> std::io::Result<()> {
         std::fs::remove_file(&old)
     }
 }
+
+/// sha256 over files read in order (one file: that file's sha256), streamed so hashing a large
+/// checkpoint neither maps nor holds it in memory.
+pub fn sha256_files(files: &[PathBuf]) -> Result<String, PackageError> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files {
+        let io = |source| PackageError::Io {
+            path: f.clone(),
+            source,
+        };
+        let mut file = std::fs::File::open(f).map_err(io)?;
+        loop {
+            let n = file.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}

@@ -4,7 +4,6 @@
 //! fails with its reason, so a CI pipeline can gate on it.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::Path;
 
 use blip_package::{GraphEntry, Package, TensorSpec};
@@ -14,7 +13,6 @@ use onnx_writer::onnx::{
 };
 use prost::Message;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 /// Opsets this toolkit writes and the pinned ONNX Runtime runs.
 pub const MIN_OPSET: i64 = 17;
@@ -60,20 +58,6 @@ fn item(name: String, result: Result<String, String>) -> CheckItem {
             reason,
         },
     }
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }
 
 fn dims(v: &ValueInfoProto) -> Option<(i32, Vec<serde_json::Value>)> {
@@ -206,7 +190,7 @@ fn check_graph(pkg: &Package, role: &str, entry: &GraphEntry, out: &mut Vec<Chec
     let path = pkg.dir.join(&entry.file);
     out.push(item(
         format!("{role}: checksum"),
-        match sha256_file(&path) {
+        match blip_package::sha256_files(std::slice::from_ref(&path)) {
             Ok(h) if h == entry.sha256 => Ok("sha256 matches the manifest".into()),
             Ok(h) => Err(format!(
                 "{} has sha256 {h}, the manifest says {}",
