@@ -516,6 +516,17 @@ def cmd_checkpoint(args) -> None:
                       "seconds": round(time.perf_counter() - t0, 2)}))
 
 
+class VisionWrapper(torch.nn.Module):
+    """The guide's wrapper: the vision tower alone, pixel_values -> last_hidden_state."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, pixel_values):
+        return self.m(pixel_values=pixel_values).last_hidden_state
+
+
 def cmd_export(args) -> None:
     """The common guide's recipe, timed: load with transformers, wrap the encoders, torch.onnx.export."""
     import resource
@@ -537,17 +548,9 @@ def cmd_export(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     size = cfg.vision_config.image_size
 
-    class Vision(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, pixel_values):
-            return self.m(pixel_values=pixel_values).last_hidden_state
-
     timings = {}
     t = time.perf_counter()
-    torch.onnx.export(Vision(model.vision_model), (torch.randn(1, 3, size, size),), str(out / "vision.onnx"),
+    torch.onnx.export(VisionWrapper(model.vision_model), (torch.randn(1, 3, size, size),), str(out / "vision.onnx"),
                       input_names=["pixel_values"], output_names=["last_hidden_state"],
                       dynamic_axes={"pixel_values": {0: "batch"}, "last_hidden_state": {0: "batch"}},
                       opset_version=17, dynamo=False)
@@ -749,16 +752,8 @@ def cmd_bench_runtime(args) -> None:
 
     # The guide's recipe: torch.onnx.export of the vision encoder, run in onnxruntime (Python).
     with tempfile.TemporaryDirectory() as tmp:
-        class Vision(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, pixel_values):
-                return self.m(pixel_values=pixel_values).last_hidden_state
-
         path = f"{tmp}/vision.onnx"
-        torch.onnx.export(Vision(cap.vision_model), (pv1,), path, input_names=["pixel_values"],
+        torch.onnx.export(VisionWrapper(cap.vision_model), (pv1,), path, input_names=["pixel_values"],
                           output_names=["last_hidden_state"], dynamic_axes={"pixel_values": {0: "b"}},
                           opset_version=17, dynamo=False)
         so = ort.SessionOptions()
