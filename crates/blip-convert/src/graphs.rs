@@ -546,7 +546,6 @@ pub fn cross_kv<'a>(mut net: Net<'a>, cfg: &BlipConfig, head: Head) -> Result<Bu
 pub fn decoder<'a>(
     mut net: Net<'a>,
     cfg: &BlipConfig,
-    head: Head,
     ck: &blip_checkpoint::Checkpoint,
 ) -> Result<BuiltGraph<'a>> {
     let t = &cfg.text;
@@ -734,6 +733,5 @@ pub fn decoder<'a>(
         outputs.push((io(&format!("present.{i}.key"), DataType::F32, &dims), k));
         outputs.push((io(&format!("present.{i}.value"), DataType::F32, &dims), v));
     }
-    let _ = head;
     Ok(finish(net, inputs, outputs))
 }

@@ -315,7 +315,7 @@ fn write_package(
             blip_package::ITM => graphs::itm(net, cfg)?,
             blip_package::VQA_QUESTION_ENCODER => graphs::vqa_question_encoder(net, cfg)?,
             blip_package::CROSS_KV => graphs::cross_kv(net, cfg, head)?,
-            blip_package::DECODER => graphs::decoder(net, cfg, head, ck)?,
+            blip_package::DECODER => graphs::decoder(net, cfg, ck)?,
             other => unreachable!("unknown role {other}. This is a bug."),
         };
         let file = format!("{role}.onnx");
