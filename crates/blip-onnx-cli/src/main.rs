@@ -48,6 +48,16 @@ enum PrecisionArg {
     Int8,
     /// Weight-only INT4, MatMulNBits (default policy: the decoder).
     Int4,
+    /// FP16 weights and activations for GPU targets (default policy: every graph).
+    Fp16,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum WeightTypeArg {
+    /// Signed int8 weights (fastest on x86 with VNNI).
+    Qint8,
+    /// Unsigned weights around zero point 128.
+    Quint8,
 }
 
 #[derive(Subcommand)]
@@ -171,6 +181,18 @@ enum Command {
         /// 7-bit weights, for CPUs without VNNI.
         #[arg(long)]
         reduce_range: bool,
+        /// INT8 weight type.
+        #[arg(long, value_enum, default_value = "qint8")]
+        weight_type: WeightTypeArg,
+        /// INT4 blocks with a zero point (min/max) instead of symmetric around 8.
+        #[arg(long)]
+        asymmetric: bool,
+        /// Leave the word-embedding tables float.
+        #[arg(long)]
+        keep_embeddings: bool,
+        /// FP16: op types computed in FP32 (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = blip_quantize::DEFAULT_KEEP_FP32.iter().map(|s| s.to_string()))]
+        keep_fp32: Vec<String>,
         #[arg(long)]
         force: bool,
     },
@@ -339,6 +361,10 @@ fn run(cli: Cli) -> Result<u8> {
             block_size,
             accuracy_level,
             reduce_range,
+            weight_type,
+            asymmetric,
+            keep_embeddings,
+            keep_fp32,
             force,
         } => {
             let (precision, default_policy) = match precision {
@@ -353,6 +379,7 @@ fn run(cli: Cli) -> Result<u8> {
                     },
                     blip_quantize::Policy::Decoder,
                 ),
+                PrecisionArg::Fp16 => (blip_quantize::Precision::Fp16, blip_quantize::Policy::All),
             };
             let policy = match policy.as_str() {
                 "default" => default_policy,
@@ -367,14 +394,21 @@ fn run(cli: Cli) -> Result<u8> {
                 precision,
                 policy,
                 reduce_range,
+                weight_type: match weight_type {
+                    WeightTypeArg::Qint8 => blip_quantize::WeightType::QInt8,
+                    WeightTypeArg::Quint8 => blip_quantize::WeightType::QUInt8,
+                },
+                int4_symmetric: !asymmetric,
+                embeddings: !keep_embeddings,
+                keep_fp32,
                 force,
             };
             let stats = blip_quantize::quantize_package(&package, &output, &opts)?;
             println!("quantized package written to {}", output.display());
             for s in &stats {
                 println!(
-                    "  {:<22} {:>4} MatMuls quantized {:>12} -> {:>12} bytes",
-                    s.role, s.quantized_matmuls, s.bytes_before, s.bytes_after
+                    "  {:<22} {:>4} MatMuls {:>4} other {:>12} -> {:>12} bytes",
+                    s.role, s.quantized_matmuls, s.other_rewrites, s.bytes_before, s.bytes_after
                 );
             }
             Ok(0)

@@ -19,6 +19,11 @@ use onnx_writer::onnx::{
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+mod embedding;
+mod fp16;
+
+pub use fp16::DEFAULT_KEEP_FP32;
+
 #[derive(Debug, thiserror::Error)]
 pub enum QuantizeError {
     #[error(transparent)]
@@ -73,6 +78,17 @@ pub enum Precision {
         block_size: usize,
         accuracy_level: i64,
     },
+    /// FP16 weights and activations (for GPU targets), the interface and `keep_fp32` ops in FP32.
+    Fp16,
+}
+
+/// INT8 weight type. QInt8 is the fast one on x86 with VNNI; QUInt8 (zero point 128) is what
+/// some targets' integer kernels expect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightType {
+    #[default]
+    QInt8,
+    QUInt8,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +97,13 @@ pub struct QuantizeOptions {
     pub policy: Policy,
     /// 7-bit weights ([-63, 63]): avoids int16 accumulation saturation on CPUs without VNNI.
     pub reduce_range: bool,
+    pub weight_type: WeightType,
+    /// INT4 blocks symmetric around zero point 8 (else per-block min/max with a zero point).
+    pub int4_symmetric: bool,
+    /// Also quantize the word-embedding tables (`Gather`): needed for the package-size targets.
+    pub embeddings: bool,
+    /// FP16: op types computed in FP32 (inputs cast up, outputs cast down).
+    pub keep_fp32: Vec<String>,
     pub force: bool,
 }
 
@@ -90,6 +113,10 @@ impl Default for QuantizeOptions {
             precision: Precision::Int8,
             policy: Policy::Encoders,
             reduce_range: false,
+            weight_type: WeightType::QInt8,
+            int4_symmetric: true,
+            embeddings: true,
+            keep_fp32: DEFAULT_KEEP_FP32.iter().map(|s| s.to_string()).collect(),
             force: false,
         }
     }
@@ -99,6 +126,8 @@ impl Default for QuantizeOptions {
 pub struct GraphStats {
     pub role: String,
     pub quantized_matmuls: usize,
+    /// Word-embedding `Gather`s quantized (INT8/INT4) or float tensors converted (FP16).
+    pub other_rewrites: usize,
     pub bytes_before: u64,
     pub bytes_after: u64,
 }
@@ -313,7 +342,12 @@ fn rewrite_weight_matmuls(
 }
 
 /// Dynamic INT8: `DynamicQuantizeLinear(x) → MatMulInteger → Cast → Mul(x_scale · w_scale)` (+ bias for Gemm).
-fn quantize_graph(model: &mut ModelProto, path: &Path, reduce_range: bool) -> Result<usize> {
+fn quantize_graph(
+    model: &mut ModelProto,
+    path: &Path,
+    reduce_range: bool,
+    weight_type: WeightType,
+) -> Result<usize> {
     let qmax = if reduce_range { 63.0 } else { 127.0 };
     // One DynamicQuantizeLinear per activation, shared by the MatMuls that read it (Q, K, V).
     let mut dynq: HashMap<String, [String; 3]> = HashMap::new();
@@ -333,21 +367,30 @@ fn quantize_graph(model: &mut ModelProto, path: &Path, reduce_range: bool) -> Re
         } else {
             values
         };
-        let (q, scale) = quantize_columns(&wt, k, cols, qmax);
+        let (mut q, scale) = quantize_columns(&wt, k, cols, qmax);
+        // QUInt8: the same codes shifted by the zero point 128.
+        let (wtype, zero) = match weight_type {
+            WeightType::QInt8 => (PbType::Int8, 0u8),
+            WeightType::QUInt8 => {
+                q.iter_mut()
+                    .for_each(|v| *v = (*v as i8 as i16 + 128) as u8);
+                (PbType::Uint8, 128u8)
+            }
+        };
         let wname = m.weight_name();
         let (qn, sn, zn) = (
             format!("{wname}_quantized"),
             format!("{wname}_scale"),
             format!("{wname}_zero_point"),
         );
-        inits.push(tensor(&qn, PbType::Int8, &[k as i64, cols as i64], q));
+        inits.push(tensor(&qn, wtype, &[k as i64, cols as i64], q));
         inits.push(tensor(
             &sn,
             PbType::Float,
             &[cols as i64],
             scale.iter().flat_map(|v| v.to_le_bytes()).collect(),
         ));
-        inits.push(tensor(&zn, PbType::Int8, &[cols as i64], vec![0u8; cols]));
+        inits.push(tensor(&zn, wtype, &[cols as i64], vec![zero; cols]));
         let [xq, xs, xz] = dynq
             .entry(x.clone())
             .or_insert_with(|| {
@@ -445,12 +488,37 @@ fn quantize_q4_column(col: &[f32], block: usize) -> (Vec<u8>, Vec<f32>) {
     (bytes, scales)
 }
 
-/// Weight-only INT4: `com.microsoft.MatMulNBits` with symmetric blocks along K (+ bias for Gemm).
+/// Asymmetric 4-bit blocks: `v ≈ (code - zp) · scale` with the block's min and max mapped to 0 and 15.
+fn quantize_q4_column_asym(col: &[f32], block: usize) -> (Vec<u8>, Vec<f32>, Vec<u8>) {
+    let blocks = col.len().div_ceil(block);
+    let mut bytes = Vec::with_capacity(blocks * block / 2);
+    let (mut scales, mut zps) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
+    for b in 0..blocks {
+        let vals: Vec<f32> = (0..block)
+            .map(|i| col.get(b * block + i).copied().unwrap_or(0.0))
+            .collect();
+        // The range always holds 0 so that padding and exact zeros stay exact.
+        let lo = vals.iter().fold(0f32, |m, v| m.min(*v));
+        let hi = vals.iter().fold(0f32, |m, v| m.max(*v));
+        let scale = if hi > lo { (hi - lo) / 15.0 } else { 1.0 };
+        let zp = (-lo / scale).round().clamp(0.0, 15.0);
+        let code = |v: f32| ((v / scale).round() + zp).clamp(0.0, 15.0) as u8;
+        for pair in vals.chunks(2) {
+            bytes.push(code(pair[0]) | (code(pair[1]) << 4));
+        }
+        scales.push(scale);
+        zps.push(zp as u8);
+    }
+    (bytes, scales, zps)
+}
+
+/// Weight-only INT4: `com.microsoft.MatMulNBits` with blocks along K (+ bias for Gemm).
 fn quantize_graph_q4(
     model: &mut ModelProto,
     path: &Path,
     block: usize,
     accuracy_level: i64,
+    symmetric: bool,
 ) -> Result<usize> {
     if !block.is_power_of_two() || block < 16 {
         return Err(graph_err(
@@ -473,13 +541,37 @@ fn quantize_graph_q4(
         let blocks = k.div_ceil(block);
         let mut packed = Vec::with_capacity(n_out * blocks * block / 2);
         let mut scales = Vec::with_capacity(n_out * blocks);
+        // Zero points: per column, two blocks' points per byte, low nibble first.
+        let mut zero_points = Vec::new();
         for j in 0..n_out {
-            let (b, s) = quantize_q4_column(&column(j), block);
-            packed.extend(b);
-            scales.extend(s);
+            if symmetric {
+                let (b, s) = quantize_q4_column(&column(j), block);
+                packed.extend(b);
+                scales.extend(s);
+            } else {
+                let (b, s, z) = quantize_q4_column_asym(&column(j), block);
+                packed.extend(b);
+                scales.extend(s);
+                zero_points.extend(
+                    z.chunks(2)
+                        .map(|p| p[0] | (p.get(1).copied().unwrap_or(0) << 4)),
+                );
+            }
         }
         let wname = m.weight_name();
-        let (qn, sn) = (format!("{wname}_q4"), format!("{wname}_q4_scales"));
+        let (qn, sn, zn) = (
+            format!("{wname}_q4"),
+            format!("{wname}_q4_scales"),
+            format!("{wname}_q4_zero_points"),
+        );
+        if !symmetric {
+            inits.push(tensor(
+                &zn,
+                PbType::Uint8,
+                &[zero_points.len() as i64],
+                std::mem::take(&mut zero_points),
+            ));
+        }
         inits.push(tensor(
             &qn,
             PbType::Uint8,
@@ -501,19 +593,22 @@ fn quantize_graph_q4(
         ];
         let name = m.name();
         let mut tmp = Vec::new();
-        push_output(
-            &mut tmp,
-            m,
-            &name,
-            "MatMulNBits",
-            "MatMulNBits",
-            &[&m.node.input[0], &qn, &sn],
-        );
+        let inputs: Vec<&str> = if symmetric {
+            vec![&m.node.input[0], &qn, &sn]
+        } else {
+            vec![&m.node.input[0], &qn, &sn, &zn]
+        };
+        push_output(&mut tmp, m, &name, "MatMulNBits", "MatMulNBits", &inputs);
         tmp[0].attribute = attrs;
         tmp[0].domain = Some("com.microsoft".into());
         nodes.extend(tmp);
         Ok(())
     })?;
+    ensure_ms_opset(model);
+    Ok(count)
+}
+
+fn ensure_ms_opset(model: &mut ModelProto) {
     if !model
         .opset_import
         .iter()
@@ -526,7 +621,6 @@ fn quantize_graph_q4(
                 version: Some(1),
             });
     }
-    Ok(count)
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -589,34 +683,85 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
             stats.push(GraphStats {
                 role: role.clone(),
                 quantized_matmuls: 0,
+                other_rewrites: 0,
                 bytes_before: before,
                 bytes_after: before,
             });
             continue;
         }
+        if opts.precision == Precision::Fp16 && entry.precision != "fp32" {
+            return Err(graph_err(
+                &path,
+                format!(
+                    "{role} is {}; FP16 is made from an FP32 package",
+                    entry.precision
+                ),
+            ));
+        }
         let mut model = load_model(&path)?;
-        let (count, note, suffix, precision) = match opts.precision {
+        let qmax = if opts.reduce_range { 63.0 } else { 127.0 };
+        let (count, other, note, suffix, precision) = match opts.precision {
             Precision::Int8 => {
-                let c = quantize_graph(&mut model, &path, opts.reduce_range)?;
-                let note = if opts.reduce_range {
-                    "dynamic INT8, per-channel weights, reduce-range"
+                let c = quantize_graph(&mut model, &path, opts.reduce_range, opts.weight_type)?;
+                let e = if opts.embeddings {
+                    embedding::quantize_int8(&mut model, &path, qmax)?
                 } else {
-                    "dynamic INT8, per-channel weights"
+                    0
                 };
-                (c, note.to_string(), "quantized", "int8")
+                let note = format!(
+                    "dynamic INT8, per-channel {:?} weights{}",
+                    opts.weight_type,
+                    if opts.reduce_range {
+                        ", reduce-range"
+                    } else {
+                        ""
+                    }
+                );
+                (c, e, note, "quantized", "int8")
             }
             Precision::Int4 {
                 block_size,
                 accuracy_level,
             } => {
-                let c = quantize_graph_q4(&mut model, &path, block_size, accuracy_level)?;
+                let c = quantize_graph_q4(
+                    &mut model,
+                    &path,
+                    block_size,
+                    accuracy_level,
+                    opts.int4_symmetric,
+                )?;
+                let e = if opts.embeddings {
+                    embedding::quantize_int4(&mut model, &path, block_size)?
+                } else {
+                    0
+                };
+                ensure_ms_opset(&mut model);
                 (
                     c,
+                    e,
                     format!(
-                        "weight-only INT4 (MatMulNBits, block {block_size}, accuracy level {accuracy_level})"
+                        "weight-only INT4 (MatMulNBits, block {block_size}, {}, accuracy level {accuracy_level})",
+                        if opts.int4_symmetric {
+                            "symmetric"
+                        } else {
+                            "asymmetric"
+                        }
                     ),
                     "q4",
                     "int4",
+                )
+            }
+            Precision::Fp16 => {
+                let n = fp16::convert_graph(&mut model, &path, &opts.keep_fp32)?;
+                (
+                    0,
+                    n,
+                    format!(
+                        "FP16, FP32 interface, FP32 ops: {}",
+                        opts.keep_fp32.join(",")
+                    ),
+                    "fp16",
+                    "fp16",
                 )
             }
         };
@@ -638,6 +783,7 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
         stats.push(GraphStats {
             role: role.clone(),
             quantized_matmuls: count,
+            other_rewrites: other,
             bytes_before: before,
             bytes_after: bytes.len() as u64,
         });

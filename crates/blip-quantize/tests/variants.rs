@@ -1,0 +1,208 @@
+//! FP16, QUInt8, asymmetric INT4 and quantized embeddings: each passes the checklist, runs in ORT
+//! and stays close to the FP32 package on the fixture goldens.
+
+use blip_convert::ConvertOptions;
+use blip_quantize::{Policy, Precision, QuantizeOptions, WeightType, quantize_package};
+use blip_runtime::{BlipModel, CaptionOptions, SessionOptions, Strategy};
+use blip_testkit::{Goldens, convert_fixture, fixture};
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn assert_checks(dir: &std::path::Path) {
+    let report = blip_validate::check(dir, true);
+    assert!(
+        report.passed(),
+        "{:#?}",
+        report.failures().collect::<Vec<_>>()
+    );
+}
+
+fn greedy() -> CaptionOptions {
+    CaptionOptions {
+        strategy: Strategy::Greedy,
+        max_length: 20,
+        min_length: 0,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn fp16_caption_package_keeps_the_fp32_interface_and_the_captions() {
+    let fp32 = convert_fixture(&fixture("models/tiny-caption"), &ConvertOptions::default());
+    let out = fp32.dir.path().join("fp16");
+    let opts = QuantizeOptions {
+        precision: Precision::Fp16,
+        policy: Policy::All,
+        ..Default::default()
+    };
+    let stats = quantize_package(&fp32.pkg.dir, &out, &opts).unwrap();
+    for s in &stats {
+        assert!(
+            s.other_rewrites > 0 && s.bytes_after < s.bytes_before * 7 / 10,
+            "{s:?}"
+        );
+    }
+    assert_checks(&out);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("blip.json")).unwrap()).unwrap();
+    assert_eq!(manifest["precision"], "fp16");
+    assert_eq!(manifest["graphs"]["decoder"]["file"], "decoder_fp16.onnx");
+
+    let g = Goldens::load("tiny-caption");
+    let pixels = g.f("pixel_values").as_slice().unwrap().to_vec();
+    let mut a = BlipModel::open(&fp32.pkg.dir, &SessionOptions::default()).unwrap();
+    let mut b = BlipModel::open(&out, &SessionOptions::default()).unwrap();
+    let (va, vb) = (a.vision(&pixels, 3).unwrap(), b.vision(&pixels, 3).unwrap());
+    let (ha, hb) = (va.hidden.as_slice().unwrap(), vb.hidden.as_slice().unwrap());
+    let d = max_diff(ha, hb);
+    assert!(d > 0.0 && d < 2e-2, "FP16 vision states differ by {d}");
+    let (ca, cb) = (
+        a.caption_pixels(&pixels, 3, &greedy()).unwrap(),
+        b.caption_pixels(&pixels, 3, &greedy()).unwrap(),
+    );
+    for (x, y) in ca.iter().zip(&cb) {
+        assert_eq!(x.ids, y.ids, "FP16 greedy caption differs");
+    }
+    // FP16 is made from FP32 graphs only.
+    let int8 = fp32.dir.path().join("int8");
+    quantize_package(&fp32.pkg.dir, &int8, &QuantizeOptions::default()).unwrap();
+    let err = quantize_package(&int8, &fp32.dir.path().join("x"), &opts).unwrap_err();
+    assert!(err.to_string().contains("FP32 package"), "{err}");
+    assert!(!fp32.dir.path().join("x").exists());
+}
+
+#[test]
+fn fp16_retrieval_keeps_normalised_embeddings_and_itm() {
+    let fp32 = convert_fixture(
+        &fixture("models/tiny-retrieval"),
+        &ConvertOptions::default(),
+    );
+    let out = fp32.dir.path().join("fp16");
+    quantize_package(
+        &fp32.pkg.dir,
+        &out,
+        &QuantizeOptions {
+            precision: Precision::Fp16,
+            policy: Policy::All,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_checks(&out);
+    let g = Goldens::load("tiny-retrieval");
+    let pixels = g.f("pixel_values").as_slice().unwrap().to_vec();
+    let texts: Vec<String> = serde_json::from_value(g.meta["texts"].clone()).unwrap();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut a = BlipModel::open(&fp32.pkg.dir, &SessionOptions::default()).unwrap();
+    let mut b = BlipModel::open(&out, &SessionOptions::default()).unwrap();
+    let (va, vb) = (a.vision(&pixels, 3).unwrap(), b.vision(&pixels, 3).unwrap());
+    let (ia, ib) = (va.embeds.unwrap(), vb.embeds.unwrap());
+    let (ta, tb) = (
+        a.embed_texts(&texts).unwrap(),
+        b.embed_texts(&texts).unwrap(),
+    );
+    for r in 0..3 {
+        let ci = cosine(ia.row(r).as_slice().unwrap(), ib.row(r).as_slice().unwrap());
+        let ct = cosine(ta.row(r).as_slice().unwrap(), tb.row(r).as_slice().unwrap());
+        assert!(ci > 0.9999 && ct > 0.9999, "row {r}: {ci} {ct}");
+        let norm: f32 = ib.row(r).iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!(
+            (norm - 1.0).abs() < 1e-3,
+            "FP16 image embedding norm {norm}"
+        );
+    }
+    let la = a.itm_pairs(va.hidden.view(), &texts).unwrap();
+    let lb = b.itm_pairs(vb.hidden.view(), &texts).unwrap();
+    let d = max_diff(la.as_slice().unwrap(), lb.as_slice().unwrap());
+    assert!(d < 1e-2, "FP16 ITM logits differ by {d}");
+}
+
+#[test]
+fn quint8_weights_compute_what_qint8_weights_do() {
+    let fp32 = convert_fixture(
+        &fixture("models/tiny-retrieval"),
+        &ConvertOptions::default(),
+    );
+    let (s8, u8_) = (fp32.dir.path().join("s8"), fp32.dir.path().join("u8"));
+    let opts = |weight_type| QuantizeOptions {
+        policy: Policy::All,
+        weight_type,
+        ..Default::default()
+    };
+    quantize_package(&fp32.pkg.dir, &s8, &opts(WeightType::QInt8)).unwrap();
+    quantize_package(&fp32.pkg.dir, &u8_, &opts(WeightType::QUInt8)).unwrap();
+    assert_checks(&u8_);
+    let g = Goldens::load("tiny-retrieval");
+    let pixels = g.f("pixel_values").as_slice().unwrap().to_vec();
+    let mut a = BlipModel::open(&s8, &SessionOptions::default()).unwrap();
+    let mut b = BlipModel::open(&u8_, &SessionOptions::default()).unwrap();
+    let (ea, eb) = (
+        a.vision(&pixels, 3).unwrap().embeds.unwrap(),
+        b.vision(&pixels, 3).unwrap().embeds.unwrap(),
+    );
+    // Same codes, shifted by the zero point: the integer products are identical.
+    let d = max_diff(ea.as_slice().unwrap(), eb.as_slice().unwrap());
+    assert!(d < 1e-5, "QUInt8 vs QInt8 embeddings differ by {d}");
+}
+
+#[test]
+fn int4_everywhere_with_embeddings_shrinks_the_package_and_stays_close() {
+    let fp32 = convert_fixture(
+        &fixture("models/tiny-retrieval"),
+        &ConvertOptions::default(),
+    );
+    let g = Goldens::load("tiny-retrieval");
+    let pixels = g.f("pixel_values").as_slice().unwrap().to_vec();
+    let texts: Vec<String> = serde_json::from_value(g.meta["texts"].clone()).unwrap();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut a = BlipModel::open(&fp32.pkg.dir, &SessionOptions::default()).unwrap();
+    let ta = a.embed_texts(&texts).unwrap();
+    for symmetric in [true, false] {
+        let out = fp32.dir.path().join(format!("q4-{symmetric}"));
+        let stats = quantize_package(
+            &fp32.pkg.dir,
+            &out,
+            &QuantizeOptions {
+                precision: Precision::Int4 {
+                    block_size: 32,
+                    accuracy_level: 0,
+                },
+                policy: Policy::All,
+                int4_symmetric: symmetric,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let text = stats.iter().find(|s| s.role == "text_encoder").unwrap();
+        assert_eq!(text.other_rewrites, 1, "the word-embedding Gather");
+        // The tiny text graphs are mostly vocabulary: 4-bit rows cut them to under a fifth.
+        assert!(
+            text.bytes_after * 5 < text.bytes_before,
+            "{} -> {}",
+            text.bytes_before,
+            text.bytes_after
+        );
+        assert_checks(&out);
+        let mut b = BlipModel::open(&out, &SessionOptions::default()).unwrap();
+        let tb = b.embed_texts(&texts).unwrap();
+        for r in 0..3 {
+            let c = cosine(ta.row(r).as_slice().unwrap(), tb.row(r).as_slice().unwrap());
+            assert!(
+                c > 0.97 && c < 1.0 - 1e-6,
+                "symmetric {symmetric}, row {r}: cosine {c}"
+            );
+        }
+    }
+}
