@@ -336,6 +336,7 @@ fn write_package(
                 sha256: blip_package::sha256_files(std::slice::from_ref(&path))?,
                 bytes: stats.onnx_bytes + stats.data_bytes,
                 precision: "fp32".into(),
+                optimization: None,
                 inputs: built.inputs.iter().map(spec).collect(),
                 outputs: built.outputs.iter().map(spec).collect(),
             },
@@ -410,12 +411,7 @@ fn write_package(
             "config token ids differ from the tokenizer's; the manifest uses the tokenizer's"
         );
     }
-    let path = dir.join(blip_package::MANIFEST_FILE);
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| ConvertError::Io {
-        path: path.clone(),
-        source: e.into(),
-    })?;
-    std::fs::write(&path, text + "\n").map_err(|source| ConvertError::Io { path, source })?;
+    manifest.save(dir)?;
     Ok(ConvertReport {
         output: dir.to_path_buf(),
         head,

@@ -196,6 +196,16 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Write ONNX Runtime's fused graphs (attention, skip-layer-norm, bias-GELU) as a new package.
+    ///
+    /// The default package stays standard-ops only and portable; this one loads pre-fused in ORT.
+    Optimize {
+        package: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
     /// Static deployment checklist of a package: each item pass/fail with its reason; exit 4 on a failure.
     ///
     /// Graphs for the head, tokenizer ids vs the manifest, per graph: checksum, opset/IR, no
@@ -409,6 +419,29 @@ fn run(cli: Cli) -> Result<u8> {
                 println!(
                     "  {:<22} {:>4} MatMuls {:>4} other {:>12} -> {:>12} bytes",
                     s.role, s.quantized_matmuls, s.other_rewrites, s.bytes_before, s.bytes_after
+                );
+            }
+            Ok(0)
+        }
+        Command::Optimize {
+            package,
+            output,
+            force,
+        } => {
+            let reports = blip_optimize::optimize_package(&package, &output, force)?;
+            println!("optimized package written to {}", output.display());
+            for r in &reports {
+                let fused: Vec<String> = r
+                    .fused_ops
+                    .iter()
+                    .map(|(op, n)| format!("{op} x{n}"))
+                    .collect();
+                println!(
+                    "  {:<22} {:>5} -> {:>5} nodes  {}",
+                    r.role,
+                    r.nodes_before,
+                    r.nodes_after,
+                    fused.join(", ")
                 );
             }
             Ok(0)

@@ -153,8 +153,25 @@ pub struct GraphEntry {
     pub sha256: String,
     pub bytes: u64,
     pub precision: String,
+    /// How the graph was rewritten for a runtime after conversion (e.g. `ort-extended`: ONNX
+    /// Runtime's fused graph, `com.microsoft` ops); absent for the portable standard-ops graph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimization: Option<String>,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+}
+
+impl Manifest {
+    /// Writes the manifest as `blip.json` in the package folder `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), PackageError> {
+        let path = dir.join(MANIFEST_FILE);
+        let io = |source| PackageError::Io {
+            path: path.clone(),
+            source,
+        };
+        let text = serde_json::to_string_pretty(self).map_err(|e| io(e.into()))?;
+        std::fs::write(&path, text + "\n").map_err(io)
+    }
 }
 
 /// An opened package folder.

@@ -689,6 +689,14 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
             });
             continue;
         }
+        if let Some(o) = &entry.optimization {
+            return Err(graph_err(
+                &path,
+                format!(
+                    "{role} is a runtime-optimized graph ({o}); quantize the package before `optimize`"
+                ),
+            ));
+        }
         if opts.precision == Precision::Fp16 && entry.precision != "fp32" {
             return Err(graph_err(
                 &path,
@@ -800,10 +808,7 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
         "mixed".into()
     };
     manifest.graphs = graphs;
-    let path = dir.join(blip_package::MANIFEST_FILE);
-    let text =
-        serde_json::to_string_pretty(&manifest).map_err(|e| graph_err(&path, e.to_string()))?;
-    std::fs::write(&path, text + "\n").map_err(io(&path))?;
+    manifest.save(dir)?;
     Ok(stats)
 }
 

@@ -129,6 +129,17 @@ pub enum OptLevel {
     All,
 }
 
+impl From<OptLevel> for GraphOptimizationLevel {
+    fn from(level: OptLevel) -> Self {
+        match level {
+            OptLevel::Disable => GraphOptimizationLevel::Disable,
+            OptLevel::Basic => GraphOptimizationLevel::Level1,
+            OptLevel::Extended => GraphOptimizationLevel::Level2,
+            OptLevel::All => GraphOptimizationLevel::All,
+        }
+    }
+}
+
 /// Where sessions run. A requested GPU that cannot be used is an error, never a silent CPU fallback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
@@ -213,12 +224,7 @@ impl Runtime {
             path: path.to_path_buf(),
             message,
         };
-        let level = match opts.opt_level {
-            OptLevel::Disable => GraphOptimizationLevel::Disable,
-            OptLevel::Basic => GraphOptimizationLevel::Level1,
-            OptLevel::Extended => GraphOptimizationLevel::Level2,
-            OptLevel::All => GraphOptimizationLevel::All,
-        };
+        let level = GraphOptimizationLevel::from(opts.opt_level);
         let mut builder = Session::builder(&self.env)
             .map_err(|e| err(e.to_string()))?
             .with_optimization_level(level)
@@ -235,6 +241,45 @@ impl Runtime {
         }
         builder
             .commit_from_file(path)
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// Lets ONNX Runtime optimize the graph at `src` (on the CPU provider) and save the result to
+    /// `dst`; initializers go to `external_data` (a file name next to `dst`) when given.
+    pub fn write_optimized(
+        &self,
+        src: &Path,
+        dst: &Path,
+        level: OptLevel,
+        external_data: Option<&str>,
+    ) -> Result<()> {
+        let err = |message: String| RuntimeError::Session {
+            path: src.to_path_buf(),
+            message,
+        };
+        let level = GraphOptimizationLevel::from(level);
+        let mut builder = Session::builder(&self.env)
+            .map_err(|e| err(e.to_string()))?
+            .with_optimization_level(level)
+            .map_err(|e| err(e.to_string()))?
+            .with_optimized_model_path(dst)
+            .map_err(|e| err(e.to_string()))?;
+        if let Some(file) = external_data {
+            builder = builder
+                .with_config_entry(
+                    "session.optimized_model_external_initializers_file_name",
+                    file,
+                )
+                .map_err(|e| err(e.to_string()))?
+                .with_config_entry(
+                    "session.optimized_model_external_initializers_min_size_in_bytes",
+                    "1024",
+                )
+                .map_err(|e| err(e.to_string()))?;
+        }
+        builder
+            .commit_from_file(src)
+            .map(drop)
             .map_err(|e| err(e.to_string()))
     }
 

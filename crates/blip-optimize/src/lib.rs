@@ -1,0 +1,161 @@
+//! Runtime-optimized packages: ONNX Runtime rewrites each graph with its CPU fusions (attention,
+//! skip-layer-norm, bias-GELU, fused MatMul + scale, MatMulIntegerToFloat) and saves it, so a
+//! deployment loads the fused graph directly. The converter's default package stays standard-ops
+//! only and portable; this one is for ONNX Runtime.
+//!
+//! The level is ORT's "extended": graph fusions only, no layout transforms (NCHWc), so the
+//! result does not depend on the CPU it was written on.
+
+use std::path::{Path, PathBuf};
+
+use blip_package::{GraphEntry, Package};
+use blip_runtime::{OptLevel, Runtime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OptimizeError {
+    #[error(transparent)]
+    Package(#[from] blip_package::PackageError),
+    #[error(transparent)]
+    Runtime(#[from] blip_runtime::RuntimeError),
+    #[error("output {path} already exists; pass --force to replace it")]
+    OutputExists { path: PathBuf },
+    #[error("{path} is already optimized ({how}); optimize the package it came from")]
+    AlreadyOptimized { path: PathBuf, how: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, OptimizeError>;
+
+/// The manifest's name for this rewrite.
+pub const ORT_EXTENDED: &str = "ort-extended";
+
+#[derive(Debug, Clone)]
+pub struct GraphReport {
+    pub role: String,
+    pub nodes_before: usize,
+    pub nodes_after: usize,
+    /// Fused op types ORT introduced, with counts (e.g. `SkipLayerNormalization ×12`).
+    pub fused_ops: Vec<(String, usize)>,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> OptimizeError + '_ {
+    move |source| OptimizeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes the optimized copy of the package at `src` to `out` (staged, then renamed into place).
+pub fn optimize_package(src: &Path, out: &Path, force: bool) -> Result<Vec<GraphReport>> {
+    if out.exists() && !force {
+        return Err(OptimizeError::OutputExists {
+            path: out.to_path_buf(),
+        });
+    }
+    let pkg = Package::open(src)?;
+    if let Some((role, how)) = pkg
+        .manifest
+        .graphs
+        .iter()
+        .find_map(|(r, g)| g.optimization.as_ref().map(|o| (r, o)))
+    {
+        return Err(OptimizeError::AlreadyOptimized {
+            path: pkg.dir.join(&pkg.manifest.graphs[role].file),
+            how: how.clone(),
+        });
+    }
+    let runtime = Runtime::init()?;
+    let tmp = blip_package::staging_dir(out).map_err(io(out))?;
+    let result = write_optimized(&runtime, &pkg, &tmp);
+    match result {
+        Ok(reports) => {
+            if let Err(e) = blip_package::commit_staging(&tmp, out) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(io(out)(e));
+            }
+            Ok(reports)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn write_optimized(runtime: &Runtime, pkg: &Package, dir: &Path) -> Result<Vec<GraphReport>> {
+    let mut manifest = pkg.manifest.clone();
+    let tok = pkg.tokenizer_path();
+    std::fs::copy(&tok, dir.join(&manifest.tokenizer)).map_err(io(&tok))?;
+    let mut reports = Vec::new();
+    for (role, entry) in &pkg.manifest.graphs {
+        let src = pkg.dir.join(&entry.file);
+        let stem = entry.file.trim_end_matches(".onnx");
+        let file = format!("{stem}_opt.onnx");
+        let data_file = entry.data_file.as_ref().map(|_| format!("{file}.data"));
+        let dst = dir.join(&file);
+        runtime.write_optimized(&src, &dst, OptLevel::Extended, data_file.as_deref())?;
+        let mut paths = vec![dst.clone()];
+        if let Some(d) = &data_file {
+            paths.push(dir.join(d));
+        }
+        let bytes = paths
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).map_err(io(p)))
+            .sum::<Result<u64>>()?;
+        reports.push(GraphReport {
+            role: role.clone(),
+            nodes_before: op_types(&src)?.len(),
+            nodes_after: op_types(&dst)?.len(),
+            fused_ops: fused_ops(&src, &dst)?,
+        });
+        manifest.graphs.insert(
+            role.clone(),
+            GraphEntry {
+                file,
+                data_file,
+                sha256: blip_package::sha256_files(&paths)?,
+                bytes,
+                optimization: Some(ORT_EXTENDED.into()),
+                ..entry.clone()
+            },
+        );
+    }
+    manifest.save(dir)?;
+    Ok(reports)
+}
+
+/// Op types present after optimization and not before, with their counts.
+fn fused_ops(src: &Path, dst: &Path) -> Result<Vec<(String, usize)>> {
+    let before = op_types(src)?;
+    let after = op_types(dst)?;
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for op in after.iter().filter(|op| !before.contains(op)) {
+        *counts.entry(op.clone()).or_default() += 1;
+    }
+    Ok(counts.into_iter().collect())
+}
+
+/// Op type of every node (with its domain when not the default one).
+fn op_types(path: &Path) -> Result<Vec<String>> {
+    use prost::Message;
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let model = onnx_writer::onnx::ModelProto::decode(bytes.as_slice())
+        .map_err(|e| io(path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    Ok(model
+        .graph
+        .map(|g| {
+            g.node
+                .into_iter()
+                .map(|n| match n.domain.as_deref() {
+                    None | Some("") => n.op_type.unwrap_or_default(),
+                    Some(d) => format!("{d}.{}", n.op_type.unwrap_or_default()),
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}

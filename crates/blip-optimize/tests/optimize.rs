@@ -1,0 +1,129 @@
+//! ORT-optimized packages compute what the portable ones do (≤ 1e-4, tokens exact) and pass `check`.
+
+use blip_convert::ConvertOptions;
+use blip_runtime::{BlipModel, CaptionOptions, SessionOptions, Strategy, VqaOptions};
+use blip_testkit::{Goldens, assert_close, convert_fixture, fixture};
+
+fn optimized(name: &str) -> (blip_testkit::Converted, std::path::PathBuf) {
+    let fp32 = convert_fixture(
+        &fixture(&format!("models/{name}")),
+        &ConvertOptions::default(),
+    );
+    let out = fp32.dir.path().join("opt");
+    let reports = blip_optimize::optimize_package(&fp32.pkg.dir, &out, false).unwrap();
+    // ORT really rewrote the graphs: fused nodes appear and the node count drops.
+    let vision = reports.iter().find(|r| r.role == "vision_encoder").unwrap();
+    assert!(vision.nodes_after < vision.nodes_before, "{vision:?}");
+    assert!(
+        vision
+            .fused_ops
+            .iter()
+            .any(|(op, _)| op.starts_with("com.microsoft.")),
+        "{vision:?}"
+    );
+    let report = blip_validate::check(&out, true);
+    assert!(
+        report.passed(),
+        "{:#?}",
+        report.failures().collect::<Vec<_>>()
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("blip.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["graphs"]["vision_encoder"]["optimization"],
+        "ort-extended"
+    );
+    (fp32, out)
+}
+
+fn open(dir: &std::path::Path) -> BlipModel {
+    BlipModel::open(dir, &SessionOptions::default()).unwrap()
+}
+
+#[test]
+fn optimized_caption_package_matches_the_portable_one() {
+    let (fp32, out) = optimized("tiny-caption");
+    let g = Goldens::load("tiny-caption");
+    let pixels = g.f("pixel_values").as_slice().unwrap().to_vec();
+    let (mut a, mut b) = (open(&fp32.pkg.dir), open(&out));
+    let (va, vb) = (a.vision(&pixels, 3).unwrap(), b.vision(&pixels, 3).unwrap());
+    assert_close(
+        "vision states",
+        &vb.hidden.clone().into_dyn(),
+        &va.hidden.clone().into_dyn(),
+    );
+    for strategy in [
+        Strategy::Greedy,
+        Strategy::Beam {
+            num_beams: 3,
+            length_penalty: 1.0,
+            early_stopping: false,
+        },
+    ] {
+        let opts = CaptionOptions {
+            strategy,
+            max_length: 20,
+            min_length: 0,
+            ..Default::default()
+        };
+        let (ca, cb) = (
+            a.caption_pixels(&pixels, 3, &opts).unwrap(),
+            b.caption_pixels(&pixels, 3, &opts).unwrap(),
+        );
+        for (x, y) in ca.iter().zip(&cb) {
+            assert_eq!(x.ids, y.ids);
+        }
+    }
+    // Optimizing twice, or quantizing the fused graphs, is refused and writes nothing.
+    let again = fp32.dir.path().join("again");
+    let err = blip_optimize::optimize_package(&out, &again, false).unwrap_err();
+    assert!(err.to_string().contains("already optimized"), "{err}");
+    let err = blip_quantize::quantize_package(&out, &again, &Default::default()).unwrap_err();
+    assert!(err.to_string().contains("before `optimize`"), "{err}");
+    assert!(!again.exists());
+}
+
+#[test]
+fn optimized_retrieval_package_matches_the_portable_one() {
+    let (fp32, out) = optimized("tiny-retrieval");
+    let g = Goldens::load("tiny-retrieval");
+    let pixels = g.f("pixel_values").as_slice().unwrap().to_vec();
+    let texts: Vec<String> = serde_json::from_value(g.meta["texts"].clone()).unwrap();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let (mut a, mut b) = (open(&fp32.pkg.dir), open(&out));
+    let (va, vb) = (a.vision(&pixels, 3).unwrap(), b.vision(&pixels, 3).unwrap());
+    assert_close(
+        "image embeds",
+        &vb.embeds.clone().unwrap().into_dyn(),
+        &va.embeds.clone().unwrap().into_dyn(),
+    );
+    assert_close(
+        "text embeds",
+        &b.embed_texts(&texts).unwrap().into_dyn(),
+        &a.embed_texts(&texts).unwrap().into_dyn(),
+    );
+    assert_close(
+        "itm logits",
+        &b.itm_pairs(vb.hidden.view(), &texts).unwrap().into_dyn(),
+        &a.itm_pairs(va.hidden.view(), &texts).unwrap().into_dyn(),
+    );
+}
+
+#[test]
+fn optimized_vqa_package_answers_the_same() {
+    let (fp32, out) = optimized("tiny-vqa");
+    let g = Goldens::load("tiny-vqa");
+    let pixels = g.f("pixel_values").as_slice().unwrap().to_vec();
+    let questions: Vec<String> = serde_json::from_value(g.meta["questions"].clone()).unwrap();
+    let questions: Vec<&str> = questions.iter().map(String::as_str).collect();
+    let (mut a, mut b) = (open(&fp32.pkg.dir), open(&out));
+    let opts = VqaOptions::default();
+    let (x, y) = (
+        a.answer_pixels(&pixels, 3, &questions, &opts).unwrap(),
+        b.answer_pixels(&pixels, 3, &questions, &opts).unwrap(),
+    );
+    assert_eq!(x.len(), 3);
+    for (p, q) in x.iter().zip(&y) {
+        assert_eq!(p.ids, q.ids);
+    }
+}
