@@ -164,7 +164,6 @@ fn int4_everywhere_with_embeddings_shrinks_the_package_and_stays_close() {
         &ConvertOptions::default(),
     );
     let g = Goldens::load("tiny-retrieval");
-    let pixels = g.f("pixel_values").as_slice().unwrap().to_vec();
     let texts: Vec<String> = serde_json::from_value(g.meta["texts"].clone()).unwrap();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let mut a = BlipModel::open(&fp32.pkg.dir, &SessionOptions::default()).unwrap();
