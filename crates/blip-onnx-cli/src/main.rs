@@ -4,6 +4,7 @@ mod bench;
 mod index;
 mod inspect;
 mod tasks;
+mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -206,6 +207,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Quality gates: parity vs a PyTorch reference bundle, agreement with another package, batch
+    /// 1..8 consistency, edge inputs, RSS over a long run; exit 4 when a gate fails.
+    Validate(validate::ValidateArgs),
     /// Static deployment checklist of a package: each item pass/fail with its reason; exit 4 on a failure.
     ///
     /// Graphs for the head, tokenizer ids vs the manifest, per graph: checksum, opset/IR, no
@@ -446,6 +450,7 @@ fn run(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
+        Command::Validate(args) => validate::run(args),
         Command::Check {
             package,
             no_ort,

@@ -10,15 +10,8 @@ fn fixture(rel: &str) -> PathBuf {
 }
 
 fn blip(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_blip-onnx"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (status, stdout, stderr) = code(args);
+    (status == Some(0), stdout, stderr)
 }
 
 #[test]
@@ -333,4 +326,83 @@ fn check_passes_a_fresh_package_and_exits_4_on_a_damaged_one() {
         .map(|i| i["item"].as_str().unwrap())
         .collect();
     assert_eq!(failed, ["package: tokenizer ids"]);
+}
+
+fn code(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_blip-onnx"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn quantize_optimize_and_validate_gate_a_deployment() {
+    let dir = tempfile::tempdir().unwrap();
+    let fp32 = convert_to(dir.path(), "caption");
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let golden = fixture("goldens/tiny-caption.json");
+    let images = fixture("images");
+    let (golden, images) = (golden.to_str().unwrap(), images.to_str().unwrap());
+    // FP16 and the ORT-optimized package both write checked packages.
+    for (cmd, out) in [
+        (
+            vec!["quantize", fp32.to_str().unwrap(), "--precision", "fp16"],
+            p("fp16"),
+        ),
+        (vec!["optimize", fp32.to_str().unwrap()], p("opt")),
+    ] {
+        let mut args = cmd.clone();
+        args.extend(["-o", out.as_str()]);
+        let (ok, _, stderr) = blip(&args);
+        assert!(ok, "{stderr}");
+        let (ok, stdout, stderr) = blip(&["check", &out]);
+        assert!(ok, "{stdout}{stderr}");
+    }
+    // The optimized package passes the FP32 gates against PyTorch and against the portable one.
+    let (status, stdout, stderr) = code(&[
+        "validate",
+        &p("opt"),
+        "--reference",
+        golden,
+        "--images-dir",
+        images,
+        "--against",
+        fp32.to_str().unwrap(),
+        "--long-run",
+        "100",
+        "--max-batch",
+        "3",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(report["gates"].as_array().unwrap().len() > 15);
+    // FP16 misses the FP32 tolerance against PyTorch: exit 4, the failing gate named in the table.
+    let (status, stdout, _) = code(&[
+        "validate",
+        &p("fp16"),
+        "--reference",
+        golden,
+        "--images-dir",
+        images,
+        "--quantized-tolerance",
+        "1e-6",
+        "--long-run",
+        "0",
+        "--max-batch",
+        "0",
+    ]);
+    assert_eq!(status, Some(4), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL reference: vision.last_hidden_state")),
+        "{stdout}"
+    );
 }

@@ -558,7 +558,7 @@ impl BlipModel {
 
     /// All-position decoder logits `[rows, t, V]` for `ids` (`rows × t`, padding mask `mask`) from an
     /// empty cache, cross-attending to `states` with `enc_mask`.
-    fn decoder_logits(
+    pub fn decoder_logits(
         &mut self,
         states: ArrayView3<'_, f32>,
         enc_mask: &[i64],

@@ -3,6 +3,15 @@
 //! [`check`] is the static checklist of the common BLIP → ONNX guide, run for real: each item passes or
 //! fails with its reason, so a CI pipeline can gate on it.
 
+pub mod gates;
+pub mod reference;
+mod validate;
+
+pub use gates::{Gate, Thresholds, ValidateReport};
+pub use validate::{
+    DEFAULT_QUESTIONS, DEFAULT_TEXTS, ValidateError, ValidateOptions, generated_images, validate,
+};
+
 use std::collections::HashSet;
 use std::path::Path;
 
