@@ -271,7 +271,12 @@ def ids_list(t: torch.Tensor) -> list[list[int]]:
 
 
 @torch.no_grad()
-def goldens_for(head: str, model, tok, images: list[Path], image_size: int) -> tuple[dict, dict]:
+def goldens_for(head: str, model, tok, images: list[Path], image_size: int, texts: list[str] | None = None,
+                questions: list[str] | None = None) -> tuple[dict, dict]:
+    TEXTS = texts or globals()["TEXTS"]
+    # One question per image (cycled when there are more images than questions).
+    QUESTIONS = [(questions or globals()["QUESTIONS"])[i % len(questions or globals()["QUESTIONS"])]
+                 for i in range(len(images))]
     tensors, meta = {}, {"head": head, "image_size": image_size, "images": [p.name for p in images]}
     pv = pixel_values(images, image_size)
     tensors["pixel_values"] = pv
@@ -506,6 +511,43 @@ def cmd_fixtures(args) -> None:
             save_goldens(tensors, meta, goldens_dir)
 
 
+def load_hf(checkpoint: str):
+    from transformers import AutoConfig, BlipForConditionalGeneration, BlipForImageTextRetrieval, \
+        BlipForQuestionAnswering
+
+    cfg = AutoConfig.from_pretrained(checkpoint)
+    cls = {"BlipForConditionalGeneration": BlipForConditionalGeneration,
+           "BlipForImageTextRetrieval": BlipForImageTextRetrieval,
+           "BlipForQuestionAnswering": BlipForQuestionAnswering}[cfg.architectures[0]]
+    head = {"BlipForConditionalGeneration": "caption", "BlipForImageTextRetrieval": "retrieval",
+            "BlipForQuestionAnswering": "vqa"}[cfg.architectures[0]]
+    # float32 whatever the storage dtype (transformers 5 would keep fp16 weights in fp16).
+    return cls.from_pretrained(checkpoint, dtype=torch.float32).eval(), head
+
+
+def cmd_bundle(args) -> None:
+    """A PyTorch reference bundle for `blip-onnx validate --reference`: every graph output, captions or
+    answers for the given images, from the checkpoint the package was converted from."""
+    model, head = load_hf(args.checkpoint)
+    assets = ensure_assets()
+    vocab = Path(args.checkpoint) / "vocab.txt"
+    tok = make_tokenizer(vocab if vocab.exists() else assets["vocab"])
+    images = [Path(p).resolve() for p in args.images] if args.images else assets["images"]
+    dirs = {p.parent for p in images}
+    if len(dirs) != 1:
+        raise SystemExit("bundle images must share one folder (the bundle records it)")
+    size = args.image_size or model.config.vision_config.image_size
+    read = lambda f: [l.strip() for l in Path(f).read_text().splitlines() if l.strip()] if f else None  # noqa: E731
+    tensors, meta = goldens_for(head, model, tok, images, size, texts=read(args.texts), questions=read(args.questions))
+    out = Path(args.output)
+    meta["name"] = out.stem
+    meta["images_dir"] = os.path.relpath(dirs.pop(), out.parent.resolve())
+    meta["checkpoint"] = str(args.checkpoint)
+    meta["command"] = " ".join(sys.argv)
+    save_goldens(tensors, meta, out.parent)
+    print(f"wrote {out.parent / (out.stem + '.json')} and .safetensors ({head}, {len(images)} images)", file=sys.stderr)
+
+
 def cmd_checkpoint(args) -> None:
     assets = ensure_assets()
     t0 = time.perf_counter()
@@ -659,14 +701,8 @@ def update_readme(marker: str, text: str) -> None:
 def cmd_parity(args) -> None:
     """Compares a converted package against PyTorch on the fixture images (any size, any head)."""
     import onnxruntime as ort
-    from transformers import AutoConfig, BlipForConditionalGeneration, BlipForImageTextRetrieval, \
-        BlipForQuestionAnswering
 
-    cfg = AutoConfig.from_pretrained(args.checkpoint)
-    cls = {"BlipForConditionalGeneration": BlipForConditionalGeneration,
-           "BlipForImageTextRetrieval": BlipForImageTextRetrieval,
-           "BlipForQuestionAnswering": BlipForQuestionAnswering}[cfg.architectures[0]]
-    model = cls.from_pretrained(args.checkpoint).eval()
+    model, _ = load_hf(args.checkpoint)
     assets = ensure_assets()
     man = json.loads((Path(args.package) / "blip.json").read_text())
     pv = pixel_values(assets["images"][:2], man["preprocess"]["image_size"])
@@ -875,6 +911,13 @@ def main() -> None:
     r.add_argument("--reps", type=int, default=5)
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--out", default=str(REPO / "docs/bench"))
+    bd = sub.add_parser("bundle", help="PyTorch reference bundle for `blip-onnx validate --reference`")
+    bd.add_argument("--checkpoint", required=True, help="HF BLIP folder")
+    bd.add_argument("--images", nargs="*", help="images (one folder); default: the fixture images")
+    bd.add_argument("--texts", help="retrieval texts, one per line")
+    bd.add_argument("--questions", help="VQA questions, one per line")
+    bd.add_argument("--image-size", type=int)
+    bd.add_argument("-o", "--output", required=True, help="NAME.json (NAME.safetensors is written next to it)")
     q = sub.add_parser("parity", help="compare a package with PyTorch on the fixture images")
     q.add_argument("checkpoint")
     q.add_argument("package")
@@ -883,7 +926,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     {"fixtures": cmd_fixtures, "checkpoint": cmd_checkpoint, "export": cmd_export,
-     "bench-convert": cmd_bench_convert, "parity": cmd_parity,
+     "bench-convert": cmd_bench_convert, "parity": cmd_parity, "bundle": cmd_bundle,
      "bench-runtime": cmd_bench_runtime}[args.cmd](args)
 
 
