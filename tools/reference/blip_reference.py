@@ -569,6 +569,20 @@ class VisionWrapper(torch.nn.Module):
         return self.m(pixel_values=pixel_values).last_hidden_state
 
 
+def guide_vision_session(vision_model, pv1, threads: int, tmp: str):
+    """The guide's recipe: torch.onnx.export of the wrapped vision tower, loaded in onnxruntime (Python)."""
+    import onnxruntime as ort
+
+    path = f"{tmp}/vision.onnx"
+    torch.onnx.export(VisionWrapper(vision_model), (pv1,), path, input_names=["pixel_values"],
+                      output_names=["last_hidden_state"], dynamic_axes={"pixel_values": {0: "b"}},
+                      opset_version=17, dynamo=False)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
 def cmd_export(args) -> None:
     """The common guide's recipe, timed: load with transformers, wrap the encoders, torch.onnx.export."""
     import resource
@@ -753,7 +767,6 @@ def cmd_bench_runtime(args) -> None:
     import platform
     import statistics
 
-    import onnxruntime as ort
     from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipImageProcessor
 
     torch.set_num_threads(args.threads)
@@ -788,14 +801,7 @@ def cmd_bench_runtime(args) -> None:
 
     # The guide's recipe: torch.onnx.export of the vision encoder, run in onnxruntime (Python).
     with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/vision.onnx"
-        torch.onnx.export(VisionWrapper(cap.vision_model), (pv1,), path, input_names=["pixel_values"],
-                          output_names=["last_hidden_state"], dynamic_axes={"pixel_values": {0: "b"}},
-                          opset_version=17, dynamo=False)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = args.threads
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        sess = guide_vision_session(cap.vision_model, pv1, args.threads, tmp)
         guide_rows = {
             "vision encoder b1": timed(lambda: sess.run(None, {"pixel_values": pv1.numpy()}), args.reps),
             "vision encoder b8": timed(lambda: sess.run(None, {"pixel_values": pv8.numpy()}),
@@ -878,6 +884,83 @@ def cmd_bench_runtime(args) -> None:
     update_readme("bench:runtime-base", text)
 
 
+def cmd_bench_python(args) -> None:
+    """The Python rows of `blip-onnx bench`: PyTorch eager (transformers) and the common guide's recipe
+    (torch.onnx.export of the vision tower, run in ONNX-Runtime-in-Python), with the case names and JSON
+    layout of `blip-onnx bench`'s engines. One JSON line on stdout."""
+    import resource
+    import statistics
+
+
+    torch.set_num_threads(args.threads)
+    model, head = load_hf(args.checkpoint)
+    size = model.config.vision_config.image_size
+    proc = processor_for(size, None)
+    load = lambda: proc(images=[Image.open(args.image).convert("RGB")], return_tensors="pt")["pixel_values"]  # noqa: E731
+    pv1 = load()
+    pv8 = pv1.repeat(8, 1, 1, 1)
+    half = max(1, (args.reps + 1) // 2)
+
+    def row(case, fn, reps, items=1):
+        fn()
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        times.sort()
+        med = statistics.median(times) * 1e3
+        p90 = times[round((len(times) - 1) * 0.9)] * 1e3
+        return {"case": case, "median_ms": med, "p90_ms": p90, "per_s": items / (med / 1e3)}
+
+    torch_rows = [row(f"vision {size}² b1", lambda: model.vision_model(pixel_values=pv1), args.reps),
+                  row(f"vision {size}² b8", lambda: model.vision_model(pixel_values=pv8), half, 8)]
+    states = model.vision_model(pixel_values=pv1).last_hidden_state
+    tok = make_tokenizer(ensure_assets()["vocab"])
+    text = ("a man in a red jacket is standing next to a bicycle on a wet street while two children and a small "
+            "brown dog watch him from the steps of an old building")
+    enc = tok([text], return_tensors="pt")
+    if head == "retrieval":
+        torch_rows.append(row("text encoder 32 tokens", lambda: model.text_encoder(**enc), args.reps))
+    elif head == "vqa":
+        ids = enc["input_ids"].clone()
+        ids[:, 0] = tok.convert_tokens_to_ids("[ENC]")
+        qenc = lambda: model.text_encoder(input_ids=ids, attention_mask=enc["attention_mask"],  # noqa: E731
+                                          encoder_hidden_states=states).last_hidden_state
+        torch_rows.append(row("text encoder 32 tokens", qenc, args.reps))
+        states = qenc()
+    if head in ("caption", "vqa"):
+        dec = model.text_decoder
+        prefix = torch.tensor([[30522] + [2000 + i for i in range(19)]])
+        past = dec(input_ids=prefix, encoder_hidden_states=states, use_cache=True).past_key_values
+        step = torch.tensor([[1037]])
+        torch_rows.append(row("decoder step (20 cached)", lambda: dec(
+            input_ids=step, encoder_hidden_states=states, past_key_values=past, use_cache=True), args.reps * 2))
+    if head == "caption":
+        def caption():
+            out = model.generate(pixel_values=load(), num_beams=1, max_new_tokens=20, min_new_tokens=20)
+            assert out.shape[1] == 21, out.shape
+        torch_rows.append(row("caption greedy 20 tokens", caption, half))
+    elif head == "vqa":
+        q = tok(["what is the man standing next to?"], return_tensors="pt")
+        qids = q["input_ids"].clone()
+        qids[:, 0] = tok.convert_tokens_to_ids("[ENC]")
+        torch_rows.append(row("answer beam 3", lambda: model.generate(
+            input_ids=qids, pixel_values=load(), attention_mask=q["attention_mask"], num_beams=3, max_length=10,
+            min_length=1), half))
+    torch_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = guide_vision_session(model.vision_model, pv1, args.threads, tmp)
+        guide_rows = [row(f"vision {size}² b1", lambda: sess.run(None, {"pixel_values": pv1.numpy()}), args.reps),
+                      row(f"vision {size}² b8", lambda: sess.run(None, {"pixel_values": pv8.numpy()}), half, 8)]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps([
+        {"name": "PyTorch eager", "precision": "fp32", "size_mb": None, "peak_rss_mb": torch_rss, "rows": torch_rows},
+        {"name": "guide recipe, ORT-Python", "precision": "fp32", "size_mb": None, "peak_rss_mb": rss,
+         "rows": guide_rows}]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -918,6 +1001,11 @@ def main() -> None:
     bd.add_argument("--questions", help="VQA questions, one per line")
     bd.add_argument("--image-size", type=int)
     bd.add_argument("-o", "--output", required=True, help="NAME.json (NAME.safetensors is written next to it)")
+    bp = sub.add_parser("bench-python", help="PyTorch and guide ORT-Python rows for `blip-onnx bench`")
+    bp.add_argument("--checkpoint", required=True)
+    bp.add_argument("--image", required=True)
+    bp.add_argument("--reps", type=int, default=10)
+    bp.add_argument("--threads", type=int, default=2)
     q = sub.add_parser("parity", help="compare a package with PyTorch on the fixture images")
     q.add_argument("checkpoint")
     q.add_argument("package")
@@ -927,6 +1015,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     {"fixtures": cmd_fixtures, "checkpoint": cmd_checkpoint, "export": cmd_export,
      "bench-convert": cmd_bench_convert, "parity": cmd_parity, "bundle": cmd_bundle,
+     "bench-python": cmd_bench_python,
      "bench-runtime": cmd_bench_runtime}[args.cmd](args)
 
 

@@ -1,6 +1,7 @@
 //! `blip-onnx`: convert BLIP checkpoints to ONNX model packages and run them.
 
 mod bench;
+mod benchmark;
 mod index;
 mod inspect;
 mod tasks;
@@ -222,6 +223,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: tasks::Format,
     },
+    /// The benchmark table side by side in one run: per package vision b1/b8, text encoder, decoder
+    /// step, full caption; median/p90, throughput, peak RSS, size; JSON + Markdown + PNG.
+    Bench(benchmark::BenchArgs),
     /// Runtime latencies on real-size packages as JSON (used by the side-by-side benchmark).
     BenchRuntime {
         /// Caption package.
@@ -473,6 +477,7 @@ fn run(cli: Cli) -> Result<u8> {
             }
             Ok(if report.passed() { 0 } else { 4 })
         }
+        Command::Bench(args) => benchmark::run(args),
         Command::BenchRuntime {
             caption,
             retrieval,

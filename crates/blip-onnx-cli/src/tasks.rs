@@ -43,7 +43,7 @@ pub struct Common {
     pub device: String,
 }
 
-fn parse_device(s: &str) -> Result<Device> {
+pub(crate) fn parse_device(s: &str) -> Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Ok(Device::Cuda { device_id: 0 }),

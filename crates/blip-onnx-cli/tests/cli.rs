@@ -406,3 +406,68 @@ fn quantize_optimize_and_validate_gate_a_deployment() {
         "{stdout}"
     );
 }
+
+#[test]
+fn bench_writes_json_markdown_and_a_png_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let caption = convert_to(dir.path(), "caption");
+    let retrieval = convert_to(dir.path(), "retrieval");
+    let prefix = dir.path().join("out/bench");
+    let image = fixture("images/synthetic_a.png");
+    let (ok, stdout, stderr) = blip(&[
+        "bench",
+        caption.to_str().unwrap(),
+        retrieval.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--reps",
+        "2",
+        "--threads",
+        "1",
+        "--cuda",
+        "-o",
+        prefix.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(prefix.with_extension("json")).unwrap())
+            .unwrap();
+    let engines = report["engines"].as_array().unwrap();
+    assert_eq!(engines.len(), 2, "one engine per package (no GPU here)");
+    let cases = |e: &serde_json::Value| -> Vec<String> {
+        e["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                assert!(r["median_ms"].as_f64().unwrap() > 0.0);
+                assert!(r["p90_ms"].as_f64().unwrap() >= r["median_ms"].as_f64().unwrap());
+                r["case"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    assert_eq!(
+        cases(&engines[0]),
+        [
+            "vision 32² b1",
+            "vision 32² b8",
+            "decoder step (20 cached)",
+            "caption greedy 20 tokens"
+        ]
+    );
+    assert!(cases(&engines[1]).contains(&"retrieve 1 vs 1000, rerank 16".to_string()));
+    for e in engines {
+        assert!(e["peak_rss_mb"].as_f64().unwrap() > 10.0);
+        assert!(e["size_mb"].as_f64().unwrap() > 1.0);
+    }
+    // Without a CUDA build, the CUDA row is reported as not measured, not silently run on the CPU.
+    assert!(
+        report["notes"][0].as_str().unwrap().contains("CUDA"),
+        "{report}"
+    );
+    let md = std::fs::read_to_string(prefix.with_extension("md")).unwrap();
+    assert!(md.contains("| blip-onnx caption | fp32 |"), "{md}");
+    assert!(stdout.contains("vision 32² b1: median / p90 ms"));
+    let png = image::open(prefix.with_extension("png")).unwrap();
+    assert_eq!((png.width(), png.height()), (1400, 700));
+}

@@ -556,6 +556,16 @@ impl BlipModel {
         Ok(out)
     }
 
+    /// A KV-cached decoder cross-attending to every position of `states` (`[n, E, D]`), one row per
+    /// state, to drive decoding step by step (`generate::Step`).
+    pub fn cached_decoder(&mut self, states: ArrayView3<'_, f32>) -> Result<CachedDecoder<'_>> {
+        let (rows, e) = (states.shape()[0], states.shape()[1]);
+        let cross = self.cross_kv(states, 1)?;
+        let shape = self.decoder_shape();
+        let session = self.session(blip_package::DECODER)?;
+        CachedDecoder::new(session, shape, cross, vec![1; rows * e], rows)
+    }
+
     /// All-position decoder logits `[rows, t, V]` for `ids` (`rows × t`, padding mask `mask`) from an
     /// empty cache, cross-attending to `states` with `enc_mask`.
     pub fn decoder_logits(

@@ -1,0 +1,499 @@
+//! `blip-onnx bench PKG...`: the guide's benchmark table, side by side in one run on this machine.
+//!
+//! Each package is measured in its own child process (`bench --one`), so its peak RSS is its own;
+//! optional rows come from PyTorch eager and the guide's ORT-Python recipe (the repo's reference tool,
+//! when a Python with torch is given) and from CUDA (when asked; a GPU that cannot be used is reported,
+//! never silently replaced by the CPU). Writes JSON, a Markdown table and a PNG chart.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use blip_runtime::generate::Step;
+use blip_runtime::{BlipModel, CaptionOptions, ImageInput, SessionOptions, Strategy, VqaOptions};
+use serde::{Deserialize, Serialize};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Packages to measure (each becomes a column group: FP32, INT8, INT4, FP16, optimized, ...).
+    #[arg(required = true)]
+    pub packages: Vec<PathBuf>,
+    /// Image for the end-to-end rows (decoded and preprocessed every time).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Timed repetitions per case (batch-8 rows use half).
+    #[arg(long, default_value_t = 10)]
+    pub reps: usize,
+    /// Intra-op threads for every engine (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Output prefix: writes PREFIX.json, PREFIX.md and PREFIX.png (e.g. docs/bench/bench-base).
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// Python with torch + transformers + onnxruntime: adds PyTorch eager and the guide's ORT-Python rows.
+    #[arg(long, requires = "checkpoint")]
+    pub python: Option<PathBuf>,
+    /// The checkpoint the packages were converted from (for the Python rows).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Also measure the first package on CUDA (needs a `cuda` build and a GPU).
+    #[arg(long)]
+    pub cuda: bool,
+    /// Measure one package in this process and print its JSON (what each child runs).
+    #[arg(long, hide = true)]
+    pub one: bool,
+    #[arg(long, hide = true, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    pub case: String,
+    pub median_ms: f64,
+    pub p90_ms: f64,
+    /// Items (images, texts, tokens, captions) per second at the median.
+    pub per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Engine {
+    /// e.g. `blip-onnx base-caption-int8 (int8 …)`, `PyTorch eager`.
+    pub name: String,
+    pub precision: String,
+    pub size_mb: Option<f64>,
+    pub peak_rss_mb: Option<f64>,
+    pub rows: Vec<Row>,
+}
+
+fn stats(mut times: Vec<f64>, items: usize, case: String) -> Row {
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize] * 1e3;
+    let median = at(0.5);
+    Row {
+        case,
+        median_ms: median,
+        p90_ms: at(0.9),
+        per_s: items as f64 / (median / 1e3),
+    }
+}
+
+fn timed<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<Vec<f64>> {
+    f()?; // warm-up
+    (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f()?;
+            Ok(t.elapsed().as_secs_f64())
+        })
+        .collect()
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
+}
+
+fn dir_size_mb(dir: &Path) -> Option<f64> {
+    let bytes: u64 = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    Some(bytes as f64 / 1e6)
+}
+
+/// The table's case names (the reference tool's Python rows use the same).
+pub fn vision_case(size: usize, batch: usize) -> String {
+    format!("vision {size}² b{batch}")
+}
+const TEXT_CASE: &str = "text encoder 32 tokens";
+const STEP_CASE: &str = "decoder step (20 cached)";
+const CAPTION_CASE: &str = "caption greedy 20 tokens";
+const ANSWER_CASE: &str = "answer beam 3";
+const RETRIEVAL_CASE: &str = "retrieve 1 vs 1000, rerank 16";
+
+/// 31 words: with [CLS]/[ENC] and [SEP], 32-ish tokens whatever the tokenizer splits.
+const TEXT_32: &str = "a man in a red jacket is standing next to a bicycle on a wet street while two \
+                       children and a small brown dog watch him from the steps of an old building";
+
+fn measure_one(pkg: &Path, args: &BenchArgs) -> Result<Engine> {
+    let device = crate::tasks::parse_device(&args.device)?;
+    let opts = SessionOptions {
+        intra_threads: args.threads,
+        device,
+        ..Default::default()
+    };
+    let mut m = BlipModel::open(pkg, &opts)?;
+    let reps = args.reps;
+    let half = reps.div_ceil(2);
+    let size = m.package.manifest.preprocess.image_size;
+    let input = ImageInput::Path(args.image.clone());
+    let px = m.pixel_values(&input)?;
+    let mut rows = Vec::new();
+    for batch in [1usize, 8] {
+        let pixels: Vec<f32> = std::iter::repeat_n(px.iter().copied(), batch)
+            .flatten()
+            .collect();
+        let times = timed(if batch == 1 { reps } else { half }, || {
+            Ok(m.vision(&pixels, batch)?)
+        })?;
+        rows.push(stats(times, batch, vision_case(size, batch)));
+    }
+    let hidden = m.vision(&px, 1)?.hidden;
+    let head = m.head().to_string();
+    match head.as_str() {
+        "retrieval" => {
+            let times = timed(reps, || Ok(m.embed_texts(&[TEXT_32])?))?;
+            rows.push(stats(times, 1, TEXT_CASE.into()));
+            let dim = m.package.manifest.model.embed_dim.unwrap_or(256);
+            let embeds = ndarray::Array2::from_shape_fn((1000, dim), |(i, j)| {
+                (((i * 31 + j * 17) % 97) as f32 - 48.0) / 400.0
+            });
+            let cand = ndarray::concatenate(ndarray::Axis(0), &vec![hidden.view(); 16])?;
+            let times = timed(reps, || {
+                Ok(m.rank_images(TEXT_32, embeds.view(), 16, |_, _| Ok(cand.clone()))?)
+            })?;
+            rows.push(stats(times, 1, RETRIEVAL_CASE.into()));
+        }
+        "vqa" => {
+            let batch =
+                m.tokenizer
+                    .encode_batch(&[TEXT_32], blip_preprocess::FirstToken::Enc, None)?;
+            let times = timed(reps, || Ok(m.question_states(&batch, hidden.view())?))?;
+            rows.push(stats(times, 1, TEXT_CASE.into()));
+            let states = m.question_states(&batch, hidden.view())?;
+            rows.push(decoder_step(&mut m, states.view(), reps)?);
+            let times = timed(half, || {
+                Ok(m.answer(
+                    std::slice::from_ref(&input),
+                    &["what is the man standing next to?"],
+                    &VqaOptions::default(),
+                )?)
+            })?;
+            rows.push(stats(times, 1, ANSWER_CASE.into()));
+        }
+        _ => {
+            rows.push(decoder_step(&mut m, hidden.view(), reps)?);
+            // Exactly 20 new tokens after [DEC] (EOS blocked until then), from the image file.
+            let copts = CaptionOptions {
+                prompt: String::new(),
+                strategy: Strategy::Greedy,
+                max_length: 21,
+                min_length: 21,
+                ..Default::default()
+            };
+            let times = timed(half, || {
+                let c = m.caption(std::slice::from_ref(&input), &copts)?;
+                c.into_iter().next().transpose()?;
+                Ok(())
+            })?;
+            rows.push(stats(times, 1, CAPTION_CASE.into()));
+        }
+    }
+    let manifest = &m.package.manifest;
+    let precision = manifest.precision.clone();
+    let optimized = manifest.graphs.values().any(|g| g.optimization.is_some());
+    let name = pkg
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Engine {
+        name: format!(
+            "blip-onnx {name}{}{}",
+            if optimized { " (ort-optimized)" } else { "" },
+            if args.device != "cpu" {
+                format!(" [{}]", args.device)
+            } else {
+                String::new()
+            }
+        ),
+        precision,
+        size_mb: dir_size_mb(pkg),
+        peak_rss_mb: peak_rss_mb(),
+        rows,
+    })
+}
+
+/// One KV-cached decoder step after a 20-token prefix, batch 1.
+fn decoder_step(
+    m: &mut BlipModel,
+    states: ndarray::ArrayView3<'_, f32>,
+    reps: usize,
+) -> Result<Row> {
+    let mut dec = m.cached_decoder(states)?;
+    let prefix: Vec<i64> = std::iter::once(30522)
+        .chain((0..19).map(|i| 2000 + i))
+        .collect();
+    dec.step(&prefix, prefix.len(), None)?;
+    let times = timed(reps * 2, || Ok(dec.step(&[1037], 1, None)?))?;
+    Ok(stats(times, 1, STEP_CASE.into()))
+}
+
+fn child(args: &BenchArgs, pkg: &Path, device: &str) -> Result<Engine> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe)
+        .arg("bench")
+        .arg(pkg)
+        .args(["--one", "--device", device, "--image"])
+        .arg(&args.image)
+        .args([
+            "--reps",
+            &args.reps.to_string(),
+            "--threads",
+            &args.threads.to_string(),
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("bench child output: {line}"))
+}
+
+fn python_rows(args: &BenchArgs, py: &Path, checkpoint: &Path) -> Result<Vec<Engine>> {
+    let tool =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/reference/blip_reference.py");
+    let out = Command::new(py)
+        .arg(&tool)
+        .args(["bench-python", "--checkpoint"])
+        .arg(checkpoint)
+        .arg("--image")
+        .arg(&args.image)
+        .args([
+            "--reps",
+            &args.reps.to_string(),
+            "--threads",
+            &threads_for_python(args).to_string(),
+        ])
+        .output()
+        .with_context(|| format!("running {}", py.display()))?;
+    if !out.status.success() {
+        bail!(
+            "reference tool: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("reference tool output: {line}"))
+}
+
+fn threads_for_python(args: &BenchArgs) -> usize {
+    if args.threads > 0 {
+        args.threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<u8> {
+    if args.one {
+        let engine = measure_one(&args.packages[0], &args)?;
+        println!("{}", serde_json::to_string(&engine)?);
+        return Ok(0);
+    }
+    let mut engines = Vec::new();
+    let mut notes = Vec::new();
+    if let (Some(py), Some(ck)) = (&args.python, &args.checkpoint) {
+        eprintln!("measuring PyTorch eager and the guide's ORT-Python recipe ...");
+        engines.extend(python_rows(&args, py, ck)?);
+    }
+    for pkg in &args.packages {
+        eprintln!("measuring {} ...", pkg.display());
+        engines.push(child(&args, pkg, "cpu").with_context(|| pkg.display().to_string())?);
+    }
+    if args.cuda {
+        match child(&args, &args.packages[0], "cuda") {
+            Ok(e) => engines.push(e),
+            Err(e) => {
+                let note = format!(
+                    "CUDA row not measured: {}",
+                    format!("{e}").trim_start_matches("error: ")
+                );
+                eprintln!("{note}");
+                notes.push(note);
+            }
+        }
+    }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let threads = threads_for_python(&args);
+    let report = serde_json::json!({
+        "command": command,
+        "threads": threads,
+        "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "image": args.image.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "engines": engines,
+        "notes": notes,
+    });
+    let table = markdown(&engines, &command, threads, &notes);
+    println!("{table}");
+    if let Some(prefix) = &args.out {
+        if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let with = |ext: &str| PathBuf::from(format!("{}.{ext}", prefix.display()));
+        write_atomic(
+            &with("json"),
+            (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
+        )?;
+        write_atomic(&with("md"), format!("# Benchmark\n\n{table}\n").as_bytes())?;
+        write_atomic(&with("png"), &chart(&engines)?)?;
+        eprintln!("wrote {}.{{json,md,png}}", prefix.display());
+    }
+    Ok(0)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, bytes).with_context(|| tmp.display().to_string())?;
+    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
+    Ok(())
+}
+
+/// Cases in first-seen order across engines.
+fn cases(engines: &[Engine]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in engines {
+        for r in &e.rows {
+            if !out.contains(&r.case) {
+                out.push(r.case.clone());
+            }
+        }
+    }
+    out
+}
+
+fn markdown(engines: &[Engine], command: &str, threads: usize, notes: &[String]) -> String {
+    let cases = cases(engines);
+    let baseline = engines.iter().find(|e| e.name == "PyTorch eager");
+    let mut s = String::from("| engine | precision | size MB | peak RSS MB |");
+    for c in &cases {
+        s += &format!(" {c}: median / p90 ms |");
+    }
+    s += "\n|---|---|---|---|";
+    s += &"---|".repeat(cases.len());
+    let opt = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.0}"));
+    for e in engines {
+        s += &format!(
+            "\n| {} | {} | {} | {} |",
+            e.name,
+            e.precision,
+            opt(e.size_mb),
+            opt(e.peak_rss_mb)
+        );
+        for c in &cases {
+            match e.rows.iter().find(|r| &r.case == c) {
+                Some(r) => {
+                    let speedup = baseline
+                        .filter(|b| b.name != e.name)
+                        .and_then(|b| b.rows.iter().find(|x| &x.case == c))
+                        .map(|b| format!(" (**{:.2}×**)", b.median_ms / r.median_ms))
+                        .unwrap_or_default();
+                    s += &format!(" {:.1} / {:.1}{speedup} |", r.median_ms, r.p90_ms);
+                }
+                None => s += " — |",
+            }
+        }
+    }
+    s += &format!(
+        "\n\n{threads} intra-op threads for every engine, one run (`{command}`); (×) = speed-up over \
+         PyTorch eager measured in the same run. Vision rows at each package's own image size; \
+         captions from the image file end to end with 20 new tokens forced; peak RSS per process \
+         (the Python row's process holds PyTorch and ORT)."
+    );
+    for n in notes {
+        s += &format!("\n\n{n}");
+    }
+    s
+}
+
+/// Grouped bars of median latency per case (log scale), one colour per engine.
+fn chart(engines: &[Engine]) -> Result<Vec<u8>> {
+    use plotters::prelude::*;
+    static FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
+    // Registering twice (a second chart in one process) is harmless: the same bytes under one name.
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    let cases = cases(engines);
+    let (w, h) = (1400u32, 700u32);
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let max = engines
+            .iter()
+            .flat_map(|e| e.rows.iter().map(|r| r.median_ms))
+            .fold(1.0, f64::max);
+        let min = engines
+            .iter()
+            .flat_map(|e| e.rows.iter().map(|r| r.median_ms))
+            .fold(max, f64::min);
+        let n = cases.len().max(1);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "median latency per case (ms, log scale; lower is better)",
+                ("sans-serif", 24),
+            )
+            .margin(20)
+            .x_label_area_size(60)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..n as f64, ((min / 2.0)..(max * 2.0)).log_scale())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let labels = cases.clone();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n * 2 + 1)
+            .x_label_formatter(&move |x| {
+                let i = x.floor() as usize;
+                if (x - i as f64 - 0.5).abs() < 1e-6 {
+                    labels.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc("ms")
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let k = engines.len().max(1) as f64;
+        for (j, e) in engines.iter().enumerate() {
+            let color = Palette99::pick(j).mix(0.9);
+            let bars: Vec<Rectangle<(f64, f64)>> = e
+                .rows
+                .iter()
+                .filter_map(|r| {
+                    let i = cases.iter().position(|c| c == &r.case)? as f64;
+                    let x0 = i + 0.1 + 0.8 * j as f64 / k;
+                    Some(Rectangle::new(
+                        [(x0, min / 2.0), (x0 + 0.8 / k, r.median_ms)],
+                        color.filled(),
+                    ))
+                })
+                .collect();
+            chart
+                .draw_series(bars)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(e.name.clone())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf).context("chart buffer")?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png)?;
+    Ok(png.into_inner())
+}
