@@ -891,7 +891,6 @@ def cmd_bench_python(args) -> None:
     import resource
     import statistics
 
-
     torch.set_num_threads(args.threads)
     model, head = load_hf(args.checkpoint)
     size = model.config.vision_config.image_size

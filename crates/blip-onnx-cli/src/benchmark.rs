@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Output prefix: writes PREFIX.json, PREFIX.md and PREFIX.png (e.g. docs/bench/bench-base).
     #[arg(short, long)]
     pub out: Option<PathBuf>,
+    /// Also replace the block between `<!-- bench:STEM -->` and `<!-- /bench:STEM -->` in this
+    /// Markdown file (STEM: the --out file name) with the table.
+    #[arg(long, requires = "out")]
+    pub readme: Option<PathBuf>,
     /// Python with torch + transformers + onnxruntime: adds PyTorch eager and the guide's ORT-Python rows.
     #[arg(long, requires = "checkpoint")]
     pub python: Option<PathBuf>,
@@ -343,8 +347,23 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         write_atomic(&with("md"), format!("# Benchmark\n\n{table}\n").as_bytes())?;
         write_atomic(&with("png"), &chart(&engines)?)?;
         eprintln!("wrote {}.{{json,md,png}}", prefix.display());
+        if let Some(readme) = &args.readme {
+            let stem = prefix.file_name().unwrap_or_default().to_string_lossy();
+            replace_block(readme, &format!("bench:{stem}"), &table)?;
+        }
     }
     Ok(0)
+}
+
+/// Replaces the text between `<!-- MARKER -->` and `<!-- /MARKER -->` (both kept).
+fn replace_block(path: &Path, marker: &str, text: &str) -> Result<()> {
+    let doc = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let (open, close) = (format!("<!-- {marker} -->"), format!("<!-- /{marker} -->"));
+    let (Some(a), Some(b)) = (doc.find(&open), doc.find(&close)) else {
+        bail!("{}: no {open} … {close} block", path.display());
+    };
+    let updated = format!("{}{open}\n{text}\n{}", &doc[..a], &doc[b..]);
+    write_atomic(path, updated.as_bytes())
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

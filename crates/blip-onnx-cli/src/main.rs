@@ -2,6 +2,7 @@
 
 mod bench;
 mod benchmark;
+mod eval;
 mod index;
 mod inspect;
 mod tasks;
@@ -223,6 +224,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: tasks::Format,
     },
+    /// Task quality on a COCO-style dataset: BLEU-4 / CIDEr-D, retrieval R@k with and without ITM
+    /// rerank, VQAv2 accuracy; JSON + Markdown.
+    Eval(eval::EvalArgs),
     /// The benchmark table side by side in one run: per package vision b1/b8, text encoder, decoder
     /// step, full caption; median/p90, throughput, peak RSS, size; JSON + Markdown + PNG.
     Bench(benchmark::BenchArgs),
@@ -477,6 +481,7 @@ fn run(cli: Cli) -> Result<u8> {
             }
             Ok(if report.passed() { 0 } else { 4 })
         }
+        Command::Eval(args) => eval::run(args),
         Command::Bench(args) => benchmark::run(args),
         Command::BenchRuntime {
             caption,

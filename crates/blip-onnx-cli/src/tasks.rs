@@ -65,7 +65,7 @@ impl Common {
             .with_context(|| format!("loading package {}", self.package.display()))
     }
 
-    fn progress(&self, n: usize, what: &str) -> ProgressBar {
+    pub(crate) fn progress(&self, n: usize, what: &str) -> ProgressBar {
         if self.quiet || n < 2 || !std::io::stderr().is_terminal() {
             return ProgressBar::hidden();
         }

@@ -55,6 +55,15 @@ pub struct ValidateArgs {
     pub min_answer_agreement: f64,
     #[arg(long, default_value_t = 32.0)]
     pub max_rss_growth_mib: f64,
+    /// With --against: a COCO-style dataset (`eval` layout) whose task metric (CIDEr-D, R@1, VQA
+    /// accuracy) may drop by at most --max-quality-drop relative to the other package.
+    #[arg(long, requires = "against")]
+    pub eval_dataset: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.02)]
+    pub max_quality_drop: f64,
+    /// Evaluate on the first N images of the dataset only.
+    #[arg(long, default_value_t = 0)]
+    pub eval_max_images: usize,
     #[arg(long, default_value_t = 0, env = "BLIP_ONNX_THREADS")]
     pub threads: usize,
     #[arg(long, value_enum, default_value = "text")]
@@ -104,8 +113,11 @@ pub fn run(args: ValidateArgs) -> Result<u8> {
             min_caption_exact: args.min_caption_exact,
             min_answer_agreement: args.min_answer_agreement,
             max_rss_growth_mib: args.max_rss_growth_mib,
+            max_quality_drop: args.max_quality_drop,
             ..Default::default()
         },
+        eval_dataset: args.eval_dataset.clone(),
+        eval_max_images: args.eval_max_images,
         max_batch: args.max_batch,
         long_run: args.long_run,
         session: SessionOptions {

@@ -119,6 +119,8 @@ pub struct Thresholds {
     pub max_pixel_levels: f64,
     /// RSS growth allowed over the long run, in MiB.
     pub max_rss_growth_mib: f64,
+    /// Relative drop of the task metric (CIDEr-D, R@1, VQA accuracy) allowed against the reference package.
+    pub max_quality_drop: f64,
 }
 
 impl Default for Thresholds {
@@ -133,6 +135,7 @@ impl Default for Thresholds {
             min_answer_agreement: 0.9,
             max_pixel_levels: 1.01,
             max_rss_growth_mib: 32.0,
+            max_quality_drop: 0.02,
         }
     }
 }

@@ -43,6 +43,11 @@ pub struct ValidateOptions {
     pub max_batch: usize,
     /// Inferences in the long run (0 skips it).
     pub long_run: usize,
+    /// A COCO-style dataset (`blip-onnx eval` layout): with `against`, the task metric of both
+    /// packages is computed and its relative drop gated (`Thresholds::max_quality_drop`).
+    pub eval_dataset: Option<PathBuf>,
+    /// Evaluate on the first N images only (0: all).
+    pub eval_max_images: usize,
     pub session: SessionOptions,
 }
 
@@ -58,6 +63,8 @@ impl Default for ValidateOptions {
             thresholds: Thresholds::default(),
             max_batch: 8,
             long_run: 2000,
+            eval_dataset: None,
+            eval_max_images: 0,
             session: SessionOptions::default(),
         }
     }
@@ -131,6 +138,9 @@ pub fn validate(package: &Path, opts: &ValidateOptions) -> Result<ValidateReport
     if let Some(other) = &opts.against {
         let mut b = BlipModel::open(other, &opts.session)?;
         against_gates(&mut a, &mut b, &images, opts, &mut gates)?;
+        if let Some(ds) = &opts.eval_dataset {
+            quality_gate(&mut a, &mut b, ds, opts, &mut gates)?;
+        }
     }
     if opts.max_batch > 0 {
         batch_gates(&mut a, &images, opts, &mut gates)?;
@@ -563,6 +573,60 @@ fn against_gates(
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// The package's task metric on a dataset (CIDEr-D, text→image R@1 after ITM rerank, VQA accuracy).
+fn task_metric(m: &mut BlipModel, ds: &Path, opts: &ValidateOptions) -> Result<(String, f64)> {
+    let data = blip_eval::Dataset::locate(ds);
+    let eopts = blip_eval::EvalOptions {
+        max_images: opts.eval_max_images,
+        ..Default::default()
+    };
+    let mut quiet = |_: usize, _: usize, _: &str| {};
+    let err = |e: blip_eval::EvalError| ValidateError::Input(e.to_string());
+    Ok(match m.head() {
+        "caption" => (
+            "CIDEr-D".into(),
+            blip_eval::evaluate_captions(m, &data, &eopts, &mut quiet)
+                .map_err(err)?
+                .cider_d,
+        ),
+        "retrieval" => {
+            let r = blip_eval::evaluate_retrieval(m, &data, &eopts, &mut quiet).map_err(err)?;
+            let best = r.text_to_image_itm.unwrap_or(r.text_to_image_itc);
+            ("text→image R@1".into(), best.r1)
+        }
+        _ => (
+            "VQA accuracy".into(),
+            blip_eval::evaluate_vqa(m, &data, &eopts, &mut quiet)
+                .map_err(err)?
+                .accuracy,
+        ),
+    })
+}
+
+/// Relative drop of the task metric from the `against` package to this one.
+fn quality_gate(
+    a: &mut BlipModel,
+    b: &mut BlipModel,
+    ds: &Path,
+    opts: &ValidateOptions,
+    gates: &mut Vec<Gate>,
+) -> Result<()> {
+    let (name, ours) = task_metric(a, ds, opts)?;
+    let (_, theirs) = task_metric(b, ds, opts)?;
+    let drop = if theirs > 0.0 {
+        (theirs - ours) / theirs
+    } else {
+        0.0
+    };
+    gates.push(Gate::at_most(
+        format!("quality: {name} relative drop"),
+        drop,
+        opts.thresholds.max_quality_drop,
+        format!("{ours:.4} vs {theirs:.4} on {}", ds.display()),
+    ));
     Ok(())
 }
 
