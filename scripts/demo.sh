@@ -1,34 +1,47 @@
 #!/usr/bin/env bash
-# The main job end to end on the bundled fixture checkpoints:
-# fetch ONNX Runtime -> build -> convert (HF caption / retrieval / VQA folders and an original .pth)
-# -> check every graph loads and runs -> caption, answer, index and search with the packages.
+# The main job end to end on the bundled models:
+# fetch ONNX Runtime -> build -> convert the trained shapes checkpoints (caption / retrieval / VQA,
+# fp16 HF folders) and an original-layout .pth -> checklist -> real captions, answers and search on
+# the shipped shapes images -> task quality (eval) of the FP32 and INT8 packages.
 #   scripts/demo.sh [OUT_DIR]     (default: out/demo)
-# The fixtures are tiny random-weight models: the pipeline is real, the words are not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-out/demo}"
 eval "$(scripts/fetch-onnxruntime.sh)"
 cargo build --release --quiet -p blip-onnx-cli
 bin=target/release/blip-onnx
+models=fixtures/shapes/models
+test_set=fixtures/shapes/test
 mkdir -p "$out"
 for head in caption retrieval vqa; do
-  "$bin" convert "fixtures/models/tiny-$head" -o "$out/tiny-$head" --force
+  "$bin" convert "$models/shapes-$head" -o "$out/shapes-$head" --force
 done
+# The original salesforce/BLIP .pth layout (a tiny random-weight fixture: the path, not the words).
 "$bin" convert fixtures/models/tiny-caption-pth/model_tiny_caption.pth --config fixtures/models/tiny-caption/config.json \
   --tokenizer fixtures/models/tiny-caption --image-size 48 -o "$out/tiny-caption-pth-48" --force
 echo
-for pkg in "$out"/tiny-*; do
-  "$bin" inspect "$pkg" --run
-  printf 'deployment checklist: '
+for pkg in "$out"/shapes-* "$out/tiny-caption-pth-48"; do
+  printf '%s: deployment checklist: ' "$pkg"
   "$bin" check "$pkg" | tail -n 1
-  echo
 done
-echo "== captions (beam 3, prompt \"a picture of \")"
-"$bin" caption -p "$out/tiny-caption" fixtures/images/*.png fixtures/images/*.jpg
-echo "== VQA"
-"$bin" vqa -p "$out/tiny-vqa" fixtures/images/grace_hopper.jpg "what is in the picture?"
-echo "== index + search (ITC top-k, ITM rerank)"
-"$bin" index -p "$out/tiny-retrieval" fixtures/images -o "$out/images.idx"
-"$bin" search -p "$out/tiny-retrieval" "$out/images.idx" "a woman in a uniform" -k 3 --rerank 2
+images=("$test_set"/images/test_0000{0,1,2,3}.png)
 echo
-echo "packages in $out; run 'scripts/test.sh' for the parity suite against PyTorch"
+echo "== captions (beam 3, prompt \"a picture of \")"
+"$bin" caption -p "$out/shapes-caption" "${images[@]}"
+echo "== VQA"
+for q in "how many shapes are there?" "what color is the circle?" "is there a red square?"; do
+  "$bin" vqa -p "$out/shapes-vqa" "${images[0]}" "$q"
+done
+echo "== index the test images, then search (ITC top-k, ITM rerank)"
+"$bin" index -p "$out/shapes-retrieval" "$test_set/images" -o "$out/shapes.idx" --quiet
+"$bin" search -p "$out/shapes-retrieval" "$out/shapes.idx" "a blue circle to the left of a red square" -k 3 --rerank 16
+echo
+echo "== task quality on the first 100 test images: FP32, then INT8 (validate gates the drop)"
+"$bin" quantize "$out/shapes-caption" -o "$out/shapes-caption-int8" --policy all --force >/dev/null
+for pkg in shapes-caption shapes-caption-int8; do
+  "$bin" eval -p "$out/$pkg" --dataset "$test_set" --max-images 100 --quiet
+done
+"$bin" eval -p "$out/shapes-retrieval" --dataset "$test_set" --max-images 100 --quiet
+"$bin" eval -p "$out/shapes-vqa" --dataset "$test_set" --max-images 100 --quiet
+echo
+echo "packages in $out; 'scripts/test.sh' runs the test suite (parity against PyTorch, metrics, gates)"

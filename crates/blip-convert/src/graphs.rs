@@ -284,12 +284,16 @@ fn bert_layer(
     let hd = d / heads;
     let scale = Scale::Div((hd as f32).sqrt());
     let a = format!("{prefix}.attention.self");
-    let q = net.linear(&format!("{a}.query"), h, d, d)?;
-    let q = net.split_heads(&format!("{a}.query"), &q, heads, hd);
-    let k = net.linear(&format!("{a}.key"), h, d, d)?;
-    let mut k = net.split_heads(&format!("{a}.key"), &k, heads, hd);
-    let v = net.linear(&format!("{a}.value"), h, d, d)?;
-    let mut v = net.split_heads(&format!("{a}.value"), &v, heads, hd);
+    let parts = net.linear_fused(
+        &format!("{a}.qkv"),
+        &["query", "key", "value"].map(|p| format!("{a}.{p}")),
+        h,
+        d,
+        d,
+    )?;
+    let q = net.split_heads(&format!("{a}.query"), &parts[0], heads, hd);
+    let mut k = net.split_heads(&format!("{a}.key"), &parts[1], heads, hd);
+    let mut v = net.split_heads(&format!("{a}.value"), &parts[2], heads, hd);
     let mut present = None;
     if let Some((pk, pv)) = past {
         k = net.g.op(
@@ -510,10 +514,25 @@ pub fn cross_kv<'a>(mut net: Net<'a>, cfg: &BlipConfig, head: Head) -> Result<Bu
         &[sym("batch"), sym("encoder_sequence"), fixed(d_enc)],
     )];
     declare_inputs(&mut net, &inputs);
+    // Every layer's key and value projection of the same states in one GEMM (`n_layers·2·D` wide):
+    // one pass over the states and one large, efficient matrix product per image.
+    let layers = t.num_hidden_layers;
+    let c = |i: usize| format!("{TEXT_DECODER}.encoder.layer.{i}.crossattention.self");
+    let prefixes: Vec<String> = (0..layers)
+        .flat_map(|i| [format!("{}.key", c(i)), format!("{}.value", c(i))])
+        .collect();
+    let parts = net.linear_fused(
+        &format!("{TEXT_DECODER}.encoder.crossattention.key_value"),
+        &prefixes,
+        "encoder_hidden_states",
+        d_enc,
+        t.hidden_size,
+    )?;
     let mut outputs = Vec::new();
-    for i in 0..t.num_hidden_layers {
-        let c = format!("{TEXT_DECODER}.encoder.layer.{i}.crossattention.self");
-        let (k_t, v) = cross_kv_for_layer(&mut net, &c, "encoder_hidden_states", d_enc, t)?;
+    for i in 0..layers {
+        let k = net.split_heads(&format!("{}.key", c(i)), &parts[2 * i], heads, hd);
+        let k_t = net.transpose_last2(&format!("{}.key", c(i)), &k);
+        let v = net.split_heads(&format!("{}.value", c(i)), &parts[2 * i + 1], heads, hd);
         let kdims = [
             sym("batch"),
             fixed(heads),

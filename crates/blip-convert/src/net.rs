@@ -109,6 +109,61 @@ impl<'a> Net<'a> {
         Ok(name)
     }
 
+    /// Several torch `Linear`s `[d_out, d_in]` that read the same input, as one `MatMul` over their
+    /// weights concatenated along the output (`name.weight`, `[d_in, n·d_out]`) and one bias `Add`,
+    /// split back: one weight pass instead of n (a decoder step reads Q, K and V weights at once).
+    pub fn linear_fused(
+        &mut self,
+        name: &str,
+        prefixes: &[String],
+        x: &str,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Vec<String>> {
+        let n = prefixes.len();
+        let keys: Vec<String> = prefixes.iter().map(|p| format!("{p}.weight")).collect();
+        for k in &keys {
+            self.ck.expect_shape(k, &[d_out, d_in])?;
+        }
+        let ck = self.ck;
+        let data = TensorData::Lazy(Box::new(move || {
+            let ws = keys
+                .iter()
+                .map(|k| ck.f32(k).map_err(|e| e.to_string()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let cols = n * d_out;
+            let mut out = vec![0u8; d_in * cols * 4];
+            for (j, w) in ws.iter().enumerate() {
+                for o in 0..d_out {
+                    for i in 0..d_in {
+                        let at = (i * cols + j * d_out + o) * 4;
+                        out[at..at + 4].copy_from_slice(&w[o * d_in + i].to_le_bytes());
+                    }
+                }
+            }
+            Ok(out)
+        }));
+        let w = self.g.initializer(
+            &format!("{name}.weight"),
+            DataType::F32,
+            &[d_in as i64, (n * d_out) as i64],
+            data,
+        );
+        let mut bias = Vec::with_capacity(n * d_out);
+        for p in prefixes {
+            let key = format!("{p}.bias");
+            self.ck.expect_shape(&key, &[d_out])?;
+            bias.extend(self.ck.f32(&key)?);
+        }
+        let b = self.owned_param(&format!("{name}.bias"), &[n * d_out], bias);
+        let y = self.op("MatMul", name, &[x, &w]);
+        let y = self.op("Add", name, &[&y, &b]);
+        let split = self.ci64(&vec![d_out as i64; n]);
+        Ok(self
+            .g
+            .op_n("Split", name, &[&y, &split], n, vec![attr_int("axis", -1)]))
+    }
+
     pub fn ci64(&mut self, values: &[i64]) -> String {
         let key = format!("i64:{values:?}");
         if let Some(n) = self.consts.get(&key) {

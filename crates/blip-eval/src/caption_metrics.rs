@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 /// Punctuation the COCO evaluation's PTB tokenizer step removes.
 const PUNCTUATION: &[&str] = &[
-    "''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...",
-    ";",
+    "''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
+    "...", ";",
 ];
 
 /// Lower-cased tokens with punctuation split off and dropped (the COCO evaluation runs Stanford's

@@ -101,7 +101,11 @@ impl Dataset {
             captions: some("captions.json"),
             questions: some("vqa_questions.json"),
             annotations: some("vqa_annotations.json"),
-            images: if images.is_dir() { images } else { dir.to_path_buf() },
+            images: if images.is_dir() {
+                images
+            } else {
+                dir.to_path_buf()
+            },
         }
     }
 }
@@ -216,7 +220,11 @@ pub fn evaluate_captions(
                 .get(&img.id)
                 .ok_or_else(|| dataset_err(&path, format!("image {} has no captions", img.id)))?;
             hyps.push(caption_metrics::tokenize(&text));
-            ref_tokens.push(rs.iter().map(|r| caption_metrics::tokenize(r)).collect::<Vec<_>>());
+            ref_tokens.push(
+                rs.iter()
+                    .map(|r| caption_metrics::tokenize(r))
+                    .collect::<Vec<_>>(),
+            );
             predictions.insert(img.file_name.clone(), text);
         }
         progress(((done + 1) * opts.batch_size).min(total), total, "captions");
@@ -251,7 +259,10 @@ fn recall(ranks: &[usize]) -> RecallRow {
 fn best_rank(scores: &[f32], correct: impl Fn(usize) -> bool) -> usize {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-    order.iter().position(|&i| correct(i)).unwrap_or(scores.len())
+    order
+        .iter()
+        .position(|&i| correct(i))
+        .unwrap_or(scores.len())
 }
 
 /// Scores with the top `k` of each row replaced by ITM logit + ITC similarity (BLIP's evaluation),
@@ -283,7 +294,12 @@ pub fn evaluate_retrieval(
 ) -> Result<RetrievalReport> {
     let (_, mut coco) = captions_file(ds)?;
     limit(&mut coco.images, opts.max_images);
-    let index: BTreeMap<i64, usize> = coco.images.iter().enumerate().map(|(i, im)| (im.id, i)).collect();
+    let index: BTreeMap<i64, usize> = coco
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, im)| (im.id, i))
+        .collect();
     let texts: Vec<(usize, &str)> = coco
         .annotations
         .iter()
@@ -319,7 +335,11 @@ pub fn evaluate_retrieval(
     let t2i_ranks = |s: &Array2<f32>| -> Vec<usize> {
         s.axis_iter(Axis(0))
             .enumerate()
-            .map(|(t, row)| best_rank(row.as_slice().unwrap_or(&row.to_vec()), |i| i == image_of(t)))
+            .map(|(t, row)| {
+                best_rank(row.as_slice().unwrap_or(&row.to_vec()), |i| {
+                    i == image_of(t)
+                })
+            })
             .collect()
     };
     let i2t_ranks = |s: &Array2<f32>| -> Vec<usize> {
@@ -381,8 +401,11 @@ pub fn evaluate_vqa(
         .ok_or_else(|| dataset_err(&ds.images, "no VQA annotations file (vqa_annotations.json)"))?;
     let questions: VqaQuestions = read_json(&qpath)?;
     let annotations: VqaAnnotations = read_json(&apath)?;
-    let answers: BTreeMap<i64, &VqaAnnotation> =
-        annotations.annotations.iter().map(|a| (a.question_id, a)).collect();
+    let answers: BTreeMap<i64, &VqaAnnotation> = annotations
+        .annotations
+        .iter()
+        .map(|a| (a.question_id, a))
+        .collect();
     // Image files: from the captions file when there is one, else COCO's naming by id.
     let files: BTreeMap<i64, String> = match &ds.captions {
         Some(p) => read_json::<CocoCaptions>(p)?
@@ -417,7 +440,10 @@ pub fn evaluate_vqa(
         let got = m.answer(&inputs, &texts, &opts.vqa)?;
         for (q, a) in chunk.iter().zip(got) {
             let ann = answers.get(&q.question_id).ok_or_else(|| {
-                dataset_err(&apath, format!("question {} has no annotation", q.question_id))
+                dataset_err(
+                    &apath,
+                    format!("question {} has no annotation", q.question_id),
+                )
             })?;
             let humans: Vec<String> = ann.answers.iter().map(|x| x.answer.clone()).collect();
             let acc = vqa_metric::accuracy(&a.text, &humans);

@@ -13,10 +13,9 @@ fn fixture(rel: &str) -> std::path::PathBuf {
 
 #[test]
 fn bleu_and_cider_d_equal_pycocoevalcap() {
-    let cases: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("eval/metric-cases.json")).unwrap(),
-    )
-    .unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("eval/metric-cases.json")).unwrap())
+            .unwrap();
     let cases = cases["cases"].as_array().unwrap();
     assert!(cases.len() >= 3);
     for case in cases {
@@ -49,7 +48,10 @@ fn bleu_and_cider_d_equal_pycocoevalcap() {
         }
         let (c, _) = cider_d(&hyps, &refs);
         let want = case["cider_d"].as_f64().unwrap();
-        assert!((c - want).abs() <= 1e-9, "CIDEr-D {c} vs pycocoevalcap {want}");
+        assert!(
+            (c - want).abs() <= 1e-9,
+            "CIDEr-D {c} vs pycocoevalcap {want}"
+        );
     }
 }
 
@@ -76,11 +78,17 @@ fn vqa_accuracy_follows_the_official_evaluation() {
     assert_eq!(accuracy("Red", &h(&[("red", 10)])), 0.0);
     // Two of ten said "3": each of the eight others sees 2 matches (2/3), each of the two sees 1 (1/3).
     let a = accuracy("3", &h(&[("3", 2), ("4", 8)]));
-    assert!((a - (8.0 * 2.0 / 3.0 + 2.0 / 3.0) / 10.0).abs() < 1e-12, "{a}");
+    assert!(
+        (a - (8.0 * 2.0 / 3.0 + 2.0 / 3.0) / 10.0).abs() < 1e-12,
+        "{a}"
+    );
     // Humans disagree, so answers are normalised: "two" → "2", articles dropped, punctuation.
     let a = accuracy("Two", &h(&[("2", 3), ("two", 2), ("3", 5)]));
     assert_eq!(a, 1.0);
-    assert_eq!(accuracy("a dog!", &h(&[("dog", 4), ("the dog", 3), ("cat", 3)])), 1.0);
+    assert_eq!(
+        accuracy("a dog!", &h(&[("dog", 4), ("the dog", 3), ("cat", 3)])),
+        1.0
+    );
     assert_eq!(process_punctuation("yes, it is"), "yes it is");
     assert_eq!(process_punctuation("1,000"), "1000");
     assert_eq!(process_punctuation("red/blue"), "red blue");

@@ -59,24 +59,34 @@ pub fn run(args: EvalArgs) -> Result<u8> {
                 ("images".into(), r.images.to_string()),
                 ("BLEU-1".into(), pct(r.bleu[0])),
                 ("BLEU-4".into(), pct(r.bleu[3])),
-                ("CIDEr-D".into(), pct(r.cider_d)),
+                ("CIDEr-D".into(), format!("{:.3}", r.cider_d)),
                 ("exact match %".into(), pct(r.exact_match)),
             ];
             (serde_json::to_value(&r)?, rows)
         }
         "retrieval" => {
             let r = blip_eval::evaluate_retrieval(&mut model, &ds, &opts, &mut progress)?;
-            let mut rows = vec![
-                ("images / texts".into(), format!("{} / {}", r.images, r.texts)),
-            ];
+            let mut rows = vec![(
+                "images / texts".into(),
+                format!("{} / {}", r.images, r.texts),
+            )];
             let recall = |name: &str, x: &blip_eval::RecallRow| {
-                (name.to_string(), format!("{} / {} / {}", pct(x.r1), pct(x.r5), pct(x.r10)))
+                (
+                    name.to_string(),
+                    format!("{} / {} / {}", pct(x.r1), pct(x.r5), pct(x.r10)),
+                )
             };
             rows.push(recall("text→image R@1/5/10 (ITC)", &r.text_to_image_itc));
             rows.push(recall("image→text R@1/5/10 (ITC)", &r.image_to_text_itc));
             if let (Some(t), Some(i)) = (&r.text_to_image_itm, &r.image_to_text_itm) {
-                rows.push(recall(&format!("text→image R@1/5/10 (ITM rerank {})", r.rerank_k), t));
-                rows.push(recall(&format!("image→text R@1/5/10 (ITM rerank {})", r.rerank_k), i));
+                rows.push(recall(
+                    &format!("text→image R@1/5/10 (ITM rerank {})", r.rerank_k),
+                    t,
+                ));
+                rows.push(recall(
+                    &format!("image→text R@1/5/10 (ITM rerank {})", r.rerank_k),
+                    i,
+                ));
             }
             (serde_json::to_value(&r)?, rows)
         }

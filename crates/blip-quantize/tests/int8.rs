@@ -145,11 +145,11 @@ fn int4_weight_only_decoder_runs_and_stays_close() {
     };
     let stats = quantize_package(&int8, &mixed, &opts).unwrap();
     let dec = stats.iter().find(|s| s.role == "decoder").unwrap();
-    // Per layer: self Q, K, V, O; cross Q, O (cross K/V live in cross_kv); FFN in and out.
+    // Per layer: self QKV (one fused MatMul), O; cross Q, O (cross K/V live in cross_kv); FFN in and out.
     assert_eq!(
         dec.quantized_matmuls,
-        2 * 8 + 2,
-        "8 MatMuls per layer + LM transform + LM head"
+        2 * 6 + 2,
+        "6 MatMuls per layer + LM transform + LM head"
     );
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(mixed.join("blip.json")).unwrap()).unwrap();
