@@ -17,6 +17,7 @@ import json
 import math
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -135,11 +136,15 @@ def train_caption(tok, pool, steps, log):
     return model
 
 
-def train_retrieval(tok, pool, steps, log, vision):
+def train_retrieval(tok, pool, steps, log, caption):
     from transformers import BlipForImageTextRetrieval
 
     model = BlipForImageTextRetrieval(config(tok))
-    model.vision_model.load_state_dict(vision.state_dict())
+    # Start from the captioner: its ViT, and its text decoder's BERT for the text encoder (BLIP shares
+    # these between its text encoder and decoder too); the captioner already binds colours to shapes.
+    model.vision_model.load_state_dict(caption.vision_model.state_dict())
+    missing, unexpected = model.text_encoder.load_state_dict(caption.text_decoder.bert.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("pooler") for k in missing), (missing, unexpected)
     temp = torch.nn.Parameter(torch.tensor(0.07))
     rng = random.Random(12)
     enc_id = tok.convert_tokens_to_ids("[ENC]")
@@ -220,22 +225,36 @@ def main() -> None:
     ap.add_argument("--steps-scale", type=float, default=1.0)
     ap.add_argument("--pool", type=int, default=12000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", choices=["caption", "retrieval", "vqa"],
+                    help="train one model (the others are read from --out: retrieval and VQA start from the captioner)")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    tok = make_tokenizer(out / "tokenizer")
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = make_tokenizer(Path(tmp))
     pool = Pool(args.pool)
     log: list[dict] = []
     steps = lambda n: max(2, int(n * args.steps_scale))  # noqa: E731
     t = time.time()
-    cap = train_caption(tok, pool, steps(2500), log)
-    save(cap, tok, out / "shapes-caption")
-    ret = train_retrieval(tok, pool, steps(2000), log, cap.vision_model)
-    save(ret, tok, out / "shapes-retrieval")
-    vqa = train_vqa(tok, pool, steps(2000), log, cap)
-    save(vqa, tok, out / "shapes-vqa")
-    (out / "training-log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in log))
+    if args.only in (None, "caption"):
+        cap = train_caption(tok, pool, steps(2500), log)
+        save(cap, tok, out / "shapes-caption")
+    else:
+        from transformers import BlipForConditionalGeneration
+
+        cap = BlipForConditionalGeneration.from_pretrained(out / "shapes-caption", dtype=torch.float32)
+    if args.only in (None, "retrieval"):
+        ret = train_retrieval(tok, pool, steps(3000), log, cap)
+        save(ret, tok, out / "shapes-retrieval")
+    if args.only in (None, "vqa"):
+        vqa = train_vqa(tok, pool, steps(2000), log, cap)
+        save(vqa, tok, out / "shapes-vqa")
+    # The log keeps every model's latest run.
+    path = out / "training-log.jsonl"
+    old = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() and args.only else []
+    log = [x for x in old if x["model"] != args.only] + log
+    path.write_text("".join(json.dumps(x) + "\n" for x in log))
     print(f"trained in {time.time() - t:.0f} s", flush=True)
 
 
