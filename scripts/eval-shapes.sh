@@ -24,7 +24,7 @@ for head in caption retrieval vqa; do
   done
   for p in int8 int4; do
     # The quality gate: the task metric may drop by at most 2 % relative to FP32 (exit 4 otherwise).
-    "$bin" validate "$fp32-$p" --against "$fp32" --eval-dataset "$data" --max-batch 4 --long-run 500 \
+    "$bin" validate "$fp32-$p" --against "$fp32" --images "$data/images" --eval-dataset "$data" --max-batch 4 --long-run 500 \
       --format json > "docs/eval/validate-shapes-$head-$p.json" || true
   done
 done
