@@ -30,17 +30,20 @@ echo "== captions (beam 3, prompt \"a picture of \")"
 "$bin" caption -p "$out/shapes-caption" "${images[@]}"
 echo "== VQA"
 for q in "how many shapes are there?" "what color is the circle?" "is there a red square?"; do
-  "$bin" vqa -p "$out/shapes-vqa" "${images[0]}" "$q"
+  "$bin" vqa -p "$out/shapes-vqa" "${images[1]}" "$q"
 done
 echo "== index the test images, then search (ITC top-k, ITM rerank)"
 "$bin" index -p "$out/shapes-retrieval" "$test_set/images" -o "$out/shapes.idx" --quiet
-"$bin" search -p "$out/shapes-retrieval" "$out/shapes.idx" "a blue circle to the left of a red square" -k 3 --rerank 16
+"$bin" search -p "$out/shapes-retrieval" "$out/shapes.idx" "a red circle, a yellow square and a yellow triangle" -k 3 --rerank 16
 echo
 echo "== task quality on the first 100 test images: FP32, then INT8 (validate gates the drop)"
 "$bin" quantize "$out/shapes-caption" -o "$out/shapes-caption-int8" --policy all --force >/dev/null
 for pkg in shapes-caption shapes-caption-int8; do
   "$bin" eval -p "$out/$pkg" --dataset "$test_set" --max-images 100 --quiet
 done
+printf 'validate INT8 vs FP32 (agreement, batch 1..4, edge inputs, memory, CIDEr-D drop <= 2 %%): '
+"$bin" validate "$out/shapes-caption-int8" --against "$out/shapes-caption" --images "$test_set/images" \
+  --eval-dataset "$test_set" --eval-max-images 100 --max-batch 4 --long-run 300 | tail -n 1
 "$bin" eval -p "$out/shapes-retrieval" --dataset "$test_set" --max-images 100 --quiet
 "$bin" eval -p "$out/shapes-vqa" --dataset "$test_set" --max-images 100 --quiet
 echo
