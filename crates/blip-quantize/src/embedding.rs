@@ -7,7 +7,7 @@ use std::path::Path;
 
 use onnx_writer::onnx::{ModelProto, NodeProto, TensorProto, tensor_proto::DataType as PbType};
 
-use crate::{Result, f32_values, graph_err, node, quantize_q4_column, tensor};
+use crate::{Result, cast_to_float, f32_values, graph_err, node, quantize_q4_column, tensor};
 
 /// Tables with at least this many rows are vocabularies.
 pub const MIN_VOCAB_ROWS: i64 = 1024;
@@ -121,13 +121,7 @@ pub(crate) fn quantize_int8(model: &mut ModelProto, path: &Path, qmax: f32) -> R
             &[&gq],
             vec![],
         ));
-        nodes.push(node(
-            "Cast",
-            &format!("{name}/Cast"),
-            &[&gq],
-            &[&gf],
-            vec![onnx_writer::attr_int("to", PbType::Float as i64)],
-        ));
+        nodes.push(cast_to_float(&name, &gq, &gf));
         nodes.push(node(
             "Gather",
             &format!("{name}/scales"),

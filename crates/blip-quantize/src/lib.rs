@@ -422,13 +422,7 @@ fn quantize_graph(
             &[&yi],
             vec![],
         ));
-        nodes.push(node(
-            "Cast",
-            &format!("{name}/Cast"),
-            &[&yi],
-            &[&yf],
-            vec![onnx_writer::attr_int("to", PbType::Float as i64)],
-        ));
+        nodes.push(cast_to_float(&name, &yi, &yf));
         nodes.push(node(
             "Mul",
             &format!("{name}/scale"),
@@ -439,6 +433,17 @@ fn quantize_graph(
         push_output(nodes, m, &name, "dequantize", "Mul", &[&yf, &s]);
         Ok(())
     })
+}
+
+/// `Cast(to=float)` of an integer tensor (the step before a dequantizing `Mul`).
+fn cast_to_float(name: &str, input: &str, output: &str) -> NodeProto {
+    node(
+        "Cast",
+        &format!("{name}/Cast"),
+        &[input],
+        &[output],
+        vec![onnx_writer::attr_int("to", PbType::Float as i64)],
+    )
 }
 
 /// Emits the node producing the rewritten op's output, adding the Gemm's bias when it has one.

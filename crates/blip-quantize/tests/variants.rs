@@ -4,14 +4,7 @@
 use blip_convert::ConvertOptions;
 use blip_quantize::{Policy, Precision, QuantizeOptions, WeightType, quantize_package};
 use blip_runtime::{BlipModel, CaptionOptions, SessionOptions, Strategy};
-use blip_testkit::{Goldens, convert_fixture, fixture};
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
-}
+use blip_testkit::{Goldens, convert_fixture, cosine, fixture};
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
