@@ -175,6 +175,9 @@ pub struct VqaReport {
 }
 
 fn captions_file(ds: &Dataset) -> Result<(PathBuf, CocoCaptions)> {
+    if !ds.images.is_dir() {
+        return Err(dataset_err(&ds.images, "dataset folder not found"));
+    }
     let path = ds
         .captions
         .clone()

@@ -160,7 +160,7 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Write a quantized copy of a package: dynamic INT8 (standard ops) or weight-only INT4 (MatMulNBits).
+    /// Write a quantized copy of a package: dynamic INT8 (standard ops), weight-only INT4 (MatMulNBits) or FP16.
     ///
     /// Default policies: INT8 for the encoders (vision, text, ITM, question encoder, cross K/V) — plain
     /// INT8 of BLIP's text decoder is known to lose accuracy — and INT4 for the decoder, whose per-step
@@ -199,7 +199,7 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Write ONNX Runtime's fused graphs (attention, skip-layer-norm, bias-GELU) as a new package.
+    /// Write ONNX Runtime's fused graphs (fused MatMul + scale, bias-GELU, skip-layer-norm, INT8 MatMul fusions) as a new package.
     ///
     /// The default package stays standard-ops only and portable; this one loads pre-fused in ORT.
     Optimize {
