@@ -1,5 +1,5 @@
-//! Runtime-optimized packages: ONNX Runtime rewrites each graph with its CPU fusions (attention,
-//! skip-layer-norm, bias-GELU, fused MatMul + scale, MatMulIntegerToFloat) and saves it, so a
+//! Runtime-optimized packages: ONNX Runtime rewrites each graph with its CPU fusions (fused MatMul
+//! + scale, bias-GELU, skip-layer-norm, MatMulIntegerToFloat; attention where its patterns match) and saves it, so a
 //! deployment loads the fused graph directly. The converter's default package stays standard-ops
 //! only and portable; this one is for ONNX Runtime.
 //!
