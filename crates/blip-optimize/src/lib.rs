@@ -1,7 +1,7 @@
-//! Runtime-optimized packages: ONNX Runtime rewrites each graph with its CPU fusions (fused MatMul
-//! + scale, bias-GELU, skip-layer-norm, MatMulIntegerToFloat; attention where its patterns match) and saves it, so a
-//! deployment loads the fused graph directly. The converter's default package stays standard-ops
-//! only and portable; this one is for ONNX Runtime.
+//! Runtime-optimized packages: ONNX Runtime rewrites each graph with its CPU fusions (MatMul with
+//! its scale, bias-GELU, skip-layer-norm, MatMulIntegerToFloat; attention where its patterns match)
+//! and saves it, so a deployment loads the fused graph directly. The converter's default package
+//! stays standard-ops only and portable; this one is for ONNX Runtime.
 //!
 //! The level is ORT's "extended": graph fusions only, no layout transforms (NCHWc), so the
 //! result does not depend on the CPU it was written on.
