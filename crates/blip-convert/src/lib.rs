@@ -228,35 +228,30 @@ pub fn convert(checkpoint: &Path, output: &Path, opts: &ConvertOptions) -> Resul
     )?;
 
     // Everything is written into a hidden sibling folder, renamed into place at the end.
-    let tmp = blip_package::staging_dir(output).map_err(|source| ConvertError::Unwritable {
-        path: output.to_path_buf(),
-        source,
-    })?;
-    let result = write_package(
-        &ck,
-        &cfg,
-        head,
-        pos_embed,
-        &tok,
-        &tmp,
-        opts,
-        trained_size,
-        start,
-    );
-    let report = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
-    if let Err(source) = blip_package::commit_staging(&tmp, output) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(ConvertError::Io {
+    let report = blip_package::write_staged(output, |tmp| {
+        write_package(
+            &ck,
+            &cfg,
+            head,
+            pos_embed,
+            &tok,
+            tmp,
+            opts,
+            trained_size,
+            start,
+        )
+    })
+    .map_err(|e| match e {
+        blip_package::StagedError::Create(source) => ConvertError::Unwritable {
             path: output.to_path_buf(),
             source,
-        });
-    }
+        },
+        blip_package::StagedError::Write(e) => e,
+        blip_package::StagedError::Commit(source) => ConvertError::Io {
+            path: output.to_path_buf(),
+            source,
+        },
+    })?;
     Ok(ConvertReport {
         output: output.to_path_buf(),
         total_seconds: start.elapsed().as_secs_f64(),

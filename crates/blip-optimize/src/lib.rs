@@ -70,21 +70,11 @@ pub fn optimize_package(src: &Path, out: &Path, force: bool) -> Result<Vec<Graph
         });
     }
     let runtime = Runtime::init()?;
-    let tmp = blip_package::staging_dir(out).map_err(io(out))?;
-    let result = write_optimized(&runtime, &pkg, &tmp);
-    match result {
-        Ok(reports) => {
-            if let Err(e) = blip_package::commit_staging(&tmp, out) {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(io(out)(e));
-            }
-            Ok(reports)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
+    blip_package::write_staged(out, |tmp| write_optimized(&runtime, &pkg, tmp)).map_err(|e| match e
+    {
+        blip_package::StagedError::Write(e) => e,
+        blip_package::StagedError::Create(e) | blip_package::StagedError::Commit(e) => io(out)(e),
+    })
 }
 
 fn write_optimized(runtime: &Runtime, pkg: &Package, dir: &Path) -> Result<Vec<GraphReport>> {

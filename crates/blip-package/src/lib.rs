@@ -288,6 +288,32 @@ pub fn commit_staging(tmp: &Path, out: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Why [`write_staged`] failed: creating the staging folder, the writer itself, or the final move.
+#[derive(Debug)]
+pub enum StagedError<E> {
+    Create(std::io::Error),
+    Write(E),
+    Commit(std::io::Error),
+}
+
+/// Runs `write` into a fresh staging folder for `out` and moves the result into place; on any
+/// failure the staging folder is removed, so nothing partial is ever left at `out`.
+pub fn write_staged<T, E>(
+    out: &Path,
+    write: impl FnOnce(&Path) -> Result<T, E>,
+) -> Result<T, StagedError<E>> {
+    let tmp = staging_dir(out).map_err(StagedError::Create)?;
+    let result = write(&tmp).map_err(StagedError::Write).and_then(|v| {
+        commit_staging(&tmp, out)
+            .map(|_| v)
+            .map_err(StagedError::Commit)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
 /// sha256 over files read in order (one file: that file's sha256), streamed so hashing a large
 /// checkpoint neither maps nor holds it in memory.
 pub fn sha256_files(files: &[PathBuf]) -> Result<String, PackageError> {
@@ -310,4 +336,31 @@ pub fn sha256_files(files: &[PathBuf]) -> Result<String, PackageError> {
         }
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_staged_leaves_nothing_on_failure_and_replaces_on_success() {
+        let dir = std::env::temp_dir().join(format!("blip-package-staged-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("pkg");
+        let err = write_staged(&out, |tmp| {
+            std::fs::write(tmp.join("half.onnx"), b"x").unwrap();
+            Err::<(), _>("writer failed")
+        })
+        .unwrap_err();
+        assert!(matches!(err, StagedError::Write("writer failed")));
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "nothing partial left: {left:?}");
+        for content in ["first", "second"] {
+            write_staged(&out, |tmp| std::fs::write(tmp.join("f"), content)).unwrap();
+            assert_eq!(std::fs::read_to_string(out.join("f")).unwrap(), content);
+        }
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "old folder removed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

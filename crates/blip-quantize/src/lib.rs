@@ -640,26 +640,15 @@ pub fn quantize_package(src: &Path, out: &Path, opts: &QuantizeOptions) -> Resul
         });
     }
     let pkg = Package::open(src)?;
-    let tmp = blip_package::staging_dir(out).map_err(|source| QuantizeError::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
-    let result = write_quantized(&pkg, &tmp, opts);
-    let stats = match result {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
+    blip_package::write_staged(out, |tmp| write_quantized(&pkg, tmp, opts)).map_err(|e| match e {
+        blip_package::StagedError::Write(e) => e,
+        blip_package::StagedError::Create(source) | blip_package::StagedError::Commit(source) => {
+            QuantizeError::Io {
+                path: out.to_path_buf(),
+                source,
+            }
         }
-    };
-    if let Err(source) = blip_package::commit_staging(&tmp, out) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(QuantizeError::Io {
-            path: out.to_path_buf(),
-            source,
-        });
-    }
-    Ok(stats)
+    })
 }
 
 fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<Vec<GraphStats>> {
