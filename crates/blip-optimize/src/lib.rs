@@ -97,11 +97,13 @@ fn write_optimized(runtime: &Runtime, pkg: &Package, dir: &Path) -> Result<Vec<G
             .iter()
             .map(|p| std::fs::metadata(p).map(|m| m.len()).map_err(io(p)))
             .sum::<Result<u64>>()?;
+        // Each graph is decoded once on each side (a base vision graph is hundreds of MB).
+        let (before, after) = (op_types(&src)?, op_types(&dst)?);
         reports.push(GraphReport {
             role: role.clone(),
-            nodes_before: op_types(&src)?.len(),
-            nodes_after: op_types(&dst)?.len(),
-            fused_ops: fused_ops(&src, &dst)?,
+            nodes_before: before.len(),
+            nodes_after: after.len(),
+            fused_ops: fused_ops(&before, &after),
         });
         manifest.graphs.insert(
             role.clone(),
@@ -120,14 +122,12 @@ fn write_optimized(runtime: &Runtime, pkg: &Package, dir: &Path) -> Result<Vec<G
 }
 
 /// Op types present after optimization and not before, with their counts.
-fn fused_ops(src: &Path, dst: &Path) -> Result<Vec<(String, usize)>> {
-    let before = op_types(src)?;
-    let after = op_types(dst)?;
+fn fused_ops(before: &[String], after: &[String]) -> Vec<(String, usize)> {
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     for op in after.iter().filter(|op| !before.contains(op)) {
         *counts.entry(op.clone()).or_default() += 1;
     }
-    Ok(counts.into_iter().collect())
+    counts.into_iter().collect()
 }
 
 /// Op type of every node (with its domain when not the default one).

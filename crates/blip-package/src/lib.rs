@@ -360,7 +360,11 @@ mod tests {
             write_staged(&out, |tmp| std::fs::write(tmp.join("f"), content)).unwrap();
             assert_eq!(std::fs::read_to_string(out.join("f")).unwrap(), content);
         }
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "old folder removed");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "old folder removed"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
