@@ -135,19 +135,24 @@ pub fn validate(package: &Path, opts: &ValidateOptions) -> Result<ValidateReport
     } else {
         generated_images(8)
     };
+    // Decoded and preprocessed once, shared by every gate below.
+    let pixels = Pixels {
+        values: pixels_of(&a, &images)?,
+        n: images.len(),
+    };
     if let Some(other) = &opts.against {
         let mut b = BlipModel::open(other, &opts.session)?;
-        against_gates(&mut a, &mut b, &images, opts, &mut gates)?;
+        against_gates(&mut a, &mut b, &pixels, opts, &mut gates)?;
         if let Some(ds) = &opts.eval_dataset {
             quality_gate(&mut a, &mut b, ds, opts, &mut gates)?;
         }
     }
     if opts.max_batch > 0 {
-        batch_gates(&mut a, &images, opts, &mut gates)?;
+        batch_gates(&mut a, &pixels, opts, &mut gates)?;
     }
     edge_gates(&mut a, &mut gates);
     if opts.long_run > 0 {
-        long_run_gate(&mut a, &images, opts, &mut gates)?;
+        long_run_gate(&mut a, &pixels, opts, &mut gates)?;
     }
     Ok(ValidateReport {
         package: package.display().to_string(),
@@ -421,6 +426,21 @@ fn repeat_rows(states: ArrayView3<'_, f32>, k: usize) -> Array3<f32> {
     ndarray::stack(Axis(0), &views).unwrap_or_else(|_| states.to_owned())
 }
 
+/// Preprocessed images laid end to end.
+struct Pixels {
+    values: Vec<f32>,
+    n: usize,
+}
+
+impl Pixels {
+    /// Image `i` (cycling when `i >= n`).
+    fn image(&self, i: usize) -> &[f32] {
+        let per = self.values.len() / self.n.max(1);
+        let i = i % self.n.max(1);
+        &self.values[i * per..(i + 1) * per]
+    }
+}
+
 fn pixels_of(m: &BlipModel, images: &[ImageInput]) -> Result<Vec<f32>> {
     let mut out = Vec::new();
     for img in images {
@@ -450,7 +470,7 @@ fn top_k(row: &[f32], k: usize) -> Vec<usize> {
 fn against_gates(
     a: &mut BlipModel,
     b: &mut BlipModel,
-    images: &[ImageInput],
+    px: &Pixels,
     opts: &ValidateOptions,
     gates: &mut Vec<Gate>,
 ) -> Result<()> {
@@ -463,9 +483,8 @@ fn against_gates(
         )));
     }
     let both_fp32 = is_fp32(a) && is_fp32(b);
-    let n = images.len();
-    let pixels = pixels_of(a, images)?;
-    let (va, vb) = (a.vision(&pixels, n)?, b.vision(&pixels, n)?);
+    let (n, pixels) = (px.n, &px.values);
+    let (va, vb) = (a.vision(pixels, n)?, b.vision(pixels, n)?);
     let flat = |h: &Array3<f32>| h.to_shape((n, h.len() / n.max(1))).map(|v| v.to_owned());
     let (ha, hb) = (
         flat(&va.hidden).map_err(|e| ValidateError::Input(e.to_string()))?,
@@ -534,8 +553,8 @@ fn against_gates(
                 ..Default::default()
             };
             let (ca, cb) = (
-                a.caption_pixels(&pixels, n, &opts)?,
-                b.caption_pixels(&pixels, n, &opts)?,
+                a.caption_pixels(pixels, n, &opts)?,
+                b.caption_pixels(pixels, n, &opts)?,
             );
             let want: Vec<Vec<i64>> = ca.into_iter().map(|c| c.ids).collect();
             let got: Vec<Vec<i64>> = cb.into_iter().map(|c| c.ids).collect();
@@ -668,7 +687,7 @@ fn same_rate<R: PartialEq>((one, batches): &BatchRuns<R>) -> (f64, usize) {
 /// with one scale per batch, so quantized packages are held to their own tolerances.
 fn batch_gates(
     m: &mut BlipModel,
-    images: &[ImageInput],
+    images: &Pixels,
     opts: &ValidateOptions,
     gates: &mut Vec<Gate>,
 ) -> Result<()> {
@@ -679,8 +698,9 @@ fn batch_gates(
         (t.quantized_max_abs, t.min_caption_exact)
     };
     let nmax = opts.max_batch;
-    let imgs: Vec<ImageInput> = images.iter().cycle().take(nmax).cloned().collect();
-    let pixels = pixels_of(m, &imgs)?;
+    let pixels: Vec<f32> = (0..nmax)
+        .flat_map(|i| images.image(i).iter().copied())
+        .collect();
     let per = pixels.len() / nmax;
     let px = |start: usize, bs: usize| &pixels[start * per..(start + bs) * per];
     let runs = batch_runs(nmax, |start, bs| {
@@ -857,11 +877,11 @@ fn images_for_empty() -> ImageInput {
 /// after warm-up (a leak of a few KB per call shows as MBs over thousands of calls).
 fn long_run_gate(
     m: &mut BlipModel,
-    images: &[ImageInput],
+    images: &Pixels,
     opts: &ValidateOptions,
     gates: &mut Vec<Gate>,
 ) -> Result<()> {
-    let pixels = pixels_of(m, &images[..1])?;
+    let pixels = images.image(0);
     let retrieval = m.head() == "retrieval";
     let warmup = (opts.long_run / 10).max(1);
     let mut start = 0u64;
@@ -869,7 +889,7 @@ fn long_run_gate(
         if i == warmup {
             start = rss_bytes().unwrap_or(0);
         }
-        let v = m.vision(&pixels, 1)?;
+        let v = m.vision(pixels, 1)?;
         if retrieval {
             m.embed_texts(&[opts.texts[i % opts.texts.len().max(1)].as_str()])?;
         }
