@@ -2,29 +2,15 @@
 //! (driven side by side with PyTorch by `tools/reference/blip_reference.py bench-runtime`).
 
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::Result;
 use blip_runtime::{BlipModel, CaptionOptions, ImageInput, SessionOptions, Strategy};
 use serde_json::json;
 
-fn median_ms(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2] * 1e3
-}
-
-fn time<T, E: Into<anyhow::Error>>(
-    reps: usize,
-    mut f: impl FnMut() -> std::result::Result<T, E>,
-) -> Result<(f64, Vec<f64>)> {
-    f().map_err(Into::into)?; // warm-up
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let t = Instant::now();
-        f().map_err(Into::into)?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    Ok((median_ms(times.clone()), times))
+/// Median milliseconds of `reps` timed runs after a warm-up (`bench`'s timer).
+fn time<T>(reps: usize, f: impl FnMut() -> Result<T>) -> Result<f64> {
+    let times = crate::benchmark::timed(reps, f)?;
+    Ok(crate::benchmark::stats(times, 1, String::new()).median_ms)
 }
 
 pub fn run(
@@ -46,8 +32,8 @@ pub fn run(
         let pixels: Vec<f32> = std::iter::repeat_n(px.iter().copied(), batch)
             .flatten()
             .collect();
-        let (ms, _) = time(if batch == 1 { reps } else { reps.div_ceil(2) }, || {
-            model.vision(&pixels, batch)
+        let ms = time(if batch == 1 { reps } else { reps.div_ceil(2) }, || {
+            Ok(model.vision(&pixels, batch)?)
         })?;
         rows.push(json!({"case": format!("vision encoder b{batch}"), "median_ms": ms}));
     }
@@ -71,7 +57,7 @@ pub fn run(
             repetition_penalty: 1.0,
             no_cache: false,
         };
-        let (ms, _) = time(reps.div_ceil(2), || -> Result<()> {
+        let ms = time(reps.div_ceil(2), || -> Result<()> {
             let c = model.caption(std::slice::from_ref(&input), &opts)?;
             c.into_iter().next().transpose()?;
             Ok(())
@@ -88,13 +74,13 @@ pub fn run(
             (((i * 31 + j * 17) % 97) as f32 - 48.0) / 400.0
         });
         let cand = hidden.select(ndarray::Axis(0), &[0; 16]);
-        let (ms, _) = time(reps, || {
-            model.rank_images(
+        let ms = time(reps, || {
+            Ok(model.rank_images(
                 "a woman in a uniform standing next to a flag",
                 embeds.view(),
                 16,
                 |_, _| Ok(cand.clone()),
-            )
+            )?)
         })?;
         rows.push(json!({"case": "retrieval: 1 text vs 1000 images, rerank 16", "median_ms": ms}));
     }

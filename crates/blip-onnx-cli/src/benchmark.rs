@@ -70,7 +70,7 @@ pub struct Engine {
     pub rows: Vec<Row>,
 }
 
-fn stats(mut times: Vec<f64>, items: usize, case: String) -> Row {
+pub(crate) fn stats(mut times: Vec<f64>, items: usize, case: String) -> Row {
     times.sort_by(f64::total_cmp);
     let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize] * 1e3;
     let median = at(0.5);
@@ -82,7 +82,7 @@ fn stats(mut times: Vec<f64>, items: usize, case: String) -> Row {
     }
 }
 
-fn timed<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<Vec<f64>> {
+pub(crate) fn timed<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<Vec<f64>> {
     f()?; // warm-up
     (0..reps.max(1))
         .map(|_| {
