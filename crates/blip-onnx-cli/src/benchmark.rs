@@ -227,12 +227,18 @@ fn decoder_step(
     states: ndarray::ArrayView3<'_, f32>,
     reps: usize,
 ) -> Result<Row> {
-    let mut dec = m.cached_decoder(states)?;
-    let prefix: Vec<i64> = std::iter::once(30522)
-        .chain((0..19).map(|i| 2000 + i))
+    // A 20-token prefix in the package's own vocabulary: [DEC] + the text's tokens, repeated.
+    let text = m
+        .tokenizer
+        .encode_batch(&[TEXT_32], blip_preprocess::FirstToken::Dec, None)?;
+    let words = &text.row_ids(0)[1..];
+    let prefix: Vec<i64> = std::iter::once(text.row_ids(0)[0])
+        .chain(words.iter().copied().cycle().take(19))
         .collect();
+    let next = words[0];
+    let mut dec = m.cached_decoder(states)?;
     dec.step(&prefix, prefix.len(), None)?;
-    let times = timed(reps * 2, || Ok(dec.step(&[1037], 1, None)?))?;
+    let times = timed(reps * 2, || Ok(dec.step(&[next], 1, None)?))?;
     Ok(stats(times, 1, STEP_CASE.into()))
 }
 

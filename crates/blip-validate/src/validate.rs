@@ -186,12 +186,17 @@ fn strategy(settings: &serde_json::Value) -> Strategy {
     }
 }
 
-/// transformers pads finished greedy rows with pad (0) and beam rows with eos when pad is 0.
-fn padded(seqs: Vec<Vec<i64>>, strategy: &Strategy, width: usize) -> Vec<Vec<i64>> {
-    let fill = if matches!(strategy, Strategy::Beam { .. }) {
-        102
+/// transformers pads finished rows with pad, except beam search with pad 0, which pads with eos.
+fn padded(
+    seqs: Vec<Vec<i64>>,
+    strategy: &Strategy,
+    width: usize,
+    tokens: &blip_package::Tokens,
+) -> Vec<Vec<i64>> {
+    let fill = if matches!(strategy, Strategy::Beam { .. }) && tokens.pad == 0 {
+        tokens.eos
     } else {
-        0
+        tokens.pad
     };
     let mut rows = Generated {
         sequences: seqs,
@@ -391,7 +396,7 @@ fn reference_gates(
                 let width = want.first().map_or(0, Vec::len);
                 sequence_gates(
                     &format!("reference: {what} {key}"),
-                    &padded(seqs, &strategy, width),
+                    &padded(seqs, &strategy, width, &m.package.manifest.tokens),
                     &want,
                     exact_limit,
                     gates,
