@@ -372,7 +372,7 @@ fn replace_block(path: &Path, marker: &str, text: &str) -> Result<()> {
     write_atomic(path, updated.as_bytes())
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp~");
     std::fs::write(&tmp, bytes).with_context(|| tmp.display().to_string())?;
     std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;

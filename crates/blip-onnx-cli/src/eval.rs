@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use blip_eval::{Dataset, EvalOptions};
 
 use crate::tasks::{Common, Format};
@@ -125,9 +125,10 @@ pub fn run(args: EvalArgs) -> Result<u8> {
             std::fs::create_dir_all(dir)?;
         }
         let with = |ext: &str| PathBuf::from(format!("{}.{ext}", prefix.display()));
-        std::fs::write(with("json"), serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| with("json").display().to_string())?;
-        std::fs::write(with("md"), md).with_context(|| with("md").display().to_string())?;
+        // Temp file + rename: an interrupted run never leaves a half-written report.
+        let json = serde_json::to_string_pretty(&report)? + "\n";
+        crate::benchmark::write_atomic(&with("json"), json.as_bytes())?;
+        crate::benchmark::write_atomic(&with("md"), md.as_bytes())?;
     }
     Ok(0)
 }
