@@ -1,5 +1,5 @@
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::onnx::{
     AttributeProto, NodeProto, TensorShapeProto, TypeProto, ValueInfoProto,
@@ -103,6 +103,8 @@ pub struct GraphBuilder<'a> {
     pub(crate) outputs: Vec<ValueInfoProto>,
     pub(crate) initializers: Vec<Initializer<'a>>,
     used_names: HashSet<String>,
+    /// Values renamed to a graph output's name by [`GraphBuilder::output`].
+    aliases: HashMap<String, String>,
     scope: Vec<String>,
 }
 
@@ -115,6 +117,7 @@ impl<'a> GraphBuilder<'a> {
             outputs: Vec::new(),
             initializers: Vec::new(),
             used_names: HashSet::new(),
+            aliases: HashMap::new(),
             scope: Vec::new(),
         }
     }
@@ -143,17 +146,42 @@ impl<'a> GraphBuilder<'a> {
         name.to_string()
     }
 
-    /// Declares `value` as a graph output named `name` (an Identity node renames it when needed).
+    /// Declares `value` as a graph output named `name`. A value computed by a node is renamed in
+    /// place (an `Identity` there would copy it on every run, e.g. each step's KV cache); inputs,
+    /// initializers and values already declared as outputs get an `Identity`.
     pub fn output(&mut self, name: &str, value: &str, dtype: DataType, dims: &[Dim]) {
+        let value = self
+            .aliases
+            .get(value)
+            .cloned()
+            .unwrap_or_else(|| value.to_string());
         if value != name {
             self.used_names.insert(name.to_string());
-            self.nodes.push(NodeProto {
-                op_type: Some("Identity".into()),
-                name: Some(format!("{name}/Identity")),
-                input: vec![value.to_string()],
-                output: vec![name.to_string()],
-                ..Default::default()
-            });
+            let already_output = self
+                .outputs
+                .iter()
+                .any(|o| o.name.as_deref() == Some(&value));
+            let producer = self.nodes.iter().position(|n| n.output.contains(&value));
+            match producer {
+                Some(at) if !already_output => {
+                    for n in &mut self.nodes {
+                        for v in n.input.iter_mut().chain(n.output.iter_mut()) {
+                            if *v == value {
+                                *v = name.to_string();
+                            }
+                        }
+                    }
+                    debug_assert!(self.nodes[at].output.iter().any(|o| o == name));
+                    self.aliases.insert(value, name.to_string());
+                }
+                _ => self.nodes.push(NodeProto {
+                    op_type: Some("Identity".into()),
+                    name: Some(format!("{name}/Identity")),
+                    input: vec![value],
+                    output: vec![name.to_string()],
+                    ..Default::default()
+                }),
+            }
         }
         self.outputs.push(value_info(name, dtype, dims));
     }
@@ -239,7 +267,15 @@ impl<'a> GraphBuilder<'a> {
         self.nodes.push(NodeProto {
             op_type: Some(op.into()),
             name: Some(node_name),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
+            input: inputs
+                .iter()
+                .map(|s| {
+                    self.aliases
+                        .get(*s)
+                        .cloned()
+                        .unwrap_or_else(|| s.to_string())
+                })
+                .collect(),
             output: outputs.clone(),
             attribute: attrs,
             ..Default::default()
@@ -255,5 +291,51 @@ impl<'a> GraphBuilder<'a> {
 impl GraphBuilder<'_> {
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops(g: &GraphBuilder<'_>) -> Vec<(String, Vec<String>, Vec<String>)> {
+        g.nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.op_type.clone().unwrap_or_default(),
+                    n.input.clone(),
+                    n.output.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn outputs_rename_computed_values_and_copy_the_rest() {
+        let mut g = GraphBuilder::new("t");
+        let x = g.input("x", DataType::F32, &[Dim::Fixed(2)]);
+        let r = g.op("Relu", "a", &[&x], vec![]);
+        let n = g.op("Neg", "b", &[&r], vec![]);
+        g.output("relu", &r, DataType::F32, &[Dim::Fixed(2)]);
+        // Declared twice: the second name copies the first.
+        g.output("relu_again", &r, DataType::F32, &[Dim::Fixed(2)]);
+        // A graph input cannot be renamed.
+        g.output("x_out", &x, DataType::F32, &[Dim::Fixed(2)]);
+        // A node added after the rename still finds its input under the new name.
+        let e = g.op("Exp", "c", &[&r], vec![]);
+        g.output("neg", &n, DataType::F32, &[Dim::Fixed(2)]);
+        g.output("exp", &e, DataType::F32, &[Dim::Fixed(2)]);
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            ops(&g),
+            [
+                ("Relu".into(), s(&["x"]), s(&["relu"])),
+                ("Neg".into(), s(&["relu"]), s(&["neg"])),
+                ("Identity".into(), s(&["relu"]), s(&["relu_again"])),
+                ("Identity".into(), s(&["x"]), s(&["x_out"])),
+                ("Exp".into(), s(&["relu"]), s(&["exp"])),
+            ]
+        );
     }
 }
