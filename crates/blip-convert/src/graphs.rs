@@ -198,7 +198,7 @@ pub fn vision_encoder<'a>(
 enum Cross<'s> {
     /// Project these encoder states `[B, E, Denc]` inside the layer (encoder graphs, no mask).
     States(&'s str, usize),
-    /// Precomputed per layer (decoder): `(k_t [B,H,hd,E], v [B,H,E,hd])`, with an additive mask.
+    /// Precomputed per layer (decoder): `(k [B,H,E,hd], v [B,H,E,hd])`, with an additive mask.
     Precomputed(Vec<(String, String)>, &'s str),
 }
 
@@ -318,15 +318,15 @@ fn bert_layer(
     if let Some((cross, layer)) = cross {
         let c = format!("{prefix}.crossattention.self");
         let q = net.linear(&format!("{c}.query"), &x, d, d)?;
-        let q = net.split_heads(&format!("{c}.query"), &q, heads, hd);
         let ctx = match cross {
             Cross::States(states, d_enc) => {
+                let q = net.split_heads(&format!("{c}.query"), &q, heads, hd);
                 let (k_t, v) = cross_kv_for_layer(net, &c, states, *d_enc, t)?;
                 net.attention(&c, &q, &k_t, &v, None, scale)
             }
             Cross::Precomputed(kv, mask) => {
-                let (k_t, v) = &kv[layer];
-                net.attention(&c, &q, k_t, v, Some(mask), scale)
+                let (k, v) = &kv[layer];
+                net.attention_key_major(&c, &q, k, v, Some(mask), scale, heads, hd)
             }
         };
         let merged = net.merge_heads(&c, &ctx, d);
@@ -502,7 +502,8 @@ fn decoder_encoder_width(cfg: &BlipConfig, head: Head) -> usize {
     }
 }
 
-/// Every decoder layer's cross-attention K (transposed) and V, computed once per image / question.
+/// Every decoder layer's cross-attention K and V (`[B,H,E,hd]`, as transformers lays them out),
+/// computed once per image / question.
 pub fn cross_kv<'a>(mut net: Net<'a>, cfg: &BlipConfig, head: Head) -> Result<BuiltGraph<'a>> {
     let t = &cfg.text;
     let d_enc = decoder_encoder_width(cfg, head);
@@ -531,23 +532,17 @@ pub fn cross_kv<'a>(mut net: Net<'a>, cfg: &BlipConfig, head: Head) -> Result<Bu
     let mut outputs = Vec::new();
     for i in 0..layers {
         let k = net.split_heads(&format!("{}.key", c(i)), &parts[2 * i], heads, hd);
-        let k_t = net.transpose_last2(&format!("{}.key", c(i)), &k);
         let v = net.split_heads(&format!("{}.value", c(i)), &parts[2 * i + 1], heads, hd);
         let kdims = [
             sym("batch"),
             fixed(heads),
-            fixed(hd),
-            sym("encoder_sequence"),
-        ];
-        let vdims = [
-            sym("batch"),
-            fixed(heads),
             sym("encoder_sequence"),
             fixed(hd),
         ];
+        let vdims = kdims.clone();
         outputs.push((
             io(&format!("cross_key_values.{i}.key"), DataType::F32, &kdims),
-            k_t,
+            k,
         ));
         outputs.push((
             io(
@@ -610,8 +605,8 @@ pub fn decoder<'a>(
             &[
                 sym("batch"),
                 fixed(heads),
-                fixed(hd),
                 sym("encoder_sequence"),
+                fixed(hd),
             ],
         ));
         inputs.push(io(

@@ -105,7 +105,6 @@ fn expected_symbolic(name: &str) -> Vec<usize> {
     match name {
         "pixel_values" | "image_embeds" | "text_embeds" | "itm_logits" => vec![0],
         n if n.starts_with("past_key_values.") || n.starts_with("present.") => vec![0, 2],
-        n if n.starts_with("cross_key_values.") && n.ends_with(".key") => vec![0, 3],
         n if n.starts_with("cross_key_values.") => vec![0, 2],
         "last_hidden_state"
         | "encoder_hidden_states"

@@ -58,14 +58,6 @@ pub fn rows_i(a: &ArrayD<i64>, range: std::ops::Range<usize>) -> ArrayD<i64> {
         .to_owned()
 }
 
-/// Swaps the last two axes (cross keys are stored transposed in the package).
-pub fn swap_last2(a: &ArrayD<f32>) -> ArrayD<f32> {
-    let n = a.ndim();
-    let mut v = a.view();
-    v.swap_axes(n - 2, n - 1);
-    v.as_standard_layout().to_owned()
-}
-
 pub fn ones_i64(shape: &[usize]) -> ArrayD<i64> {
     ArrayD::from_elem(IxDyn(shape), 1)
 }
