@@ -1,10 +1,13 @@
-//! Runtime-optimized packages: ONNX Runtime rewrites each graph with its CPU fusions (MatMul with
-//! its scale, bias-GELU, skip-layer-norm, MatMulIntegerToFloat; attention where its patterns match)
-//! and saves it, so a deployment loads the fused graph directly. The converter's default package
+//! Runtime-optimized packages: attention blocks become `com.microsoft.MultiHeadAttention`
+//! ([`attention`], a pass over the converter's own pattern, which ORT's fusions do not recognise),
+//! then ONNX Runtime rewrites each graph with its CPU fusions (MatMul with its scale, bias-GELU,
+//! skip-layer-norm, MatMulIntegerToFloat) and saves it, so a deployment loads the fused graph directly. The converter's default package
 //! stays standard-ops only and portable; this one is for ONNX Runtime.
 //!
 //! The level is ORT's "extended": graph fusions only, no layout transforms (NCHWc), so the
 //! result does not depend on the CPU it was written on.
+
+pub mod attention;
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +42,8 @@ pub struct GraphReport {
     pub role: String,
     pub nodes_before: usize,
     pub nodes_after: usize,
+    /// Attention blocks fused into `com.microsoft.MultiHeadAttention`.
+    pub fused_attention: usize,
     /// Fused op types ORT introduced, with counts (e.g. `SkipLayerNormalization ×12`).
     pub fused_ops: Vec<(String, usize)>,
 }
@@ -88,7 +93,14 @@ fn write_optimized(runtime: &Runtime, pkg: &Package, dir: &Path) -> Result<Vec<G
         let file = format!("{stem}_opt.onnx");
         let data_file = entry.data_file.as_ref().map(|_| format!("{file}.data"));
         let dst = dir.join(&file);
-        runtime.write_optimized(&src, &dst, OptLevel::Extended, data_file.as_deref())?;
+        let (before, fused_attention) = write_fused(
+            runtime,
+            &src,
+            entry.data_file.as_deref(),
+            &dst,
+            dir,
+            data_file.as_deref(),
+        )?;
         let mut paths = vec![dst.clone()];
         if let Some(d) = &data_file {
             paths.push(dir.join(d));
@@ -98,11 +110,12 @@ fn write_optimized(runtime: &Runtime, pkg: &Package, dir: &Path) -> Result<Vec<G
             .map(|p| std::fs::metadata(p).map(|m| m.len()).map_err(io(p)))
             .sum::<Result<u64>>()?;
         // Each graph is decoded once on each side (a base vision graph is hundreds of MB).
-        let (before, after) = (op_types(&src)?, op_types(&dst)?);
+        let after = op_types(&decode(&dst)?);
         reports.push(GraphReport {
             role: role.clone(),
             nodes_before: before.len(),
             nodes_after: after.len(),
+            fused_attention,
             fused_ops: fused_ops(&before, &after),
         });
         manifest.graphs.insert(
@@ -121,6 +134,55 @@ fn write_optimized(runtime: &Runtime, pkg: &Package, dir: &Path) -> Result<Vec<G
     Ok(reports)
 }
 
+/// Fuses the attention of the graph at `src` and has ORT write its optimized form to `dst`;
+/// returns the source's op types and the number of attention blocks fused.
+/// The rewritten graph is staged next to `dst` (ORT only reads external data from the model's own
+/// folder, so the source's data file is linked there too) and removed afterwards.
+fn write_fused(
+    runtime: &Runtime,
+    src: &Path,
+    src_data: Option<&str>,
+    dst: &Path,
+    dir: &Path,
+    dst_data: Option<&str>,
+) -> Result<(Vec<String>, usize)> {
+    use prost::Message;
+    let mut model = decode(src)?;
+    let before = op_types(&model);
+    let fused = attention::fuse_attention(&mut model);
+    if fused == 0 {
+        runtime.write_optimized(src, dst, OptLevel::Extended, dst_data)?;
+        return Ok((before, 0));
+    }
+    let name = src
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let staged = dir.join(format!(".fused-{name}"));
+    std::fs::write(&staged, model.encode_to_vec()).map_err(io(&staged))?;
+    let mut temps = vec![staged.clone()];
+    if let Some(data) = src_data {
+        let (from, to) = (src.with_file_name(data), dir.join(data));
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).map_err(io(&from))?;
+        }
+        temps.push(to);
+    }
+    let written = runtime.write_optimized(&staged, dst, OptLevel::Extended, dst_data);
+    for t in &temps {
+        let _ = std::fs::remove_file(t);
+    }
+    written?;
+    Ok((before, fused))
+}
+
+fn decode(path: &Path) -> Result<onnx_writer::onnx::ModelProto> {
+    use prost::Message;
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    onnx_writer::onnx::ModelProto::decode(bytes.as_slice())
+        .map_err(|e| io(path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
 /// Op types present after optimization and not before, with their counts.
 fn fused_ops(before: &[String], after: &[String]) -> Vec<(String, usize)> {
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
@@ -131,21 +193,17 @@ fn fused_ops(before: &[String], after: &[String]) -> Vec<(String, usize)> {
 }
 
 /// Op type of every node (with its domain when not the default one).
-fn op_types(path: &Path) -> Result<Vec<String>> {
-    use prost::Message;
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let model = onnx_writer::onnx::ModelProto::decode(bytes.as_slice())
-        .map_err(|e| io(path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-    Ok(model
+fn op_types(model: &onnx_writer::onnx::ModelProto) -> Vec<String> {
+    let op = |n: &onnx_writer::onnx::NodeProto| {
+        let t = n.op_type.clone().unwrap_or_default();
+        match n.domain.as_deref() {
+            None | Some("") => t,
+            Some(d) => format!("{d}.{t}"),
+        }
+    };
+    model
         .graph
-        .map(|g| {
-            g.node
-                .into_iter()
-                .map(|n| match n.domain.as_deref() {
-                    None | Some("") => n.op_type.unwrap_or_default(),
-                    Some(d) => format!("{d}.{}", n.op_type.unwrap_or_default()),
-                })
-                .collect()
-        })
-        .unwrap_or_default())
+        .as_ref()
+        .map(|g| g.node.iter().map(op).collect())
+        .unwrap_or_default()
 }
