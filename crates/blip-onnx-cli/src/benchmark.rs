@@ -25,6 +25,11 @@ pub struct BenchArgs {
     /// Timed repetitions per case (batch-8 rows use half).
     #[arg(long, default_value_t = 10)]
     pub reps: usize,
+    /// Measure every engine this many times in turn (PyTorch, package 1, package 2, ..., then again)
+    /// and pool the samples: a slow spell of a shared machine then falls on every engine alike
+    /// instead of on whichever was running, which keeps the ratios honest.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
     /// Intra-op threads for every engine (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -58,6 +63,42 @@ pub struct Row {
     pub p90_ms: f64,
     /// Items (images, texts, tokens, captions) per second at the median.
     pub per_s: f64,
+    /// Every timed repetition, in ms (pooled over rounds).
+    #[serde(default)]
+    pub samples_ms: Vec<f64>,
+}
+
+impl Row {
+    /// This row with `other`'s samples added (the same case measured in another round).
+    fn pooled(self, other: &Row) -> Row {
+        let items = (self.per_s * self.median_ms / 1e3).round().max(1.0) as usize;
+        let mut samples = self.samples_ms;
+        samples.extend_from_slice(&other.samples_ms);
+        stats(
+            samples.iter().map(|ms| ms / 1e3).collect(),
+            items,
+            self.case,
+        )
+    }
+}
+
+impl Engine {
+    /// Pools the samples of the same engine measured in another round (peak RSS: the larger).
+    fn pooled(mut self, other: Engine) -> Engine {
+        self.rows = self
+            .rows
+            .into_iter()
+            .map(|r| match other.rows.iter().find(|o| o.case == r.case) {
+                Some(o) => r.pooled(o),
+                None => r,
+            })
+            .collect();
+        self.peak_rss_mb = match (self.peak_rss_mb, other.peak_rss_mb) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,15 +111,18 @@ pub struct Engine {
     pub rows: Vec<Row>,
 }
 
-pub(crate) fn stats(mut times: Vec<f64>, items: usize, case: String) -> Row {
-    times.sort_by(f64::total_cmp);
-    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize] * 1e3;
+pub(crate) fn stats(times: Vec<f64>, items: usize, case: String) -> Row {
+    let samples_ms: Vec<f64> = times.iter().map(|t| t * 1e3).collect();
+    let mut sorted = samples_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
     let median = at(0.5);
     Row {
         case,
         median_ms: median,
         p90_ms: at(0.9),
         per_s: items as f64 / (median / 1e3),
+        samples_ms,
     }
 }
 
@@ -306,15 +350,32 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         println!("{}", serde_json::to_string(&engine)?);
         return Ok(0);
     }
-    let mut engines = Vec::new();
+    let mut engines: Vec<Engine> = Vec::new();
     let mut notes = Vec::new();
-    if let (Some(py), Some(ck)) = (&args.python, &args.checkpoint) {
-        eprintln!("measuring PyTorch eager and the guide's ORT-Python recipe ...");
-        engines.extend(python_rows(&args, py, ck)?);
-    }
-    for pkg in &args.packages {
-        eprintln!("measuring {} ...", pkg.display());
-        engines.push(child(&args, pkg, "cpu").with_context(|| pkg.display().to_string())?);
+    for round in 1..=args.rounds {
+        let mut measured = Vec::new();
+        let of = if args.rounds > 1 {
+            format!(" (round {round} of {})", args.rounds)
+        } else {
+            String::new()
+        };
+        if let (Some(py), Some(ck)) = (&args.python, &args.checkpoint) {
+            eprintln!("measuring PyTorch eager and the guide's ORT-Python recipe{of} ...");
+            measured.extend(python_rows(&args, py, ck)?);
+        }
+        for pkg in &args.packages {
+            eprintln!("measuring {}{of} ...", pkg.display());
+            measured.push(child(&args, pkg, "cpu").with_context(|| pkg.display().to_string())?);
+        }
+        engines = if engines.is_empty() {
+            measured
+        } else {
+            engines
+                .into_iter()
+                .zip(measured)
+                .map(|(e, m)| e.pooled(m))
+                .collect()
+        };
     }
     if args.cuda {
         match child(&args, &args.packages[0], "cuda") {
@@ -334,12 +395,13 @@ pub fn run(args: BenchArgs) -> Result<u8> {
     let report = serde_json::json!({
         "command": command,
         "threads": threads,
+        "rounds": args.rounds,
         "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "image": args.image.file_name().map(|n| n.to_string_lossy().into_owned()),
         "engines": engines,
         "notes": notes,
     });
-    let table = markdown(&engines, &command, threads, &notes);
+    let table = markdown(&engines, &command, threads, args.rounds, &notes);
     println!("{table}");
     if let Some(prefix) = &args.out {
         if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -392,7 +454,13 @@ fn cases(engines: &[Engine]) -> Vec<String> {
     out
 }
 
-fn markdown(engines: &[Engine], command: &str, threads: usize, notes: &[String]) -> String {
+fn markdown(
+    engines: &[Engine],
+    command: &str,
+    threads: usize,
+    rounds: u32,
+    notes: &[String],
+) -> String {
     let cases = cases(engines);
     let baseline = engines.iter().find(|e| e.name == "PyTorch eager");
     let mut s = String::from("| engine | precision | size MB | peak RSS MB |");
@@ -424,8 +492,16 @@ fn markdown(engines: &[Engine], command: &str, threads: usize, notes: &[String])
             }
         }
     }
+    let run = if rounds > 1 {
+        format!(
+            "one run of {rounds} rounds, every engine measured in turn in each round and its samples \
+             pooled"
+        )
+    } else {
+        "one run".into()
+    };
     s += &format!(
-        "\n\n{threads} intra-op threads for every engine, one run (`{command}`); (×) = speed-up over \
+        "\n\n{threads} intra-op threads for every engine, {run} (`{command}`); (×) = speed-up over \
          PyTorch eager measured in the same run. Vision rows at each package's own image size; \
          captions from the image file end to end with 20 new tokens forced; peak RSS per process \
          (the Python row's process holds PyTorch and ORT)."
@@ -521,4 +597,34 @@ fn chart(engines: &[Engine]) -> Result<Vec<u8>> {
     let mut png = std::io::Cursor::new(Vec::new());
     img.write_to(&mut png, image::ImageFormat::Png)?;
     Ok(png.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_pool_samples_and_recompute_the_statistics() {
+        let engine = |ms: &[f64], rss: f64| Engine {
+            name: "e".into(),
+            precision: "fp32".into(),
+            size_mb: None,
+            peak_rss_mb: Some(rss),
+            rows: vec![stats(
+                ms.iter().map(|m| m / 1e3).collect(),
+                8,
+                "vision".into(),
+            )],
+        };
+        let a = engine(&[10.0, 12.0, 11.0], 100.0);
+        assert_eq!(a.rows[0].median_ms, 11.0);
+        let pooled = a.pooled(engine(&[30.0, 31.0, 29.0], 120.0));
+        let r = &pooled.rows[0];
+        assert_eq!(r.samples_ms.len(), 6);
+        // Sorted 10 11 12 29 30 31: index round(5·0.5) = 3 → 29; p90 index round(4.5) = 5 → 31.
+        assert_eq!(r.median_ms, 29.0);
+        assert_eq!(r.p90_ms, 31.0);
+        assert!((r.per_s - 8.0 / 0.029).abs() < 1e-9);
+        assert_eq!(pooled.peak_rss_mb, Some(120.0));
+    }
 }
