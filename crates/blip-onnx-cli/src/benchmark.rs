@@ -17,11 +17,11 @@ use serde::{Deserialize, Serialize};
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Packages to measure (each becomes a column group: FP32, INT8, INT4, FP16, optimized, ...).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "render")]
     pub packages: Vec<PathBuf>,
     /// Image for the end-to-end rows (decoded and preprocessed every time).
-    #[arg(long)]
-    pub image: PathBuf,
+    #[arg(long, required_unless_present = "render")]
+    pub image: Option<PathBuf>,
     /// Timed repetitions per case (batch-8 rows use half).
     #[arg(long, default_value_t = 10)]
     pub reps: usize,
@@ -49,11 +49,23 @@ pub struct BenchArgs {
     /// Also measure the first package on CUDA (needs a `cuda` build and a GPU).
     #[arg(long)]
     pub cuda: bool,
+    /// Measure nothing: rewrite the Markdown, chart and README block from this earlier JSON report
+    /// (e.g. after a change to the chart), with `-o` / `--readme`.
+    #[arg(long, conflicts_with_all = ["python", "cuda", "one"])]
+    pub render: Option<PathBuf>,
     /// Measure one package in this process and print its JSON (what each child runs).
     #[arg(long, hide = true)]
     pub one: bool,
     #[arg(long, hide = true, default_value = "cpu")]
     pub device: String,
+}
+
+impl BenchArgs {
+    fn image(&self) -> Result<&Path> {
+        self.image
+            .as_deref()
+            .context("--image is required to measure")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,7 +190,7 @@ fn measure_one(pkg: &Path, args: &BenchArgs) -> Result<Engine> {
     let reps = args.reps;
     let half = reps.div_ceil(2);
     let size = m.package.manifest.preprocess.image_size;
-    let input = ImageInput::Path(args.image.clone());
+    let input = ImageInput::Path(args.image()?.to_path_buf());
     let px = m.pixel_values(&input)?;
     let mut rows = Vec::new();
     for batch in [1usize, 8] {
@@ -292,7 +304,7 @@ fn child(args: &BenchArgs, pkg: &Path, device: &str) -> Result<Engine> {
         .arg("bench")
         .arg(pkg)
         .args(["--one", "--device", device, "--image"])
-        .arg(&args.image)
+        .arg(args.image()?)
         .args([
             "--reps",
             &args.reps.to_string(),
@@ -316,7 +328,7 @@ fn python_rows(args: &BenchArgs, py: &Path, checkpoint: &Path) -> Result<Vec<Eng
         .args(["bench-python", "--checkpoint"])
         .arg(checkpoint)
         .arg("--image")
-        .arg(&args.image)
+        .arg(args.image()?)
         .args([
             "--reps",
             &args.reps.to_string(),
@@ -349,6 +361,22 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         let engine = measure_one(&args.packages[0], &args)?;
         println!("{}", serde_json::to_string(&engine)?);
         return Ok(0);
+    }
+    if let Some(json) = &args.render {
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(json).with_context(|| json.display().to_string())?,
+        )
+        .with_context(|| format!("{}: not a bench report", json.display()))?;
+        let field = |k: &str| report.get(k).cloned().unwrap_or_default();
+        let engines: Vec<Engine> = serde_json::from_value(field("engines"))
+            .with_context(|| format!("{}: engines", json.display()))?;
+        let notes: Vec<String> = serde_json::from_value(field("notes")).unwrap_or_default();
+        let command = field("command").as_str().unwrap_or_default().to_string();
+        let threads = field("threads").as_u64().unwrap_or(0) as usize;
+        let rounds = field("rounds").as_u64().unwrap_or(1) as u32;
+        let table = markdown(&engines, &command, threads, rounds, &notes);
+        println!("{table}");
+        return write_outputs(&args, &report, &engines, &table);
     }
     let mut engines: Vec<Engine> = Vec::new();
     let mut notes = Vec::new();
@@ -397,12 +425,22 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         "threads": threads,
         "rounds": args.rounds,
         "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "image": args.image.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "image": args.image()?.file_name().map(|n| n.to_string_lossy().into_owned()),
         "engines": engines,
         "notes": notes,
     });
     let table = markdown(&engines, &command, threads, args.rounds, &notes);
     println!("{table}");
+    write_outputs(&args, &report, &engines, &table)
+}
+
+/// Writes PREFIX.json / .md / .png and the README block, when asked.
+fn write_outputs(
+    args: &BenchArgs,
+    report: &serde_json::Value,
+    engines: &[Engine],
+    table: &str,
+) -> Result<u8> {
     if let Some(prefix) = &args.out {
         if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
@@ -410,14 +448,14 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         let with = |ext: &str| PathBuf::from(format!("{}.{ext}", prefix.display()));
         write_atomic(
             &with("json"),
-            (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
+            (serde_json::to_string_pretty(report)? + "\n").as_bytes(),
         )?;
         write_atomic(&with("md"), format!("# Benchmark\n\n{table}\n").as_bytes())?;
-        write_atomic(&with("png"), &chart(&engines)?)?;
+        write_atomic(&with("png"), &chart(engines)?)?;
         eprintln!("wrote {}.{{json,md,png}}", prefix.display());
         if let Some(readme) = &args.readme {
             let stem = prefix.file_name().unwrap_or_default().to_string_lossy();
-            replace_block(readme, &format!("bench:{stem}"), &table)?;
+            replace_block(readme, &format!("bench:{stem}"), table)?;
         }
     }
     Ok(0)
@@ -533,6 +571,11 @@ fn chart(engines: &[Engine]) -> Result<Vec<u8>> {
             .flat_map(|e| e.rows.iter().map(|r| r.median_ms))
             .fold(max, f64::min);
         let n = cases.len().max(1);
+        // Headroom above the tallest bar for the legend (~18 px per engine of the ~560 px plot),
+        // so the legend never covers a bar.
+        let legend = ((engines.len() as f64 * 18.0 + 30.0) / 560.0).min(0.6);
+        let bottom = min / 2.0;
+        let top = bottom * ((max * 1.5) / bottom).powf(1.0 / (1.0 - legend));
         let mut chart = ChartBuilder::on(&root)
             .caption(
                 "median latency per case (ms, log scale; lower is better)",
@@ -541,7 +584,7 @@ fn chart(engines: &[Engine]) -> Result<Vec<u8>> {
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(70)
-            .build_cartesian_2d(0f64..n as f64, ((min / 2.0)..(max * 2.0)).log_scale())
+            .build_cartesian_2d(0f64..n as f64, (bottom..top).log_scale())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let labels = cases.clone();
         chart
@@ -570,7 +613,7 @@ fn chart(engines: &[Engine]) -> Result<Vec<u8>> {
                     let i = cases.iter().position(|c| c == &r.case)? as f64;
                     let x0 = i + 0.1 + 0.8 * j as f64 / k;
                     Some(Rectangle::new(
-                        [(x0, min / 2.0), (x0 + 0.8 / k, r.median_ms)],
+                        [(x0, bottom), (x0 + 0.8 / k, r.median_ms)],
                         color.filled(),
                     ))
                 })

@@ -422,6 +422,8 @@ fn bench_writes_json_markdown_and_a_png_chart() {
         image.to_str().unwrap(),
         "--reps",
         "2",
+        "--rounds",
+        "2",
         "--threads",
         "1",
         "--cuda",
@@ -429,6 +431,7 @@ fn bench_writes_json_markdown_and_a_png_chart() {
         prefix.to_str().unwrap(),
     ]);
     assert!(ok, "{stderr}");
+    assert!(stderr.contains("(round 2 of 2)"), "{stderr}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(prefix.with_extension("json")).unwrap())
             .unwrap();
@@ -456,6 +459,14 @@ fn bench_writes_json_markdown_and_a_png_chart() {
         ]
     );
     assert!(cases(&engines[1]).contains(&"retrieve 1 vs 1000, rerank 16".to_string()));
+    // Two rounds of 2 reps (batch 8: half), pooled.
+    let samples = |row: usize| {
+        engines[0]["rows"][row]["samples_ms"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!((samples(0), samples(1)), (4, 2));
     for e in engines {
         assert!(e["peak_rss_mb"].as_f64().unwrap() > 10.0);
         assert!(e["size_mb"].as_f64().unwrap() > 1.0);
@@ -468,6 +479,22 @@ fn bench_writes_json_markdown_and_a_png_chart() {
     let md = std::fs::read_to_string(prefix.with_extension("md")).unwrap();
     assert!(md.contains("| blip-onnx caption | fp32 |"), "{md}");
     assert!(stdout.contains("vision 32² b1: median / p90 ms"));
+    assert!(md.contains("one run of 2 rounds"), "{md}");
     let png = image::open(prefix.with_extension("png")).unwrap();
     assert_eq!((png.width(), png.height()), (1400, 700));
+    // --render rewrites the same table and chart from the JSON, measuring nothing.
+    let again = dir.path().join("out/again");
+    let (ok, _, stderr) = blip(&[
+        "bench",
+        "--render",
+        prefix.with_extension("json").to_str().unwrap(),
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(again.with_extension("md")).unwrap(),
+        md
+    );
+    assert!(again.with_extension("png").exists());
 }
