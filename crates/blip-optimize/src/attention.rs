@@ -139,21 +139,18 @@ impl<'g> Graph<'g> {
     fn match_at(&self, softmax: usize) -> Option<Match> {
         let sm = self.node(softmax);
         let mut remove = vec![softmax];
-        let mut at = self.sole_producer(sm.input.first()?, "Add", softmax);
-        let mut mask = None;
-        let scaled_value = match at {
+        // Optional additive mask between the scaled scores and the Softmax.
+        let (scaled, owner, mask) = match self.sole_producer(sm.input.first()?, "Add", softmax) {
             Some(add) => {
                 remove.push(add);
-                mask = Some(self.node(add).input.get(1)?.clone());
-                self.node(add).input.first()?.clone()
+                let an = self.node(add);
+                (an.input.first()?, add, Some(an.input.get(1)?.clone()))
             }
-            None => sm.input.first()?.clone(),
+            None => (sm.input.first()?, softmax, None),
         };
-        let owner = *remove.last()?;
-        at = self
-            .sole_producer(&scaled_value, "Mul", owner)
-            .or_else(|| self.sole_producer(&scaled_value, "Div", owner));
-        let scale_node = at?;
+        let scale_node = self
+            .sole_producer(scaled, "Mul", owner)
+            .or_else(|| self.sole_producer(scaled, "Div", owner))?;
         remove.push(scale_node);
         let sn = self.node(scale_node);
         let c = self.f32_scalar(sn.input.get(1)?)?;
@@ -230,15 +227,16 @@ fn i64_init(name: &str, values: &[i64]) -> TensorProto {
     }
 }
 
-/// `mask` expanded over the query axis of `q` (`[B,S,·]`): the nodes go to `nodes`, their
-/// constants to `inits`; returns the expanded value.
+/// `mask` expanded over the query axis of `q` (`[B,S,·]`) for the block `block`: the nodes go to
+/// `nodes`, their constants to `inits`; returns the expanded value.
 fn expand_mask(
+    block: &str,
     mask: &str,
     q: &str,
     nodes: &mut Vec<NodeProto>,
     inits: &mut Vec<TensorProto>,
 ) -> String {
-    let p = format!("{mask}/mha_expand");
+    let p = format!("{block}/mask_expand");
     let (s, ones2, one, shape) = (
         format!("{p}/S"),
         format!("{p}/ones2"),
@@ -278,31 +276,29 @@ pub fn fuse_attention(model: &mut ModelProto) -> usize {
         return 0;
     }
     // MultiHeadAttention takes its additive mask as [B or 1, 1, S, T]; the converter's encoder masks
-    // are [B,1,1,T], broadcast over the queries, so each distinct mask is expanded once to
-    // [B,1,S,T] (Expand to [1,1,S,1] leaves an already full mask as it is).
-    let mut expanded: HashMap<String, String> = HashMap::new();
+    // are [B,1,1,T], broadcast over the queries, so each block expands its mask to [B,1,S,T] with
+    // its own query length (Expand to [1,1,S,1] leaves an already full mask as it is).
     let mut insert: HashMap<usize, Vec<NodeProto>> = HashMap::new();
     let mut removed = vec![false; g.node.len()];
     let mut inits = Vec::new();
     for (n, m) in matches.iter().enumerate() {
         let mut new = Vec::new();
-        let mask = m.mask.as_ref().map(|mask| {
-            expanded
-                .entry(mask.clone())
-                .or_insert_with(|| expand_mask(mask, &m.q, &mut new, &mut inits))
-                .clone()
-        });
         let name = g.node[m.remove[0]]
             .name
             .clone()
             .unwrap_or_else(|| format!("attention_{n}"));
+        let name = name.trim_end_matches("/Softmax");
+        let mask = m
+            .mask
+            .as_ref()
+            .map(|mask| expand_mask(name, mask, &m.q, &mut new, &mut inits));
         let mut inputs = vec![m.q.as_str(), m.k.as_str(), m.v.as_str()];
         if let Some(mask) = &mask {
             inputs.extend(["", "", mask.as_str()]);
         }
         let mut mha = node(
             "MultiHeadAttention",
-            &format!("{}/MultiHeadAttention", name.trim_end_matches("/Softmax")),
+            &format!("{name}/MultiHeadAttention"),
             &inputs,
             &[&m.out],
         );

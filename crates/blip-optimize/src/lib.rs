@@ -1,8 +1,9 @@
 //! Runtime-optimized packages: attention blocks become `com.microsoft.MultiHeadAttention`
 //! ([`attention`], a pass over the converter's own pattern, which ORT's fusions do not recognise),
 //! then ONNX Runtime rewrites each graph with its CPU fusions (MatMul with its scale, bias-GELU,
-//! skip-layer-norm, MatMulIntegerToFloat) and saves it, so a deployment loads the fused graph directly. The converter's default package
-//! stays standard-ops only and portable; this one is for ONNX Runtime.
+//! skip-layer-norm, MatMulIntegerToFloat) and saves it, so a deployment loads the fused graph
+//! directly. The converter's default package stays standard-ops only and portable; this one is
+//! for ONNX Runtime.
 //!
 //! The level is ORT's "extended": graph fusions only, no layout transforms (NCHWc), so the
 //! result does not depend on the CPU it was written on.
@@ -42,9 +43,8 @@ pub struct GraphReport {
     pub role: String,
     pub nodes_before: usize,
     pub nodes_after: usize,
-    /// Attention blocks fused into `com.microsoft.MultiHeadAttention`.
-    pub fused_attention: usize,
-    /// Fused op types ORT introduced, with counts (e.g. `SkipLayerNormalization ×12`).
+    /// Fused op types introduced, with counts (e.g. `com.microsoft.MultiHeadAttention ×12`,
+    /// `com.microsoft.SkipLayerNormalization ×12`).
     pub fused_ops: Vec<(String, usize)>,
 }
 
@@ -93,7 +93,7 @@ fn write_optimized(runtime: &Runtime, pkg: &Package, dir: &Path) -> Result<Vec<G
         let file = format!("{stem}_opt.onnx");
         let data_file = entry.data_file.as_ref().map(|_| format!("{file}.data"));
         let dst = dir.join(&file);
-        let (before, fused_attention) = write_fused(
+        let before = write_fused(
             runtime,
             &src,
             entry.data_file.as_deref(),
@@ -115,7 +115,6 @@ fn write_optimized(runtime: &Runtime, pkg: &Package, dir: &Path) -> Result<Vec<G
             role: role.clone(),
             nodes_before: before.len(),
             nodes_after: after.len(),
-            fused_attention,
             fused_ops: fused_ops(&before, &after),
         });
         manifest.graphs.insert(
@@ -135,7 +134,7 @@ fn write_optimized(runtime: &Runtime, pkg: &Package, dir: &Path) -> Result<Vec<G
 }
 
 /// Fuses the attention of the graph at `src` and has ORT write its optimized form to `dst`;
-/// returns the source's op types and the number of attention blocks fused.
+/// returns the source's op types.
 /// The rewritten graph is staged next to `dst` (ORT only reads external data from the model's own
 /// folder, so the source's data file is linked there too) and removed afterwards.
 fn write_fused(
@@ -145,14 +144,13 @@ fn write_fused(
     dst: &Path,
     dir: &Path,
     dst_data: Option<&str>,
-) -> Result<(Vec<String>, usize)> {
+) -> Result<Vec<String>> {
     use prost::Message;
     let mut model = decode(src)?;
     let before = op_types(&model);
-    let fused = attention::fuse_attention(&mut model);
-    if fused == 0 {
+    if attention::fuse_attention(&mut model) == 0 {
         runtime.write_optimized(src, dst, OptLevel::Extended, dst_data)?;
-        return Ok((before, 0));
+        return Ok(before);
     }
     let name = src
         .file_name()
@@ -173,7 +171,7 @@ fn write_fused(
         let _ = std::fs::remove_file(t);
     }
     written?;
-    Ok((before, fused))
+    Ok(before)
 }
 
 fn decode(path: &Path) -> Result<onnx_writer::onnx::ModelProto> {
