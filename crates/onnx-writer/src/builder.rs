@@ -161,26 +161,24 @@ impl<'a> GraphBuilder<'a> {
                 .outputs
                 .iter()
                 .any(|o| o.name.as_deref() == Some(&value));
-            let producer = self.nodes.iter().position(|n| n.output.contains(&value));
-            match producer {
-                Some(at) if !already_output => {
-                    for n in &mut self.nodes {
-                        for v in n.input.iter_mut().chain(n.output.iter_mut()) {
-                            if *v == value {
-                                *v = name.to_string();
-                            }
+            let computed = self.nodes.iter().any(|n| n.output.contains(&value));
+            if computed && !already_output {
+                for n in &mut self.nodes {
+                    for v in n.input.iter_mut().chain(n.output.iter_mut()) {
+                        if *v == value {
+                            *v = name.to_string();
                         }
                     }
-                    debug_assert!(self.nodes[at].output.iter().any(|o| o == name));
-                    self.aliases.insert(value, name.to_string());
                 }
-                _ => self.nodes.push(NodeProto {
+                self.aliases.insert(value, name.to_string());
+            } else {
+                self.nodes.push(NodeProto {
                     op_type: Some("Identity".into()),
                     name: Some(format!("{name}/Identity")),
                     input: vec![value],
                     output: vec![name.to_string()],
                     ..Default::default()
-                }),
+                });
             }
         }
         self.outputs.push(value_info(name, dtype, dims));
