@@ -231,14 +231,22 @@ impl<'a> Net<'a> {
 
     /// `[B, S, H*hd]` → `[B, H, S, hd]`.
     pub fn split_heads(&mut self, name: &str, x: &str, heads: usize, head_dim: usize) -> String {
+        self.heads_permuted(name, x, heads, head_dim, &[0, 2, 1, 3])
+    }
+
+    /// `[B, S, H*hd]` reshaped to `[B, S, H, hd]`, then transposed by `perm`.
+    fn heads_permuted(
+        &mut self,
+        name: &str,
+        x: &str,
+        heads: usize,
+        head_dim: usize,
+        perm: &[i64],
+    ) -> String {
         let shape = self.ci64(&[0, 0, heads as i64, head_dim as i64]);
         let r = self.op("Reshape", name, &[x, &shape]);
-        self.g.op(
-            "Transpose",
-            name,
-            &[&r],
-            vec![attr_ints("perm", &[0, 2, 1, 3])],
-        )
+        self.g
+            .op("Transpose", name, &[&r], vec![attr_ints("perm", perm)])
     }
 
     /// `[B, H, S, hd]` → `[B, S, H*hd]`.
@@ -284,14 +292,8 @@ impl<'a> Net<'a> {
         heads: usize,
         head_dim: usize,
     ) -> String {
-        let shape = self.ci64(&[0, 0, heads as i64, head_dim as i64]);
-        let r = self.op("Reshape", name, &[q, &shape]);
-        let q_t = self.g.op(
-            "Transpose",
-            name,
-            &[&r],
-            vec![attr_ints("perm", &[0, 2, 3, 1])],
-        );
+        // qᵀ per head: [B, H, hd, S].
+        let q_t = self.heads_permuted(name, q, heads, head_dim, &[0, 2, 3, 1]);
         let scores_t = self.op("MatMul", name, &[k, &q_t]);
         let scores = self.transpose_last2(name, &scores_t);
         self.attend(name, &scores, v, mask, scale)
