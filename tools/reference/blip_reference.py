@@ -910,7 +910,7 @@ def cmd_bench_python(args) -> None:
         times.sort()
         med = statistics.median(times) * 1e3
         p90 = times[round((len(times) - 1) * 0.9)] * 1e3
-        return {"case": case, "median_ms": med, "p90_ms": p90, "per_s": items / (med / 1e3),
+        return {"case": case, "median_ms": med, "p90_ms": p90, "per_s": items / (med / 1e3), "items": items,
                 "samples_ms": [t * 1e3 for t in times]}
 
     torch_rows = [row(f"vision {size}² b1", lambda: model.vision_model(pixel_values=pv1), args.reps),

@@ -75,22 +75,40 @@ pub struct Row {
     pub p90_ms: f64,
     /// Items (images, texts, tokens, captions) per second at the median.
     pub per_s: f64,
+    /// Items one repetition processes (e.g. 8 images for a batch-8 row).
+    #[serde(default = "one")]
+    pub items: usize,
     /// Every timed repetition, in ms (pooled over rounds).
     #[serde(default)]
     pub samples_ms: Vec<f64>,
 }
 
+fn one() -> usize {
+    1
+}
+
 impl Row {
+    /// Median, p90 and throughput of `samples_ms`.
+    fn from_samples(samples_ms: Vec<f64>, items: usize, case: String) -> Row {
+        let mut sorted = samples_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+        let median = at(0.5);
+        Row {
+            case,
+            median_ms: median,
+            p90_ms: at(0.9),
+            per_s: items as f64 / (median / 1e3),
+            items,
+            samples_ms,
+        }
+    }
+
     /// This row with `other`'s samples added (the same case measured in another round).
     fn pooled(self, other: &Row) -> Row {
-        let items = (self.per_s * self.median_ms / 1e3).round().max(1.0) as usize;
         let mut samples = self.samples_ms;
         samples.extend_from_slice(&other.samples_ms);
-        stats(
-            samples.iter().map(|ms| ms / 1e3).collect(),
-            items,
-            self.case,
-        )
+        Row::from_samples(samples, self.items, self.case)
     }
 }
 
@@ -123,19 +141,9 @@ pub struct Engine {
     pub rows: Vec<Row>,
 }
 
+/// The row of `times` (seconds) for `items` per repetition.
 pub(crate) fn stats(times: Vec<f64>, items: usize, case: String) -> Row {
-    let samples_ms: Vec<f64> = times.iter().map(|t| t * 1e3).collect();
-    let mut sorted = samples_ms.clone();
-    sorted.sort_by(f64::total_cmp);
-    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-    let median = at(0.5);
-    Row {
-        case,
-        median_ms: median,
-        p90_ms: at(0.9),
-        per_s: items as f64 / (median / 1e3),
-        samples_ms,
-    }
+    Row::from_samples(times.iter().map(|t| t * 1e3).collect(), items, case)
 }
 
 pub(crate) fn timed<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<Vec<f64>> {
