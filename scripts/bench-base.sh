@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-3}"
-py="${BLIP_REFERENCE_PYTHON:-/root/venvs/ref/bin/python}"
+# The reference environment's Python (tools/reference/setup.sh creates it, or reuses it, and prints it).
+py="${BLIP_REFERENCE_PYTHON:-$(tools/reference/setup.sh | tail -n1)}"
 b=.cache/bench
 eval "$(scripts/fetch-onnxruntime.sh)"
 cargo build --release --quiet -p blip-onnx-cli
