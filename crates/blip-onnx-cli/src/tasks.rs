@@ -29,7 +29,7 @@ pub struct Common {
     /// Output format on stdout.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
-    /// Intra-op threads for ONNX Runtime (0: one per core).
+    /// Intra-op threads for ONNX Runtime (0: one per core), in one pool that all the package's graphs share.
     #[arg(long, default_value_t = 0, env = "BLIP_ONNX_THREADS")]
     pub threads: usize,
     /// Images per vision-encoder batch.

@@ -105,7 +105,7 @@ impl BlipModel {
     /// Loads a package and opens every graph it lists.
     pub fn open(dir: &Path, opts: &SessionOptions) -> Result<BlipModel> {
         let package = Package::open(dir)?;
-        let runtime = Runtime::init()?;
+        let runtime = Runtime::init_with_threads(opts.intra_threads)?;
         let tokenizer =
             BlipTokenizer::from_file(&package.tokenizer_path(), package.manifest.tokens.clone())?;
         let images = ImagePreprocessor::new(&package.manifest.preprocess);
