@@ -865,6 +865,11 @@ def cmd_bench_runtime(args) -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "runtime-base.json").write_text(json.dumps(result, indent=1) + "\n")
+    # The INT4 settings as the package's manifest records them.
+    int4_note = "not measured"
+    if args.mixed_caption_package:
+        manifest = json.loads((Path(args.mixed_caption_package) / "blip.json").read_text())
+        int4_note = manifest["graphs"]["decoder"].get("quantization", "settings not recorded")
     lines = ["| case (base, median ms) | PyTorch eager | guide recipe, ORT-Python | blip-onnx FP32 | speed-up | "
              "blip-onnx INT8 encoders | speed-up | + INT4 decoder | speed-up |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -877,7 +882,7 @@ def cmd_bench_runtime(args) -> None:
     lines += ["", f"{args.threads} threads each, {os.cpu_count()} CPUs, one run (`{result['command']}`); "
               "captions from the image file end to end, 20 new tokens forced (EOS blocked). INT8 encoders: "
               "`blip-onnx quantize` default policy (vision, cross K/V, text, ITM INT8; decoder FP32); + INT4 decoder: "
-              "then `blip-onnx quantize --precision int4` (MatMulNBits, block 32, accuracy level 4)."]
+              f"then `blip-onnx quantize --precision int4` ({int4_note})."]
     text = "\n".join(lines)
     (out_dir / "runtime-base.md").write_text("# Runtime benchmark (base, FP32)\n\n" + text + "\n")
     print(text)

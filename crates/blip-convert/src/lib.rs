@@ -331,6 +331,7 @@ fn write_package(
                 sha256: blip_package::sha256_files(std::slice::from_ref(&path))?,
                 bytes: stats.onnx_bytes + stats.data_bytes,
                 precision: "fp32".into(),
+                quantization: None,
                 optimization: None,
                 inputs: built.inputs.iter().map(spec).collect(),
                 outputs: built.outputs.iter().map(spec).collect(),

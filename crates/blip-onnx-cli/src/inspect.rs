@@ -52,10 +52,11 @@ pub fn inspect(dir: &Path, run: bool, threads: usize) -> Result<()> {
     let rt = if run { Some(Runtime::init()?) } else { None };
     for (role, g) in &m.graphs {
         print!(
-            "graph     {role:<22} {:>12} bytes  {} in / {} out",
+            "graph     {role:<22} {:>12} bytes  {} in / {} out  {}",
             g.bytes,
             g.inputs.len(),
-            g.outputs.len()
+            g.outputs.len(),
+            g.precision
         );
         if let Some(rt) = &rt {
             let opts = SessionOptions {
@@ -120,6 +121,14 @@ pub fn inspect(dir: &Path, run: bool, threads: usize) -> Result<()> {
             );
         }
         println!();
+        for (what, how) in [
+            ("quantized", &g.quantization),
+            ("optimized", &g.optimization),
+        ] {
+            if let Some(how) = how {
+                println!("          {what}: {how}");
+            }
+        }
     }
     Ok(())
 }

@@ -153,6 +153,10 @@ pub struct GraphEntry {
     pub sha256: String,
     pub bytes: u64,
     pub precision: String,
+    /// How the graph's weights were quantized (method, weight type, block size, accuracy level, …)
+    /// as `blip-onnx quantize` did it; absent for FP32 graphs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<String>,
     /// How the graph was rewritten for a runtime after conversion (e.g. `ort-extended`: ONNX
     /// Runtime's fused graph, `com.microsoft` ops); absent for the portable standard-ops graph.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -779,6 +779,11 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
                 sha256: sha256(&bytes),
                 bytes: bytes.len() as u64,
                 precision: precision.into(),
+                quantization: Some(match opts.precision {
+                    Precision::Fp16 => note.clone(),
+                    _ if other > 0 => format!("{note}; word embeddings too"),
+                    _ => note.clone(),
+                }),
                 ..entry.clone()
             },
         );

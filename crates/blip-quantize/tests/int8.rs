@@ -90,6 +90,12 @@ fn default_policy_keeps_the_decoder_fp32_and_captions_still_run() {
     assert_eq!(manifest["precision"], "mixed");
     assert_eq!(manifest["graphs"]["decoder"]["precision"], "fp32");
     assert_eq!(manifest["graphs"]["cross_kv"]["precision"], "int8");
+    // How each graph was quantized is recorded; graphs left FP32 say nothing.
+    assert_eq!(
+        manifest["graphs"]["cross_kv"]["quantization"],
+        "dynamic INT8, per-channel QInt8 weights"
+    );
+    assert!(manifest["graphs"]["decoder"].get("quantization").is_none());
     let g = Goldens::load("tiny-caption");
     let pixels = g.f("pixel_values").as_slice().unwrap().to_vec();
     let mut m = BlipModel::open(&out, &SessionOptions::default()).unwrap();
@@ -148,7 +154,16 @@ fn int4_weight_only_decoder_runs_and_stays_close() {
         serde_json::from_str(&std::fs::read_to_string(mixed.join("blip.json")).unwrap()).unwrap();
     assert_eq!(manifest["graphs"]["decoder"]["file"], "decoder_q4.onnx");
     assert_eq!(manifest["graphs"]["decoder"]["precision"], "int4");
+    assert_eq!(
+        manifest["graphs"]["decoder"]["quantization"],
+        "weight-only INT4 (MatMulNBits, block 32, symmetric, accuracy level 0); word embeddings too"
+    );
     assert_eq!(manifest["graphs"]["vision_encoder"]["precision"], "int8");
+    // Carried over from the first pass.
+    assert_eq!(
+        manifest["graphs"]["vision_encoder"]["quantization"],
+        "dynamic INT8, per-channel QInt8 weights"
+    );
     assert_eq!(manifest["precision"], "mixed");
     let report = blip_validate::check(&mixed, true);
     assert!(
