@@ -487,6 +487,13 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
 /// Cases in first-seen order across engines.
 fn cases(engines: &[Engine]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -546,11 +553,29 @@ fn markdown(
     } else {
         "one run".into()
     };
+    // What each measured case does, for the cases this table has.
+    let mut how = vec!["vision rows at each package's own image size".to_string()];
+    for (case, text) in [
+        (
+            CAPTION_CASE,
+            "captions from the image file end to end with 20 new tokens forced",
+        ),
+        (
+            RETRIEVAL_CASE,
+            "retrieval embeds the text, ranks 1000 image embeddings by ITC and reranks the top 16 \
+             with ITM",
+        ),
+        (ANSWER_CASE, "answers from the image file end to end"),
+    ] {
+        if cases.iter().any(|c| c == case) {
+            how.push(text.into());
+        }
+    }
     s += &format!(
         "\n\n{threads} intra-op threads for every engine, {run} (`{command}`); (×) = speed-up over \
-         PyTorch eager measured in the same run. Vision rows at each package's own image size; \
-         captions from the image file end to end with 20 new tokens forced; peak RSS per process \
-         (the Python row's process holds PyTorch and ORT)."
+         PyTorch eager measured in the same run. {}; peak RSS per process (the Python row's process \
+         holds PyTorch and ORT).",
+        capitalized(&how.join("; "))
     );
     for n in notes {
         s += &format!("\n\n{n}");
@@ -677,5 +702,36 @@ mod tests {
         assert_eq!(r.p90_ms, 31.0);
         assert!((r.per_s - 8.0 / 0.029).abs() < 1e-9);
         assert_eq!(pooled.peak_rss_mb, Some(120.0));
+    }
+
+    #[test]
+    fn the_footer_describes_only_the_cases_in_the_table() {
+        let engine = |cases: &[&str]| Engine {
+            name: "e".into(),
+            precision: "fp32".into(),
+            size_mb: None,
+            peak_rss_mb: None,
+            rows: cases
+                .iter()
+                .map(|c| stats(vec![0.01], 1, c.to_string()))
+                .collect(),
+        };
+        let caption = markdown(
+            &[engine(&["vision 384² b1", CAPTION_CASE])],
+            "cmd",
+            2,
+            1,
+            &[],
+        );
+        assert!(caption.contains(
+            "Vision rows at each package's own image size; captions from the image file"
+        ));
+        assert!(!caption.contains("retrieval"), "{caption}");
+        let retrieval = markdown(&[engine(&[TEXT_CASE, RETRIEVAL_CASE])], "cmd", 2, 1, &[]);
+        assert!(
+            retrieval.contains("reranks the top 16 with ITM"),
+            "{retrieval}"
+        );
+        assert!(!retrieval.contains("captions"), "{retrieval}");
     }
 }
