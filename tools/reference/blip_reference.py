@@ -760,6 +760,17 @@ def cmd_parity(args) -> None:
 
 
 @torch.no_grad()
+def samples_ms(fn, reps: int) -> list[float]:
+    """One warm-up call, then `reps` timed calls of `fn`, in milliseconds (the benchmarks' only timer)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return times
+
+
 def cmd_bench_runtime(args) -> None:
     """Runtime benchmark on base-size packages, side by side in one run: PyTorch eager (transformers),
     the common guide's recipe in ONNX-Runtime-in-Python (vision encoder only: the guide has no decoder),
@@ -773,13 +784,7 @@ def cmd_bench_runtime(args) -> None:
     image = Path(args.image)
 
     def timed(fn, reps):
-        fn()
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times) * 1e3
+        return statistics.median(samples_ms(fn, reps))
 
     cap = BlipForConditionalGeneration.from_pretrained(args.caption).eval()
     size = cap.config.vision_config.image_size
@@ -906,17 +911,11 @@ def cmd_bench_python(args) -> None:
     half = max(1, (args.reps + 1) // 2)
 
     def row(case, fn, reps, items=1):
-        fn()
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        times.sort()
-        med = statistics.median(times) * 1e3
-        p90 = times[round((len(times) - 1) * 0.9)] * 1e3
+        times = sorted(samples_ms(fn, reps))
+        med = statistics.median(times)
+        p90 = times[round((len(times) - 1) * 0.9)]
         return {"case": case, "median_ms": med, "p90_ms": p90, "per_s": items / (med / 1e3), "items": items,
-                "samples_ms": [t * 1e3 for t in times]}
+                "samples_ms": times}
 
     torch_rows = [row(f"vision {size}² b1", lambda: model.vision_model(pixel_values=pv1), args.reps),
                   row(f"vision {size}² b8", lambda: model.vision_model(pixel_values=pv8), half, 8)]
