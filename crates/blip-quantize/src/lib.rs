@@ -779,10 +779,11 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
                 sha256: sha256(&bytes),
                 bytes: bytes.len() as u64,
                 precision: precision.into(),
-                quantization: Some(match opts.precision {
-                    Precision::Fp16 => note.clone(),
-                    _ if other > 0 => format!("{note}; word embeddings too"),
-                    _ => note.clone(),
+                // `other` counts quantized embedding tables (INT8/INT4) or converted tensors (FP16).
+                quantization: Some(if other > 0 && opts.precision != Precision::Fp16 {
+                    format!("{note}; word embeddings too")
+                } else {
+                    note
                 }),
                 ..entry.clone()
             },
