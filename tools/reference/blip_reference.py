@@ -759,7 +759,6 @@ def cmd_parity(args) -> None:
         raise SystemExit(f"parity above {args.tolerance}")
 
 
-@torch.no_grad()
 def samples_ms(fn, reps: int) -> list[float]:
     """One warm-up call, then `reps` timed calls of `fn`, in milliseconds (the benchmarks' only timer)."""
     fn()
@@ -771,6 +770,7 @@ def samples_ms(fn, reps: int) -> list[float]:
     return times
 
 
+@torch.no_grad()
 def cmd_bench_runtime(args) -> None:
     """Runtime benchmark on base-size packages, side by side in one run: PyTorch eager (transformers),
     the common guide's recipe in ONNX-Runtime-in-Python (vision encoder only: the guide has no decoder),
