@@ -341,7 +341,7 @@ fn python_rows(args: &BenchArgs, py: &Path, checkpoint: &Path) -> Result<Vec<Eng
             "--reps",
             &args.reps.to_string(),
             "--threads",
-            &threads_for_python(args).to_string(),
+            &blip_runtime::resolve_threads(args.threads).to_string(),
         ])
         .output()
         .with_context(|| format!("running {}", py.display()))?;
@@ -354,14 +354,6 @@ fn python_rows(args: &BenchArgs, py: &Path, checkpoint: &Path) -> Result<Vec<Eng
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(line).with_context(|| format!("reference tool output: {line}"))
-}
-
-fn threads_for_python(args: &BenchArgs) -> usize {
-    if args.threads > 0 {
-        args.threads
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    }
 }
 
 pub fn run(args: BenchArgs) -> Result<u8> {
@@ -427,7 +419,7 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         }
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let threads = threads_for_python(&args);
+    let threads = blip_runtime::resolve_threads(args.threads);
     let report = serde_json::json!({
         "command": command,
         "threads": threads,

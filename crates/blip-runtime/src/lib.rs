@@ -184,8 +184,8 @@ pub struct Runtime {
 
 static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
 
-/// `0` → one thread per core.
-fn resolve_threads(threads: usize) -> usize {
+/// A thread count as the runtime applies it: `0` → one thread per core.
+pub fn resolve_threads(threads: usize) -> usize {
     if threads > 0 {
         threads
     } else {
