@@ -353,7 +353,20 @@ fn python_rows(args: &BenchArgs, py: &Path, checkpoint: &Path) -> Result<Vec<Eng
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).with_context(|| format!("reference tool output: {line}"))
+    let engines: Vec<Engine> =
+        serde_json::from_str(line).with_context(|| format!("reference tool output: {line}"))?;
+    // Statistics from the samples here, so every row's median and p90 follow one definition.
+    Ok(engines
+        .into_iter()
+        .map(|e| Engine {
+            rows: e
+                .rows
+                .into_iter()
+                .map(|r| Row::from_samples(r.samples_ms, r.items, r.case))
+                .collect(),
+            ..e
+        })
+        .collect())
 }
 
 pub fn run(args: BenchArgs) -> Result<u8> {
@@ -363,20 +376,12 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         return Ok(0);
     }
     if let Some(json) = &args.render {
-        let report: serde_json::Value = serde_json::from_str(
+        let report: Report = serde_json::from_str(
             &std::fs::read_to_string(json).with_context(|| json.display().to_string())?,
         )
         .with_context(|| format!("{}: not a bench report", json.display()))?;
-        let field = |k: &str| report.get(k).cloned().unwrap_or_default();
-        let engines: Vec<Engine> = serde_json::from_value(field("engines"))
-            .with_context(|| format!("{}: engines", json.display()))?;
-        let notes: Vec<String> = serde_json::from_value(field("notes")).unwrap_or_default();
-        let command = field("command").as_str().unwrap_or_default().to_string();
-        let threads = field("threads").as_u64().unwrap_or(0) as usize;
-        let rounds = field("rounds").as_u64().unwrap_or(1) as u32;
-        let table = markdown(&engines, &command, threads, rounds, &notes);
-        println!("{table}");
-        return write_outputs(&args, &report, &engines, &table);
+        // The measured JSON is the source: rendering leaves it as it is.
+        return write_outputs(&args, &report, false);
     }
     let mut engines: Vec<Engine> = Vec::new();
     let mut notes = Vec::new();
@@ -420,42 +425,71 @@ pub fn run(args: BenchArgs) -> Result<u8> {
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let threads = blip_runtime::resolve_threads(args.threads);
-    let report = serde_json::json!({
-        "command": command,
-        "threads": threads,
-        "rounds": args.rounds,
-        "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "image": args.image()?.file_name().map(|n| n.to_string_lossy().into_owned()),
-        "engines": engines,
-        "notes": notes,
-    });
-    let table = markdown(&engines, &command, threads, args.rounds, &notes);
-    println!("{table}");
-    write_outputs(&args, &report, &engines, &table)
+    let report = Report {
+        command,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        engines,
+        image: args
+            .image()?
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned()),
+        notes,
+        rounds: args.rounds,
+        threads,
+    };
+    write_outputs(&args, &report, true)
 }
 
-/// Writes PREFIX.json / .md / .png and the README block, when asked.
-fn write_outputs(
-    args: &BenchArgs,
-    report: &serde_json::Value,
-    engines: &[Engine],
-    table: &str,
-) -> Result<u8> {
+/// What `bench` writes to PREFIX.json and `--render` reads back.
+#[derive(Debug, Serialize, Deserialize)]
+struct Report {
+    // Alphabetical, the order of the reports written before this struct.
+    command: String,
+    cpus: usize,
+    engines: Vec<Engine>,
+    image: Option<String>,
+    #[serde(default)]
+    notes: Vec<String>,
+    rounds: u32,
+    threads: usize,
+}
+
+/// Prints the table; writes PREFIX.md / .png (and PREFIX.json when `with_json`) and the README
+/// block, when asked.
+fn write_outputs(args: &BenchArgs, report: &Report, with_json: bool) -> Result<u8> {
+    let table = markdown(
+        &report.engines,
+        &report.command,
+        report.threads,
+        report.rounds,
+        &report.notes,
+    );
+    println!("{table}");
     if let Some(prefix) = &args.out {
         if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
         let with = |ext: &str| PathBuf::from(format!("{}.{ext}", prefix.display()));
-        write_atomic(
-            &with("json"),
-            (serde_json::to_string_pretty(report)? + "\n").as_bytes(),
-        )?;
+        if with_json {
+            write_atomic(
+                &with("json"),
+                (serde_json::to_string_pretty(report)? + "\n").as_bytes(),
+            )?;
+        }
         write_atomic(&with("md"), format!("# Benchmark\n\n{table}\n").as_bytes())?;
-        write_atomic(&with("png"), &chart(engines)?)?;
-        eprintln!("wrote {}.{{json,md,png}}", prefix.display());
+        write_atomic(&with("png"), &chart(&report.engines)?)?;
+        eprintln!(
+            "wrote {}.{}",
+            prefix.display(),
+            if with_json {
+                "{json,md,png}"
+            } else {
+                "{md,png}"
+            }
+        );
         if let Some(readme) = &args.readme {
             let stem = prefix.file_name().unwrap_or_default().to_string_lossy();
-            replace_block(readme, &format!("bench:{stem}"), table)?;
+            replace_block(readme, &format!("bench:{stem}"), &table)?;
         }
     }
     Ok(0)

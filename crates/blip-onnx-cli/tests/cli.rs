@@ -497,4 +497,8 @@ fn bench_writes_json_markdown_and_a_png_chart() {
         md
     );
     assert!(again.with_extension("png").exists());
+    assert!(
+        !again.with_extension("json").exists(),
+        "--render reads the measured JSON and writes none"
+    );
 }
