@@ -8,8 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-3}"
 shift || true
-heads=("${@:-caption retrieval}")
-read -r -a heads <<<"${heads[*]}"
+[ $# -gt 0 ] || set -- caption retrieval
 # The reference environment's Python (tools/reference/setup.sh creates it, or reuses it, and prints it).
 py="${BLIP_REFERENCE_PYTHON:-$(tools/reference/setup.sh | tail -n1)}"
 b=.cache/bench
@@ -58,7 +57,7 @@ retrieval() {
     --python "$py" --checkpoint "$b/base-retrieval" -o docs/bench/bench-base-retrieval --readme README.md
 }
 
-for head in "${heads[@]}"; do
+for head in "$@"; do
   case "$head" in
     caption | retrieval) "$head" ;;
     *) echo "unknown head $head (caption, retrieval)" >&2; exit 2 ;;
