@@ -153,8 +153,8 @@ pub struct GraphEntry {
     pub sha256: String,
     pub bytes: u64,
     pub precision: String,
-    /// How the graph's weights were quantized (method, weight type, block size, accuracy level, …)
-    /// as `blip-onnx quantize` did it; absent for FP32 graphs.
+    /// How `blip-onnx quantize` rewrote the graph (INT8/INT4: method, weight type, block size,
+    /// accuracy level, embeddings; FP16: the ops kept FP32); absent for FP32 graphs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<String>,
     /// How the graph was rewritten for a runtime after conversion (e.g. `ort-extended`: ONNX

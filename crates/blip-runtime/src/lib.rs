@@ -263,6 +263,12 @@ impl Runtime {
             .map_err(|e| err(e.to_string()))?;
         let threads = resolve_threads(opts.intra_threads);
         if threads != self.pool_threads {
+            tracing::debug!(
+                threads,
+                shared = self.pool_threads,
+                path = %path.display(),
+                "session gets its own thread pool"
+            );
             builder = builder
                 .with_independent_thread_pool()
                 .map_err(|e| err(e.to_string()))?
