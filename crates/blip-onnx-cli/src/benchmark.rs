@@ -3,7 +3,9 @@
 //! Each package is measured in its own child process (`bench --one`), so its peak RSS is its own;
 //! optional rows come from PyTorch eager and the guide's ORT-Python recipe (the repo's reference tool,
 //! when a Python with torch is given) and from CUDA (when asked; a GPU that cannot be used is reported,
-//! never silently replaced by the CPU). Writes JSON, a Markdown table and a PNG chart.
+//! never silently replaced by the CPU). When two or more packages have a decoder, their decoder steps
+//! are also measured interleaved in this process ([`InterleavedStep`]). Writes JSON, a Markdown table
+//! and a PNG chart.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -227,9 +229,7 @@ fn measure_one(pkg: &Path, args: &BenchArgs) -> Result<Engine> {
             rows.push(stats(times, 1, RETRIEVAL_CASE.into()));
         }
         "vqa" => {
-            let batch =
-                m.tokenizer
-                    .encode_batch(&[TEXT_32], blip_preprocess::FirstToken::Enc, None)?;
+            let batch = question_batch(&m)?;
             let times = timed(reps, || Ok(m.question_states(&batch, hidden.view())?))?;
             rows.push(stats(times, 1, TEXT_CASE.into()));
             let states = m.question_states(&batch, hidden.view())?;
@@ -261,36 +261,50 @@ fn measure_one(pkg: &Path, args: &BenchArgs) -> Result<Engine> {
             rows.push(stats(times, 1, CAPTION_CASE.into()));
         }
     }
-    let manifest = &m.package.manifest;
-    let precision = manifest.precision.clone();
-    let optimized = manifest.graphs.values().any(|g| g.optimization.is_some());
-    let name = pkg
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     Ok(Engine {
-        name: format!(
-            "blip-onnx {name}{}{}",
-            if optimized { " (ort-optimized)" } else { "" },
-            if args.device != "cpu" {
-                format!(" [{}]", args.device)
-            } else {
-                String::new()
-            }
-        ),
-        precision,
+        name: engine_name(pkg, &m, &args.device),
+        precision: m.package.manifest.precision.clone(),
         size_mb: dir_size_mb(pkg),
         peak_rss_mb: peak_rss_mb(),
         rows,
     })
 }
 
-/// One KV-cached decoder step after a 20-token prefix, batch 1.
-fn decoder_step(
-    m: &mut BlipModel,
+/// The table's name of a package (`blip-onnx NAME`, marked when ORT-optimized or not on the CPU).
+fn engine_name(pkg: &Path, m: &BlipModel, device: &str) -> String {
+    let optimized = m
+        .package
+        .manifest
+        .graphs
+        .values()
+        .any(|g| g.optimization.is_some());
+    let name = pkg
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(
+        "blip-onnx {name}{}{}",
+        if optimized { " (ort-optimized)" } else { "" },
+        if device != "cpu" {
+            format!(" [{device}]")
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// The benchmark's ~32-token question, tokenized for the question encoder.
+fn question_batch(m: &BlipModel) -> Result<blip_preprocess::TextBatch> {
+    Ok(m.tokenizer
+        .encode_batch(&[TEXT_32], blip_preprocess::FirstToken::Enc, None)?)
+}
+
+/// A KV-cached decoder that has read a 20-token prefix, batch 1, and the token each timed step
+/// feeds.
+fn primed_decoder<'m>(
+    m: &'m mut BlipModel,
     states: ndarray::ArrayView3<'_, f32>,
-    reps: usize,
-) -> Result<Row> {
+) -> Result<(blip_runtime::decoder::CachedDecoder<'m>, i64)> {
     // A 20-token prefix in the package's own vocabulary: [DEC] + the text's tokens, repeated.
     let text = m
         .tokenizer
@@ -302,8 +316,110 @@ fn decoder_step(
     let next = words[0];
     let mut dec = m.cached_decoder(states)?;
     dec.step(&prefix, prefix.len(), None)?;
+    Ok((dec, next))
+}
+
+/// One KV-cached decoder step after a 20-token prefix, batch 1.
+fn decoder_step(
+    m: &mut BlipModel,
+    states: ndarray::ArrayView3<'_, f32>,
+    reps: usize,
+) -> Result<Row> {
+    let (mut dec, next) = primed_decoder(m, states)?;
     let times = timed(reps * 2, || Ok(dec.step(&[next], 1, None)?))?;
     Ok(stats(times, 1, STEP_CASE.into()))
+}
+
+/// The decoder step of every package with a decoder, measured in one process, one step of each
+/// package in turn: sample `i` of every package comes from the same turn, a few milliseconds
+/// apart, so the step ratios between packages are paired instead of taken between medians
+/// measured minutes apart (this machine's speed drifts by up to 1.5× from minute to minute).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InterleavedStep {
+    pub engine: String,
+    pub precision: String,
+    /// One per turn, in ms (pooled over rounds, turn order kept).
+    pub samples_ms: Vec<f64>,
+}
+
+/// Measures [`InterleavedStep`]s for the packages among `pkgs` that have a decoder (none when
+/// fewer than two have): each primed as in [`decoder_step`], one untimed step each, then
+/// `2 × reps` timed turns. Retrieval packages have no decoder and are left out.
+fn interleaved_steps(pkgs: &[PathBuf], args: &BenchArgs) -> Result<Vec<InterleavedStep>> {
+    let opts = SessionOptions {
+        intra_threads: args.threads,
+        ..Default::default()
+    };
+    let input = ImageInput::Path(args.image()?.to_path_buf());
+    let mut models = Vec::new();
+    for pkg in pkgs {
+        let mut m = BlipModel::open(pkg, &opts).with_context(|| pkg.display().to_string())?;
+        let px = m.pixel_values(&input)?;
+        let states = match m.head() {
+            "caption" => m.vision(&px, 1)?.hidden,
+            "vqa" => {
+                let hidden = m.vision(&px, 1)?.hidden;
+                let batch = question_batch(&m)?;
+                m.question_states(&batch, hidden.view())?
+            }
+            _ => continue,
+        };
+        models.push((engine_name(pkg, &m, "cpu"), m, states));
+    }
+    if models.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let mut decoders = Vec::new();
+    let mut out = Vec::new();
+    for (engine, m, states) in &mut models {
+        out.push(InterleavedStep {
+            engine: engine.clone(),
+            precision: m.package.manifest.precision.clone(),
+            samples_ms: Vec::with_capacity(args.reps * 2),
+        });
+        let (mut dec, next) = primed_decoder(m, states.view())?;
+        dec.step(&[next], 1, None)?; // warm-up
+        decoders.push((dec, next));
+    }
+    for _ in 0..(args.reps * 2).max(1) {
+        for ((dec, next), row) in decoders.iter_mut().zip(&mut out) {
+            let t = Instant::now();
+            dec.step(&[*next], 1, None)?;
+            row.samples_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(out)
+}
+
+/// Median over turns of `first[i] / this[i]`: how many times faster than the first package this
+/// one's step is, pair by pair.
+fn paired_speedup(first: &[f64], this: &[f64]) -> Option<f64> {
+    let ratios: Vec<f64> = first.iter().zip(this).map(|(a, b)| a / b).collect();
+    (!ratios.is_empty()).then(|| Row::from_samples(ratios, 1, String::new()).median_ms)
+}
+
+/// The interleaved step table (empty when nothing was interleaved).
+fn interleaved_markdown(steps: &[InterleavedStep]) -> String {
+    let Some(first) = steps.first() else {
+        return String::new();
+    };
+    let mut s = format!(
+        "Decoder step (20 cached), the packages interleaved in one process: one step of each \
+         package in turn, {} turns, so each ratio compares steps measured milliseconds apart.\n\n\
+         | engine | precision | median / p90 ms | × {} (median of paired ratios) |\n|---|---|---|---|",
+        first.samples_ms.len(),
+        first.engine
+    );
+    for st in steps {
+        let row = Row::from_samples(st.samples_ms.clone(), 1, String::new());
+        let speedup = paired_speedup(&first.samples_ms, &st.samples_ms)
+            .map_or("—".into(), |x| format!("**{x:.2}×**"));
+        s += &format!(
+            "\n| {} | {} | {:.1} / {:.1} | {speedup} |",
+            st.engine, st.precision, row.median_ms, row.p90_ms
+        );
+    }
+    s
 }
 
 fn child(args: &BenchArgs, pkg: &Path, device: &str) -> Result<Engine> {
@@ -384,6 +500,7 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         return write_outputs(&args, &report, false);
     }
     let mut engines: Vec<Engine> = Vec::new();
+    let mut interleaved: Vec<InterleavedStep> = Vec::new();
     let mut notes = Vec::new();
     for round in 1..=args.rounds {
         let mut measured = Vec::new();
@@ -409,6 +526,17 @@ pub fn run(args: BenchArgs) -> Result<u8> {
                 .map(|(e, m)| e.pooled(m))
                 .collect()
         };
+        let steps = interleaved_steps(&args.packages, &args)?;
+        if !steps.is_empty() {
+            eprintln!("measured the decoder steps interleaved{of}");
+        }
+        if interleaved.is_empty() {
+            interleaved = steps;
+        } else {
+            for (pooled, more) in interleaved.iter_mut().zip(steps) {
+                pooled.samples_ms.extend(more.samples_ms);
+            }
+        }
     }
     if args.cuda {
         match child(&args, &args.packages[0], "cuda") {
@@ -433,6 +561,7 @@ pub fn run(args: BenchArgs) -> Result<u8> {
             .image()?
             .file_name()
             .map(|n| n.to_string_lossy().into_owned()),
+        interleaved_steps: interleaved,
         notes,
         rounds: args.rounds,
         threads,
@@ -449,6 +578,8 @@ struct Report {
     engines: Vec<Engine>,
     image: Option<String>,
     #[serde(default)]
+    interleaved_steps: Vec<InterleavedStep>,
+    #[serde(default)]
     notes: Vec<String>,
     rounds: u32,
     threads: usize,
@@ -457,13 +588,7 @@ struct Report {
 /// Prints the table; writes PREFIX.md / .png (and PREFIX.json when `with_json`) and the README
 /// block, when asked.
 fn write_outputs(args: &BenchArgs, report: &Report, with_json: bool) -> Result<u8> {
-    let table = markdown(
-        &report.engines,
-        &report.command,
-        report.threads,
-        report.rounds,
-        &report.notes,
-    );
+    let table = markdown(report);
     println!("{table}");
     if let Some(prefix) = &args.out {
         if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -533,13 +658,16 @@ fn cases(engines: &[Engine]) -> Vec<String> {
     out
 }
 
-fn markdown(
-    engines: &[Engine],
-    command: &str,
-    threads: usize,
-    rounds: u32,
-    notes: &[String],
-) -> String {
+fn markdown(report: &Report) -> String {
+    let Report {
+        engines,
+        command,
+        threads,
+        rounds,
+        notes,
+        interleaved_steps,
+        ..
+    } = report;
     let cases = cases(engines);
     let baseline = engines.iter().find(|e| e.name == "PyTorch eager");
     let mut s = String::from("| engine | precision | size MB | peak RSS MB |");
@@ -571,7 +699,7 @@ fn markdown(
             }
         }
     }
-    let run = if rounds > 1 {
+    let run = if *rounds > 1 {
         format!(
             "one run of {rounds} rounds, every engine measured in turn in each round and its samples \
              pooled"
@@ -603,6 +731,9 @@ fn markdown(
          holds PyTorch and ORT).",
         capitalized(&how.join("; "))
     );
+    if !interleaved_steps.is_empty() {
+        s += &format!("\n\n{}", interleaved_markdown(interleaved_steps));
+    }
     for n in notes {
         s += &format!("\n\n{n}");
     }
@@ -730,9 +861,8 @@ mod tests {
         assert_eq!(pooled.peak_rss_mb, Some(120.0));
     }
 
-    #[test]
-    fn the_footer_describes_only_the_cases_in_the_table() {
-        let engine = |cases: &[&str]| Engine {
+    fn engine(cases: &[&str]) -> Engine {
+        Engine {
             name: "e".into(),
             precision: "fp32".into(),
             size_mb: None,
@@ -741,19 +871,63 @@ mod tests {
                 .iter()
                 .map(|c| stats(vec![0.01], 1, c.to_string()))
                 .collect(),
+        }
+    }
+
+    fn report(engines: Vec<Engine>) -> Report {
+        Report {
+            command: "cmd".into(),
+            cpus: 2,
+            engines,
+            image: None,
+            interleaved_steps: Vec::new(),
+            notes: Vec::new(),
+            rounds: 1,
+            threads: 2,
+        }
+    }
+
+    #[test]
+    fn interleaved_steps_are_compared_pair_by_pair() {
+        // The machine slows down 3× half-way: the medians are 10 ms and 5 ms whichever half they
+        // come from, but every pair says 2×.
+        let step = |name: &str, ms: &[f64]| InterleavedStep {
+            engine: name.into(),
+            precision: "fp32".into(),
+            samples_ms: ms.to_vec(),
         };
-        let caption = markdown(
-            &[engine(&["vision 384² b1", CAPTION_CASE])],
-            "cmd",
-            2,
-            1,
-            &[],
+        let fp32 = step("fp32", &[10.0, 10.0, 10.0, 30.0, 30.0]);
+        let int4 = step("int4", &[5.0, 5.0, 5.0, 15.0, 15.0]);
+        assert_eq!(
+            paired_speedup(&fp32.samples_ms, &int4.samples_ms),
+            Some(2.0)
         );
+        assert_eq!(paired_speedup(&[], &[]), None);
+        let mut r = report(vec![engine(&[STEP_CASE])]);
+        r.interleaved_steps = vec![fp32, int4];
+        let md = markdown(&r);
+        assert!(md.contains("5 turns"), "{md}");
+        assert!(md.contains("| × fp32 (median of paired ratios) |"), "{md}");
+        assert!(
+            md.contains("| fp32 | fp32 | 10.0 / 30.0 | **1.00×** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| int4 | fp32 | 5.0 / 15.0 | **2.00×** |"),
+            "{md}"
+        );
+        // Without interleaved steps, no such table.
+        assert!(!markdown(&report(vec![engine(&[STEP_CASE])])).contains("interleaved"));
+    }
+
+    #[test]
+    fn the_footer_describes_only_the_cases_in_the_table() {
+        let caption = markdown(&report(vec![engine(&["vision 384² b1", CAPTION_CASE])]));
         assert!(caption.contains(
             "Vision rows at each package's own image size; captions from the image file"
         ));
         assert!(!caption.contains("retrieval"), "{caption}");
-        let retrieval = markdown(&[engine(&[TEXT_CASE, RETRIEVAL_CASE])], "cmd", 2, 1, &[]);
+        let retrieval = markdown(&report(vec![engine(&[TEXT_CASE, RETRIEVAL_CASE])]));
         assert!(
             retrieval.contains("reranks the top 16 with ITM"),
             "{retrieval}"

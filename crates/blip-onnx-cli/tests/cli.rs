@@ -412,12 +412,23 @@ fn bench_writes_json_markdown_and_a_png_chart() {
     let dir = tempfile::tempdir().unwrap();
     let caption = convert_to(dir.path(), "caption");
     let retrieval = convert_to(dir.path(), "retrieval");
+    let quantized = dir.path().join("caption-q");
+    let (ok, _, stderr) = blip(&[
+        "quantize",
+        caption.to_str().unwrap(),
+        "--precision",
+        "int8",
+        "-o",
+        quantized.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
     let prefix = dir.path().join("out/bench");
     let image = fixture("images/synthetic_a.png");
     let (ok, stdout, stderr) = blip(&[
         "bench",
         caption.to_str().unwrap(),
         retrieval.to_str().unwrap(),
+        quantized.to_str().unwrap(),
         "--image",
         image.to_str().unwrap(),
         "--reps",
@@ -436,7 +447,7 @@ fn bench_writes_json_markdown_and_a_png_chart() {
         serde_json::from_str(&std::fs::read_to_string(prefix.with_extension("json")).unwrap())
             .unwrap();
     let engines = report["engines"].as_array().unwrap();
-    assert_eq!(engines.len(), 2, "one engine per package (no GPU here)");
+    assert_eq!(engines.len(), 3, "one engine per package (no GPU here)");
     let cases = |e: &serde_json::Value| -> Vec<String> {
         e["rows"]
             .as_array()
@@ -471,6 +482,18 @@ fn bench_writes_json_markdown_and_a_png_chart() {
         assert!(e["peak_rss_mb"].as_f64().unwrap() > 10.0);
         assert!(e["size_mb"].as_f64().unwrap() > 1.0);
     }
+    // The two packages with a decoder also had their steps interleaved: 2 rounds of 2 × 2 turns.
+    let steps = report["interleaved_steps"].as_array().unwrap();
+    let names: Vec<&str> = steps
+        .iter()
+        .map(|s| s["engine"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["blip-onnx caption", "blip-onnx caption-q"]);
+    for s in steps {
+        let samples = s["samples_ms"].as_array().unwrap();
+        assert_eq!(samples.len(), 8);
+        assert!(samples.iter().all(|x| x.as_f64().unwrap() > 0.0));
+    }
     // Without a CUDA build, the CUDA row is reported as not measured, not silently run on the CPU.
     assert!(
         report["notes"][0].as_str().unwrap().contains("CUDA"),
@@ -480,6 +503,11 @@ fn bench_writes_json_markdown_and_a_png_chart() {
     assert!(md.contains("| blip-onnx caption | fp32 |"), "{md}");
     assert!(stdout.contains("vision 32² b1: median / p90 ms"));
     assert!(md.contains("one run of 2 rounds"), "{md}");
+    assert!(md.contains("interleaved in one process"), "{md}");
+    assert!(
+        md.contains("| blip-onnx caption | fp32 |") && md.contains("| **1.00×** |"),
+        "{md}"
+    );
     let png = image::open(prefix.with_extension("png")).unwrap();
     assert_eq!((png.width(), png.height()), (1400, 700));
     // --render rewrites the same table and chart from the JSON, measuring nothing.
