@@ -48,8 +48,7 @@ fn optimized(name: &str) -> (blip_testkit::Converted, std::path::PathBuf) {
         "{:#?}",
         report.failures().collect::<Vec<_>>()
     );
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("blip.json")).unwrap()).unwrap();
+    let manifest = blip_testkit::manifest_json(&out);
     assert_eq!(
         manifest["graphs"]["vision_encoder"]["optimization"],
         "ort-extended"

@@ -1,9 +1,12 @@
 //! INT8 packages: pass the checklist, load in ORT, and stay close to FP32 on the fixtures.
 
+mod common;
+
 use blip_convert::ConvertOptions;
 use blip_quantize::{Policy, QuantizeOptions, quantize_package};
-use blip_runtime::{BlipModel, CaptionOptions, SessionOptions, Strategy};
-use blip_testkit::{Goldens, convert_fixture, cosine, fixture};
+use blip_runtime::{BlipModel, CaptionOptions, SessionOptions};
+use blip_testkit::{Goldens, convert_fixture, cosine, fixture, manifest_json};
+use common::{assert_checks, greedy, max_diff};
 
 #[test]
 fn int8_retrieval_package_keeps_embeddings_and_itm() {
@@ -27,14 +30,8 @@ fn int8_retrieval_package_keeps_embeddings_and_itm() {
         2 * 4 + 1,
         "qkv, projection, fc1, fc2 per layer + vision_proj"
     );
-    let report = blip_validate::check(&out, true);
-    assert!(
-        report.passed(),
-        "{:#?}",
-        report.failures().collect::<Vec<_>>()
-    );
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("blip.json")).unwrap()).unwrap();
+    assert_checks(&out);
+    let manifest = manifest_json(&out);
     assert_eq!(
         manifest["graphs"]["text_encoder"]["file"],
         "text_encoder_quantized.onnx"
@@ -67,11 +64,7 @@ fn int8_retrieval_package_keeps_embeddings_and_itm() {
     }
     let la = a.itm_pairs(va.hidden.view(), &texts).unwrap();
     let lb = b.itm_pairs(vb.hidden.view(), &texts).unwrap();
-    let worst = la
-        .iter()
-        .zip(lb.iter())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
+    let worst = max_diff(la.as_slice().unwrap(), lb.as_slice().unwrap());
     assert!(worst < 0.05, "ITM logits moved by {worst}");
 }
 
@@ -85,8 +78,7 @@ fn default_policy_keeps_the_decoder_fp32_and_captions_still_run() {
         (dec.quantized_matmuls, dec.bytes_before),
         (0, dec.bytes_after)
     );
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("blip.json")).unwrap()).unwrap();
+    let manifest = manifest_json(&out);
     assert_eq!(manifest["precision"], "mixed");
     assert_eq!(manifest["graphs"]["decoder"]["precision"], "fp32");
     assert_eq!(manifest["graphs"]["cross_kv"]["precision"], "int8");
@@ -101,10 +93,7 @@ fn default_policy_keeps_the_decoder_fp32_and_captions_still_run() {
     let mut m = BlipModel::open(&out, &SessionOptions::default()).unwrap();
     let opts = CaptionOptions {
         prompt: String::new(),
-        strategy: Strategy::Greedy,
-        max_length: 20,
-        min_length: 0,
-        ..Default::default()
+        ..greedy(20)
     };
     let caps = m.caption_pixels(&pixels, 3, &opts).unwrap();
     assert!(caps.iter().all(|c| c.ids.len() > 1 && c.ids[0] == 30522));
@@ -150,8 +139,7 @@ fn int4_weight_only_decoder_runs_and_stays_close() {
         2 * 6 + 2,
         "6 MatMuls per layer + LM transform + LM head"
     );
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(mixed.join("blip.json")).unwrap()).unwrap();
+    let manifest = manifest_json(&mixed);
     assert_eq!(manifest["graphs"]["decoder"]["file"], "decoder_q4.onnx");
     assert_eq!(manifest["graphs"]["decoder"]["precision"], "int4");
     assert_eq!(
@@ -165,12 +153,7 @@ fn int4_weight_only_decoder_runs_and_stays_close() {
         "dynamic INT8, per-channel QInt8 weights"
     );
     assert_eq!(manifest["precision"], "mixed");
-    let report = blip_validate::check(&mixed, true);
-    assert!(
-        report.passed(),
-        "{:#?}",
-        report.failures().collect::<Vec<_>>()
-    );
+    assert_checks(&mixed);
 
     // Decoder logits of the first step, FP32 vs INT4 weights, on the golden image states.
     let g = Goldens::load("tiny-caption");
@@ -179,10 +162,7 @@ fn int4_weight_only_decoder_runs_and_stays_close() {
     let mut b = BlipModel::open(&mixed, &SessionOptions::default()).unwrap();
     let opts = CaptionOptions {
         prompt: String::new(),
-        strategy: Strategy::Greedy,
-        max_length: 2,
-        min_length: 0,
-        ..Default::default()
+        ..greedy(2)
     };
     let (ca, cb) = (
         a.caption_pixels(&pixels, 3, &opts).unwrap(),
@@ -195,10 +175,7 @@ fn int4_weight_only_decoder_runs_and_stays_close() {
     );
     let full = CaptionOptions {
         prompt: String::new(),
-        strategy: Strategy::Greedy,
-        max_length: 20,
-        min_length: 0,
-        ..Default::default()
+        ..greedy(20)
     };
     assert_eq!(b.caption_pixels(&pixels, 3, &full).unwrap().len(), 3);
 }

@@ -1,35 +1,13 @@
 //! FP16, QUInt8, asymmetric INT4 and quantized embeddings: each passes the checklist, runs in ORT
 //! and stays close to the FP32 package on the fixture goldens.
 
+mod common;
+
 use blip_convert::ConvertOptions;
 use blip_quantize::{Policy, Precision, QuantizeOptions, WeightType, quantize_package};
-use blip_runtime::{BlipModel, CaptionOptions, SessionOptions, Strategy};
-use blip_testkit::{Goldens, convert_fixture, cosine, fixture};
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn assert_checks(dir: &std::path::Path) {
-    let report = blip_validate::check(dir, true);
-    assert!(
-        report.passed(),
-        "{:#?}",
-        report.failures().collect::<Vec<_>>()
-    );
-}
-
-fn greedy() -> CaptionOptions {
-    CaptionOptions {
-        strategy: Strategy::Greedy,
-        max_length: 20,
-        min_length: 0,
-        ..Default::default()
-    }
-}
+use blip_runtime::{BlipModel, SessionOptions};
+use blip_testkit::{Goldens, convert_fixture, cosine, fixture, manifest_json};
+use common::{assert_checks, greedy, max_diff};
 
 #[test]
 fn fp16_caption_package_keeps_the_fp32_interface_and_the_captions() {
@@ -48,8 +26,7 @@ fn fp16_caption_package_keeps_the_fp32_interface_and_the_captions() {
         );
     }
     assert_checks(&out);
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("blip.json")).unwrap()).unwrap();
+    let manifest = manifest_json(&out);
     assert_eq!(manifest["precision"], "fp16");
     assert_eq!(manifest["graphs"]["decoder"]["file"], "decoder_fp16.onnx");
 
@@ -62,8 +39,8 @@ fn fp16_caption_package_keeps_the_fp32_interface_and_the_captions() {
     let d = max_diff(ha, hb);
     assert!(d > 0.0 && d < 2e-2, "FP16 vision states differ by {d}");
     let (ca, cb) = (
-        a.caption_pixels(&pixels, 3, &greedy()).unwrap(),
-        b.caption_pixels(&pixels, 3, &greedy()).unwrap(),
+        a.caption_pixels(&pixels, 3, &greedy(20)).unwrap(),
+        b.caption_pixels(&pixels, 3, &greedy(20)).unwrap(),
     );
     for (x, y) in ca.iter().zip(&cb) {
         assert_eq!(x.ids, y.ids, "FP16 greedy caption differs");

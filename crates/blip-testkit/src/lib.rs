@@ -126,6 +126,14 @@ pub fn convert_pth_48() -> Converted {
     )
 }
 
+/// The manifest (`blip.json`) of the package at `dir`, as JSON.
+pub fn manifest_json(dir: &Path) -> serde_json::Value {
+    let path = dir.join("blip.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Cosine similarity of two vectors.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
