@@ -4,9 +4,14 @@
 //! matches exactly what `blip-convert` writes (scores `MatMul` → `Mul`/`Div` by a constant → optional
 //! additive mask → `Softmax` → `MatMul` with V, heads split by `Reshape` + `Transpose` and merged back
 //! the same way). It fuses attention whose keys and values are computed in the graph: the ViT's
-//! self-attention, the text encoders' self-attention and their cross-attention to image states. It
-//! leaves alone the decoder's attention over its KV cache and over precomputed cross K/V: there the
-//! kernel was measured no faster than the plain ops (a decoding step is bound by reading weights).
+//! self-attention, the text encoders' self-attention and their cross-attention to image states; and
+//! the decoder's self-attention over its KV cache (`Concat(past, new)` on the sequence axis): the
+//! cache goes in and out of the fused op, the padding mask under the converter's causal mask becomes
+//! its key padding mask and the kernel masks the future itself. On the base decoder that removes
+//! about 200 nodes per step, and ORT then also fuses every residual + LayerNorm (its fusion did not
+//! match through the unfused attention): the INT4 step got 2–5 % faster, paired in one process. The
+//! decoder's cross-attention to precomputed K/V stays as it is: the fused kernel repacks K every
+//! step, measured no faster than the plain GEMV.
 //!
 //! Works on any precision: only what follows the Q/K/V projections is rewritten.
 
@@ -28,6 +33,18 @@ struct Match {
     out: String,
     heads: i64,
     scale: f32,
+    /// Attention over the decoder's KV cache: K and V are the past concatenated with this step's.
+    cache: Option<Cache>,
+}
+
+/// The KV cache of one decoder self-attention block, and the padding mask under its causal mask.
+struct Cache {
+    past_key: String,
+    past_value: String,
+    present_key: String,
+    present_value: String,
+    /// The graph input (`[B, past + S]`, 1 = attend) that the converter's causal mask combines.
+    padding: String,
 }
 
 struct Graph<'g> {
@@ -136,6 +153,59 @@ impl<'g> Graph<'g> {
         }
     }
 
+    fn is_graph_input(&self, name: &str) -> bool {
+        self.g.input.iter().any(|i| i.name.as_deref() == Some(name))
+    }
+
+    /// K or V after `Concat(past, heads)` on the sequence axis (the decoder's cache), ending at
+    /// `value` read only by `consumer`: returns (the new K/V `[B,S,H·hd]`, H, past, present, nodes).
+    fn cached_heads(
+        &self,
+        value: &str,
+        consumer: usize,
+    ) -> Option<(String, i64, String, String, Vec<usize>)> {
+        let c = self.sole_producer(value, "Concat", consumer)?;
+        let cn = self.node(c);
+        let axis = cn
+            .attribute
+            .iter()
+            .find(|a| a.name.as_deref() == Some("axis"))?
+            .i?;
+        let [past, new] = cn.input.as_slice() else {
+            return None;
+        };
+        if axis != 2 || !self.is_graph_input(past) {
+            return None;
+        }
+        let t = self.sole_producer(new, "Transpose", c)?;
+        let (x, heads, nodes) = self.split_heads(t, &[0, 2, 1, 3])?;
+        let mut remove = vec![c];
+        remove.extend(nodes);
+        Some((x, heads, past.clone(), value.to_string(), remove))
+    }
+
+    /// The padding input of the converter's causal mask:
+    /// `Where(And(LessOrEqual(key position, query position), Unsqueeze(Cast(padding))), 0, -big)`.
+    fn causal_padding(&self, mask: &str) -> Option<String> {
+        let node_of = |v: &str, op: &str| {
+            let i = *self.producer.get(v)?;
+            (self.node(i).op_type.as_deref() == Some(op)).then(|| self.node(i))
+        };
+        let and = node_of(node_of(mask, "Where")?.input.first()?, "And")?;
+        let [a, b] = and.input.as_slice() else {
+            return None;
+        };
+        let (causal, padding) = if node_of(a, "LessOrEqual").is_some() {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        node_of(causal, "LessOrEqual")?;
+        let cast = node_of(node_of(padding, "Unsqueeze")?.input.first()?, "Cast")?;
+        let input = cast.input.first()?;
+        self.is_graph_input(input).then(|| input.clone())
+    }
+
     fn match_at(&self, softmax: usize) -> Option<Match> {
         let sm = self.node(softmax);
         let mut remove = vec![softmax];
@@ -166,15 +236,25 @@ impl<'g> Graph<'g> {
         let qt = self.sole_producer(qkn.input.first()?, "Transpose", qk)?;
         let (q, heads, nodes) = self.split_heads(qt, &[0, 2, 1, 3])?;
         remove.extend(nodes);
-        // K: split into heads, then its last two axes swapped (no cache: a cache is a Concat here).
+        // K: split into heads (and appended to the cache), then its last two axes swapped.
         let kt = self.sole_producer(qkn.input.get(1)?, "Transpose", qk)?;
         if self.perm(kt) != [0, 1, 3, 2] {
             return None;
         }
         remove.push(kt);
-        let kh = self.sole_producer(self.node(kt).input.first()?, "Transpose", kt)?;
-        let (k, k_heads, nodes) = self.split_heads(kh, &[0, 2, 1, 3])?;
-        remove.extend(nodes);
+        let k_in = self.node(kt).input.first()?;
+        let (k, k_heads, k_cache) = match self.sole_producer(k_in, "Transpose", kt) {
+            Some(kh) => {
+                let (k, heads, nodes) = self.split_heads(kh, &[0, 2, 1, 3])?;
+                remove.extend(nodes);
+                (k, heads, None)
+            }
+            None => {
+                let (k, heads, past, present, nodes) = self.cached_heads(k_in, kt)?;
+                remove.extend(nodes);
+                (k, heads, Some((past, present)))
+            }
+        };
         // probabilities @ V, heads merged back.
         let av = self.sole_consumer(sm.output.first()?, "MatMul")?;
         let avn = self.node(av);
@@ -182,9 +262,29 @@ impl<'g> Graph<'g> {
             return None;
         }
         remove.push(av);
-        let vh = self.sole_producer(avn.input.get(1)?, "Transpose", av)?;
-        let (v, v_heads, nodes) = self.split_heads(vh, &[0, 2, 1, 3])?;
-        remove.extend(nodes);
+        let v_in = avn.input.get(1)?;
+        let (v, v_heads, cache) = match (k_cache, self.sole_producer(v_in, "Transpose", av)) {
+            (None, Some(vh)) => {
+                let (v, heads, nodes) = self.split_heads(vh, &[0, 2, 1, 3])?;
+                remove.extend(nodes);
+                (v, heads, None)
+            }
+            (Some((past_key, present_key)), None) => {
+                let (v, heads, past_value, present_value, nodes) = self.cached_heads(v_in, av)?;
+                remove.extend(nodes);
+                // MultiHeadAttention masks causally itself and takes the padding as it is.
+                let padding = self.causal_padding(mask.as_deref()?)?;
+                let cache = Cache {
+                    past_key,
+                    past_value,
+                    present_key,
+                    present_value,
+                    padding,
+                };
+                (v, heads, Some(cache))
+            }
+            _ => return None,
+        };
         let ot = self.sole_consumer(avn.output.first()?, "Transpose")?;
         if self.perm(ot) != [0, 2, 1, 3] {
             return None;
@@ -203,6 +303,7 @@ impl<'g> Graph<'g> {
             out: self.node(or).output.first()?.clone(),
             heads,
             scale,
+            cache,
         })
     }
 }
@@ -260,6 +361,31 @@ fn expand_mask(
     out
 }
 
+/// Removes nodes none of whose outputs is read (e.g. the decoder's causal mask once every block
+/// that added it is fused), until none is left.
+fn remove_dead_nodes(g: &mut GraphProto) {
+    loop {
+        let outputs: std::collections::HashSet<&str> =
+            g.output.iter().filter_map(|o| o.name.as_deref()).collect();
+        let read: std::collections::HashSet<&str> = g
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .chain(outputs)
+            .collect();
+        let live: Vec<bool> = g
+            .node
+            .iter()
+            .map(|n| n.output.iter().any(|o| read.contains(o.as_str())))
+            .collect();
+        if live.iter().all(|&l| l) {
+            return;
+        }
+        let mut keep = live.into_iter();
+        g.node.retain(|_| keep.next().unwrap_or(true));
+    }
+}
+
 /// Fuses every attention block of `model` it recognises; returns how many.
 pub fn fuse_attention(model: &mut ModelProto) -> usize {
     let Some(g) = model.graph.as_mut() else {
@@ -281,6 +407,8 @@ pub fn fuse_attention(model: &mut ModelProto) -> usize {
     let mut insert: HashMap<usize, Vec<NodeProto>> = HashMap::new();
     let mut removed = vec![false; g.node.len()];
     let mut inits = Vec::new();
+    // Casts of graph inputs, placed first.
+    let mut casts = Vec::new();
     for (n, m) in matches.iter().enumerate() {
         let mut new = Vec::new();
         let name = g.node[m.remove[0]]
@@ -288,22 +416,50 @@ pub fn fuse_attention(model: &mut ModelProto) -> usize {
             .clone()
             .unwrap_or_else(|| format!("attention_{n}"));
         let name = name.trim_end_matches("/Softmax");
-        let mask = m
-            .mask
-            .as_ref()
-            .map(|mask| expand_mask(name, mask, &m.q, &mut new, &mut inits));
-        let mut inputs = vec![m.q.as_str(), m.k.as_str(), m.v.as_str()];
-        if let Some(mask) = &mask {
-            inputs.extend(["", "", mask.as_str()]);
+        let mut inputs = vec![m.q.clone(), m.k.clone(), m.v.clone()];
+        let mut outputs = vec![m.out.clone()];
+        let mut attributes = vec![attr_int("num_heads", m.heads), attr_float("scale", m.scale)];
+        match (&m.cache, &m.mask) {
+            // Decoder self-attention: the cache in and out, the padding as a key padding mask
+            // (int32, cast once per graph) and the causal mask done by the kernel.
+            (Some(c), _) => {
+                let padding = format!("{}/int32", c.padding);
+                if !casts.iter().any(|n: &NodeProto| n.output[0] == padding) {
+                    let mut cast = node(
+                        "Cast",
+                        &format!("{padding}/Cast"),
+                        &[&c.padding],
+                        &[&padding],
+                    );
+                    cast.attribute = vec![attr_int("to", onnx_writer::DataType::I32.onnx() as i64)];
+                    casts.push(cast);
+                }
+                inputs.extend([
+                    String::new(),
+                    padding,
+                    String::new(),
+                    c.past_key.clone(),
+                    c.past_value.clone(),
+                ]);
+                outputs.extend([c.present_key.clone(), c.present_value.clone()]);
+                attributes.push(attr_int("unidirectional", 1));
+            }
+            (None, Some(mask)) => {
+                let mask = expand_mask(name, mask, &m.q, &mut new, &mut inits);
+                inputs.extend([String::new(), String::new(), mask]);
+            }
+            (None, None) => {}
         }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
         let mut mha = node(
             "MultiHeadAttention",
             &format!("{name}/MultiHeadAttention"),
             &inputs,
-            &[&m.out],
+            &outputs,
         );
         mha.domain = Some(MS_DOMAIN.into());
-        mha.attribute = vec![attr_int("num_heads", m.heads), attr_float("scale", m.scale)];
+        mha.attribute = attributes;
         new.push(mha);
         // At the block's last node: every input of the fused op is computed before it.
         let last = *m.remove.iter().max().unwrap_or(&0);
@@ -313,6 +469,7 @@ pub fn fuse_attention(model: &mut ModelProto) -> usize {
         }
     }
     let old = std::mem::take(&mut g.node);
+    g.node = casts;
     for (i, n) in old.into_iter().enumerate() {
         if let Some(new) = insert.remove(&i) {
             g.node.extend(new);
@@ -322,6 +479,7 @@ pub fn fuse_attention(model: &mut ModelProto) -> usize {
         }
     }
     g.initializer.extend(inits);
+    remove_dead_nodes(g);
     if !model
         .opset_import
         .iter()

@@ -22,7 +22,8 @@ fn optimized(name: &str) -> (blip_testkit::Converted, std::path::PathBuf) {
         "{vision:?}"
     );
     // Attention fused into MultiHeadAttention wherever K/V are computed in the graph (ViT, text
-    // encoders, ITM), one per block; the decoder's cached / precomputed attention is left as it is.
+    // encoders, ITM) and in the decoder's self-attention over its KV cache, one per block; the
+    // decoder's cross-attention to precomputed K/V is left as it is.
     let cfg: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture(&format!("models/{name}/config.json"))).unwrap(),
     )
@@ -33,6 +34,7 @@ fn optimized(name: &str) -> (blip_testkit::Converted, std::path::PathBuf) {
             "vision_encoder" => layers("vision_config"),
             "text_encoder" => layers("text_config"),
             "itm" | "vqa_question_encoder" => 2 * layers("text_config"),
+            "decoder" => layers("text_config"),
             _ => 0,
         };
         let mha = r
@@ -71,6 +73,41 @@ fn optimized_caption_package_matches_the_portable_one() {
         "vision states",
         &vb.hidden.clone().into_dyn(),
         &va.hidden.clone().into_dyn(),
+    );
+    // Decoder logits, all positions from an empty cache (rows right-padded differently), then a
+    // cached prefix and one step: the fused self-attention masks padding and the future as the
+    // converter's mask does.
+    let (rows, t) = (3, 6);
+    let ids: Vec<i64> = [
+        [30522, 1037, 2158, 2003, 102, 0],
+        [30522, 2158, 102, 0, 0, 0],
+        [30522, 1037, 2450, 1999, 1037, 102],
+    ]
+    .concat();
+    let mask: Vec<i64> = ids.iter().map(|&i| i64::from(i != 0)).collect();
+    let e = va.hidden.shape()[1];
+    let enc_mask = vec![1; rows * e];
+    assert_close(
+        "decoder logits",
+        &b.decoder_logits(vb.hidden.view(), &enc_mask, &ids, &mask, t)
+            .unwrap()
+            .into_dyn(),
+        &a.decoder_logits(va.hidden.view(), &enc_mask, &ids, &mask, t)
+            .unwrap()
+            .into_dyn(),
+    );
+    let step_logits = |m: &mut BlipModel, states: ndarray::ArrayView3<'_, f32>| {
+        use blip_runtime::generate::Step;
+        let mut dec = m.cached_decoder(states).unwrap();
+        let prefix: Vec<i64> = ids.chunks(t).flat_map(|r| r[..3].to_vec()).collect();
+        let first = dec.step(&prefix, 3, None).unwrap();
+        let next = dec.step(&[1037, 2158, 2450], 1, None).unwrap();
+        ndarray::Array1::from([first, next].concat()).into_dyn()
+    };
+    assert_close(
+        "cached decoder steps",
+        &step_logits(&mut b, vb.hidden.view()),
+        &step_logits(&mut a, va.hidden.view()),
     );
     for strategy in [
         Strategy::Greedy,
