@@ -47,6 +47,17 @@ struct Cache {
     padding: String,
 }
 
+/// K or V as the fused op takes it, from [`Graph::heads_of`].
+struct Heads {
+    /// `[B,S,H·hd]`, before the heads are split.
+    x: String,
+    heads: i64,
+    /// (past, present) when appended to the decoder's cache.
+    cache: Option<(String, String)>,
+    /// The nodes the fused op replaces.
+    nodes: Vec<usize>,
+}
+
 struct Graph<'g> {
     g: &'g GraphProto,
     producer: HashMap<&'g str, usize>,
@@ -99,11 +110,15 @@ impl<'g> Graph<'g> {
         }
     }
 
-    fn perm(&self, i: usize) -> Vec<i64> {
+    fn attribute(&self, i: usize, name: &str) -> Option<&'g onnx_writer::onnx::AttributeProto> {
         self.node(i)
             .attribute
             .iter()
-            .find(|a| a.name.as_deref() == Some("perm"))
+            .find(|a| a.name.as_deref() == Some(name))
+    }
+
+    fn perm(&self, i: usize) -> Vec<i64> {
+        self.attribute(i, "perm")
             .map(|a| a.ints.clone())
             .unwrap_or_default()
     }
@@ -157,31 +172,33 @@ impl<'g> Graph<'g> {
         self.g.input.iter().any(|i| i.name.as_deref() == Some(name))
     }
 
-    /// K or V after `Concat(past, heads)` on the sequence axis (the decoder's cache), ending at
-    /// `value` read only by `consumer`: returns (the new K/V `[B,S,H·hd]`, H, past, present, nodes).
-    fn cached_heads(
-        &self,
-        value: &str,
-        consumer: usize,
-    ) -> Option<(String, i64, String, String, Vec<usize>)> {
+    /// K or V split into heads, ending at `value` read only by `consumer`: either this step's
+    /// `[B,S,H·hd]` split by `Reshape` + `Transpose`, or that appended to the decoder's cache
+    /// (`Concat(past, heads)` on the sequence axis, `past` a graph input).
+    fn heads_of(&self, value: &str, consumer: usize) -> Option<Heads> {
+        if let Some(t) = self.sole_producer(value, "Transpose", consumer) {
+            let (x, heads, nodes) = self.split_heads(t, &[0, 2, 1, 3])?;
+            return Some(Heads {
+                x,
+                heads,
+                cache: None,
+                nodes: nodes.to_vec(),
+            });
+        }
         let c = self.sole_producer(value, "Concat", consumer)?;
-        let cn = self.node(c);
-        let axis = cn
-            .attribute
-            .iter()
-            .find(|a| a.name.as_deref() == Some("axis"))?
-            .i?;
-        let [past, new] = cn.input.as_slice() else {
+        let [past, new] = self.node(c).input.as_slice() else {
             return None;
         };
-        if axis != 2 || !self.is_graph_input(past) {
+        if self.attribute(c, "axis")?.i != Some(2) || !self.is_graph_input(past) {
             return None;
         }
-        let t = self.sole_producer(new, "Transpose", c)?;
-        let (x, heads, nodes) = self.split_heads(t, &[0, 2, 1, 3])?;
-        let mut remove = vec![c];
-        remove.extend(nodes);
-        Some((x, heads, past.clone(), value.to_string(), remove))
+        let mut h = self.heads_of(new, c)?;
+        if h.cache.is_some() {
+            return None;
+        }
+        h.cache = Some((past.clone(), value.to_string()));
+        h.nodes.push(c);
+        Some(h)
     }
 
     /// The padding input of the converter's causal mask:
@@ -242,19 +259,8 @@ impl<'g> Graph<'g> {
             return None;
         }
         remove.push(kt);
-        let k_in = self.node(kt).input.first()?;
-        let (k, k_heads, k_cache) = match self.sole_producer(k_in, "Transpose", kt) {
-            Some(kh) => {
-                let (k, heads, nodes) = self.split_heads(kh, &[0, 2, 1, 3])?;
-                remove.extend(nodes);
-                (k, heads, None)
-            }
-            None => {
-                let (k, heads, past, present, nodes) = self.cached_heads(k_in, kt)?;
-                remove.extend(nodes);
-                (k, heads, Some((past, present)))
-            }
-        };
+        let k = self.heads_of(self.node(kt).input.first()?, kt)?;
+        remove.extend(&k.nodes);
         // probabilities @ V, heads merged back.
         let av = self.sole_consumer(sm.output.first()?, "MatMul")?;
         let avn = self.node(av);
@@ -262,27 +268,18 @@ impl<'g> Graph<'g> {
             return None;
         }
         remove.push(av);
-        let v_in = avn.input.get(1)?;
-        let (v, v_heads, cache) = match (k_cache, self.sole_producer(v_in, "Transpose", av)) {
-            (None, Some(vh)) => {
-                let (v, heads, nodes) = self.split_heads(vh, &[0, 2, 1, 3])?;
-                remove.extend(nodes);
-                (v, heads, None)
-            }
-            (Some((past_key, present_key)), None) => {
-                let (v, heads, past_value, present_value, nodes) = self.cached_heads(v_in, av)?;
-                remove.extend(nodes);
-                // MultiHeadAttention masks causally itself and takes the padding as it is.
-                let padding = self.causal_padding(mask.as_deref()?)?;
-                let cache = Cache {
-                    past_key,
-                    past_value,
-                    present_key,
-                    present_value,
-                    padding,
-                };
-                (v, heads, Some(cache))
-            }
+        let v = self.heads_of(avn.input.get(1)?, av)?;
+        remove.extend(&v.nodes);
+        let cache = match (k.cache, v.cache) {
+            (None, None) => None,
+            // MultiHeadAttention masks causally itself and takes the padding as it is.
+            (Some((past_key, present_key)), Some((past_value, present_value))) => Some(Cache {
+                past_key,
+                past_value,
+                present_key,
+                present_value,
+                padding: self.causal_padding(mask.as_deref()?)?,
+            }),
             _ => return None,
         };
         let ot = self.sole_consumer(avn.output.first()?, "Transpose")?;
@@ -291,14 +288,14 @@ impl<'g> Graph<'g> {
         }
         let or = self.sole_consumer(self.node(ot).output.first()?, "Reshape")?;
         remove.extend([ot, or]);
-        if k_heads != heads || v_heads != heads {
+        if k.heads != heads || v.heads != heads {
             return None;
         }
         Some(Match {
             remove,
             q,
-            k,
-            v,
+            k: k.x,
+            v: v.x,
             mask,
             out: self.node(or).output.first()?.clone(),
             heads,
