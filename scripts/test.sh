@@ -3,12 +3,15 @@
 #   scripts/test.sh
 # 1. fetches ONNX Runtime (pinned wheel, sha256-checked) into the cache,
 # 2. checks formatting and clippy,
-# 3. runs every Rust test (parity against the committed PyTorch goldens, error cases, CLI),
-# 4. converts every fixture and runs onnx.checker (full check) on each graph.
+# 3. checks the engine seam (scripts/check-seam.sh: only blip-runtime names ort; the engine-free
+#    crates build for wasm32),
+# 4. runs every Rust test (parity against the committed PyTorch goldens, error cases, CLI),
+# 5. converts every fixture and runs onnx.checker (full check) on each graph.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/fetch-onnxruntime.sh)"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+scripts/check-seam.sh
 cargo test --workspace
 scripts/onnx-checker.sh

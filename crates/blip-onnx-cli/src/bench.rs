@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use anyhow::Result;
-use blip_runtime::{BlipModel, CaptionOptions, ImageInput, SessionOptions, Strategy};
+use blip_runtime::{
+    BlipModel, CandidateStates, CaptionOptions, ImageInput, SessionOptions, Strategy,
+};
 use serde_json::json;
 
 /// Median milliseconds of `reps` timed runs after a warm-up (`bench`'s timer).
@@ -79,7 +81,7 @@ pub fn run(
                 "a woman in a uniform standing next to a flag",
                 embeds.view(),
                 16,
-                |_, _| Ok(cand.clone()),
+                CandidateStates::Stored(&mut |_| Ok(cand.clone())),
             )?)
         })?;
         rows.push(json!({"case": "retrieval: 1 text vs 1000 images, rerank 16", "median_ms": ms}));

@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use blip_runtime::generate::Step;
-use blip_runtime::{BlipModel, CaptionOptions, ImageInput, SessionOptions, Strategy, VqaOptions};
+use blip_runtime::{
+    BlipModel, CandidateStates, CaptionOptions, ImageInput, SessionOptions, Strategy, VqaOptions,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(clap::Args)]
@@ -232,7 +234,12 @@ fn measure_one(pkg: &Path, args: &BenchArgs) -> Result<Engine> {
             });
             let cand = ndarray::concatenate(ndarray::Axis(0), &vec![hidden.view(); 16])?;
             let times = timed(reps, || {
-                Ok(m.rank_images(TEXT_32, embeds.view(), 16, |_, _| Ok(cand.clone()))?)
+                Ok(m.rank_images(
+                    TEXT_32,
+                    embeds.view(),
+                    16,
+                    CandidateStates::Stored(&mut |_| Ok(cand.clone())),
+                )?)
             })?;
             rows.push(stats(times, 1, RETRIEVAL_CASE.into()));
         }
@@ -312,7 +319,7 @@ fn question_batch(m: &BlipModel) -> Result<blip_preprocess::TextBatch> {
 fn primed_decoder<'m>(
     m: &'m mut BlipModel,
     states: ndarray::ArrayView3<'_, f32>,
-) -> Result<(blip_runtime::decoder::CachedDecoder<'m>, i64)> {
+) -> Result<(blip_runtime::CachedDecoder<'m>, i64)> {
     // A 20-token prefix in the package's own vocabulary: [DEC] + the text's tokens, repeated.
     let text = m
         .tokenizer

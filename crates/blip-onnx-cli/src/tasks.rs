@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use blip_runtime::{
-    BlipModel, CaptionOptions, Device, ImageInput, SessionOptions, Strategy, VqaOptions,
+    BlipModel, CandidateStates, CaptionOptions, Device, ImageInput, SessionOptions, Strategy,
+    VqaOptions,
 };
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -441,13 +442,13 @@ pub fn search(common: &Common, index: &Path, query: &str, k: usize, rerank: usiz
     let embeds = ndarray::Array2::from_shape_vec((idx.entries.len(), dim), flat)?;
     let paths: Vec<PathBuf> = idx.entries.iter().map(|e| e.path.clone()).collect();
     // ITM needs the candidates' full image states: re-encode the top `rerank` images.
-    let hits = model.rank_images(query, embeds.view(), rerank, |m, cand| {
-        let inputs: Vec<ImageInput> = cand
-            .iter()
-            .map(|&i| ImageInput::Path(paths[i].clone()))
-            .collect();
-        Ok(m.embed_images(&inputs)?.1)
-    })?;
+    let images: Vec<ImageInput> = paths.iter().map(|p| ImageInput::Path(p.clone())).collect();
+    let hits = model.rank_images(
+        query,
+        embeds.view(),
+        rerank,
+        CandidateStates::Encode(&images),
+    )?;
     let records: Vec<_> = hits
         .iter()
         .take(k)

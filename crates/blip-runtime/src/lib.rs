@@ -1,25 +1,30 @@
-//! Running blip-onnx packages on ONNX Runtime.
+//! Running blip-onnx packages on ONNX Runtime: the native engine ([`OrtGraphs`], the only crate
+//! that names `ort`) under the engine-free task layer (`blip-tasks`), and the blocking
+//! [`BlipModel`] the CLI, validation, evaluation and the server use.
 //!
 //! ONNX Runtime is not linked: the shared library from the PyPI `onnxruntime` wheel is loaded at run
 //! time (`scripts/fetch-onnxruntime.sh` fetches it, pinned by version and sha256). [`Runtime::init`]
 //! finds it through `ORT_DYLIB_PATH` or the fetch script's cache folder and refuses a missing or too old
 //! library with one line that says how to fix it.
 
-pub mod decoder;
-pub mod generate;
+mod engine;
 mod model;
-mod tasks;
+pub mod smoke;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 pub use blip_package::{Package, PackageError};
 pub use blip_preprocess::PreprocessError;
-pub use generate::{Generated, GenerationConfig, Strategy};
-pub use model::{BlipModel, ImageInput, VisionOutput, unique_inputs};
+pub use blip_tasks::generate;
+pub use blip_tasks::{
+    Answer, CandidateStates, Caption, CaptionOptions, Generated, Generation, GenerationConfig, Hit,
+    ImageInput, RankedAnswers, Strategy, TaskError, VisionOutput, VqaOptions, unique_inputs,
+};
+pub use engine::{DecoderShape, OrtCache, OrtCross, OrtGraphs};
+pub use model::{BlipModel, CachedDecoder};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-pub use tasks::{Answer, Caption, CaptionOptions, Hit, RankedAnswers, VqaOptions};
 
 /// The ONNX Runtime release the fetch script pins.
 pub const ORT_VERSION: &str = "1.32.0";
@@ -53,6 +58,18 @@ pub enum RuntimeError {
 }
 
 pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// Task-layer errors keep their kind: engine failures are inference errors.
+impl From<TaskError> for RuntimeError {
+    fn from(e: TaskError) -> Self {
+        match e {
+            TaskError::Package(e) => RuntimeError::Package(e),
+            TaskError::Preprocess(e) => RuntimeError::Preprocess(e),
+            TaskError::Engine { graph, message } => RuntimeError::Inference { graph, message },
+            TaskError::Input(m) => RuntimeError::Input(m),
+        }
+    }
+}
 
 #[cfg(feature = "cuda")]
 fn with_cuda(

@@ -3,7 +3,9 @@
 //! cached vs uncached decoding, ITC / ITM / rerank scores, VQA rank mode; bad input.
 
 use blip_convert::ConvertOptions;
-use blip_runtime::{BlipModel, CaptionOptions, ImageInput, SessionOptions, Strategy, VqaOptions};
+use blip_runtime::{
+    BlipModel, CandidateStates, CaptionOptions, ImageInput, SessionOptions, Strategy, VqaOptions,
+};
 use blip_testkit::{Converted, Goldens, assert_close, convert_fixture, convert_pth_48, fixture};
 use ndarray::Axis;
 
@@ -296,7 +298,12 @@ fn retrieval_embeddings_itm_and_rerank_match_pytorch() {
         // t2i: all 3 images, rerank the top 2 by ITC with ITM; score = ITM logit + ITC sim.
         let hidden = vision.hidden.clone();
         let hits = m
-            .rank_images(text, ie.view(), 2, |_, idx| Ok(hidden.select(Axis(0), idx)))
+            .rank_images(
+                text,
+                ie.view(),
+                2,
+                CandidateStates::Stored(&mut |idx| Ok(hidden.select(Axis(0), idx))),
+            )
             .unwrap();
         assert_eq!(hits.len(), 3);
         let sims = g.f("itc.similarity").index_axis(Axis(1), t).to_owned();

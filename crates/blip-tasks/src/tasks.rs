@@ -2,13 +2,14 @@
 //! decoding strategy), ITC embeddings, ITM, retrieval (ITC top-k → ITM rerank, score = ITM logit +
 //! ITC similarity, as BLIP's evaluation), and VQA (generation, or LAVIS's rank mode over an answer list).
 
+use blip_package::Package;
+use blip_preprocess::{BlipTokenizer, FirstToken, ImagePreprocessor};
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
 
-use crate::decoder::{CachedDecoder, DecoderShape, RefeedDecoder};
-use crate::generate::{Generated, GenerationConfig, Strategy, generate};
-use crate::model::{BlipModel, ImageInput, unique_inputs};
-use crate::{Result, RuntimeError};
-use blip_preprocess::FirstToken;
+use crate::generate::{Generated, Generation, GenerationConfig, Strategy};
+use crate::graphs::{DecoderFeed, Graphs, LogitPositions, VisionOutput};
+use crate::input::{ImageInput, unique_inputs};
+use crate::{Result, TaskError};
 
 /// Captioning settings. Defaults are BLIP's COCO evaluation: prompt "a picture of ", beam 3,
 /// 20 tokens at most, 5 at least (lengths count the prompt, as in BLIP / HF).
@@ -103,22 +104,58 @@ pub struct Hit {
     pub score: f32,
 }
 
-fn beams(strategy: &Strategy) -> usize {
-    match strategy {
-        Strategy::Beam { num_beams, .. } => *num_beams,
-        _ => 1,
-    }
+/// Where a retrieval rerank gets the candidates' image states.
+pub enum CandidateStates<'a> {
+    /// Encode the candidates from their images (`images[i]` is indexed image `i`).
+    Encode(&'a [ImageInput]),
+    /// States stored with the index: called with the candidates' indices, returns their states
+    /// (`[k, tokens, D]`, in that order).
+    Stored(&'a mut dyn FnMut(&[usize]) -> Result<Array3<f32>>),
 }
 
-impl BlipModel {
-    fn decoder_shape(&self) -> DecoderShape {
-        let m = &self.package.manifest.model;
-        DecoderShape {
-            layers: m.text_layers,
-            heads: m.text_heads,
-            head_dim: m.text_hidden_size / m.text_heads,
-            vocab: m.vocab_size,
+/// One package's tokenizer, image transform and graphs on an engine, with BLIP's tasks.
+pub struct Blip<G: Graphs> {
+    pub package: Package,
+    pub tokenizer: BlipTokenizer,
+    pub images: ImagePreprocessor,
+    pub graphs: G,
+    images_encoded: u64,
+}
+
+impl<G: Graphs> Blip<G> {
+    pub fn new(package: Package, tokenizer: BlipTokenizer, graphs: G) -> Self {
+        let images = ImagePreprocessor::new(&package.manifest.preprocess);
+        Blip {
+            package,
+            tokenizer,
+            images,
+            graphs,
+            images_encoded: 0,
         }
+    }
+
+    pub fn head(&self) -> &str {
+        &self.package.manifest.head
+    }
+
+    /// How many images the vision encoder has encoded so far (a repeated image in one call counts once).
+    pub fn images_encoded(&self) -> u64 {
+        self.images_encoded
+    }
+
+    /// Decodes and preprocesses one image to `3 × S × S` floats.
+    pub fn pixel_values(&self, input: &ImageInput) -> Result<Vec<f32>> {
+        let img = match input {
+            ImageInput::Path(p) => self.images.load_path(p)?,
+            ImageInput::Bytes { name, data } => self.images.load_bytes(data, name)?,
+        };
+        Ok(self.images.pixel_values(&img)?)
+    }
+
+    /// Runs the vision encoder on `n` preprocessed images laid end to end.
+    pub async fn vision(&mut self, pixels: &[f32], n: usize) -> Result<VisionOutput> {
+        self.images_encoded += n as u64;
+        self.graphs.vision(pixels, n).await
     }
 
     fn generation_config(
@@ -140,7 +177,7 @@ impl BlipModel {
     }
 
     /// Decodes from encoder `states` (`[n, E, D]`): cross K/V once per input, shared by its beams.
-    fn decode_states(
+    async fn decode_states(
         &mut self,
         states: ArrayView3<'_, f32>,
         enc_mask: Option<&[i64]>,
@@ -149,30 +186,59 @@ impl BlipModel {
         no_cache: bool,
     ) -> Result<Generated> {
         let n = states.shape()[0];
-        let e = states.shape()[1];
-        let k = beams(&cfg.strategy);
-        let rows = n * k;
-        let cross = self.cross_kv(states, k)?;
-        let mask: Vec<i64> = match enc_mask {
-            Some(m) => m
-                .chunks(e)
-                .flat_map(|r| std::iter::repeat_n(r, k).flatten().copied())
-                .collect(),
-            None => vec![1; rows * e],
-        };
-        let shape = self.decoder_shape();
-        let session = self.session(blip_package::DECODER)?;
+        let vocab = self.package.manifest.model.vocab_size;
+        let mut generation = Generation::new(cfg, n, prompt, vocab);
+        let cross = self
+            .graphs
+            .cross_kv(states, enc_mask, generation.rows() / n.max(1))
+            .await?;
         if no_cache {
-            let mut dec = RefeedDecoder::new(session, shape, cross, mask, rows);
-            generate(&mut dec, n, prompt, cfg)
-        } else {
-            let mut dec = CachedDecoder::new(session, shape, cross, mask, rows)?;
-            generate(&mut dec, n, prompt, cfg)
+            return self.refeed(generation, &cross).await;
         }
+        let mut cache = self.graphs.new_cache(generation.rows()).await?;
+        while let Some(input) = generation.next_input() {
+            let feed = DecoderFeed {
+                tokens: &input.tokens,
+                t: input.t,
+                attention_mask: None,
+                reorder: input.reorder.as_deref(),
+                logits: LogitPositions::Last,
+            };
+            let logits = self.graphs.decode(&cross, &mut cache, feed).await?;
+            generation.push_logits(&logits)?;
+        }
+        Ok(generation.finish())
+    }
+
+    /// Reference decoding without a cache: the whole sequence is fed at every step (to check the
+    /// cached path against).
+    async fn refeed(&mut self, mut generation: Generation, cross: &G::Cross) -> Result<Generated> {
+        let mut history: Vec<Vec<i64>> = vec![Vec::new(); generation.rows()];
+        while let Some(input) = generation.next_input() {
+            if let Some(src) = &input.reorder {
+                history = src.iter().map(|&r| history[r].clone()).collect();
+            }
+            for (row, chunk) in history.iter_mut().zip(input.tokens.chunks(input.t.max(1))) {
+                row.extend_from_slice(chunk);
+            }
+            let len = history.first().map_or(0, Vec::len);
+            let flat: Vec<i64> = history.iter().flatten().copied().collect();
+            let mut cache = self.graphs.new_cache(history.len()).await?;
+            let feed = DecoderFeed {
+                tokens: &flat,
+                t: len,
+                attention_mask: None,
+                reorder: None,
+                logits: LogitPositions::Last,
+            };
+            let logits = self.graphs.decode(cross, &mut cache, feed).await?;
+            generation.push_logits(&logits)?;
+        }
+        Ok(generation.finish())
     }
 
     /// Captions `n` preprocessed images (`pixels`: `n × 3 × S × S`).
-    pub fn caption_pixels(
+    pub async fn caption_pixels(
         &mut self,
         pixels: &[f32],
         n: usize,
@@ -180,22 +246,33 @@ impl BlipModel {
     ) -> Result<Vec<Caption>> {
         let prompt = self.tokenizer.prompt_ids(&opts.prompt)?;
         if prompt.len() >= opts.max_length {
-            return Err(RuntimeError::Input(format!(
+            return Err(TaskError::Input(format!(
                 "the prompt is {} tokens, not shorter than max_length {}",
                 prompt.len(),
                 opts.max_length
             )));
         }
-        let vision = self.vision(pixels, n)?;
+        let vision = self.vision(pixels, n).await?;
         let cfg = self.generation_config(
             &opts.strategy,
             opts.max_length,
             opts.min_length,
             opts.repetition_penalty,
         );
-        let generated =
-            self.decode_states(vision.hidden.view(), None, &prompt, &cfg, opts.no_cache)?;
-        let mut out = Vec::with_capacity(n);
+        let generated = self
+            .decode_states(vision.hidden.view(), None, &prompt, &cfg, opts.no_cache)
+            .await?;
+        self.captions_of(generated, &prompt, opts)
+    }
+
+    /// Caption texts of generated sequences (the prompt stripped, as BLIP does).
+    pub fn captions_of(
+        &self,
+        generated: Generated,
+        prompt: &[i64],
+        opts: &CaptionOptions,
+    ) -> Result<Vec<Caption>> {
+        let mut out = Vec::with_capacity(generated.sequences.len());
         for (i, ids) in generated.sequences.iter().enumerate() {
             let full = self.tokenizer.decode(ids)?;
             // BLIP strips the prompt from the decoded text (`caption[len(prompt):]`).
@@ -205,7 +282,7 @@ impl BlipModel {
                 _ if p.is_empty() => full.trim().to_string(),
                 _ => self
                     .tokenizer
-                    .decode(&ids[prompt.len()..])?
+                    .decode(&ids[prompt.len().min(ids.len())..])?
                     .trim()
                     .to_string(),
             };
@@ -219,10 +296,7 @@ impl BlipModel {
     }
 
     /// Loads every image; returns the pixels of those that decoded and, per input, its slot or error.
-    fn load_images(
-        &self,
-        images: &[ImageInput],
-    ) -> (Vec<f32>, Vec<std::result::Result<usize, RuntimeError>>) {
+    fn load_images(&self, images: &[ImageInput]) -> (Vec<f32>, Vec<Result<usize>>) {
         let mut pixels = Vec::new();
         let mut slots = Vec::with_capacity(images.len());
         let mut ok = 0;
@@ -240,7 +314,7 @@ impl BlipModel {
     }
 
     /// Captions images; an image that cannot be read gets its own error, the others their captions.
-    pub fn caption(
+    pub async fn caption(
         &mut self,
         images: &[ImageInput],
         opts: &CaptionOptions,
@@ -249,37 +323,34 @@ impl BlipModel {
         let (pixels, slots) = self.load_images(&unique);
         let n = slots.iter().filter(|s| s.is_ok()).count();
         let captions = if n > 0 {
-            self.caption_pixels(&pixels, n, opts)?
+            self.caption_pixels(&pixels, n, opts).await?
         } else {
             Vec::new()
         };
-        let mut per_unique: Vec<Option<Result<Caption>>> = slots
+        // A repeated image gets a copy of its distinct copy's result.
+        let per_unique: Vec<std::result::Result<Caption, String>> = slots
             .into_iter()
-            .map(|s| Some(s.map(|i| captions[i].clone())))
+            .map(|s| match s {
+                Ok(i) => Ok(captions[i].clone()),
+                Err(e) => Err(e.to_string()),
+            })
             .collect();
         Ok(map
             .iter()
-            .map(|&u| match per_unique[u].take() {
-                Some(r) => {
-                    // Keep a copy for a later duplicate of the same image.
-                    per_unique[u] = Some(match &r {
-                        Ok(c) => Ok(c.clone()),
-                        Err(e) => Err(RuntimeError::Input(e.to_string())),
-                    });
-                    r
-                }
-                None => unreachable!("every distinct image has a result. This is a bug."),
-            })
+            .map(|&u| per_unique[u].clone().map_err(TaskError::Input))
             .collect())
     }
 
     /// ITC embeddings and hidden states of images (retrieval packages); repeated images are encoded once.
-    pub fn embed_images(&mut self, images: &[ImageInput]) -> Result<(Array2<f32>, Array3<f32>)> {
+    pub async fn embed_images(
+        &mut self,
+        images: &[ImageInput],
+    ) -> Result<(Array2<f32>, Array3<f32>)> {
         let (unique, map) = unique_inputs(images);
         let pixels = self.pixels_of(&unique)?;
-        let v = self.vision(&pixels, unique.len())?;
+        let v = self.vision(&pixels, unique.len()).await?;
         let embeds = v.embeds.ok_or_else(|| {
-            RuntimeError::Input(format!(
+            TaskError::Input(format!(
                 "package head {} has no image embeddings",
                 self.head()
             ))
@@ -288,16 +359,16 @@ impl BlipModel {
     }
 
     /// ITC embeddings of texts (truncated to `max_text_tokens`).
-    pub fn embed_texts(&mut self, texts: &[&str]) -> Result<Array2<f32>> {
+    pub async fn embed_texts(&mut self, texts: &[&str]) -> Result<Array2<f32>> {
         let max = self.package.manifest.tokens.max_text_tokens;
         let batch = self
             .tokenizer
             .encode_batch(texts, FirstToken::Cls, Some(max))?;
-        self.text_embeds(&batch)
+        self.graphs.text_embeds(&batch).await
     }
 
     /// ITM logits `[n, 2]` of (image hidden state i, text i) pairs.
-    pub fn itm_pairs(
+    pub async fn itm_pairs(
         &mut self,
         image_hidden: ArrayView3<'_, f32>,
         texts: &[&str],
@@ -306,19 +377,26 @@ impl BlipModel {
         let batch = self
             .tokenizer
             .encode_batch(texts, FirstToken::Enc, Some(max))?;
-        self.itm_logits(&batch, image_hidden)
+        self.graphs.itm_logits(&batch, image_hidden).await
     }
 
     /// Ranks images for one text: ITC top-`k` by similarity, then ITM rerank of those `k`
-    /// (`hidden_for` supplies the hidden states of the candidate images). `k = 0` skips the rerank.
-    pub fn rank_images(
+    /// (score = ITM "match" logit + ITC similarity, as BLIP's evaluation). `k = 0` skips the rerank.
+    pub async fn rank_images(
         &mut self,
         text: &str,
         image_embeds: ArrayView2<'_, f32>,
         k: usize,
-        mut hidden_for: impl FnMut(&mut Self, &[usize]) -> Result<Array3<f32>>,
+        candidates: CandidateStates<'_>,
     ) -> Result<Vec<Hit>> {
-        let t = self.embed_texts(&[text])?;
+        let t = self.embed_texts(&[text]).await?;
+        if image_embeds.ncols() != t.ncols() {
+            return Err(TaskError::Input(format!(
+                "image embeddings are {} wide but this package's text embeddings are {}",
+                image_embeds.ncols(),
+                t.ncols()
+            )));
+        }
         let sims = image_embeds.dot(&t.row(0));
         let mut order: Vec<usize> = (0..sims.len()).collect();
         order.sort_by(|&a, &b| sims[b].total_cmp(&sims[a]).then(a.cmp(&b)));
@@ -336,9 +414,31 @@ impl BlipModel {
             return Ok(hits);
         }
         let cand: Vec<usize> = order[..k].to_vec();
-        let hidden = hidden_for(self, &cand)?;
+        let hidden = match candidates {
+            CandidateStates::Stored(states_of) => states_of(&cand)?,
+            CandidateStates::Encode(images) => {
+                let inputs = cand
+                    .iter()
+                    .map(|&i| {
+                        images.get(i).cloned().ok_or_else(|| {
+                            TaskError::Input(format!(
+                                "candidate {i} has no image ({} images given)",
+                                images.len()
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                self.embed_images(&inputs).await?.1
+            }
+        };
+        if hidden.shape()[0] != k {
+            return Err(TaskError::Input(format!(
+                "{} candidate states for {k} candidates",
+                hidden.shape()[0]
+            )));
+        }
         let texts = vec![text; k];
-        let logits = self.itm_pairs(hidden.view(), &texts)?;
+        let logits = self.itm_pairs(hidden.view(), &texts).await?;
         for (j, hit) in hits.iter_mut().take(k).enumerate() {
             let itm = logits[[j, 1]];
             hit.itm = Some(itm);
@@ -357,7 +457,7 @@ impl BlipModel {
     }
 
     /// Question states for (image `rows[i]`, question i) pairs; `pixels` holds `n` distinct images.
-    fn questions(
+    async fn questions(
         &mut self,
         pixels: &[f32],
         n: usize,
@@ -366,23 +466,23 @@ impl BlipModel {
         max_tokens: usize,
     ) -> Result<(Array3<f32>, Vec<i64>)> {
         if rows.len() != questions.len() || rows.iter().any(|&r| r >= n) {
-            return Err(RuntimeError::Input(format!(
+            return Err(TaskError::Input(format!(
                 "{} images but {} questions",
                 rows.len(),
                 questions.len()
             )));
         }
-        let vision = self.vision(pixels, n)?;
+        let vision = self.vision(pixels, n).await?;
         let hidden = vision.hidden.select(Axis(0), rows);
         let batch = self
             .tokenizer
             .encode_batch(questions, FirstToken::Enc, Some(max_tokens))?;
-        let states = self.question_states(&batch, hidden.view())?;
+        let states = self.graphs.question_states(&batch, hidden.view()).await?;
         Ok((states, batch.mask))
     }
 
     /// Generated answers for (image i, question i) pairs.
-    pub fn answer(
+    pub async fn answer(
         &mut self,
         images: &[ImageInput],
         questions: &[&str],
@@ -391,10 +491,11 @@ impl BlipModel {
         let (unique, map) = unique_inputs(images);
         let pixels = self.pixels_of(&unique)?;
         self.answer_rows(&pixels, unique.len(), &map, questions, opts)
+            .await
     }
 
     /// Generated answers from preprocessed pixels (`n × 3 × S × S`).
-    pub fn answer_pixels(
+    pub async fn answer_pixels(
         &mut self,
         pixels: &[f32],
         n: usize,
@@ -402,10 +503,10 @@ impl BlipModel {
         opts: &VqaOptions,
     ) -> Result<Vec<Answer>> {
         let rows: Vec<usize> = (0..n).collect();
-        self.answer_rows(pixels, n, &rows, questions, opts)
+        self.answer_rows(pixels, n, &rows, questions, opts).await
     }
 
-    fn answer_rows(
+    async fn answer_rows(
         &mut self,
         pixels: &[f32],
         n: usize,
@@ -413,13 +514,16 @@ impl BlipModel {
         questions: &[&str],
         opts: &VqaOptions,
     ) -> Result<Vec<Answer>> {
-        let (states, q_mask) =
-            self.questions(pixels, n, rows, questions, opts.max_question_tokens)?;
+        let (states, q_mask) = self
+            .questions(pixels, n, rows, questions, opts.max_question_tokens)
+            .await?;
         let cfg = self.generation_config(&opts.strategy, opts.max_length, opts.min_length, 1.0);
         // As BLIP and HF: the decoder attends to every question position (mask of ones).
         let bos = [self.package.manifest.tokens.bos];
         let mask = opts.mask_question_padding.then_some(q_mask.as_slice());
-        let generated = self.decode_states(states.view(), mask, &bos, &cfg, false)?;
+        let generated = self
+            .decode_states(states.view(), mask, &bos, &cfg, false)
+            .await?;
         generated
             .sequences
             .into_iter()
@@ -434,7 +538,7 @@ impl BlipModel {
 
     /// LAVIS rank mode: the `k` answers whose first token is likeliest are scored by their full
     /// likelihood (BLIP's loss: cross-entropy with label smoothing 0.1, summed over answer tokens).
-    pub fn rank_answers(
+    pub async fn rank_answers(
         &mut self,
         images: &[ImageInput],
         questions: &[&str],
@@ -453,10 +557,11 @@ impl BlipModel {
             k,
             max_question_tokens,
         )
+        .await
     }
 
     /// Rank mode from preprocessed pixels.
-    pub fn rank_answers_pixels(
+    pub async fn rank_answers_pixels(
         &mut self,
         pixels: &[f32],
         n: usize,
@@ -467,10 +572,11 @@ impl BlipModel {
     ) -> Result<Vec<RankedAnswers>> {
         let rows: Vec<usize> = (0..n).collect();
         self.rank_rows(pixels, n, &rows, questions, answers, k, max_question_tokens)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn rank_rows(
+    async fn rank_rows(
         &mut self,
         pixels: &[f32],
         n: usize,
@@ -481,9 +587,11 @@ impl BlipModel {
         max_question_tokens: usize,
     ) -> Result<Vec<RankedAnswers>> {
         if answers.is_empty() {
-            return Err(RuntimeError::Input("the answer list is empty".into()));
+            return Err(TaskError::Input("the answer list is empty".into()));
         }
-        let (states, q_mask) = self.questions(pixels, n, rows, questions, max_question_tokens)?;
+        let (states, q_mask) = self
+            .questions(pixels, n, rows, questions, max_question_tokens)
+            .await?;
         let nq = states.shape()[0];
         let e = states.shape()[1];
         let k = k.clamp(1, answers.len());
@@ -493,7 +601,9 @@ impl BlipModel {
         let vocab = self.package.manifest.model.vocab_size;
         // First step: logits after [DEC] for every question.
         let bos = vec![self.package.manifest.tokens.bos; nq];
-        let first = self.decoder_logits(states.view(), &q_mask, &bos, &vec![1; nq], 1)?;
+        let first = self
+            .decoder_logits(states.view(), &q_mask, &bos, &vec![1; nq], 1)
+            .await?;
         let mut cand_rows = Vec::new();
         let mut per_q = Vec::with_capacity(nq);
         for q in 0..nq {
@@ -524,7 +634,9 @@ impl BlipModel {
             .iter()
             .flat_map(|&q| q_mask[q * e..(q + 1) * e].iter().copied())
             .collect();
-        let logits = self.decoder_logits(rep_states.view(), &rep_mask, &ids, &mask, ans.cols)?;
+        let logits = self
+            .decoder_logits(rep_states.view(), &rep_mask, &ids, &mask, ans.cols)
+            .await?;
         let mut out = Vec::with_capacity(nq);
         for (q, order) in per_q.iter().enumerate() {
             let mut candidates = Vec::with_capacity(k);
@@ -556,19 +668,9 @@ impl BlipModel {
         Ok(out)
     }
 
-    /// A KV-cached decoder cross-attending to every position of `states` (`[n, E, D]`), one row per
-    /// state, to drive decoding step by step (`generate::Step`).
-    pub fn cached_decoder(&mut self, states: ArrayView3<'_, f32>) -> Result<CachedDecoder<'_>> {
-        let (rows, e) = (states.shape()[0], states.shape()[1]);
-        let cross = self.cross_kv(states, 1)?;
-        let shape = self.decoder_shape();
-        let session = self.session(blip_package::DECODER)?;
-        CachedDecoder::new(session, shape, cross, vec![1; rows * e], rows)
-    }
-
     /// All-position decoder logits `[rows, t, V]` for `ids` (`rows × t`, padding mask `mask`) from an
     /// empty cache, cross-attending to `states` with `enc_mask`.
-    pub fn decoder_logits(
+    pub async fn decoder_logits(
         &mut self,
         states: ArrayView3<'_, f32>,
         enc_mask: &[i64],
@@ -576,9 +678,21 @@ impl BlipModel {
         mask: &[i64],
         t: usize,
     ) -> Result<Array3<f32>> {
-        let cross = self.cross_kv(states, 1)?;
-        let shape = self.decoder_shape();
-        let session = self.session(blip_package::DECODER)?;
-        crate::decoder::all_logits(session, &shape, ids, mask, t, &cross, enc_mask)
+        let rows = states.shape()[0];
+        let cross = self.graphs.cross_kv(states, Some(enc_mask), 1).await?;
+        let mut cache = self.graphs.new_cache(rows).await?;
+        let feed = DecoderFeed {
+            tokens: ids,
+            t,
+            attention_mask: Some(mask),
+            reorder: None,
+            logits: LogitPositions::All,
+        };
+        let logits = self.graphs.decode(&cross, &mut cache, feed).await?;
+        let vocab = self.package.manifest.model.vocab_size;
+        Array3::from_shape_vec((rows, t, vocab), logits).map_err(|e| TaskError::Engine {
+            graph: blip_package::DECODER.into(),
+            message: format!("all-position logits: {e}"),
+        })
     }
 }

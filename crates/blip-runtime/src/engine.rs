@@ -1,0 +1,427 @@
+//! The native engine: one package's graphs as ONNX Runtime sessions behind [`Graphs`]. The cross
+//! K/V and the KV cache stay ORT values between steps (a step's `present.*` outputs are the next
+//! step's `past_key_values.*` inputs, without copying).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use blip_package::{
+    CROSS_KV, DECODER, ITM, Package, TEXT_ENCODER, VISION_ENCODER, VQA_QUESTION_ENCODER,
+};
+use blip_preprocess::TextBatch;
+use blip_tasks::{DecoderFeed, Graphs, LogitPositions, TaskError, VisionOutput};
+use ndarray::{Array2, Array3, ArrayView3};
+use ort::session::{Session, SessionInputValue, SessionOutputs};
+use ort::value::{DynValue, Tensor, TensorRef};
+
+use crate::{Result, Runtime, SessionOptions};
+
+type TaskResult<T> = blip_tasks::Result<T>;
+
+/// Named graph values: the KV cache or the cross-attention K/V, in decoder input order.
+pub type NamedValues = Vec<(String, DynValue)>;
+
+pub(crate) fn infer_err(graph: &str) -> impl Fn(ort::Error) -> TaskError + '_ {
+    move |e| TaskError::Engine {
+        graph: graph.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn shape_err(graph: &str, message: String) -> TaskError {
+    TaskError::Engine {
+        graph: graph.to_string(),
+        message,
+    }
+}
+
+fn to_array3(v: &DynValue, graph: &str) -> TaskResult<Array3<f32>> {
+    let (shape, data) = v.try_extract_tensor::<f32>().map_err(infer_err(graph))?;
+    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    if dims.len() != 3 {
+        return Err(shape_err(
+            graph,
+            format!("output has shape {dims:?}, not 3-D"),
+        ));
+    }
+    Array3::from_shape_vec((dims[0], dims[1], dims[2]), data.to_vec())
+        .map_err(|e| shape_err(graph, e.to_string()))
+}
+
+fn to_array2(v: &DynValue, graph: &str) -> TaskResult<Array2<f32>> {
+    let (shape, data) = v.try_extract_tensor::<f32>().map_err(infer_err(graph))?;
+    if shape.len() != 2 {
+        return Err(shape_err(
+            graph,
+            format!("output has shape {shape:?}, not 2-D"),
+        ));
+    }
+    Array2::from_shape_vec((shape[0] as usize, shape[1] as usize), data.to_vec())
+        .map_err(|e| shape_err(graph, e.to_string()))
+}
+
+/// Repeats every row (axis 0) of a float tensor `times` times (`repeat_interleave`).
+fn repeat_rows(v: &DynValue, times: usize) -> TaskResult<DynValue> {
+    let (shape, data) = v.try_extract_tensor::<f32>().map_err(infer_err(CROSS_KV))?;
+    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    let row: usize = dims[1..].iter().product();
+    let mut out = Vec::with_capacity(data.len() * times);
+    for r in data.chunks(row.max(1)) {
+        for _ in 0..times {
+            out.extend_from_slice(r);
+        }
+    }
+    let mut new_dims = dims.clone();
+    new_dims[0] *= times;
+    Ok(Tensor::from_array((new_dims, out))
+        .map_err(infer_err(CROSS_KV))?
+        .into_dyn())
+}
+
+/// Selects rows of a float tensor.
+fn gather_rows(v: &DynValue, rows: &[usize]) -> TaskResult<DynValue> {
+    let (shape, data) = v.try_extract_tensor::<f32>().map_err(infer_err(DECODER))?;
+    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    let row: usize = dims[1..].iter().product();
+    let mut out = Vec::with_capacity(row * rows.len());
+    for &r in rows {
+        let chunk = data
+            .get(r * row..(r + 1) * row)
+            .ok_or_else(|| shape_err(DECODER, format!("reorder names row {r} of {}", dims[0])))?;
+        out.extend_from_slice(chunk);
+    }
+    let mut new_dims = dims;
+    new_dims[0] = rows.len();
+    Ok(Tensor::from_array((new_dims, out))
+        .map_err(infer_err(DECODER))?
+        .into_dyn())
+}
+
+/// The decoder's sizes, from the manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct DecoderShape {
+    pub layers: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+}
+
+impl DecoderShape {
+    pub fn of(package: &Package) -> DecoderShape {
+        let m = &package.manifest.model;
+        DecoderShape {
+            layers: m.text_layers,
+            heads: m.text_heads,
+            head_dim: m.text_hidden_size / m.text_heads.max(1),
+            vocab: m.vocab_size,
+        }
+    }
+}
+
+/// Cross-attention K/V (one row per decoder row) and the encoder mask, as ORT values.
+pub struct OrtCross {
+    values: NamedValues,
+    enc_mask: Vec<i64>,
+    rows: usize,
+}
+
+/// The self-attention KV cache.
+pub struct OrtCache {
+    past: NamedValues,
+    past_len: usize,
+    rows: usize,
+}
+
+/// One package's graphs on native ONNX Runtime.
+pub struct OrtGraphs {
+    package: Package,
+    shape: DecoderShape,
+    sessions: HashMap<String, Session>,
+}
+
+impl OrtGraphs {
+    /// Opens every graph the package lists.
+    pub fn open(runtime: &Runtime, package: &Package, opts: &SessionOptions) -> Result<OrtGraphs> {
+        let mut sessions = HashMap::new();
+        for role in package.manifest.graphs.keys() {
+            sessions.insert(role.clone(), runtime.package_session(package, role, opts)?);
+        }
+        Ok(OrtGraphs {
+            package: package.clone(),
+            shape: DecoderShape::of(package),
+            sessions,
+        })
+    }
+
+    pub fn decoder_shape(&self) -> DecoderShape {
+        self.shape
+    }
+
+    fn session(&mut self, role: &str) -> TaskResult<&mut Session> {
+        let package = &self.package;
+        self.sessions.get_mut(role).ok_or_else(|| {
+            TaskError::Package(blip_package::PackageError::NoSuchGraph {
+                path: package.dir.clone(),
+                graph: role.to_string(),
+                head: package.manifest.head.clone(),
+            })
+        })
+    }
+
+    /// Runs an image-grounded text graph (`itm` or `vqa_question_encoder`) on row-aligned text and image states.
+    fn grounded(
+        &mut self,
+        role: &str,
+        batch: &TextBatch,
+        image: ArrayView3<'_, f32>,
+    ) -> TaskResult<SessionOutputs<'_>> {
+        let image = image.as_standard_layout().into_owned();
+        let session = self.session(role)?;
+        let shape = [batch.rows, batch.cols];
+        let ids =
+            TensorRef::from_array_view((shape, batch.ids.as_slice())).map_err(infer_err(role))?;
+        let mask =
+            TensorRef::from_array_view((shape, batch.mask.as_slice())).map_err(infer_err(role))?;
+        let states = Tensor::from_array(image).map_err(infer_err(role))?;
+        session
+            .run(ort::inputs!["input_ids" => ids, "attention_mask" => mask, "encoder_hidden_states" => states])
+            .map_err(infer_err(role))
+    }
+
+    fn empty_past(&self, rows: usize) -> TaskResult<NamedValues> {
+        let s = self.shape;
+        let mut past = Vec::with_capacity(2 * s.layers);
+        for i in 0..s.layers {
+            for kv in ["key", "value"] {
+                let t =
+                    Tensor::<f32>::from_array(([rows, s.heads, 0, s.head_dim], Vec::<f32>::new()))
+                        .map_err(infer_err(DECODER))?;
+                past.push((format!("past_key_values.{i}.{kv}"), t.into_dyn()));
+            }
+        }
+        Ok(past)
+    }
+}
+
+fn is_identity(src: &[usize]) -> bool {
+    src.iter().enumerate().all(|(i, &s)| i == s)
+}
+
+impl Graphs for OrtGraphs {
+    type Cross = OrtCross;
+    type Cache = OrtCache;
+
+    async fn vision(&mut self, pixels: &[f32], n: usize) -> TaskResult<VisionOutput> {
+        let s = self.package.manifest.preprocess.image_size;
+        if pixels.len() != n * 3 * s * s {
+            return Err(TaskError::Input(format!(
+                "{} pixel values for {n} images of 3 × {s} × {s}",
+                pixels.len()
+            )));
+        }
+        let session = self.session(VISION_ENCODER)?;
+        let input = TensorRef::from_array_view(([n, 3, s, s], pixels))
+            .map_err(infer_err(VISION_ENCODER))?;
+        let outputs = session
+            .run(ort::inputs!["pixel_values" => input])
+            .map_err(infer_err(VISION_ENCODER))?;
+        let hidden = to_array3(&outputs["last_hidden_state"], VISION_ENCODER)?;
+        let embeds = match outputs.get("image_embeds") {
+            Some(v) => Some(to_array2(v, VISION_ENCODER)?),
+            None => None,
+        };
+        Ok(VisionOutput { hidden, embeds })
+    }
+
+    async fn text_embeds(&mut self, batch: &TextBatch) -> TaskResult<Array2<f32>> {
+        let session = self.session(TEXT_ENCODER)?;
+        let shape = [batch.rows, batch.cols];
+        let ids = TensorRef::from_array_view((shape, batch.ids.as_slice()))
+            .map_err(infer_err(TEXT_ENCODER))?;
+        let mask = TensorRef::from_array_view((shape, batch.mask.as_slice()))
+            .map_err(infer_err(TEXT_ENCODER))?;
+        let out = session
+            .run(ort::inputs!["input_ids" => ids, "attention_mask" => mask])
+            .map_err(infer_err(TEXT_ENCODER))?;
+        to_array2(&out["text_embeds"], TEXT_ENCODER)
+    }
+
+    async fn itm_logits(
+        &mut self,
+        batch: &TextBatch,
+        image: ArrayView3<'_, f32>,
+    ) -> TaskResult<Array2<f32>> {
+        let out = self.grounded(ITM, batch, image)?;
+        to_array2(&out["itm_logits"], ITM)
+    }
+
+    async fn question_states(
+        &mut self,
+        batch: &TextBatch,
+        image: ArrayView3<'_, f32>,
+    ) -> TaskResult<Array3<f32>> {
+        let out = self.grounded(VQA_QUESTION_ENCODER, batch, image)?;
+        to_array3(&out["last_hidden_state"], VQA_QUESTION_ENCODER)
+    }
+
+    async fn cross_kv(
+        &mut self,
+        states: ArrayView3<'_, f32>,
+        enc_mask: Option<&[i64]>,
+        repeat: usize,
+    ) -> TaskResult<OrtCross> {
+        let (n, e) = (states.shape()[0], states.shape()[1]);
+        let repeat = repeat.max(1);
+        let enc_mask: Vec<i64> = match enc_mask {
+            Some(m) if m.len() == n * e => m
+                .chunks(e.max(1))
+                .flat_map(|r| std::iter::repeat_n(r, repeat).flatten().copied())
+                .collect(),
+            Some(m) => {
+                return Err(TaskError::Input(format!(
+                    "encoder mask has {} values for {n} × {e} states",
+                    m.len()
+                )));
+            }
+            None => vec![1; n * repeat * e],
+        };
+        let states = states.as_standard_layout().into_owned();
+        let layers = self.shape.layers;
+        let session = self.session(CROSS_KV)?;
+        let input = Tensor::from_array(states).map_err(infer_err(CROSS_KV))?;
+        let mut out = session
+            .run(ort::inputs!["encoder_hidden_states" => input])
+            .map_err(infer_err(CROSS_KV))?;
+        let mut values = Vec::with_capacity(2 * layers);
+        for i in 0..layers {
+            for kv in ["key", "value"] {
+                let name = format!("cross_key_values.{i}.{kv}");
+                let v = out
+                    .remove(&name)
+                    .ok_or_else(|| shape_err(CROSS_KV, format!("no output {name}")))?;
+                let v = if repeat > 1 {
+                    repeat_rows(&v, repeat)?
+                } else {
+                    v
+                };
+                values.push((name, v));
+            }
+        }
+        Ok(OrtCross {
+            values,
+            enc_mask,
+            rows: n * repeat,
+        })
+    }
+
+    async fn new_cache(&mut self, rows: usize) -> TaskResult<OrtCache> {
+        Ok(OrtCache {
+            past: self.empty_past(rows)?,
+            past_len: 0,
+            rows,
+        })
+    }
+
+    async fn decode(
+        &mut self,
+        cross: &OrtCross,
+        cache: &mut OrtCache,
+        feed: DecoderFeed<'_>,
+    ) -> TaskResult<Vec<f32>> {
+        let (rows, t, past_len) = (cache.rows, feed.t, cache.past_len);
+        if cross.rows != rows || feed.tokens.len() != rows * t {
+            return Err(TaskError::Input(format!(
+                "decoder feed of {} tokens × {t} for a cache of {rows} rows and cross K/V of {}",
+                feed.tokens.len(),
+                cross.rows
+            )));
+        }
+        if let Some(src) = feed.reorder.filter(|s| !is_identity(s)) {
+            // Beam search moved histories between rows: gather the cache rows (HF `reorder_cache`).
+            for (_, v) in cache.past.iter_mut() {
+                *v = gather_rows(v, src)?;
+            }
+        }
+        let attention_mask = match feed.attention_mask {
+            Some(m) if m.len() == rows * (past_len + t) => m.to_vec(),
+            Some(m) => {
+                return Err(TaskError::Input(format!(
+                    "decoder attention mask has {} values for {rows} × {}",
+                    m.len(),
+                    past_len + t
+                )));
+            }
+            None => vec![1; rows * (past_len + t)],
+        };
+        let positions: Vec<i64> = (0..rows)
+            .flat_map(|_| (past_len..past_len + t).map(|p| p as i64))
+            .collect();
+        let enc_len = cross.enc_mask.len() / rows.max(1);
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
+            (
+                "input_ids".into(),
+                TensorRef::from_array_view(([rows, t], feed.tokens))
+                    .map_err(infer_err(DECODER))?
+                    .into(),
+            ),
+            (
+                "position_ids".into(),
+                Tensor::from_array(([rows, t], positions))
+                    .map_err(infer_err(DECODER))?
+                    .into(),
+            ),
+            (
+                "attention_mask".into(),
+                Tensor::from_array(([rows, past_len + t], attention_mask))
+                    .map_err(infer_err(DECODER))?
+                    .into(),
+            ),
+            (
+                "encoder_attention_mask".into(),
+                TensorRef::from_array_view(([rows, enc_len], cross.enc_mask.as_slice()))
+                    .map_err(infer_err(DECODER))?
+                    .into(),
+            ),
+        ];
+        for (name, v) in cache.past.iter().chain(cross.values.iter()) {
+            inputs.push((Cow::Borrowed(name.as_str()), SessionInputValue::from(v)));
+        }
+        let layers = self.shape.layers;
+        let vocab = self.shape.vocab;
+        let session = self.session(DECODER)?;
+        let mut out = session.run(inputs).map_err(infer_err(DECODER))?;
+        let (shape, data) = out["logits"]
+            .try_extract_tensor::<f32>()
+            .map_err(infer_err(DECODER))?;
+        let (t_out, v_out) = (shape[1] as usize, shape[2] as usize);
+        if v_out != vocab || t_out != t {
+            return Err(shape_err(
+                DECODER,
+                format!("logits are {t_out} × {v_out}, expected {t} × {vocab}"),
+            ));
+        }
+        let logits = match feed.logits {
+            LogitPositions::All => data.to_vec(),
+            LogitPositions::Last => {
+                let mut last = Vec::with_capacity(rows * vocab);
+                for r in 0..rows {
+                    let at = (r * t_out + t_out - 1) * vocab;
+                    last.extend_from_slice(&data[at..at + vocab]);
+                }
+                last
+            }
+        };
+        let mut present = Vec::with_capacity(2 * layers);
+        for i in 0..layers {
+            for kv in ["key", "value"] {
+                let v = out
+                    .remove(format!("present.{i}.{kv}"))
+                    .ok_or_else(|| shape_err(DECODER, format!("no output present.{i}.{kv}")))?;
+                present.push((format!("past_key_values.{i}.{kv}"), v));
+            }
+        }
+        cache.past = present;
+        cache.past_len += t;
+        Ok(logits)
+    }
+}

@@ -1,0 +1,35 @@
+//! BLIP's tasks, engine-free: preprocessing and tokenization ([`blip_preprocess`]), decoding as a
+//! state machine ([`generate::Generation`]: greedy, beam, sampling), and captioning, retrieval with
+//! ITM rerank and VQA (generation and rank mode) over any engine's [`Graphs`]. Nothing here names an
+//! inference engine, and the crate builds for `wasm32-unknown-unknown`: native ONNX Runtime
+//! (`blip-runtime`) and the browser run the same code.
+
+pub mod generate;
+mod graphs;
+mod input;
+mod tasks;
+
+pub use blip_package::{Package, PackageError};
+pub use blip_preprocess::PreprocessError;
+pub use generate::{Generated, Generation, GenerationConfig, StepInput, Strategy};
+pub use graphs::{DecoderFeed, Graphs, LogitPositions, VisionOutput, ready};
+pub use input::{ImageInput, unique_inputs};
+pub use tasks::{
+    Answer, Blip, CandidateStates, Caption, CaptionOptions, Hit, RankedAnswers, VqaOptions,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+    /// A graph run failed inside the engine.
+    #[error("running {graph}: {message}")]
+    Engine { graph: String, message: String },
+    /// The request itself is invalid (names what and which item).
+    #[error("{0}")]
+    Input(String),
+}
+
+pub type Result<T> = std::result::Result<T, TaskError>;
