@@ -125,11 +125,67 @@ pub struct OrtCross {
     rows: usize,
 }
 
-/// The self-attention KV cache.
+/// The self-attention KV cache. Rows joined from different requests have different lengths: the
+/// shorter ones are left-padded to `past_len` and `mask` (`rows × past_len`) hides the padding.
 pub struct OrtCache {
     past: NamedValues,
     past_len: usize,
     rows: usize,
+    /// Real cached positions per row (its next position id).
+    lens: Vec<usize>,
+    mask: Vec<i64>,
+}
+
+/// Stacks 4-D float tensors `[rows, H, S, hd]` along rows, padding each to `len` positions on
+/// axis 2 with zeros (in front when `pad_front`, else behind).
+fn stack_padded(
+    parts: &[&DynValue],
+    len: usize,
+    pad_front: bool,
+    graph: &str,
+) -> TaskResult<DynValue> {
+    let mut out = Vec::new();
+    let mut rows = 0;
+    let mut inner = None;
+    for v in parts {
+        let (shape, data) = v.try_extract_tensor::<f32>().map_err(infer_err(graph))?;
+        let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        let [r, h, s, hd] = dims[..] else {
+            return Err(shape_err(graph, format!("cannot stack a {dims:?} value")));
+        };
+        if *inner.get_or_insert((h, hd)) != (h, hd) || s > len {
+            return Err(shape_err(
+                graph,
+                format!("cannot stack a {dims:?} value into length {len}"),
+            ));
+        }
+        let pad = vec![0.0f32; (len - s) * hd];
+        if s * hd == 0 {
+            out.extend(std::iter::repeat_n(0.0, r * h * len * hd));
+        } else {
+            for block in data.chunks(s * hd).take(r * h) {
+                if pad_front {
+                    out.extend_from_slice(&pad);
+                }
+                out.extend_from_slice(block);
+                if !pad_front {
+                    out.extend_from_slice(&pad);
+                }
+            }
+        }
+        rows += r;
+    }
+    let (h, hd) = inner.unwrap_or((0, 0));
+    Ok(Tensor::from_array(([rows, h, len, hd], out))
+        .map_err(infer_err(graph))?
+        .into_dyn())
+}
+
+/// Rows `rows` of a row-major `[n, width]` mask.
+fn mask_rows(mask: &[i64], width: usize, rows: &[usize]) -> Vec<i64> {
+    rows.iter()
+        .flat_map(|&r| mask[r * width..(r + 1) * width].iter().copied())
+        .collect()
 }
 
 /// One package's graphs on native ONNX Runtime.
@@ -319,6 +375,102 @@ impl Graphs for OrtGraphs {
             past: self.empty_past(rows)?,
             past_len: 0,
             rows,
+            lens: vec![0; rows],
+            mask: Vec::new(),
+        })
+    }
+
+    async fn join_caches(&mut self, parts: Vec<OrtCache>) -> TaskResult<OrtCache> {
+        let past_len = parts.iter().map(|c| c.past_len).max().unwrap_or(0);
+        let rows = parts.iter().map(|c| c.rows).sum();
+        let mut past = Vec::with_capacity(2 * self.shape.layers);
+        for (i, (name, _)) in parts
+            .first()
+            .map_or(&[][..], |c| &c.past[..])
+            .iter()
+            .enumerate()
+        {
+            let values: Vec<&DynValue> = parts.iter().map(|c| &c.past[i].1).collect();
+            past.push((
+                name.clone(),
+                stack_padded(&values, past_len, true, DECODER)?,
+            ));
+        }
+        if past.is_empty() {
+            past = self.empty_past(rows)?;
+        }
+        let mut lens = Vec::with_capacity(rows);
+        let mut mask = Vec::with_capacity(rows * past_len);
+        for c in &parts {
+            lens.extend_from_slice(&c.lens);
+            for r in 0..c.rows {
+                mask.extend(std::iter::repeat_n(0, past_len - c.past_len));
+                mask.extend_from_slice(&c.mask[r * c.past_len..(r + 1) * c.past_len]);
+            }
+        }
+        Ok(OrtCache {
+            past,
+            past_len,
+            rows,
+            lens,
+            mask,
+        })
+    }
+
+    async fn select_cache_rows(&mut self, cache: OrtCache, rows: &[usize]) -> TaskResult<OrtCache> {
+        let mut past = cache.past;
+        for (_, v) in past.iter_mut() {
+            *v = gather_rows(v, rows)?;
+        }
+        Ok(OrtCache {
+            past,
+            past_len: cache.past_len,
+            rows: rows.len(),
+            lens: rows.iter().map(|&r| cache.lens[r]).collect(),
+            mask: mask_rows(&cache.mask, cache.past_len, rows),
+        })
+    }
+
+    async fn join_cross(&mut self, parts: Vec<OrtCross>) -> TaskResult<OrtCross> {
+        let lens: Vec<usize> = parts
+            .iter()
+            .map(|c| c.enc_mask.len() / c.rows.max(1))
+            .collect();
+        let enc_len = lens.iter().copied().max().unwrap_or(0);
+        let mut values = Vec::with_capacity(2 * self.shape.layers);
+        for (i, (name, _)) in parts
+            .first()
+            .map_or(&[][..], |c| &c.values[..])
+            .iter()
+            .enumerate()
+        {
+            let vs: Vec<&DynValue> = parts.iter().map(|c| &c.values[i].1).collect();
+            values.push((name.clone(), stack_padded(&vs, enc_len, false, CROSS_KV)?));
+        }
+        let mut enc_mask = Vec::new();
+        for (c, &e) in parts.iter().zip(&lens) {
+            for row in c.enc_mask.chunks(e.max(1)).take(c.rows) {
+                enc_mask.extend_from_slice(row);
+                enc_mask.extend(std::iter::repeat_n(0, enc_len - e));
+            }
+        }
+        Ok(OrtCross {
+            values,
+            enc_mask,
+            rows: parts.iter().map(|c| c.rows).sum(),
+        })
+    }
+
+    async fn select_cross_rows(&mut self, cross: OrtCross, rows: &[usize]) -> TaskResult<OrtCross> {
+        let enc_len = cross.enc_mask.len() / cross.rows.max(1);
+        let mut values = cross.values;
+        for (_, v) in values.iter_mut() {
+            *v = gather_rows(v, rows)?;
+        }
+        Ok(OrtCross {
+            values,
+            enc_mask: mask_rows(&cross.enc_mask, enc_len, rows),
+            rows: rows.len(),
         })
     }
 
@@ -337,10 +489,17 @@ impl Graphs for OrtGraphs {
             )));
         }
         if let Some(src) = feed.reorder.filter(|s| !is_identity(s)) {
+            if src.len() != rows || src.iter().any(|&r| r >= rows) {
+                return Err(TaskError::Input(format!(
+                    "reorder {src:?} for a cache of {rows} rows"
+                )));
+            }
             // Beam search moved histories between rows: gather the cache rows (HF `reorder_cache`).
             for (_, v) in cache.past.iter_mut() {
                 *v = gather_rows(v, src)?;
             }
+            cache.mask = mask_rows(&cache.mask, past_len, src);
+            cache.lens = src.iter().map(|&r| cache.lens[r]).collect();
         }
         let attention_mask = match feed.attention_mask {
             Some(m) if m.len() == rows * (past_len + t) => m.to_vec(),
@@ -351,10 +510,19 @@ impl Graphs for OrtGraphs {
                     past_len + t
                 )));
             }
-            None => vec![1; rows * (past_len + t)],
+            // The cache's own padding, then the fed positions.
+            None => (0..rows)
+                .flat_map(|r| {
+                    let cached = &cache.mask[r * past_len..(r + 1) * past_len];
+                    cached.iter().copied().chain(std::iter::repeat_n(1, t))
+                })
+                .collect(),
         };
-        let positions: Vec<i64> = (0..rows)
-            .flat_map(|_| (past_len..past_len + t).map(|p| p as i64))
+        // Each row continues from its own length (rows joined from other requests differ).
+        let positions: Vec<i64> = cache
+            .lens
+            .iter()
+            .flat_map(|&len| (len..len + t).map(|p| p as i64))
             .collect();
         let enc_len = cross.enc_mask.len() / rows.max(1);
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
@@ -372,7 +540,7 @@ impl Graphs for OrtGraphs {
             ),
             (
                 "attention_mask".into(),
-                Tensor::from_array(([rows, past_len + t], attention_mask))
+                TensorRef::from_array_view(([rows, past_len + t], attention_mask.as_slice()))
                     .map_err(infer_err(DECODER))?
                     .into(),
             ),
@@ -422,6 +590,10 @@ impl Graphs for OrtGraphs {
         }
         cache.past = present;
         cache.past_len += t;
+        for len in cache.lens.iter_mut() {
+            *len += t;
+        }
+        cache.mask = attention_mask;
         Ok(logits)
     }
 }

@@ -18,8 +18,9 @@ pub use blip_package::{Package, PackageError};
 pub use blip_preprocess::PreprocessError;
 pub use blip_tasks::generate;
 pub use blip_tasks::{
-    Answer, CandidateStates, Caption, CaptionOptions, Generated, Generation, GenerationConfig, Hit,
-    ImageInput, RankedAnswers, Strategy, TaskError, VisionOutput, VqaOptions, unique_inputs,
+    Answer, CandidateStates, Caption, CaptionOptions, DecodeBatch, Generated, Generation,
+    GenerationConfig, Graphs, Hit, ImageInput, RankedAnswers, Strategy, TaskError, VisionOutput,
+    VqaOptions, ready, unique_inputs,
 };
 pub use engine::{DecoderShape, OrtCache, OrtCross, OrtGraphs};
 pub use model::{BlipModel, CachedDecoder};

@@ -86,6 +86,28 @@ pub trait Graphs {
     /// An empty self-attention cache for `rows` decoder rows.
     async fn new_cache(&mut self, rows: usize) -> Result<Self::Cache>;
 
+    /// One cache holding the rows of `parts` in order (shorter caches padded, the padding masked):
+    /// requests join a running decode batch this way.
+    async fn join_caches(&mut self, parts: Vec<Self::Cache>) -> Result<Self::Cache>;
+
+    /// The cache of `rows` only (finished requests leave a decode batch this way).
+    async fn select_cache_rows(
+        &mut self,
+        cache: Self::Cache,
+        rows: &[usize],
+    ) -> Result<Self::Cache>;
+
+    /// One cross K/V holding the rows of `parts` in order (shorter encoder sequences padded and
+    /// masked).
+    async fn join_cross(&mut self, parts: Vec<Self::Cross>) -> Result<Self::Cross>;
+
+    /// The cross K/V of `rows` only.
+    async fn select_cross_rows(
+        &mut self,
+        cross: Self::Cross,
+        rows: &[usize],
+    ) -> Result<Self::Cross>;
+
     /// Runs the decoder on `feed` and appends the fed positions to `cache`; returns the logits
     /// `feed.logits` asks for, row-major.
     async fn decode(

@@ -4,11 +4,13 @@
 //! inference engine, and the crate builds for `wasm32-unknown-unknown`: native ONNX Runtime
 //! (`blip-runtime`) and the browser run the same code.
 
+mod batch;
 pub mod generate;
 mod graphs;
 mod input;
 mod tasks;
 
+pub use batch::DecodeBatch;
 pub use blip_package::{Package, PackageError};
 pub use blip_preprocess::PreprocessError;
 pub use generate::{Generated, Generation, GenerationConfig, StepInput, Strategy};

@@ -176,18 +176,15 @@ impl<G: Graphs> Blip<G> {
         }
     }
 
-    /// Decodes from encoder `states` (`[n, E, D]`): cross K/V once per input, shared by its beams.
-    async fn decode_states(
+    /// Drives `generation` to its end over the decoder, cross-attending to `states`.
+    async fn run_generation(
         &mut self,
+        mut generation: Generation,
         states: ArrayView3<'_, f32>,
         enc_mask: Option<&[i64]>,
-        prompt: &[i64],
-        cfg: &GenerationConfig,
         no_cache: bool,
     ) -> Result<Generated> {
         let n = states.shape()[0];
-        let vocab = self.package.manifest.model.vocab_size;
-        let mut generation = Generation::new(cfg, n, prompt, vocab);
         let cross = self
             .graphs
             .cross_kv(states, enc_mask, generation.rows() / n.max(1))
@@ -237,13 +234,13 @@ impl<G: Graphs> Blip<G> {
         Ok(generation.finish())
     }
 
-    /// Captions `n` preprocessed images (`pixels`: `n × 3 × S × S`).
-    pub async fn caption_pixels(
-        &mut self,
-        pixels: &[f32],
+    /// The decoding of `n` captions with `opts` (not started) and its prompt ids; checks the
+    /// options before any graph runs.
+    pub fn caption_generation(
+        &self,
         n: usize,
         opts: &CaptionOptions,
-    ) -> Result<Vec<Caption>> {
+    ) -> Result<(Generation, Vec<i64>)> {
         let prompt = self.tokenizer.prompt_ids(&opts.prompt)?;
         if prompt.len() >= opts.max_length {
             return Err(TaskError::Input(format!(
@@ -252,15 +249,27 @@ impl<G: Graphs> Blip<G> {
                 opts.max_length
             )));
         }
-        let vision = self.vision(pixels, n).await?;
         let cfg = self.generation_config(
             &opts.strategy,
             opts.max_length,
             opts.min_length,
             opts.repetition_penalty,
         );
+        let vocab = self.package.manifest.model.vocab_size;
+        Ok((Generation::new(&cfg, n, &prompt, vocab), prompt))
+    }
+
+    /// Captions `n` preprocessed images (`pixels`: `n × 3 × S × S`).
+    pub async fn caption_pixels(
+        &mut self,
+        pixels: &[f32],
+        n: usize,
+        opts: &CaptionOptions,
+    ) -> Result<Vec<Caption>> {
+        let (generation, prompt) = self.caption_generation(n, opts)?;
+        let vision = self.vision(pixels, n).await?;
         let generated = self
-            .decode_states(vision.hidden.view(), None, &prompt, &cfg, opts.no_cache)
+            .run_generation(generation, vision.hidden.view(), None, opts.no_cache)
             .await?;
         self.captions_of(generated, &prompt, opts)
     }
@@ -506,6 +515,42 @@ impl<G: Graphs> Blip<G> {
         self.answer_rows(pixels, n, &rows, questions, opts).await
     }
 
+    /// The answer decoding of (image i, question i) pairs from `n` preprocessed images (not
+    /// started), with the question states it cross-attends to and their mask (`None`: attend to
+    /// every position, as BLIP and HF do).
+    pub async fn answer_generation(
+        &mut self,
+        pixels: &[f32],
+        n: usize,
+        questions: &[&str],
+        opts: &VqaOptions,
+    ) -> Result<(Generation, Array3<f32>, Option<Vec<i64>>)> {
+        let rows: Vec<usize> = (0..n).collect();
+        self.answer_start(pixels, n, &rows, questions, opts).await
+    }
+
+    async fn answer_start(
+        &mut self,
+        pixels: &[f32],
+        n: usize,
+        rows: &[usize],
+        questions: &[&str],
+        opts: &VqaOptions,
+    ) -> Result<(Generation, Array3<f32>, Option<Vec<i64>>)> {
+        let (states, q_mask) = self
+            .questions(pixels, n, rows, questions, opts.max_question_tokens)
+            .await?;
+        let cfg = self.generation_config(&opts.strategy, opts.max_length, opts.min_length, 1.0);
+        let bos = [self.package.manifest.tokens.bos];
+        let vocab = self.package.manifest.model.vocab_size;
+        let generation = Generation::new(&cfg, states.shape()[0], &bos, vocab);
+        Ok((
+            generation,
+            states,
+            opts.mask_question_padding.then_some(q_mask),
+        ))
+    }
+
     async fn answer_rows(
         &mut self,
         pixels: &[f32],
@@ -514,16 +559,16 @@ impl<G: Graphs> Blip<G> {
         questions: &[&str],
         opts: &VqaOptions,
     ) -> Result<Vec<Answer>> {
-        let (states, q_mask) = self
-            .questions(pixels, n, rows, questions, opts.max_question_tokens)
-            .await?;
-        let cfg = self.generation_config(&opts.strategy, opts.max_length, opts.min_length, 1.0);
-        // As BLIP and HF: the decoder attends to every question position (mask of ones).
-        let bos = [self.package.manifest.tokens.bos];
-        let mask = opts.mask_question_padding.then_some(q_mask.as_slice());
+        let (generation, states, mask) =
+            self.answer_start(pixels, n, rows, questions, opts).await?;
         let generated = self
-            .decode_states(states.view(), mask, &bos, &cfg, false)
+            .run_generation(generation, states.view(), mask.as_deref(), false)
             .await?;
+        self.answers_of(generated)
+    }
+
+    /// Answer texts of generated sequences.
+    pub fn answers_of(&self, generated: Generated) -> Result<Vec<Answer>> {
         generated
             .sequences
             .into_iter()
