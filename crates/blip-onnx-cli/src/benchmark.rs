@@ -642,11 +642,9 @@ fn replace_block(path: &Path, marker: &str, text: &str) -> Result<()> {
     write_atomic(path, updated.as_bytes())
 }
 
+/// Reports are written through the one staged-write helper (temp file, sync, rename).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, bytes).with_context(|| tmp.display().to_string())?;
-    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
-    Ok(())
+    Ok(blip_package::write_file_atomic(path, bytes)?)
 }
 
 fn capitalized(s: &str) -> String {

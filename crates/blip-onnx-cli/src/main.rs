@@ -308,8 +308,13 @@ fn run(cli: Cli) -> Result<u8> {
                     ExternalArg::Never => ExternalData::Never,
                 },
             };
-            let report = blip_convert::convert(&checkpoint, &output, &opts)
-                .with_context(|| format!("converting {}", checkpoint.display()))?;
+            let report = blip_convert::convert(&checkpoint, &output, &opts).with_context(|| {
+                format!(
+                    "converting {} to {}",
+                    checkpoint.display(),
+                    output.display()
+                )
+            })?;
             if json {
                 let graphs: Vec<_> = report
                     .graphs
@@ -427,7 +432,10 @@ fn run(cli: Cli) -> Result<u8> {
                 keep_fp32,
                 force,
             };
-            let stats = blip_quantize::quantize_package(&package, &output, &opts)?;
+            let stats =
+                blip_quantize::quantize_package(&package, &output, &opts).with_context(|| {
+                    format!("quantizing {} to {}", package.display(), output.display())
+                })?;
             println!("quantized package written to {}", output.display());
             for s in &stats {
                 println!(
@@ -442,7 +450,10 @@ fn run(cli: Cli) -> Result<u8> {
             output,
             force,
         } => {
-            let reports = blip_optimize::optimize_package(&package, &output, force)?;
+            let reports =
+                blip_optimize::optimize_package(&package, &output, force).with_context(|| {
+                    format!("optimizing {} to {}", package.display(), output.display())
+                })?;
             println!("optimized package written to {}", output.display());
             for r in &reports {
                 let fused: Vec<String> = r

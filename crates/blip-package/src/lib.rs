@@ -323,4 +323,3 @@ pub fn sha256_files(files: &[PathBuf]) -> Result<String, PackageError> {
     }
     Ok(hex::encode(hasher.finalize()))
 }
-

@@ -253,9 +253,10 @@ pub fn write_staged<T, E>(
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let err = io_at(path);
     let run = || -> std::io::Result<()> {
-        let _lock = OutputLock::acquire::<std::io::Error>(path).map_err(|e| match e.into_io(path) {
-            Ok(e) | Err(e) => e,
-        })?;
+        let _lock =
+            OutputLock::acquire::<std::io::Error>(path).map_err(|e| match e.into_io(path) {
+                Ok(e) | Err(e) => e,
+            })?;
         sweep_leftovers(path)?;
         let tmp = staging_path(path);
         let written = (|| {

@@ -113,7 +113,8 @@ impl Manifest {
                 format!("{} is not a positive number", p.rescale),
             ));
         }
-        if p.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || p.mean.iter().any(|v| !v.is_finite())
+        if p.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+            || p.mean.iter().any(|v| !v.is_finite())
         {
             return Err(bad(
                 path,
@@ -183,7 +184,12 @@ impl Manifest {
 }
 
 /// `value` (a manifest path) must be a plain relative path that resolves inside `root`.
-fn confine(root: &Path, manifest: &Path, field: &str, value: &str) -> Result<PathBuf, PackageError> {
+fn confine(
+    root: &Path,
+    manifest: &Path,
+    field: &str,
+    value: &str,
+) -> Result<PathBuf, PackageError> {
     let outside = |why: String| PackageError::PathOutside {
         path: manifest.to_path_buf(),
         field: field.to_string(),

@@ -92,7 +92,9 @@ fn open_err(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> String {
     let saved = v.clone();
     edit(&mut v);
     std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
-    let err = Package::open(dir).expect_err("bad manifest opened").to_string();
+    let err = Package::open(dir)
+        .expect_err("bad manifest opened")
+        .to_string();
     std::fs::write(&path, serde_json::to_string(&saved).unwrap()).unwrap();
     err
 }
@@ -110,26 +112,96 @@ fn nonsense_values_are_refused_naming_the_field() {
     write_package(dir.path());
     let d = dir.path();
     let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
-        ("preprocess.image_size", Box::new(|v| v["preprocess"]["image_size"] = 0.into()), "is 0"),
-        ("model.image_size", Box::new(|v| v["model"]["image_size"] = 0.into()), "is 0"),
-        ("model.vision_hidden_size", Box::new(|v| v["model"]["vision_hidden_size"] = 0.into()), "is 0"),
-        ("model.text_heads", Box::new(|v| v["model"]["text_heads"] = 5.into()), "5 heads do not divide the hidden size 32"),
-        ("model.vision_heads", Box::new(|v| v["model"]["vision_heads"] = 3.into()), "do not divide"),
-        ("model.patch_size", Box::new(|v| v["model"]["patch_size"] = 5.into()), "does not divide the image size 32"),
-        ("model.image_tokens", Box::new(|v| v["model"]["image_tokens"] = 50.into()), "gives 17"),
-        ("preprocess.image_size", Box::new(|v| v["preprocess"]["image_size"] = 48.into()), "the model takes 32 px"),
-        ("preprocess.image_size", Box::new(|v| { v["preprocess"]["image_size"] = 100000.into(); v["model"]["image_size"] = 100000.into(); }), "over the 4096 px limit"),
-        ("tokens.max_text_tokens", Box::new(|v| v["tokens"]["max_text_tokens"] = 512.into()), "over the model's 64 positions"),
-        ("tokens.max_text_tokens", Box::new(|v| v["tokens"]["max_text_tokens"] = 2.into()), "no room"),
-        ("tokens.bos", Box::new(|v| v["tokens"]["bos"] = 99999.into()), "outside the vocabulary"),
-        ("tokens.pad", Box::new(|v| v["tokens"]["pad"] = (-1).into()), "outside the vocabulary"),
-        ("preprocess.std", Box::new(|v| v["preprocess"]["std"] = serde_json::json!([0.0, 1.0, 1.0])), "std must be positive"),
-        ("preprocess.rescale", Box::new(|v| v["preprocess"]["rescale"] = 0.0.into()), "not a positive number"),
-        ("head", Box::new(|v| v["head"] = "segmentation".into()), "is not one of caption, retrieval, vqa"),
+        (
+            "preprocess.image_size",
+            Box::new(|v| v["preprocess"]["image_size"] = 0.into()),
+            "is 0",
+        ),
+        (
+            "model.image_size",
+            Box::new(|v| v["model"]["image_size"] = 0.into()),
+            "is 0",
+        ),
+        (
+            "model.vision_hidden_size",
+            Box::new(|v| v["model"]["vision_hidden_size"] = 0.into()),
+            "is 0",
+        ),
+        (
+            "model.text_heads",
+            Box::new(|v| v["model"]["text_heads"] = 5.into()),
+            "5 heads do not divide the hidden size 32",
+        ),
+        (
+            "model.vision_heads",
+            Box::new(|v| v["model"]["vision_heads"] = 3.into()),
+            "do not divide",
+        ),
+        (
+            "model.patch_size",
+            Box::new(|v| v["model"]["patch_size"] = 5.into()),
+            "does not divide the image size 32",
+        ),
+        (
+            "model.image_tokens",
+            Box::new(|v| v["model"]["image_tokens"] = 50.into()),
+            "gives 17",
+        ),
+        (
+            "preprocess.image_size",
+            Box::new(|v| v["preprocess"]["image_size"] = 48.into()),
+            "the model takes 32 px",
+        ),
+        (
+            "preprocess.image_size",
+            Box::new(|v| {
+                v["preprocess"]["image_size"] = 100000.into();
+                v["model"]["image_size"] = 100000.into();
+            }),
+            "over the 4096 px limit",
+        ),
+        (
+            "tokens.max_text_tokens",
+            Box::new(|v| v["tokens"]["max_text_tokens"] = 512.into()),
+            "over the model's 64 positions",
+        ),
+        (
+            "tokens.max_text_tokens",
+            Box::new(|v| v["tokens"]["max_text_tokens"] = 2.into()),
+            "no room",
+        ),
+        (
+            "tokens.bos",
+            Box::new(|v| v["tokens"]["bos"] = 99999.into()),
+            "outside the vocabulary",
+        ),
+        (
+            "tokens.pad",
+            Box::new(|v| v["tokens"]["pad"] = (-1).into()),
+            "outside the vocabulary",
+        ),
+        (
+            "preprocess.std",
+            Box::new(|v| v["preprocess"]["std"] = serde_json::json!([0.0, 1.0, 1.0])),
+            "std must be positive",
+        ),
+        (
+            "preprocess.rescale",
+            Box::new(|v| v["preprocess"]["rescale"] = 0.0.into()),
+            "not a positive number",
+        ),
+        (
+            "head",
+            Box::new(|v| v["head"] = "segmentation".into()),
+            "is not one of caption, retrieval, vqa",
+        ),
     ];
     for (field, edit, says) in cases {
         let err = open_err(d, edit);
-        assert!(err.contains(&format!("invalid manifest: {field} ")), "{field}: {err}");
+        assert!(
+            err.contains(&format!("invalid manifest: {field} ")),
+            "{field}: {err}"
+        );
         assert!(err.contains(says), "{field}: {err}");
         assert!(err.contains("blip.json"), "names the manifest: {err}");
     }
@@ -143,10 +215,22 @@ fn paths_leaving_the_package_are_refused_naming_the_field() {
     write_package(&pkg);
     std::fs::write(dir.path().join("secret.onnx"), b"outside").unwrap();
     let cases: Vec<(&str, serde_json::Value, &str)> = vec![
-        ("graphs.decoder.file", "../../../../etc/hostname".into(), "`..` leaves the package folder"),
-        ("graphs.decoder.file", "/etc/hostname".into(), "absolute paths are not allowed"),
+        (
+            "graphs.decoder.file",
+            "../../../../etc/hostname".into(),
+            "`..` leaves the package folder",
+        ),
+        (
+            "graphs.decoder.file",
+            "/etc/hostname".into(),
+            "absolute paths are not allowed",
+        ),
         ("graphs.decoder.file", "".into(), "the path is empty"),
-        ("graphs.decoder.data_file", "../secret.onnx".into(), "`..` leaves"),
+        (
+            "graphs.decoder.data_file",
+            "../secret.onnx".into(),
+            "`..` leaves",
+        ),
         ("tokenizer", "/etc/passwd".into(), "absolute paths"),
     ];
     for (field, value, says) in cases {
@@ -157,14 +241,22 @@ fn paths_leaving_the_package_are_refused_naming_the_field() {
                 v["graphs"]["decoder"][key] = value.clone();
             }
         });
-        assert!(err.contains(&format!("invalid manifest: {field} = {value}")), "{err}");
+        assert!(
+            err.contains(&format!("invalid manifest: {field} = {value}")),
+            "{err}"
+        );
         assert!(err.contains(says), "{err}");
     }
     // A symlink inside the package that points out of it.
     std::os::unix::fs::symlink(dir.path().join("secret.onnx"), pkg.join("link.onnx")).unwrap();
-    let err = open_err(&pkg, |v| v["graphs"]["decoder"]["file"] = "link.onnx".into());
+    let err = open_err(&pkg, |v| {
+        v["graphs"]["decoder"]["file"] = "link.onnx".into()
+    });
     assert!(err.contains("graphs.decoder.file = \"link.onnx\""), "{err}");
-    assert!(err.contains("is a symlink to") && err.contains("outside the package"), "{err}");
+    assert!(
+        err.contains("is a symlink to") && err.contains("outside the package"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -182,7 +274,10 @@ fn a_changed_graph_fails_its_checksum_at_open_naming_the_file() {
     bytes[0] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
     let err = Package::open(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("decoder.onnx") && err.contains("graph decoder fails its checksum"), "{err}");
+    assert!(
+        err.contains("decoder.onnx") && err.contains("graph decoder fails its checksum"),
+        "{err}"
+    );
     // Truncated.
     std::fs::write(&path, &bytes[..10]).unwrap();
     let err = Package::open(dir.path()).unwrap_err().to_string();
@@ -201,7 +296,12 @@ fn the_stamp_is_trusted_only_for_unchanged_files() {
     let mut bad = m.clone();
     bad.graphs.get_mut(DECODER).unwrap().sha256 = "f".repeat(64);
     bad.save(dir.path()).unwrap();
-    assert!(Package::open(dir.path()).unwrap_err().to_string().contains("fails its checksum"));
+    assert!(
+        Package::open(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("fails its checksum")
+    );
     m.save(dir.path()).unwrap();
     Package::open(dir.path()).unwrap();
     // A read-only package still opens (verified every time, no stamp written).

@@ -4,7 +4,9 @@
 mod image;
 mod text;
 
-pub use image::{DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, ImagePreprocessor, RgbImage, resize_like_pillow};
+pub use image::{
+    DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, ImagePreprocessor, RgbImage, resize_like_pillow,
+};
 pub use text::{BlipTokenizer, FirstToken, TextBatch, load_tokenizer_json};
 
 #[derive(Debug, thiserror::Error)]

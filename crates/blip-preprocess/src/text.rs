@@ -75,9 +75,8 @@ pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer, String> {
             missing.join(", ")
         ));
     }
-    text.parse::<Tokenizer>().map_err(|e| {
-        format!("valid JSON but not a usable tokenizer.json: {e}")
-    })
+    text.parse::<Tokenizer>()
+        .map_err(|e| format!("valid JSON but not a usable tokenizer.json: {e}"))
 }
 
 impl BlipTokenizer {
@@ -283,12 +282,19 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("text 2 of 2 ({long:?}): 9 tokens, over the model's 8 positions (max_position_embeddings)")
+            format!(
+                "text 2 of 2 ({long:?}): 9 tokens, over the model's 8 positions (max_position_embeddings)"
+            )
         );
         // Truncated texts always fit.
         let b = t.encode_batch(&[long], FirstToken::Enc, Some(8)).unwrap();
         assert_eq!(b.cols, 8);
-        assert!(t.prompt_ids(&format!("{long} eight")).unwrap_err().to_string().contains("over the model's 8 positions"));
+        assert!(
+            t.prompt_ids(&format!("{long} eight"))
+                .unwrap_err()
+                .to_string()
+                .contains("over the model's 8 positions")
+        );
     }
 
     #[test]
@@ -298,7 +304,10 @@ mod tests {
         let not_tok = dir.join("config.json");
         std::fs::write(&not_tok, r#"{"model_type": "blip"}"#).unwrap();
         let err = load_tokenizer_json(&not_tok).unwrap_err();
-        assert!(err.starts_with("valid JSON but not a tokenizer.json"), "{err}");
+        assert!(
+            err.starts_with("valid JSON but not a tokenizer.json"),
+            "{err}"
+        );
         let broken = dir.join("broken.json");
         std::fs::write(&broken, r#"{"model": "#).unwrap();
         let err = load_tokenizer_json(&broken).unwrap_err();

@@ -16,7 +16,11 @@ fn pre() -> ImagePreprocessor {
 
 #[test]
 fn every_fixture_jpeg_is_complete_and_decodes() {
-    for f in ["grace_hopper.jpg", "formats/cmyk.jpg", "formats/exif_rotated.jpg"] {
+    for f in [
+        "grace_hopper.jpg",
+        "formats/cmyk.jpg",
+        "formats/exif_rotated.jpg",
+    ] {
         let img = pre().load_path(&fixture(f)).unwrap();
         assert!(img.width > 0 && img.height > 0, "{f}");
     }
@@ -56,7 +60,8 @@ fn an_oversized_file_is_refused_before_it_is_read() {
     small.max_file_bytes = 100;
     let err = small.load_path(&fixture("synthetic_a.png")).unwrap_err();
     assert!(
-        err.to_string().contains("498 bytes, over the limit of 100 bytes"),
+        err.to_string()
+            .contains("498 bytes, over the limit of 100 bytes"),
         "{err}"
     );
 }

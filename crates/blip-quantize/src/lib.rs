@@ -49,7 +49,10 @@ pub enum QuantizeError {
         valid: Vec<String>,
     },
     #[error("the policy selects none of {package}'s graphs ({}); nothing would be quantized", graphs.join(", "))]
-    NothingSelected { package: PathBuf, graphs: Vec<String> },
+    NothingSelected {
+        package: PathBuf,
+        graphs: Vec<String>,
+    },
     #[error(
         "{path}: {role} is already {precision}; quantize the FP32 package it came from (a second pass would leave it {precision} under a new label)"
     )]
@@ -175,10 +178,12 @@ fn f32_values(t: &TensorProto, path: &Path) -> Result<Vec<f32>> {
             .collect(),
         None => t.float_data.clone(),
     };
-    let expected = t
-        .dims
-        .iter()
-        .try_fold(1usize, |n, &d| usize::try_from(d).ok().filter(|&d| d > 0).and_then(|d| n.checked_mul(d)));
+    let expected = t.dims.iter().try_fold(1usize, |n, &d| {
+        usize::try_from(d)
+            .ok()
+            .filter(|&d| d > 0)
+            .and_then(|d| n.checked_mul(d))
+    });
     if expected != Some(values.len()) {
         return Err(graph_err(
             path,
@@ -871,7 +876,9 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
         if count == 0 && other == 0 {
             return Err(graph_err(
                 &path,
-                format!("{role} has no float weights to quantize; it would be copied unchanged under the label {precision}"),
+                format!(
+                    "{role} has no float weights to quantize; it would be copied unchanged under the label {precision}"
+                ),
             ));
         }
         model.doc_string = Some(format!("{} | {note}", model.doc_string.unwrap_or_default()));

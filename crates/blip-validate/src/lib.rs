@@ -386,7 +386,7 @@ pub fn check(dir: &Path, load_in_ort: bool) -> CheckReport {
     ));
     items.push(item(
         "package: tokenizer ids".into(),
-        match tokenizers::Tokenizer::from_file(pkg.tokenizer_path()) {
+        match blip_preprocess::load_tokenizer_json(&pkg.tokenizer_path()) {
             Err(e) => Err(format!("{}: {e}", m.tokenizer)),
             Ok(tok) => {
                 let t = &m.tokens;
