@@ -12,8 +12,8 @@ mod validation;
 
 pub use integrity::VERIFIED_STAMP;
 pub use staging::{
-    OutputLock, STAGING_PREFIX, StagedError, staging_path, sweep_leftovers, write_file_atomic,
-    write_staged,
+    OutputLock, STAGING_PREFIX, StagedError, output_paths_in, staging_path, sweep_leftovers,
+    write_file_atomic, write_staged,
 };
 pub use validation::HEADS;
 

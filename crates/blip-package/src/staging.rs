@@ -89,6 +89,29 @@ fn io_at(path: &Path) -> impl Fn(std::io::Error) -> std::io::Error + '_ {
     move |e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
+/// Rewrites staging paths in a message (`DIR/.blip-staging-NAME-PID/FILE`) to the output they
+/// become (`DIR/NAME/FILE`), so an error names the output file being written.
+pub fn output_paths_in(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(STAGING_PREFIX) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + STAGING_PREFIX.len()..];
+        let end = after
+            .find(|c: char| c == '/' || c.is_whitespace() || c == ':' || c == '"')
+            .unwrap_or(after.len());
+        match after[..end].rsplit_once('-') {
+            Some((name, pid)) if !name.is_empty() && pid.parse::<u32>().is_ok() => {
+                out.push_str(name)
+            }
+            _ => out.push_str(&rest[at..at + STAGING_PREFIX.len() + end]),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The exclusive right to write one output; the lock file is removed when it is dropped.
 pub struct OutputLock {
     file: File,
@@ -348,6 +371,18 @@ mod tests {
         drop(held);
         write_staged(&out, |tmp| std::fs::write(tmp.join("f"), "x")).unwrap();
         assert_eq!(names(dir.path()), ["pkg"]);
+    }
+
+    #[test]
+    fn staging_paths_in_messages_become_output_paths() {
+        assert_eq!(
+            output_paths_in("/d/.blip-staging-my-pkg-123/tokenizer.json: File too large"),
+            "/d/my-pkg/tokenizer.json: File too large"
+        );
+        assert_eq!(
+            output_paths_in("x .blip-staging-r.json-9 and .blip-staging-odd"),
+            "x r.json and .blip-staging-odd"
+        );
     }
 
     #[test]
