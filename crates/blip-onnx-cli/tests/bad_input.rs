@@ -33,6 +33,8 @@ struct Ran {
 /// Runs `blip-onnx ARGS` (optionally under `prlimit --fsize`, with SIGXFSZ ignored so that an
 /// over-limit write fails like a full disk instead of killing the process), reaping it with
 /// `wait4` to read its own peak RSS. A run over 120 s is killed and fails the case (a hang).
+// The child is reaped by `wait4` (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn run(args: &[String], fsize: Option<u64>) -> Ran {
     let mut cmd = match fsize {
         Some(n) => {

@@ -66,7 +66,7 @@ impl Manifest {
             ("model.vision_heads", m.vision_hidden_size, m.vision_heads),
             ("model.text_heads", m.text_hidden_size, m.text_heads),
         ] {
-            if hidden % heads != 0 {
+            if !hidden.is_multiple_of(heads) {
                 return Err(bad(
                     path,
                     field,
@@ -74,7 +74,7 @@ impl Manifest {
                 ));
             }
         }
-        if m.image_size % m.patch_size != 0 {
+        if !m.image_size.is_multiple_of(m.patch_size) {
             return Err(bad(
                 path,
                 "model.patch_size",

@@ -85,6 +85,8 @@ fn write_package(dir: &Path) -> Manifest {
     m
 }
 
+type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+
 fn open_err(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> String {
     let path = dir.join(MANIFEST_FILE);
     let mut v: serde_json::Value =
@@ -111,7 +113,7 @@ fn nonsense_values_are_refused_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     write_package(dir.path());
     let d = dir.path();
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "preprocess.image_size",
             Box::new(|v| v["preprocess"]["image_size"] = 0.into()),

@@ -570,7 +570,7 @@ fn quantize_q4_column_asym(col: &[f32], block: usize) -> (Vec<u8>, Vec<f32>, Vec
 pub fn fit_block(requested: usize, k: usize) -> Option<usize> {
     let mut b = requested;
     while b >= 16 {
-        if k % b == 0 {
+        if k.is_multiple_of(b) {
             return Some(b);
         }
         b /= 2;
@@ -730,14 +730,14 @@ pub fn quantize_package(src: &Path, out: &Path, opts: &QuantizeOptions) -> Resul
 /// The policy must name graphs the package has and select at least one, each still FP32.
 fn check_selection(pkg: &Package, opts: &QuantizeOptions) -> Result<()> {
     let graphs: Vec<String> = pkg.manifest.graphs.keys().cloned().collect();
-    if let Policy::Roles(roles) = &opts.policy {
-        if let Some(role) = roles.iter().find(|r| !graphs.contains(r)) {
-            return Err(QuantizeError::UnknownRole {
-                role: role.clone(),
-                package: pkg.dir.clone(),
-                valid: graphs,
-            });
-        }
+    if let Policy::Roles(roles) = &opts.policy
+        && let Some(role) = roles.iter().find(|r| !graphs.contains(r))
+    {
+        return Err(QuantizeError::UnknownRole {
+            role: role.clone(),
+            package: pkg.dir.clone(),
+            valid: graphs,
+        });
     }
     let selected: Vec<(&String, &GraphEntry)> = pkg
         .manifest
