@@ -61,8 +61,12 @@ impl Common {
             device: parse_device(&self.device)?,
             ..Default::default()
         };
-        BlipModel::open(&self.package, &opts)
-            .with_context(|| format!("loading package {}", self.package.display()))
+        let mut model = BlipModel::open(&self.package, &opts)
+            .with_context(|| format!("loading package {}", self.package.display()))?;
+        // Texts that do not fit the model's positions are refused by name before inference
+        // (the runtime's tokenizer is built without the limit; see BlipTokenizer::for_package).
+        model.tokenizer.max_positions = Some(model.package.manifest.model.max_position_embeddings);
+        Ok(model)
     }
 
     pub(crate) fn progress(&self, n: usize, what: &str) -> ProgressBar {
@@ -178,6 +182,13 @@ pub const EXIT_PARTIAL: u8 = 3;
 pub fn caption(common: &Common, decoding: &Decoding, images: &[PathBuf]) -> Result<u8> {
     let opts = decoding.options()?;
     let mut model = common.model()?;
+    let positions = model.package.manifest.model.max_position_embeddings;
+    if decoding.max_length > positions {
+        bail!(
+            "--max-length {} is over the model's {positions} positions (max_position_embeddings)",
+            decoding.max_length
+        );
+    }
     let bar = common.progress(images.len(), "captioning");
     let mut records = Vec::with_capacity(images.len());
     let mut failed = 0;
@@ -371,7 +382,8 @@ pub fn vqa(
             if list.is_empty() {
                 bail!("{}: no answers in the file (one per line)", path.display());
             }
-            let ranked = model.rank_answers(&images, &qs, &list, k, 35)?;
+            let max_question = model.package.manifest.tokens.max_text_tokens;
+            let ranked = model.rank_answers(&images, &qs, &list, k, max_question)?;
             for (q, r) in questions.iter().zip(ranked) {
                 let cands: Vec<_> = r
                     .candidates

@@ -451,6 +451,12 @@ fn bad_texts_and_options_are_named() {
     let empty_answers = dir.path().join("answers.txt");
     std::fs::write(&empty_answers, "\n  \n").unwrap();
     let long = "a dog on a beach ".repeat(2000);
+    let long_answers = dir.path().join("long-answers.txt");
+    std::fs::write(
+        &long_answers,
+        format!("yes\nno\n{}\n", ["word"; 100].join(" ")),
+    )
+    .unwrap();
     let cases = vec![
         case(
             "embed: an empty text among several",

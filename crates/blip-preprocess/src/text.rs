@@ -98,6 +98,14 @@ impl BlipTokenizer {
     pub fn for_package(pkg: &Package) -> Result<Self, PreprocessError> {
         let mut t = BlipTokenizer::from_file(&pkg.tokenizer_path(), pkg.manifest.tokens.clone())?;
         t.max_positions = Some(pkg.manifest.model.max_position_embeddings);
+        // Ids past the model's vocabulary would index past its logits.
+        let (tok, model) = (t.vocab_size(), pkg.manifest.model.vocab_size);
+        if tok > model {
+            return Err(PreprocessError::Tokenizer(format!(
+                "{}: {tok} tokens, more than the model's vocabulary of {model}",
+                pkg.tokenizer_path().display()
+            )));
+        }
         Ok(t)
     }
 

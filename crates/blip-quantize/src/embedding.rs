@@ -52,7 +52,8 @@ fn rewrite_gathers(
             .attribute
             .iter()
             .all(|a| a.name.as_deref() != Some("axis") || a.i == Some(0));
-        let table = (n.op_type.as_deref() == Some("Gather") && axis0)
+        let well_formed = n.input.len() == 2 && n.output.len() == 1;
+        let table = (n.op_type.as_deref() == Some("Gather") && axis0 && well_formed)
             .then(|| n.input.first().and_then(|x| tables.get(x)))
             .flatten();
         match table {

@@ -350,7 +350,9 @@ fn rewrite_weight_matmuls(
             .get(1)
             .and_then(|w| inits.get(w))
             .map(|&i| &graph.initializer[i]);
+        // A node without an output (a damaged graph) is left alone rather than indexed.
         let eligible = weight
+            .filter(|_| !n.output.is_empty())
             .filter(|w| w.dims.len() == 2 && w.data_type == Some(PbType::Float as i32))
             .filter(|_| op == "MatMul" || (op == "Gemm" && plain_gemm));
         match eligible {
