@@ -176,7 +176,10 @@ fn peak_rss_mb() -> Option<f64> {
 fn dir_size_mb(dir: &Path) -> Option<f64> {
     let bytes: u64 = std::fs::read_dir(dir)
         .ok()?
-        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter_map(|e| e.ok())
+        // Hidden files (the verified stamp) are not part of the package.
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| e.metadata().ok())
         .filter(|m| m.is_file())
         .map(|m| m.len())
         .sum();
@@ -448,7 +451,10 @@ fn child(args: &BenchArgs, pkg: &Path, device: &str) -> Result<Engine> {
         ])
         .output()?;
     if !out.status.success() {
-        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        // The child printed its own `error: …` line; pass on its message, not a second prefix.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let message = stderr.trim();
+        bail!("{}", message.strip_prefix("error: ").unwrap_or(message));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();

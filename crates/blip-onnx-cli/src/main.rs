@@ -285,7 +285,10 @@ fn error_chain(e: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in e.chain() {
         let part = cause.to_string();
-        if !text.contains(&part) {
+        if part.contains(&text) {
+            // The cause already quotes the context (e.g. a path): keep the fuller one.
+            text = part;
+        } else if !text.contains(&part) {
             if !text.is_empty() {
                 text.push_str(": ");
             }
