@@ -149,10 +149,7 @@ pub struct BlipConfig {
 impl BlipConfig {
     /// Reads a Hugging Face BLIP `config.json`.
     pub fn from_file(path: &Path) -> Result<BlipConfig> {
-        let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::read_json_text(path)?;
         let raw: RawConfig =
             serde_json::from_str(&text).map_err(|e| CheckpointError::BadConfig {
                 path: path.to_path_buf(),

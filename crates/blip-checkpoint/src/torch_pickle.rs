@@ -531,16 +531,30 @@ pub(crate) fn add_file(ck: &mut Checkpoint, path: &Path, nested: Option<&str>) -
                     .data_start()
                     .ok_or_else(|| bad(format!("{entry_name}: unknown data offset")))?
                     as usize;
-                if start + len > map.len() {
+                if start.checked_add(len).is_none_or(|end| end > map.len()) {
                     return Err(bad(format!(
                         "{entry_name} lies beyond the end of the file (truncated?)"
                     )));
                 }
                 storage_buffers.insert(key.clone(), (map_buffer, start, len));
             } else {
+                // The declared size is the file's claim: deflate expands at most ~1032x, so a
+                // larger claim is refused before anything is allocated for it.
+                let packed = f.compressed_size() as usize;
+                if len > packed.saturating_mul(1032).saturating_add(1024) {
+                    return Err(bad(format!(
+                        "{entry_name} claims {len} bytes from {packed} compressed (corrupt archive)"
+                    )));
+                }
                 let mut data = Vec::with_capacity(len);
                 f.read_to_end(&mut data)
                     .map_err(|e| bad(format!("{entry_name}: {e}")))?;
+                if data.len() != len {
+                    return Err(bad(format!(
+                        "{entry_name}: {} bytes, the archive says {len} (truncated?)",
+                        data.len()
+                    )));
+                }
                 let idx = map_buffer + 1 + owned.len();
                 owned.push(Buffer::Owned(data));
                 storage_buffers.insert(key.clone(), (idx, 0, len));

@@ -31,6 +31,11 @@ fn dataset_err(path: &Path, message: impl std::fmt::Display) -> EvalError {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    // A FIFO or device named like an annotation file would block or never end.
+    let meta = std::fs::metadata(path).map_err(|e| dataset_err(path, e))?;
+    if !meta.is_file() {
+        return Err(dataset_err(path, "not a regular file"));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| dataset_err(path, e))?;
     serde_json::from_str(&text).map_err(|e| dataset_err(path, e))
 }

@@ -641,6 +641,9 @@ fn bad_checkpoints_are_refused_and_leave_nothing() {
         )
         .says(&["empty-dir"])
         .no_output(&out),
+        mk("--config is a device", conv(&good, &["--config", "/dev/zero"]))
+            .says(&["/dev/zero", "not a regular file"])
+            .no_output(&out),
         mk("--config not JSON", conv(&good, &["--config", &s(&broken_tok)]))
             .says(&["broken-tokenizer.json"])
             .no_output(&out),

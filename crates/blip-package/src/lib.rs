@@ -237,6 +237,20 @@ impl Package {
                 path: dir.to_path_buf(),
             });
         }
+        // A manifest is a few KB; a huge file is not read into memory to find that out.
+        const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+        let len = std::fs::metadata(&path)
+            .map_err(|source| PackageError::Io {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        if len > MAX_MANIFEST_BYTES {
+            return Err(PackageError::BadManifest {
+                path,
+                message: format!("{len} bytes, over the {MAX_MANIFEST_BYTES}-byte limit"),
+            });
+        }
         let text = std::fs::read_to_string(&path).map_err(|source| PackageError::Io {
             path: path.clone(),
             source,
