@@ -149,10 +149,7 @@ pub struct BlipConfig {
 impl BlipConfig {
     /// Reads a Hugging Face BLIP `config.json`.
     pub fn from_file(path: &Path) -> Result<BlipConfig> {
-        let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::read_json_text(path)?;
         let raw: RawConfig =
             serde_json::from_str(&text).map_err(|e| CheckpointError::BadConfig {
                 path: path.to_path_buf(),
@@ -188,6 +185,22 @@ impl BlipConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         let t = &self.text;
         let v = &self.vision;
+        for (what, n) in [
+            ("text hidden_size", t.hidden_size),
+            ("text intermediate_size", t.intermediate_size),
+            ("text num_hidden_layers", t.num_hidden_layers),
+            ("text vocab_size", t.vocab_size),
+            ("text max_position_embeddings", t.max_position_embeddings),
+            ("vision hidden_size", v.hidden_size),
+            ("vision intermediate_size", v.intermediate_size),
+            ("vision num_hidden_layers", v.num_hidden_layers),
+            ("vision image_size", v.image_size),
+            ("image_text_hidden_size", self.image_text_hidden_size),
+        ] {
+            if n == 0 {
+                return Err(format!("{what} is 0"));
+            }
+        }
         if t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             return Err(format!(
                 "text hidden_size {} is not divisible by num_attention_heads {}",
@@ -237,8 +250,8 @@ pub fn infer_config_from_shapes(
         return Err("unexpected vision tensor ranks".into());
     }
     let v_hidden = patch[0];
-    let grid = ((pos[1] - 1) as f64).sqrt().round() as usize;
-    if grid * grid + 1 != pos[1] {
+    let grid = (pos[1].saturating_sub(1) as f64).sqrt().round() as usize;
+    if pos[1] < 2 || grid * grid + 1 != pos[1] {
         return Err(format!(
             "position embedding has {} rows, not a square grid + 1",
             pos[1]
@@ -274,6 +287,17 @@ pub fn infer_config_from_shapes(
     let inter = get(&format!(
         "{text_prefix}encoder.layer.0.intermediate.dense.weight"
     ))?;
+    for (what, t) in [
+        ("word embeddings", words),
+        ("position embeddings", positions),
+        ("intermediate dense weight", inter),
+    ] {
+        if t.len() != 2 || t.contains(&0) {
+            return Err(format!(
+                "text {what} have shape {t:?}, expected 2 non-zero dims"
+            ));
+        }
+    }
     let t_hidden = words[1];
     let text = TextConfig {
         vocab_size: words[0],
@@ -289,7 +313,7 @@ pub fn infer_config_from_shapes(
     };
     let image_text_hidden_size = shapes
         .get("vision_proj.weight")
-        .map(|s| s[0])
+        .and_then(|s| s.first().copied())
         .unwrap_or(256);
     let cfg = BlipConfig {
         head: Some(head),

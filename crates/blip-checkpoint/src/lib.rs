@@ -391,11 +391,33 @@ impl Checkpoint {
     }
 }
 
-fn shard_files(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).map_err(|source| CheckpointError::Io {
-        path: index.to_path_buf(),
+/// Reads a small JSON side file (config, shard index): a regular file (a FIFO or device would
+/// block or never end) of at most 16 MiB.
+pub(crate) fn read_json_text(path: &Path) -> Result<String> {
+    const MAX: u64 = 16 << 20;
+    let io = |source| CheckpointError::Io {
+        path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() || meta.len() > MAX {
+        return Err(CheckpointError::BadConfig {
+            path: path.to_path_buf(),
+            message: if meta.is_file() {
+                format!(
+                    "{} bytes, over the {MAX}-byte limit for a JSON file",
+                    meta.len()
+                )
+            } else {
+                "not a regular file".into()
+            },
+        });
+    }
+    std::fs::read_to_string(path).map_err(io)
+}
+
+fn shard_files(index: &Path) -> Result<Vec<String>> {
+    let text = read_json_text(index)?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| CheckpointError::BadConfig {
             path: index.to_path_buf(),

@@ -531,16 +531,30 @@ pub(crate) fn add_file(ck: &mut Checkpoint, path: &Path, nested: Option<&str>) -
                     .data_start()
                     .ok_or_else(|| bad(format!("{entry_name}: unknown data offset")))?
                     as usize;
-                if start + len > map.len() {
+                if start.checked_add(len).is_none_or(|end| end > map.len()) {
                     return Err(bad(format!(
                         "{entry_name} lies beyond the end of the file (truncated?)"
                     )));
                 }
                 storage_buffers.insert(key.clone(), (map_buffer, start, len));
             } else {
+                // The declared size is the file's claim: deflate expands at most ~1032x, so a
+                // larger claim is refused before anything is allocated for it.
+                let packed = f.compressed_size() as usize;
+                if len > packed.saturating_mul(1032).saturating_add(1024) {
+                    return Err(bad(format!(
+                        "{entry_name} claims {len} bytes from {packed} compressed (corrupt archive)"
+                    )));
+                }
                 let mut data = Vec::with_capacity(len);
                 f.read_to_end(&mut data)
                     .map_err(|e| bad(format!("{entry_name}: {e}")))?;
+                if data.len() != len {
+                    return Err(bad(format!(
+                        "{entry_name}: {} bytes, the archive says {len} (truncated?)",
+                        data.len()
+                    )));
+                }
                 let idx = map_buffer + 1 + owned.len();
                 owned.push(Buffer::Owned(data));
                 storage_buffers.insert(key.clone(), (idx, 0, len));
@@ -548,31 +562,45 @@ pub(crate) fn add_file(ck: &mut Checkpoint, path: &Path, nested: Option<&str>) -
         }
         let (buffer, start, len) = storage_buffers[&key];
         let size = dtype.size_of();
-        let numel: usize = shape.iter().product();
+        if strides.len() != shape.len() {
+            return Err(bad(format!(
+                "tensor {name}: {} strides for {} dimensions",
+                strides.len(),
+                shape.len()
+            )));
+        }
+        // Sizes come from the file: checked arithmetic, so a hostile shape cannot wrap the
+        // bounds check below and send a later read out of range.
+        let overflow = || bad(format!("tensor {name}: shape {shape:?} overflows"));
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(overflow)?;
         let contiguous = {
-            let mut expect = 1;
+            let mut expect = 1usize;
             let mut ok = true;
             for (d, s) in shape.iter().zip(&strides).rev() {
                 if *d != 1 && *s != expect {
                     ok = false;
                 }
-                expect *= d;
+                expect = expect.saturating_mul(*d);
             }
             ok
         };
-        let byte_offset = offset * size;
+        let byte_offset = offset.checked_mul(size).ok_or_else(overflow)?;
         let span = if numel == 0 {
             0
         } else {
-            (shape
+            shape
                 .iter()
                 .zip(&strides)
-                .map(|(d, s)| (d - 1) * s)
-                .sum::<usize>()
-                + 1)
-                * size
+                .try_fold(0usize, |acc, (d, s)| {
+                    acc.checked_add((d - 1).checked_mul(*s)?)
+                })
+                .and_then(|last| last.checked_add(1)?.checked_mul(size))
+                .ok_or_else(overflow)?
         };
-        if byte_offset + span > len {
+        if byte_offset.checked_add(span).is_none_or(|end| end > len) {
             return Err(bad(format!(
                 "tensor {name}: data runs past its storage (truncated file?)"
             )));

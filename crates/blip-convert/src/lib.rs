@@ -246,10 +246,12 @@ pub fn convert(checkpoint: &Path, output: &Path, opts: &ConvertOptions) -> Resul
             path: output.to_path_buf(),
             source,
         },
-        blip_package::StagedError::Write(e) => e,
-        blip_package::StagedError::Commit(source) => ConvertError::Io {
-            path: output.to_path_buf(),
-            source,
+        other => match other.into_io(output) {
+            Ok(e) => e,
+            Err(source) => ConvertError::Io {
+                path: output.to_path_buf(),
+                source,
+            },
         },
     })?;
     Ok(ConvertReport {
@@ -328,7 +330,12 @@ fn write_package(
             GraphEntry {
                 file,
                 data_file: stats.data_file.clone(),
-                sha256: blip_package::sha256_files(std::slice::from_ref(&path))?,
+                // The checksum covers the graph and its external data (GraphEntry::files).
+                sha256: blip_package::sha256_files(
+                    &std::iter::once(path.clone())
+                        .chain(stats.data_file.as_ref().map(|d| dir.join(d)))
+                        .collect::<Vec<_>>(),
+                )?,
                 bytes: stats.onnx_bytes + stats.data_bytes,
                 precision: "fp32".into(),
                 quantization: None,

@@ -90,7 +90,7 @@ pub fn resolve(
                 .join(", "),
         })?;
     let mut tok = if source.extension().and_then(|e| e.to_str()) == Some("json") {
-        Tokenizer::from_file(&source).map_err(|e| err(&source, e))?
+        blip_preprocess::load_tokenizer_json(&source).map_err(|e| err(&source, e))?
     } else {
         from_vocab(&source)?
     };

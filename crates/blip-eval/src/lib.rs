@@ -31,6 +31,11 @@ fn dataset_err(path: &Path, message: impl std::fmt::Display) -> EvalError {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    // A FIFO or device named like an annotation file would block or never end.
+    let meta = std::fs::metadata(path).map_err(|e| dataset_err(path, e))?;
+    if !meta.is_file() {
+        return Err(dataset_err(path, "not a regular file"));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| dataset_err(path, e))?;
     serde_json::from_str(&text).map_err(|e| dataset_err(path, e))
 }
@@ -186,6 +191,28 @@ fn captions_file(ds: &Dataset) -> Result<(PathBuf, CocoCaptions)> {
     if c.images.is_empty() {
         return Err(dataset_err(&path, "no images"));
     }
+    if c.annotations.is_empty() {
+        return Err(dataset_err(&path, "no annotations (captions)"));
+    }
+    let ids: std::collections::BTreeSet<i64> = c.images.iter().map(|i| i.id).collect();
+    if !c.annotations.iter().any(|a| ids.contains(&a.image_id)) {
+        let sample = |v: Vec<i64>| {
+            v.iter()
+                .take(5)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(dataset_err(
+            &path,
+            format!(
+                "none of the {} annotations' image_id matches an image's id (images: {}…; annotations refer to {}…)",
+                c.annotations.len(),
+                sample(ids.iter().copied().collect()),
+                sample(c.annotations.iter().map(|a| a.image_id).collect())
+            ),
+        ));
+    }
     Ok((path, c))
 }
 
@@ -295,7 +322,7 @@ pub fn evaluate_retrieval(
     opts: &EvalOptions,
     progress: Progress<'_>,
 ) -> Result<RetrievalReport> {
-    let (_, mut coco) = captions_file(ds)?;
+    let (path, mut coco) = captions_file(ds)?;
     limit(&mut coco.images, opts.max_images);
     let index: BTreeMap<i64, usize> = coco
         .images
@@ -308,6 +335,15 @@ pub fn evaluate_retrieval(
         .iter()
         .filter_map(|a| index.get(&a.image_id).map(|&i| (i, a.caption.as_str())))
         .collect();
+    if texts.is_empty() {
+        return Err(dataset_err(
+            &path,
+            format!(
+                "no caption belongs to the {} images evaluated (--max-images keeps the first ones)",
+                coco.images.len()
+            ),
+        ));
+    }
     let n = coco.images.len();
     let mut img_emb = Vec::new();
     let mut hidden = Vec::new();
@@ -425,6 +461,16 @@ pub fn evaluate_vqa(
         qs.retain(|q| keep.contains(&q.image_id));
     }
     let total = qs.len();
+    if total == 0 {
+        return Err(dataset_err(
+            &qpath,
+            if opts.max_images > 0 {
+                "no question is about the images evaluated (--max-images keeps the first ones)"
+            } else {
+                "no questions"
+            },
+        ));
+    }
     let mut predictions = BTreeMap::new();
     let mut per_type: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     let mut sum = 0.0;

@@ -178,7 +178,10 @@ fn peak_rss_mb() -> Option<f64> {
 fn dir_size_mb(dir: &Path) -> Option<f64> {
     let bytes: u64 = std::fs::read_dir(dir)
         .ok()?
-        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter_map(|e| e.ok())
+        // Hidden files (the verified stamp) are not part of the package.
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| e.metadata().ok())
         .filter(|m| m.is_file())
         .map(|m| m.len())
         .sum();
@@ -455,7 +458,10 @@ fn child(args: &BenchArgs, pkg: &Path, device: &str) -> Result<Engine> {
         ])
         .output()?;
     if !out.status.success() {
-        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        // The child printed its own `error: …` line; pass on its message, not a second prefix.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let message = stderr.trim();
+        bail!("{}", message.strip_prefix("error: ").unwrap_or(message));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
@@ -649,11 +655,9 @@ fn replace_block(path: &Path, marker: &str, text: &str) -> Result<()> {
     write_atomic(path, updated.as_bytes())
 }
 
+/// Reports are written through the one staged-write helper (temp file, sync, rename).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, bytes).with_context(|| tmp.display().to_string())?;
-    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
-    Ok(())
+    Ok(blip_package::write_file_atomic(path, bytes)?)
 }
 
 fn capitalized(s: &str) -> String {

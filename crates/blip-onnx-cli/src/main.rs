@@ -273,10 +273,29 @@ fn main() -> ExitCode {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once (library errors often already quote
+/// their source), with staging paths shown as the output files they were becoming.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if part.contains(&text) {
+            // The cause already quotes the context (e.g. a path): keep the fuller one.
+            text = part;
+        } else if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    blip_package::output_paths_in(&text)
 }
 
 fn run(cli: Cli) -> Result<u8> {
@@ -308,8 +327,13 @@ fn run(cli: Cli) -> Result<u8> {
                     ExternalArg::Never => ExternalData::Never,
                 },
             };
-            let report = blip_convert::convert(&checkpoint, &output, &opts)
-                .with_context(|| format!("converting {}", checkpoint.display()))?;
+            let report = blip_convert::convert(&checkpoint, &output, &opts).with_context(|| {
+                format!(
+                    "converting {} to {}",
+                    checkpoint.display(),
+                    output.display()
+                )
+            })?;
             if json {
                 let graphs: Vec<_> = report
                     .graphs
@@ -427,7 +451,10 @@ fn run(cli: Cli) -> Result<u8> {
                 keep_fp32,
                 force,
             };
-            let stats = blip_quantize::quantize_package(&package, &output, &opts)?;
+            let stats =
+                blip_quantize::quantize_package(&package, &output, &opts).with_context(|| {
+                    format!("quantizing {} to {}", package.display(), output.display())
+                })?;
             println!("quantized package written to {}", output.display());
             for s in &stats {
                 println!(
@@ -442,7 +469,10 @@ fn run(cli: Cli) -> Result<u8> {
             output,
             force,
         } => {
-            let reports = blip_optimize::optimize_package(&package, &output, force)?;
+            let reports =
+                blip_optimize::optimize_package(&package, &output, force).with_context(|| {
+                    format!("optimizing {} to {}", package.display(), output.display())
+                })?;
             println!("optimized package written to {}", output.display());
             for r in &reports {
                 let fused: Vec<String> = r

@@ -62,8 +62,12 @@ impl Common {
             device: parse_device(&self.device)?,
             ..Default::default()
         };
-        BlipModel::open(&self.package, &opts)
-            .with_context(|| format!("loading package {}", self.package.display()))
+        let mut model = BlipModel::open(&self.package, &opts)
+            .with_context(|| format!("loading package {}", self.package.display()))?;
+        // Texts that do not fit the model's positions are refused by name before inference
+        // (the runtime's tokenizer is built without the limit; see BlipTokenizer::for_package).
+        model.tokenizer.max_positions = Some(model.package.manifest.model.max_position_embeddings);
+        Ok(model)
     }
 
     pub(crate) fn progress(&self, n: usize, what: &str) -> ProgressBar {
@@ -179,6 +183,13 @@ pub const EXIT_PARTIAL: u8 = 3;
 pub fn caption(common: &Common, decoding: &Decoding, images: &[PathBuf]) -> Result<u8> {
     let opts = decoding.options()?;
     let mut model = common.model()?;
+    let positions = model.package.manifest.model.max_position_embeddings;
+    if decoding.max_length > positions {
+        bail!(
+            "--max-length {} is over the model's {positions} positions (max_position_embeddings)",
+            decoding.max_length
+        );
+    }
     let bar = common.progress(images.len(), "captioning");
     let mut records = Vec::with_capacity(images.len());
     let mut failed = 0;
@@ -217,14 +228,36 @@ pub fn caption(common: &Common, decoding: &Decoding, images: &[PathBuf]) -> Resu
 pub fn embed(common: &Common, images: &[PathBuf], texts: &[String]) -> Result<u8> {
     let mut model = common.model()?;
     let mut records = Vec::new();
+    let mut failed = 0;
+    let mut fail =
+        |records: &mut Vec<serde_json::Value>, key: &str, item: serde_json::Value, e: String| {
+            failed += 1;
+            eprintln!("error: {e}");
+            records.push(json!({key: item, "error": e}));
+        };
     if !images.is_empty() {
         let bar = common.progress(images.len(), "embedding");
         for chunk in images.chunks(common.batch_size.max(1)) {
-            let inputs: Vec<ImageInput> =
-                chunk.iter().map(|p| ImageInput::Path(p.clone())).collect();
-            let (embeds, _) = model.embed_images(&inputs)?;
-            for (p, row) in chunk.iter().zip(embeds.rows()) {
-                records.push(json!({"image": p, "embedding": row.to_vec()}));
+            // Each image is decoded on its own so that a bad file fails alone; the good ones
+            // of the batch still go through the encoder together.
+            let mut pixels = Vec::new();
+            let mut good = Vec::new();
+            for p in chunk {
+                match model.pixel_values(&ImageInput::Path(p.clone())) {
+                    Ok(px) => {
+                        pixels.extend(px);
+                        good.push(p);
+                    }
+                    Err(e) => fail(&mut records, "image", json!(p), e.to_string()),
+                }
+            }
+            if !good.is_empty() {
+                let embeds = model.vision(&pixels, good.len())?.embeds.with_context(|| {
+                    format!("package head {} has no image embeddings", model.head())
+                })?;
+                for (p, row) in good.iter().zip(embeds.rows()) {
+                    records.push(json!({"image": p, "embedding": row.to_vec()}));
+                }
             }
             bar.inc(chunk.len() as u64);
         }
@@ -232,9 +265,38 @@ pub fn embed(common: &Common, images: &[PathBuf], texts: &[String]) -> Result<u8
     }
     if !texts.is_empty() {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let embeds = model.embed_texts(&refs)?;
-        for (t, row) in texts.iter().zip(embeds.rows()) {
-            records.push(json!({"text": t, "embedding": row.to_vec()}));
+        match model.embed_texts(&refs) {
+            Ok(embeds) => {
+                for (t, row) in texts.iter().zip(embeds.rows()) {
+                    records.push(json!({"text": t, "embedding": row.to_vec()}));
+                }
+            }
+            // A bad text fails its batch: answer the others one by one, naming each failure.
+            Err(_) => {
+                for (i, t) in texts.iter().enumerate() {
+                    match model.embed_texts(&[t.as_str()]) {
+                        Ok(e) => records.push(json!({"text": t, "embedding": e.row(0).to_vec()})),
+                        // Numbered within the whole list, not the one-text call.
+                        Err(blip_runtime::RuntimeError::Preprocess(
+                            blip_preprocess::PreprocessError::Text {
+                                snippet, message, ..
+                            },
+                        )) => fail(
+                            &mut records,
+                            "text",
+                            json!(t),
+                            blip_preprocess::PreprocessError::Text {
+                                ordinal: i + 1,
+                                count: texts.len(),
+                                snippet,
+                                message,
+                            }
+                            .to_string(),
+                        ),
+                        Err(e) => fail(&mut records, "text", json!(t), e.to_string()),
+                    }
+                }
+            }
         }
     }
     emit(common.format, &records, |r| {
@@ -251,9 +313,12 @@ pub fn embed(common: &Common, images: &[PathBuf], texts: &[String]) -> Result<u8
                     .collect()
             })
             .unwrap_or_default();
-        format!("{key}\t{}", v.join(" "))
+        match r.get("error").and_then(|e| e.as_str()) {
+            Some(e) => format!("{key}\tERROR {e}"),
+            None => format!("{key}\t{}", v.join(" ")),
+        }
     })?;
-    Ok(0)
+    Ok(if failed > 0 { EXIT_PARTIAL } else { 0 })
 }
 
 pub fn itm(common: &Common, image: &Path, texts: &[String]) -> Result<u8> {
@@ -318,7 +383,8 @@ pub fn vqa(
             if list.is_empty() {
                 bail!("{}: no answers in the file (one per line)", path.display());
             }
-            let ranked = model.rank_answers(&images, &qs, &list, k, 35)?;
+            let max_question = model.package.manifest.tokens.max_text_tokens;
+            let ranked = model.rank_answers(&images, &qs, &list, k, max_question)?;
             for (q, r) in questions.iter().zip(ranked) {
                 let cands: Vec<_> = r
                     .candidates

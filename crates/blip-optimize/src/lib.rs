@@ -75,11 +75,8 @@ pub fn optimize_package(src: &Path, out: &Path, force: bool) -> Result<Vec<Graph
         });
     }
     let runtime = Runtime::init()?;
-    blip_package::write_staged(out, |tmp| write_optimized(&runtime, &pkg, tmp)).map_err(|e| match e
-    {
-        blip_package::StagedError::Write(e) => e,
-        blip_package::StagedError::Create(e) | blip_package::StagedError::Commit(e) => io(out)(e),
-    })
+    blip_package::write_staged(out, |tmp| write_optimized(&runtime, &pkg, tmp))
+        .map_err(|e| e.into_io(out).unwrap_or_else(io(out)))
 }
 
 fn write_optimized(runtime: &Runtime, pkg: &Package, dir: &Path) -> Result<Vec<GraphReport>> {

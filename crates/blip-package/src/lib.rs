@@ -6,6 +6,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod integrity;
+mod staging;
+mod validation;
+
+pub use integrity::VERIFIED_STAMP;
+pub use staging::{
+    OutputLock, STAGING_PREFIX, StagedError, output_paths_in, staging_path, sweep_leftovers,
+    write_file_atomic, write_staged,
+};
+pub use validation::HEADS;
+
 pub const MANIFEST_FILE: &str = "blip.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const FORMAT: &str = "blip-onnx-package";
@@ -36,6 +47,29 @@ pub enum PackageError {
         path: PathBuf,
         graph: String,
         file: String,
+    },
+    #[error("{path}: invalid manifest: {field} {message}")]
+    InvalidField {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error("{path}: invalid manifest: {field} = {value:?} is refused: {reason}")]
+    PathOutside {
+        path: PathBuf,
+        field: String,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "{path}: graph {graph} fails its checksum: sha256 of {files} is {actual}, the manifest says {expected} (the file was changed, truncated or replaced; restore it or convert again)"
+    )]
+    ChecksumMismatch {
+        path: PathBuf,
+        graph: String,
+        files: String,
+        expected: String,
+        actual: String,
     },
     #[error("package {path} has no {graph} graph (head {head})")]
     NoSuchGraph {
@@ -174,7 +208,7 @@ impl Manifest {
             source,
         };
         let text = serde_json::to_string_pretty(self).map_err(|e| io(e.into()))?;
-        std::fs::write(&path, text + "\n").map_err(io)
+        write_file_atomic(&path, (text + "\n").as_bytes()).map_err(io)
     }
 }
 
@@ -186,11 +220,35 @@ pub struct Package {
 }
 
 impl Package {
+    /// Opens a package: reads and validates the manifest (values and paths) and verifies every
+    /// graph's checksum (see [`Package::verify_checksums`]; a stamp keeps re-opening fast).
     pub fn open(dir: &Path) -> Result<Package, PackageError> {
+        let pkg = Package::open_unverified(dir)?;
+        pkg.verify_checksums()?;
+        Ok(pkg)
+    }
+
+    /// Opens a package with its manifest validated but without hashing the graphs (for `check`,
+    /// which reports each checksum as an item of its own).
+    pub fn open_unverified(dir: &Path) -> Result<Package, PackageError> {
         let path = dir.join(MANIFEST_FILE);
         if !path.is_file() {
             return Err(PackageError::NoManifest {
                 path: dir.to_path_buf(),
+            });
+        }
+        // A manifest is a few KB; a huge file is not read into memory to find that out.
+        const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+        let len = std::fs::metadata(&path)
+            .map_err(|source| PackageError::Io {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        if len > MAX_MANIFEST_BYTES {
+            return Err(PackageError::BadManifest {
+                path,
+                message: format!("{len} bytes, over the {MAX_MANIFEST_BYTES}-byte limit"),
             });
         }
         let text = std::fs::read_to_string(&path).map_err(|source| PackageError::Io {
@@ -217,13 +275,17 @@ impl Package {
                 ),
             });
         }
+        manifest.validate_values(&path)?;
+        manifest.validate_paths(dir, &path)?;
         for (name, g) in &manifest.graphs {
-            if !dir.join(&g.file).is_file() {
-                return Err(PackageError::MissingGraphFile {
-                    path: dir.to_path_buf(),
-                    graph: name.clone(),
-                    file: g.file.clone(),
-                });
+            for file in g.files() {
+                if !dir.join(file).is_file() {
+                    return Err(PackageError::MissingGraphFile {
+                        path: dir.to_path_buf(),
+                        graph: name.clone(),
+                        file: file.to_string(),
+                    });
+                }
             }
         }
         Ok(Package {
@@ -252,72 +314,6 @@ impl Package {
     }
 }
 
-/// Creates the hidden sibling folder a package is written into before it is moved to `out`
-/// (`.NAME.partial-PID`), so a failed write never leaves a partial package at `out`.
-pub fn staging_dir(out: &Path) -> std::io::Result<PathBuf> {
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "package".into());
-    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    Ok(tmp)
-}
-
-/// Moves a finished staging folder to `out`, replacing what is there: the old folder is renamed
-/// aside first and put back if the move fails.
-pub fn commit_staging(tmp: &Path, out: &Path) -> std::io::Result<()> {
-    if !out.exists() {
-        return std::fs::rename(tmp, out);
-    }
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let old = out.with_file_name(format!(".{name}.old-{}", std::process::id()));
-    std::fs::rename(out, &old)?;
-    if let Err(e) = std::fs::rename(tmp, out) {
-        let _ = std::fs::rename(&old, out);
-        return Err(e);
-    }
-    if old.is_dir() {
-        std::fs::remove_dir_all(&old)
-    } else {
-        std::fs::remove_file(&old)
-    }
-}
-
-/// Why [`write_staged`] failed: creating the staging folder, the writer itself, or the final move.
-#[derive(Debug)]
-pub enum StagedError<E> {
-    Create(std::io::Error),
-    Write(E),
-    Commit(std::io::Error),
-}
-
-/// Runs `write` into a fresh staging folder for `out` and moves the result into place; on any
-/// failure the staging folder is removed, so nothing partial is ever left at `out`.
-pub fn write_staged<T, E>(
-    out: &Path,
-    write: impl FnOnce(&Path) -> Result<T, E>,
-) -> Result<T, StagedError<E>> {
-    let tmp = staging_dir(out).map_err(StagedError::Create)?;
-    let result = write(&tmp).map_err(StagedError::Write).and_then(|v| {
-        commit_staging(&tmp, out)
-            .map(|_| v)
-            .map_err(StagedError::Commit)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
-}
-
 /// sha256 over files read in order (one file: that file's sha256), streamed so hashing a large
 /// checkpoint neither maps nor holds it in memory.
 pub fn sha256_files(files: &[PathBuf]) -> Result<String, PackageError> {
@@ -340,35 +336,4 @@ pub fn sha256_files(files: &[PathBuf]) -> Result<String, PackageError> {
         }
     }
     Ok(hex::encode(hasher.finalize()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn write_staged_leaves_nothing_on_failure_and_replaces_on_success() {
-        let dir = std::env::temp_dir().join(format!("blip-package-staged-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("pkg");
-        let err = write_staged(&out, |tmp| {
-            std::fs::write(tmp.join("half.onnx"), b"x").unwrap();
-            Err::<(), _>("writer failed")
-        })
-        .unwrap_err();
-        assert!(matches!(err, StagedError::Write("writer failed")));
-        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
-        assert!(left.is_empty(), "nothing partial left: {left:?}");
-        for content in ["first", "second"] {
-            write_staged(&out, |tmp| std::fs::write(tmp.join("f"), content)).unwrap();
-            assert_eq!(std::fs::read_to_string(out.join("f")).unwrap(), content);
-        }
-        assert_eq!(
-            std::fs::read_dir(&dir).unwrap().count(),
-            1,
-            "old folder removed"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

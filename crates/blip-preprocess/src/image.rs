@@ -10,12 +10,21 @@ use std::path::Path;
 
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
+use std::io::Read;
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
 use crate::PreprocessError;
 
 /// Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`).
 pub const DEFAULT_MAX_PIXELS: u64 = 89_478_485;
+
+/// Encoded files larger than this are refused before they are read (a 12-bit-per-channel
+/// 8K photo is well under it).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Bytes read to recognise the format before the whole file is read.
+const SNIFF_BYTES: usize = 32;
 
 /// A decoded RGB8 image.
 #[derive(Debug, Clone)]
@@ -34,6 +43,8 @@ pub struct ImagePreprocessor {
     pub std: [f32; 3],
     /// Images with more pixels are refused before decoding.
     pub max_pixels: u64,
+    /// Encoded images with more bytes are refused before they are read.
+    pub max_file_bytes: u64,
 }
 
 impl ImagePreprocessor {
@@ -44,16 +55,48 @@ impl ImagePreprocessor {
             mean: p.mean.map(|v| v as f32),
             std: p.std.map(|v| v as f32),
             max_pixels: DEFAULT_MAX_PIXELS,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         }
     }
 
     /// Decodes a file (PNG, JPEG, WebP, GIF, BMP), applies its EXIF orientation, converts to RGB.
+    /// The file must be a regular file under `max_file_bytes` whose first bytes are an image
+    /// format's signature; it is read whole only after those checks.
     pub fn load_path(&self, path: &Path) -> Result<RgbImage, PreprocessError> {
-        let bytes = std::fs::read(path).map_err(|e| PreprocessError::Image {
-            name: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        self.load_bytes(&bytes, &path.display().to_string())
+        let name = path.display().to_string();
+        let err = |message: String| PreprocessError::Image {
+            name: name.clone(),
+            message,
+        };
+        // metadata, not open: opening a FIFO for reading would block until a writer appears.
+        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(err("not a regular file".into()));
+        }
+        self.check_file_size(meta.len(), &name)?;
+        let mut file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        let mut bytes = Vec::with_capacity(SNIFF_BYTES);
+        (&mut file)
+            .take(SNIFF_BYTES as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| err(e.to_string()))?;
+        sniff(&bytes).map_err(|m| err(m.into()))?;
+        // The size is checked again on the bytes themselves: the file may have grown since.
+        file.take(self.max_file_bytes + 1 - bytes.len() as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| err(e.to_string()))?;
+        self.load_bytes(&bytes, &name)
+    }
+
+    fn check_file_size(&self, len: u64, name: &str) -> Result<(), PreprocessError> {
+        if len > self.max_file_bytes {
+            return Err(PreprocessError::FileTooLarge {
+                name: name.to_string(),
+                bytes: len,
+                max_bytes: self.max_file_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Decodes an encoded image held in memory; `name` is used in error messages.
@@ -62,17 +105,12 @@ impl ImagePreprocessor {
             name: name.to_string(),
             message,
         };
-        if bytes.is_empty() {
-            return Err(err("empty file".into()));
+        self.check_file_size(bytes.len() as u64, name)?;
+        let format = sniff(bytes).map_err(|m| err(m.into()))?;
+        if format == ImageFormat::Jpeg {
+            jpeg_complete(bytes).map_err(|m| err(format!("corrupt or truncated image: {m}")))?;
         }
-        let mut reader = ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| err(e.to_string()))?;
-        if reader.format().is_none() {
-            return Err(err(
-                "not a recognised image format (PNG, JPEG, WebP, GIF, BMP)".into(),
-            ));
-        }
+        let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
         let mut limits = Limits::default();
         // Decoder buffers for the largest allowed image at 16 bits per channel with alpha.
         limits.max_alloc = Some(self.max_pixels.saturating_mul(8).max(64 << 20));
@@ -124,6 +162,77 @@ impl ImagePreprocessor {
     /// Decoded image → `pixel_values` for one image (`3 × size × size`).
     pub fn pixel_values(&self, img: &RgbImage) -> Result<Vec<f32>, PreprocessError> {
         Ok(self.normalize(&self.resize(img)?))
+    }
+}
+
+/// The format of an encoded image from its signature (never from the file name).
+fn sniff(head: &[u8]) -> Result<ImageFormat, &'static str> {
+    if head.is_empty() {
+        return Err("empty file");
+    }
+    match image::guess_format(head) {
+        Ok(
+            f @ (ImageFormat::Png
+            | ImageFormat::Jpeg
+            | ImageFormat::WebP
+            | ImageFormat::Gif
+            | ImageFormat::Bmp),
+        ) => Ok(f),
+        _ => Err("not a recognised image format (PNG, JPEG, WebP, GIF, BMP)"),
+    }
+}
+
+/// A JPEG must reach its end-of-image marker: the decoder fills a cut-off scan with grey and
+/// reports success, so truncation is detected here, by walking the marker segments (skipping
+/// APPn payloads such as EXIF thumbnails by their lengths) and the entropy-coded scans.
+fn jpeg_complete(b: &[u8]) -> Result<(), String> {
+    let truncated = |at: usize| {
+        Err(format!(
+            "JPEG data ends at byte {} without its end-of-image marker (the file is cut off)",
+            at.min(b.len())
+        ))
+    };
+    let mut i = 2; // after SOI (checked by sniff)
+    loop {
+        // Markers may be preceded by any number of 0xFF fill bytes.
+        while b.get(i) == Some(&0xFF) && b.get(i + 1) == Some(&0xFF) {
+            i += 1;
+        }
+        let (Some(&0xFF), Some(&m)) = (b.get(i), b.get(i + 1)) else {
+            return match b.get(i) {
+                None => truncated(i),
+                Some(_) => Err(format!("JPEG marker expected at byte {i}")),
+            };
+        };
+        i += 2;
+        match m {
+            0xD9 => return Ok(()),
+            0xD0..=0xD7 | 0x01 => continue,
+            _ => {}
+        }
+        let (Some(&hi), Some(&lo)) = (b.get(i), b.get(i + 1)) else {
+            return truncated(i);
+        };
+        let len = u16::from_be_bytes([hi, lo]) as usize;
+        if len < 2 {
+            return Err(format!("JPEG segment at byte {i} has length {len}"));
+        }
+        i += len;
+        if i > b.len() {
+            return truncated(i);
+        }
+        if m == 0xDA {
+            // Entropy-coded data runs to the next marker that is not a stuffed 0xFF00 or a restart.
+            loop {
+                match (b.get(i), b.get(i + 1)) {
+                    (Some(&0xFF), Some(&n)) if n == 0x00 || (0xD0..=0xD7).contains(&n) => i += 2,
+                    (Some(&0xFF), Some(&0xFF)) => i += 1,
+                    (Some(&0xFF), Some(_)) => break,
+                    (Some(_), _) => i += 1,
+                    (None, _) => return truncated(i),
+                }
+            }
+        }
     }
 }
 

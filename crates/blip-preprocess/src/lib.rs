@@ -4,8 +4,10 @@
 mod image;
 mod text;
 
-pub use image::{DEFAULT_MAX_PIXELS, ImagePreprocessor, RgbImage, resize_like_pillow};
-pub use text::{BlipTokenizer, FirstToken, TextBatch};
+pub use image::{
+    DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, ImagePreprocessor, RgbImage, resize_like_pillow,
+};
+pub use text::{BlipTokenizer, FirstToken, TextBatch, load_tokenizer_json};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {
@@ -18,10 +20,24 @@ pub enum PreprocessError {
         height: u32,
         max_pixels: u64,
     },
+    #[error("image {name} is {bytes} bytes, over the limit of {max_bytes} bytes")]
+    FileTooLarge {
+        name: String,
+        bytes: u64,
+        max_bytes: u64,
+    },
     #[error("resize: {0}")]
     Resize(String),
     #[error("empty text")]
     EmptyText,
+    /// One text of a batch is unusable; `ordinal` counts from 1.
+    #[error("text {ordinal} of {count} ({snippet:?}): {message}")]
+    Text {
+        ordinal: usize,
+        count: usize,
+        snippet: String,
+        message: String,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use blip_package::Tokens;
+use blip_package::{Package, Tokens};
 use tokenizers::Tokenizer;
 
 use crate::PreprocessError;
@@ -41,17 +41,72 @@ impl TextBatch {
 pub struct BlipTokenizer {
     tokenizer: Tokenizer,
     pub tokens: Tokens,
+    /// The model's positions (`max_position_embeddings`): a text that does not fit is refused,
+    /// naming it, instead of reaching the graph. `None` when built without a package.
+    pub max_positions: Option<usize>,
+}
+
+/// `tokenizer.json` files larger than this are refused unread (bert-base-uncased's is 0.7 MB).
+const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+
+/// Loads a `tokenizer.json`, telling apart a file that is not JSON from valid JSON that is not a
+/// tokenizer (the tokenizers crate reports both as a syntax error).
+pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_TOKENIZER_BYTES {
+        return Err(format!(
+            "{} bytes, over the {MAX_TOKENIZER_BYTES}-byte limit for a tokenizer.json",
+            meta.len()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let missing: Vec<&str> = ["model", "normalizer", "pre_tokenizer"]
+        .into_iter()
+        .filter(|k| value.get(k).is_none())
+        .collect();
+    if !value.is_object() || value.get("model").is_none() {
+        return Err(format!(
+            "valid JSON but not a tokenizer.json (a Hugging Face tokenizers file has a \"model\" object; this one lacks {})",
+            missing.join(", ")
+        ));
+    }
+    text.parse::<Tokenizer>()
+        .map_err(|e| format!("valid JSON but not a usable tokenizer.json: {e}"))
 }
 
 impl BlipTokenizer {
     pub fn from_file(path: &Path, tokens: Tokens) -> Result<Self, PreprocessError> {
-        let mut tokenizer = Tokenizer::from_file(path)
+        let mut tokenizer = load_tokenizer_json(path)
             .map_err(|e| PreprocessError::Tokenizer(format!("{}: {e}", path.display())))?;
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(None)
             .map_err(|e| PreprocessError::Tokenizer(e.to_string()))?;
-        Ok(BlipTokenizer { tokenizer, tokens })
+        Ok(BlipTokenizer {
+            tokenizer,
+            tokens,
+            max_positions: None,
+        })
+    }
+
+    /// The tokenizer of a package, limited to the model's positions.
+    pub fn for_package(pkg: &Package) -> Result<Self, PreprocessError> {
+        let mut t = BlipTokenizer::from_file(&pkg.tokenizer_path(), pkg.manifest.tokens.clone())?;
+        t.max_positions = Some(pkg.manifest.model.max_position_embeddings);
+        // Ids past the model's vocabulary would index past its logits.
+        let (tok, model) = (t.vocab_size(), pkg.manifest.model.vocab_size);
+        if tok > model {
+            return Err(PreprocessError::Tokenizer(format!(
+                "{}: {tok} tokens, more than the model's vocabulary of {model}",
+                pkg.tokenizer_path().display()
+            )));
+        }
+        Ok(t)
     }
 
     /// `[CLS] tokens [SEP]`, the tokens cut so the whole fits `max_tokens` (BERT's truncation of a
@@ -87,8 +142,19 @@ impl BlipTokenizer {
         max_tokens: Option<usize>,
     ) -> Result<TextBatch, PreprocessError> {
         let mut rows = Vec::with_capacity(texts.len());
-        for t in texts {
-            let mut ids = self.encode_one(t, max_tokens)?;
+        for (i, t) in texts.iter().enumerate() {
+            let item = |message: String| PreprocessError::Text {
+                ordinal: i + 1,
+                count: texts.len(),
+                snippet: t.chars().take(40).collect(),
+                message,
+            };
+            let mut ids = match self.encode_one(t, max_tokens) {
+                Ok(ids) => ids,
+                Err(PreprocessError::EmptyText) => return Err(item("empty text".into())),
+                Err(e) => return Err(item(e.to_string())),
+            };
+            self.check_fits(ids.len()).map_err(item)?;
             ids[0] = match first {
                 FirstToken::Cls => self.tokens.cls,
                 FirstToken::Enc => self.tokens.enc,
@@ -97,6 +163,16 @@ impl BlipTokenizer {
             rows.push(ids);
         }
         Ok(self.pad(&rows))
+    }
+
+    /// Errs when `len` tokens do not fit the model's positions.
+    pub fn check_fits(&self, len: usize) -> Result<(), String> {
+        match self.max_positions {
+            Some(max) if len > max => Err(format!(
+                "{len} tokens, over the model's {max} positions (max_position_embeddings)"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Pads id rows to the longest with [PAD], mask 0.
@@ -127,6 +203,8 @@ impl BlipTokenizer {
         let mut ids = self.encode_one(prompt, None)?;
         ids[0] = self.tokens.bos;
         ids.pop();
+        self.check_fits(ids.len())
+            .map_err(|m| PreprocessError::Tokenizer(format!("prompt {prompt:?}: {m}")))?;
         Ok(ids)
     }
 
@@ -196,9 +274,52 @@ mod tests {
         assert_eq!((b.rows, b.cols), (2, 5));
         assert_eq!(b.mask, [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]);
         assert_eq!(b.ids[9], 0);
-        assert!(matches!(
-            t.encode_batch(&["ok", " \n"], FirstToken::Cls, None),
-            Err(PreprocessError::EmptyText)
-        ));
+        let err = t
+            .encode_batch(&["ok", " \n", "fine"], FirstToken::Cls, None)
+            .unwrap_err();
+        assert_eq!(err.to_string(), r#"text 2 of 3 (" \n"): empty text"#);
+    }
+
+    #[test]
+    fn a_text_over_the_model_positions_is_refused_naming_it() {
+        let mut t = tokenizer();
+        t.max_positions = Some(8);
+        let long = "one two three four five six seven";
+        let err = t
+            .encode_batch(&["yes", long], FirstToken::Dec, None)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "text 2 of 2 ({long:?}): 9 tokens, over the model's 8 positions (max_position_embeddings)"
+            )
+        );
+        // Truncated texts always fit.
+        let b = t.encode_batch(&[long], FirstToken::Enc, Some(8)).unwrap();
+        assert_eq!(b.cols, 8);
+        assert!(
+            t.prompt_ids(&format!("{long} eight"))
+                .unwrap_err()
+                .to_string()
+                .contains("over the model's 8 positions")
+        );
+    }
+
+    #[test]
+    fn valid_json_that_is_not_a_tokenizer_is_told_apart_from_broken_json() {
+        let dir = std::env::temp_dir().join(format!("blip-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_tok = dir.join("config.json");
+        std::fs::write(&not_tok, r#"{"model_type": "blip"}"#).unwrap();
+        let err = load_tokenizer_json(&not_tok).unwrap_err();
+        assert!(
+            err.starts_with("valid JSON but not a tokenizer.json"),
+            "{err}"
+        );
+        let broken = dir.join("broken.json");
+        std::fs::write(&broken, r#"{"model": "#).unwrap();
+        let err = load_tokenizer_json(&broken).unwrap_err();
+        assert!(err.starts_with("not valid JSON"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -52,7 +52,8 @@ fn rewrite_gathers(
             .attribute
             .iter()
             .all(|a| a.name.as_deref() != Some("axis") || a.i == Some(0));
-        let table = (n.op_type.as_deref() == Some("Gather") && axis0)
+        let well_formed = n.input.len() == 2 && n.output.len() == 1;
+        let table = (n.op_type.as_deref() == Some("Gather") && axis0 && well_formed)
             .then(|| n.input.first().and_then(|x| tables.get(x)))
             .flatten();
         match table {
@@ -142,16 +143,25 @@ pub(crate) fn quantize_int8(model: &mut ModelProto, path: &Path, qmax: f32) -> R
 
 /// INT4 rows, symmetric blocks along the hidden axis: `com.microsoft.GatherBlockQuantized`
 /// (uint8 data, two codes per byte low nibble first, zero point 8 — MatMulNBits' layout).
-pub(crate) fn quantize_int4(model: &mut ModelProto, path: &Path, block: usize) -> Result<usize> {
+pub(crate) fn quantize_int4(
+    model: &mut ModelProto,
+    path: &Path,
+    requested: usize,
+    used: &mut std::collections::BTreeSet<usize>,
+) -> Result<usize> {
     rewrite_gathers(model, path, |n, table, nodes, inits| {
         let values = f32_values(table, path)?;
         let (rows, cols) = (table.dims[0] as usize, table.dims[1] as usize);
-        if cols % block != 0 {
-            return Err(graph_err(
+        // GatherBlockQuantized has no padding: the block must divide the width.
+        let block = crate::fit_block(requested, cols).ok_or_else(|| {
+            graph_err(
                 path,
-                format!("embedding width {cols} is not a multiple of the block size {block}"),
-            ));
-        }
+                format!(
+                    "embedding width {cols} has no INT4 block (a power of two from 16 to {requested} dividing it); pass --keep-embeddings"
+                ),
+            )
+        })?;
+        used.insert(block);
         let mut packed = Vec::with_capacity(rows * cols / 2);
         let mut scales = Vec::with_capacity(rows * cols / block);
         for row in values.chunks_exact(cols) {

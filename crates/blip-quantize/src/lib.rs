@@ -38,7 +38,33 @@ pub enum QuantizeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "--policy names {role:?}, which is not a graph of {package}; its graphs are {}, and the policies are {}",
+        valid.join(", "),
+        POLICY_NAMES.join(", ")
+    )]
+    UnknownRole {
+        role: String,
+        package: PathBuf,
+        valid: Vec<String>,
+    },
+    #[error("the policy selects none of {package}'s graphs ({}); nothing would be quantized", graphs.join(", "))]
+    NothingSelected {
+        package: PathBuf,
+        graphs: Vec<String>,
+    },
+    #[error(
+        "{path}: {role} is already {precision}; quantize the FP32 package it came from (a second pass would leave it {precision} under a new label)"
+    )]
+    AlreadyQuantized {
+        path: PathBuf,
+        role: String,
+        precision: String,
+    },
 }
+
+/// The named policies `--policy` takes besides comma-separated roles.
+pub const POLICY_NAMES: [&str; 4] = ["default", "encoders", "decoder", "all"];
 
 pub type Result<T> = std::result::Result<T, QuantizeError>;
 
@@ -139,17 +165,37 @@ fn graph_err(path: &Path, message: impl Into<String>) -> QuantizeError {
     }
 }
 
+/// The values of a float initializer, checked against its dims (a graph file is outside input:
+/// a tensor whose data does not match its shape must not reach the indexing below).
 fn f32_values(t: &TensorProto, path: &Path) -> Result<Vec<f32>> {
     if t.data_type != Some(PbType::Float as i32) {
         return Err(graph_err(path, format!("{:?} is not float", t.name)));
     }
-    if let Some(raw) = &t.raw_data {
-        return Ok(raw
+    let values: Vec<f32> = match &t.raw_data {
+        Some(raw) => raw
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect());
+            .collect(),
+        None => t.float_data.clone(),
+    };
+    let expected = t.dims.iter().try_fold(1usize, |n, &d| {
+        usize::try_from(d)
+            .ok()
+            .filter(|&d| d > 0)
+            .and_then(|d| n.checked_mul(d))
+    });
+    if expected != Some(values.len()) {
+        return Err(graph_err(
+            path,
+            format!(
+                "tensor {:?} has {} values for dims {:?} (a truncated or damaged graph)",
+                t.name.as_deref().unwrap_or(""),
+                values.len(),
+                t.dims
+            ),
+        ));
     }
-    Ok(t.float_data.clone())
+    Ok(values)
 }
 
 /// Reads a model; external tensors are loaded inline (the quantized graph is written inline).
@@ -304,7 +350,9 @@ fn rewrite_weight_matmuls(
             .get(1)
             .and_then(|w| inits.get(w))
             .map(|&i| &graph.initializer[i]);
+        // A node without an output (a damaged graph) is left alone rather than indexed.
         let eligible = weight
+            .filter(|_| !n.output.is_empty())
             .filter(|w| w.dims.len() == 2 && w.data_type == Some(PbType::Float as i32))
             .filter(|_| op == "MatMul" || (op == "Gemm" && plain_gemm));
         match eligible {
@@ -518,22 +566,53 @@ fn quantize_q4_column_asym(col: &[f32], block: usize) -> (Vec<u8>, Vec<f32>, Vec
 }
 
 /// Weight-only INT4: `com.microsoft.MatMulNBits` with blocks along K (+ bias for Gemm).
+/// The INT4 block for a tensor whose blocked axis has `k` values: the largest power of two
+/// between 16 and `requested` that divides `k`, so a narrow model (hidden 32 with the default
+/// 128) gets blocks that fit instead of padded or refused ones; `None` when no such block exists.
+pub fn fit_block(requested: usize, k: usize) -> Option<usize> {
+    let mut b = requested;
+    while b >= 16 {
+        if k.is_multiple_of(b) {
+            return Some(b);
+        }
+        b /= 2;
+    }
+    None
+}
+
+/// The manifest note's words for the INT4 blocks used (`requested` unless a tensor needed less).
+fn blocks_note(requested: usize, used: &std::collections::BTreeSet<usize>) -> String {
+    let list: Vec<String> = used.iter().rev().map(|b| b.to_string()).collect();
+    if used.iter().all(|&b| b == requested) {
+        format!("block {requested}")
+    } else {
+        format!(
+            "block {} ({requested} requested; the largest power of two >= 16 dividing each K)",
+            list.join("/")
+        )
+    }
+}
+
 fn quantize_graph_q4(
     model: &mut ModelProto,
     path: &Path,
-    block: usize,
+    requested: usize,
     accuracy_level: i64,
     symmetric: bool,
+    used: &mut std::collections::BTreeSet<usize>,
 ) -> Result<usize> {
-    if !block.is_power_of_two() || block < 16 {
+    if !requested.is_power_of_two() || requested < 16 {
         return Err(graph_err(
             path,
-            format!("block size {block} must be a power of two, at least 16"),
+            format!("block size {requested} must be a power of two, at least 16"),
         ));
     }
     let count = rewrite_weight_matmuls(model, path, |m, nodes, inits| {
         let values = f32_values(m.weight, path)?;
         let (k, n_out) = m.k_n();
+        // MatMulNBits pads the last block, so a K no block divides keeps the requested size.
+        let block = fit_block(requested, k).unwrap_or(requested);
+        used.insert(block);
         let cols = m.weight.dims[1] as usize;
         // MatMulNBits takes B as [N, K]: a MatMul weight [K, N] is read by column, a Gemm(transB) one by row.
         let column = |j: usize| -> Vec<f32> {
@@ -639,16 +718,51 @@ pub fn quantize_package(src: &Path, out: &Path, opts: &QuantizeOptions) -> Resul
             path: out.to_path_buf(),
         });
     }
+    // Opening verifies the checksums: a damaged graph is refused, not copied with a stale one.
     let pkg = Package::open(src)?;
-    blip_package::write_staged(out, |tmp| write_quantized(&pkg, tmp, opts)).map_err(|e| match e {
-        blip_package::StagedError::Write(e) => e,
-        blip_package::StagedError::Create(source) | blip_package::StagedError::Commit(source) => {
-            QuantizeError::Io {
-                path: out.to_path_buf(),
-                source,
-            }
-        }
+    check_selection(&pkg, opts)?;
+    blip_package::write_staged(out, |tmp| write_quantized(&pkg, tmp, opts)).map_err(|e| {
+        e.into_io(out).unwrap_or_else(|source| QuantizeError::Io {
+            path: out.to_path_buf(),
+            source,
+        })
     })
+}
+
+/// The policy must name graphs the package has and select at least one, each still FP32.
+fn check_selection(pkg: &Package, opts: &QuantizeOptions) -> Result<()> {
+    let graphs: Vec<String> = pkg.manifest.graphs.keys().cloned().collect();
+    if let Policy::Roles(roles) = &opts.policy
+        && let Some(role) = roles.iter().find(|r| !graphs.contains(r))
+    {
+        return Err(QuantizeError::UnknownRole {
+            role: role.clone(),
+            package: pkg.dir.clone(),
+            valid: graphs,
+        });
+    }
+    let selected: Vec<(&String, &GraphEntry)> = pkg
+        .manifest
+        .graphs
+        .iter()
+        .filter(|(role, _)| opts.policy.includes(role))
+        .collect();
+    if selected.is_empty() {
+        return Err(QuantizeError::NothingSelected {
+            package: pkg.dir.clone(),
+            graphs,
+        });
+    }
+    for (role, entry) in selected {
+        if entry.precision != "fp32" {
+            return Err(QuantizeError::AlreadyQuantized {
+                path: pkg.dir.join(&entry.file),
+                role: role.clone(),
+                precision: entry.precision.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<Vec<GraphStats>> {
@@ -660,18 +774,18 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
         }
     };
     let mut manifest: Manifest = pkg.manifest.clone();
-    let src_tok = pkg.tokenizer_path();
-    std::fs::copy(&src_tok, dir.join(&manifest.tokenizer)).map_err(io(&src_tok))?;
+    // Errors name the file being written (a full disk fails the write, not the read).
+    let dst_tok = dir.join(&manifest.tokenizer);
+    std::fs::copy(pkg.tokenizer_path(), &dst_tok).map_err(io(&dst_tok))?;
     let mut stats = Vec::new();
     let mut graphs = std::collections::BTreeMap::new();
     for (role, entry) in &pkg.manifest.graphs {
         let path = pkg.dir.join(&entry.file);
         let before = entry.bytes;
         if !opts.policy.includes(role) {
-            std::fs::copy(&path, dir.join(&entry.file)).map_err(io(&path))?;
-            if let Some(data) = &entry.data_file {
-                std::fs::copy(pkg.dir.join(data), dir.join(data))
-                    .map_err(io(&pkg.dir.join(data)))?;
+            for f in entry.files() {
+                let dst = dir.join(f);
+                std::fs::copy(pkg.dir.join(f), &dst).map_err(io(&dst))?;
             }
             graphs.insert(role.clone(), entry.clone());
             stats.push(GraphStats {
@@ -688,15 +802,6 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
                 &path,
                 format!(
                     "{role} is a runtime-optimized graph ({o}); quantize the package before `optimize`"
-                ),
-            ));
-        }
-        if opts.precision == Precision::Fp16 && entry.precision != "fp32" {
-            return Err(graph_err(
-                &path,
-                format!(
-                    "{role} is {}; FP16 is made from an FP32 package",
-                    entry.precision
                 ),
             ));
         }
@@ -725,15 +830,17 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
                 block_size,
                 accuracy_level,
             } => {
+                let mut used = std::collections::BTreeSet::new();
                 let c = quantize_graph_q4(
                     &mut model,
                     &path,
                     block_size,
                     accuracy_level,
                     opts.int4_symmetric,
+                    &mut used,
                 )?;
                 let e = if opts.embeddings {
-                    embedding::quantize_int4(&mut model, &path, block_size)?
+                    embedding::quantize_int4(&mut model, &path, block_size, &mut used)?
                 } else {
                     0
                 };
@@ -742,7 +849,8 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
                     c,
                     e,
                     format!(
-                        "weight-only INT4 (MatMulNBits, block {block_size}, {}, accuracy level {accuracy_level})",
+                        "weight-only INT4 (MatMulNBits, {}, {}, accuracy level {accuracy_level})",
+                        blocks_note(block_size, &used),
                         if opts.int4_symmetric {
                             "symmetric"
                         } else {
@@ -767,6 +875,14 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
                 )
             }
         };
+        if count == 0 && other == 0 {
+            return Err(graph_err(
+                &path,
+                format!(
+                    "{role} has no float weights to quantize; it would be copied unchanged under the label {precision}"
+                ),
+            ));
+        }
         model.doc_string = Some(format!("{} | {note}", model.doc_string.unwrap_or_default()));
         let bytes = model.encode_to_vec();
         let file = format!("{role}_{suffix}.onnx");

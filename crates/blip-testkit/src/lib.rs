@@ -160,3 +160,36 @@ pub fn assert_close(what: &str, got: &ArrayD<f32>, want: &ArrayD<f32>) {
         "{what}: golden is degenerate"
     );
 }
+
+/// A PNG that is only a valid header of `w × h` pixels and one empty IDAT chunk (CRCs correct):
+/// a decompression bomb when large, a truncated image when small.
+pub fn png_header(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind_and_data: &[u8]| {
+        png.extend_from_slice(&((kind_and_data.len() - 4) as u32).to_be_bytes());
+        png.extend_from_slice(kind_and_data);
+        png.extend_from_slice(&crc32(kind_and_data).to_be_bytes());
+    };
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&ihdr);
+    chunk(b"IDAT\x78\x9c\x03\x00\x00\x00\x00\x01");
+    chunk(b"IEND");
+    png
+}
