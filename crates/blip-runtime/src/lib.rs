@@ -46,6 +46,8 @@ pub enum RuntimeError {
     LibraryLoad { path: PathBuf, message: String },
     #[error("loading graph {path}: {message}")]
     Session { path: PathBuf, message: String },
+    #[error("graph {path} does not match the package manifest: {message}")]
+    GraphMismatch { path: PathBuf, message: String },
     #[error("execution provider: {0}")]
     ExecutionProvider(String),
     #[error("running {graph}: {message}")]
@@ -343,12 +345,96 @@ impl Runtime {
     }
 
     /// Opens the graph of `role` in a package.
+    ///
+    /// The graph's inputs and outputs are checked against the manifest's (names, element types,
+    /// fixed sizes), so a graph file swapped for another one is refused when it opens, naming the
+    /// file, instead of failing or answering wrongly at the first run.
     pub fn package_session(
         &self,
         package: &Package,
         role: &str,
         opts: &SessionOptions,
     ) -> Result<Session> {
-        self.session(&package.graph_path(role)?, opts)
+        let path = package.graph_path(role)?;
+        let session = self.session(&path, opts)?;
+        let entry = package.graph(role)?;
+        check_io(&session, entry).map_err(|message| RuntimeError::GraphMismatch {
+            path: path.clone(),
+            message,
+        })?;
+        Ok(session)
     }
+}
+
+/// The manifest's element type name of an ORT tensor type.
+fn dtype_name(ty: ort::value::TensorElementType) -> &'static str {
+    use ort::value::TensorElementType as T;
+    match ty {
+        T::Float32 => "float32",
+        T::Float16 => "float16",
+        T::Int64 => "int64",
+        T::Int32 => "int32",
+        T::Int8 => "int8",
+        T::Uint8 => "uint8",
+        T::Bool => "bool",
+        _ => "other",
+    }
+}
+
+/// Compares a session's inputs and outputs with the manifest entry of its graph.
+fn check_io(session: &Session, entry: &blip_package::GraphEntry) -> std::result::Result<(), String> {
+    let compare = |kind: &str,
+                   outlets: &[ort::value::Outlet],
+                   specs: &[blip_package::TensorSpec]|
+     -> std::result::Result<(), String> {
+        let names: Vec<&str> = outlets.iter().map(|o| o.name()).collect();
+        for spec in specs {
+            let outlet = outlets
+                .iter()
+                .find(|o| o.name() == spec.name)
+                .ok_or_else(|| {
+                    format!(
+                        "the manifest lists {kind} {} but the graph has {}",
+                        spec.name,
+                        names.join(", ")
+                    )
+                })?;
+            let ort::value::ValueType::Tensor { ty, shape, .. } = outlet.dtype() else {
+                return Err(format!("{kind} {} is not a tensor", spec.name));
+            };
+            if dtype_name(*ty) != spec.dtype {
+                return Err(format!(
+                    "{kind} {} is {} in the graph, {} in the manifest",
+                    spec.name,
+                    dtype_name(*ty),
+                    spec.dtype
+                ));
+            }
+            let dims: &[i64] = shape;
+            let fixed_differs = dims.len() != spec.dims.len()
+                || dims.iter().zip(&spec.dims).any(|(&d, want)| {
+                    want.as_i64().is_some_and(|w| d >= 0 && d != w)
+                });
+            if fixed_differs {
+                return Err(format!(
+                    "{kind} {} has shape {dims:?} in the graph, {:?} in the manifest",
+                    spec.name, spec.dims
+                ));
+            }
+        }
+        if kind == "input" {
+            if let Some(extra) = outlets
+                .iter()
+                .find(|o| !specs.iter().any(|s| s.name == o.name()))
+            {
+                return Err(format!(
+                    "the graph needs input {}, which the manifest does not list",
+                    extra.name()
+                ));
+            }
+        }
+        Ok(())
+    };
+    compare("input", session.inputs(), &entry.inputs)?;
+    compare("output", session.outputs(), &entry.outputs)
 }
