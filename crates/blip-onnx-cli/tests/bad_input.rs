@@ -233,6 +233,7 @@ fn run_cases(cases: Vec<Case>) -> usize {
             ));
         }
     }
+    println!("{n} cases run");
     assert!(
         failures.is_empty(),
         "{} of {n} cases failed:\n{}",
@@ -510,6 +511,29 @@ fn bad_texts_and_options_are_named() {
             ],
         )
         .says(&["/no/such/list.txt"]),
+        case(
+            "vqa: an answer candidate over the model's positions",
+            &[
+                "vqa",
+                "-p",
+                &v,
+                &good,
+                "what?",
+                "--answers",
+                &s(&long_answers),
+            ],
+        )
+        .says(&["text 3 of 3", "102 tokens, over the model's 64 positions"]),
+        case(
+            "caption: a prompt over the model's positions",
+            &["caption", "-p", &c, "--prompt", &long, &good],
+        )
+        .says(&["prompt", "over the model's 64 positions"]),
+        case(
+            "caption: --max-length over the model's positions",
+            &["caption", "-p", &c, "--max-length", "65", &good],
+        )
+        .says(&["--max-length 65 is over the model's 64 positions"]),
         case(
             "caption: zero beams",
             &["caption", "-p", &c, "--beams", "0", &good],
@@ -856,6 +880,36 @@ fn damaged_and_hostile_packages_are_refused_at_open() {
         .says(&["format_version 99 is newer"]),
         mk("tokenizer.json not a tokenizer", cap(&not_tok))
             .says(&["tokenizer.json", "valid JSON but not a tokenizer"]),
+        mk(
+            "validate against a missing package",
+            vec![
+                "validate".into(),
+                s(&caption),
+                "--against".into(),
+                "/no/such/other".into(),
+            ],
+        )
+        .says(&["/no/such/other", "not a blip-onnx package"]),
+        mk(
+            "validate with a reference bundle that is not one",
+            vec![
+                "validate".into(),
+                s(&caption),
+                "--reference".into(),
+                s(&d.join("outside.onnx")),
+            ],
+        )
+        .says(&["outside.onnx"]),
+        mk(
+            "bench a missing package",
+            vec![
+                "bench".into(),
+                "/no/such/pkg".into(),
+                "--image".into(),
+                good.clone(),
+            ],
+        )
+        .says(&["error: /no/such/pkg: not a blip-onnx package"]),
         mk(
             "inspect a swapped graph",
             vec!["inspect".into(), swapped.clone()],
