@@ -742,6 +742,56 @@ fn leftovers_of_a_killed_convert_are_swept_and_writers_do_not_interleave() {
 }
 
 #[test]
+fn a_convert_killed_with_sigkill_leaves_a_staging_folder_the_next_run_sweeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pkg");
+    let ck = s(&fixture("models/tiny-caption"));
+    let staging_of = |pid: u32| dir.path().join(format!(".blip-staging-pkg-{pid}"));
+    // Kill the writer while its staging folder exists; a run that finishes first is retried.
+    let mut killed = None;
+    for _ in 0..50 {
+        let mut child = Command::new(BIN)
+            .args(["convert", &ck, "-o", &s(&out)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let staging = staging_of(child.id());
+        loop {
+            if staging.join("tokenizer.json").exists() {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                killed = Some(staging.clone());
+                break;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if killed.is_some() {
+            break;
+        }
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let staging = killed.expect("no run was caught while writing");
+    assert!(
+        staging.is_dir() && !out.exists(),
+        "a killed writer leaves only its staging folder"
+    );
+    let n = run_cases(vec![
+        case(
+            "convert after a SIGKILLed one",
+            &["convert", &ck, "-o", &s(&out)],
+        )
+        .code(0)
+        .clean(dir.path()),
+    ]);
+    assert_eq!(n, 1);
+    assert!(!staging.exists() && out.join("blip.json").is_file());
+}
+
+#[test]
 fn damaged_and_hostile_packages_are_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
