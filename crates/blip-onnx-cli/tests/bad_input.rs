@@ -233,6 +233,7 @@ fn run_cases(cases: Vec<Case>) -> usize {
             ));
         }
     }
+    println!("{n} cases run");
     assert!(
         failures.is_empty(),
         "{} of {n} cases failed:\n{}",
@@ -511,6 +512,29 @@ fn bad_texts_and_options_are_named() {
         )
         .says(&["/no/such/list.txt"]),
         case(
+            "vqa: an answer candidate over the model's positions",
+            &[
+                "vqa",
+                "-p",
+                &v,
+                &good,
+                "what?",
+                "--answers",
+                &s(&long_answers),
+            ],
+        )
+        .says(&["text 3 of 3", "102 tokens, over the model's 64 positions"]),
+        case(
+            "caption: a prompt over the model's positions",
+            &["caption", "-p", &c, "--prompt", &long, &good],
+        )
+        .says(&["prompt", "over the model's 64 positions"]),
+        case(
+            "caption: --max-length over the model's positions",
+            &["caption", "-p", &c, "--max-length", "65", &good],
+        )
+        .says(&["--max-length 65 is over the model's 64 positions"]),
+        case(
             "caption: zero beams",
             &["caption", "-p", &c, "--beams", "0", &good],
         )
@@ -718,6 +742,56 @@ fn leftovers_of_a_killed_convert_are_swept_and_writers_do_not_interleave() {
 }
 
 #[test]
+fn a_convert_killed_with_sigkill_leaves_a_staging_folder_the_next_run_sweeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pkg");
+    let ck = s(&fixture("models/tiny-caption"));
+    let staging_of = |pid: u32| dir.path().join(format!(".blip-staging-pkg-{pid}"));
+    // Kill the writer while its staging folder exists; a run that finishes first is retried.
+    let mut killed = None;
+    for _ in 0..50 {
+        let mut child = Command::new(BIN)
+            .args(["convert", &ck, "-o", &s(&out)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let staging = staging_of(child.id());
+        loop {
+            if staging.join("tokenizer.json").exists() {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                killed = Some(staging.clone());
+                break;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if killed.is_some() {
+            break;
+        }
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let staging = killed.expect("no run was caught while writing");
+    assert!(
+        staging.is_dir() && !out.exists(),
+        "a killed writer leaves only its staging folder"
+    );
+    let n = run_cases(vec![
+        case(
+            "convert after a SIGKILLed one",
+            &["convert", &ck, "-o", &s(&out)],
+        )
+        .code(0)
+        .clean(dir.path()),
+    ]);
+    assert_eq!(n, 1);
+    assert!(!staging.exists() && out.join("blip.json").is_file());
+}
+
+#[test]
 fn damaged_and_hostile_packages_are_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -856,6 +930,36 @@ fn damaged_and_hostile_packages_are_refused_at_open() {
         .says(&["format_version 99 is newer"]),
         mk("tokenizer.json not a tokenizer", cap(&not_tok))
             .says(&["tokenizer.json", "valid JSON but not a tokenizer"]),
+        mk(
+            "validate against a missing package",
+            vec![
+                "validate".into(),
+                s(&caption),
+                "--against".into(),
+                "/no/such/other".into(),
+            ],
+        )
+        .says(&["/no/such/other", "not a blip-onnx package"]),
+        mk(
+            "validate with a reference bundle that is not one",
+            vec![
+                "validate".into(),
+                s(&caption),
+                "--reference".into(),
+                s(&d.join("outside.onnx")),
+            ],
+        )
+        .says(&["outside.onnx"]),
+        mk(
+            "bench a missing package",
+            vec![
+                "bench".into(),
+                "/no/such/pkg".into(),
+                "--image".into(),
+                good.clone(),
+            ],
+        )
+        .says(&["error: /no/such/pkg: not a blip-onnx package"]),
         mk(
             "inspect a swapped graph",
             vec!["inspect".into(), swapped.clone()],
