@@ -62,11 +62,8 @@ impl Common {
             device: parse_device(&self.device)?,
             ..Default::default()
         };
-        let mut model = BlipModel::open(&self.package, &opts)
+        let model = BlipModel::open(&self.package, &opts)
             .with_context(|| format!("loading package {}", self.package.display()))?;
-        // Texts that do not fit the model's positions are refused by name before inference
-        // (the runtime's tokenizer is built without the limit; see BlipTokenizer::for_package).
-        model.tokenizer.max_positions = Some(model.package.manifest.model.max_position_embeddings);
         Ok(model)
     }
 

@@ -382,7 +382,10 @@ fn dtype_name(ty: ort::value::TensorElementType) -> &'static str {
 }
 
 /// Compares a session's inputs and outputs with the manifest entry of its graph.
-fn check_io(session: &Session, entry: &blip_package::GraphEntry) -> std::result::Result<(), String> {
+fn check_io(
+    session: &Session,
+    entry: &blip_package::GraphEntry,
+) -> std::result::Result<(), String> {
     let compare = |kind: &str,
                    outlets: &[ort::value::Outlet],
                    specs: &[blip_package::TensorSpec]|
@@ -412,9 +415,10 @@ fn check_io(session: &Session, entry: &blip_package::GraphEntry) -> std::result:
             }
             let dims: &[i64] = shape;
             let fixed_differs = dims.len() != spec.dims.len()
-                || dims.iter().zip(&spec.dims).any(|(&d, want)| {
-                    want.as_i64().is_some_and(|w| d >= 0 && d != w)
-                });
+                || dims
+                    .iter()
+                    .zip(&spec.dims)
+                    .any(|(&d, want)| want.as_i64().is_some_and(|w| d >= 0 && d != w));
             if fixed_differs {
                 return Err(format!(
                     "{kind} {} has shape {dims:?} in the graph, {:?} in the manifest",

@@ -37,8 +37,9 @@ impl BlipModel {
     pub fn open(dir: &Path, opts: &SessionOptions) -> Result<BlipModel> {
         let package = Package::open(dir)?;
         let runtime = Runtime::init_with_threads(opts.intra_threads)?;
-        let tokenizer =
-            BlipTokenizer::from_file(&package.tokenizer_path(), package.manifest.tokens.clone())?;
+        // Limited to the model's positions and checked against its vocabulary: texts that do not
+        // fit are refused by name before inference.
+        let tokenizer = BlipTokenizer::for_package(&package)?;
         let graphs = OrtGraphs::open(&runtime, &package, opts)?;
         Ok(BlipModel(Blip::new(package, tokenizer, graphs)))
     }

@@ -7,7 +7,10 @@ use blip_testkit::{convert_fixture, fixture};
 
 #[test]
 fn a_swapped_graph_with_a_matching_checksum_is_refused_at_open() {
-    let retrieval = convert_fixture(&fixture("models/tiny-retrieval"), &ConvertOptions::default());
+    let retrieval = convert_fixture(
+        &fixture("models/tiny-retrieval"),
+        &ConvertOptions::default(),
+    );
     let caption = convert_fixture(&fixture("models/tiny-caption"), &ConvertOptions::default());
     let role = "vision_encoder";
     // The caption head's vision encoder has no image_embeds output.
@@ -37,4 +40,35 @@ fn a_swapped_graph_with_a_matching_checksum_is_refused_at_open() {
     );
     // The untouched caption package still opens.
     BlipModel::open(&caption.pkg.dir, &opts).unwrap();
+}
+
+#[test]
+fn lengths_past_the_models_positions_are_refused_before_inference() {
+    let caption = convert_fixture(&fixture("models/tiny-caption"), &ConvertOptions::default());
+    let mut m = BlipModel::open(
+        &caption.pkg.dir,
+        &SessionOptions {
+            intra_threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let positions = m.package.manifest.model.max_position_embeddings;
+    let image = blip_runtime::ImageInput::Path(fixture("images/synthetic_a.png"));
+    let opts = blip_runtime::CaptionOptions {
+        max_length: positions + 1,
+        ..Default::default()
+    };
+    let err = m.caption(&[image.clone()], &opts).unwrap_err().to_string();
+    assert!(
+        err.contains("max_length") && err.contains(&positions.to_string()),
+        "{err}"
+    );
+    let long_prompt = "a ".repeat(positions + 5);
+    let opts = blip_runtime::CaptionOptions {
+        prompt: long_prompt,
+        ..Default::default()
+    };
+    assert!(m.caption(&[image], &opts).is_err());
+    assert_eq!(m.images_encoded(), 0, "inference ran on refused input");
 }

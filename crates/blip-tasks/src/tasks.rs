@@ -158,6 +158,17 @@ impl<G: Graphs> Blip<G> {
         self.graphs.vision(pixels, n).await
     }
 
+    /// A generated length must fit the decoder's position embeddings.
+    fn check_max_length(&self, field: &str, max_length: usize) -> Result<()> {
+        let positions = self.package.manifest.model.max_position_embeddings;
+        if max_length > positions {
+            return Err(TaskError::Input(format!(
+                "{field} {max_length} is more than the model's {positions} positions"
+            )));
+        }
+        Ok(())
+    }
+
     fn generation_config(
         &self,
         strategy: &Strategy,
@@ -241,6 +252,7 @@ impl<G: Graphs> Blip<G> {
         n: usize,
         opts: &CaptionOptions,
     ) -> Result<(Generation, Vec<i64>)> {
+        self.check_max_length("max_length", opts.max_length)?;
         let prompt = self.tokenizer.prompt_ids(&opts.prompt)?;
         if prompt.len() >= opts.max_length {
             return Err(TaskError::Input(format!(
@@ -537,6 +549,7 @@ impl<G: Graphs> Blip<G> {
         questions: &[&str],
         opts: &VqaOptions,
     ) -> Result<(Generation, Array3<f32>, Option<Vec<i64>>)> {
+        self.check_max_length("max_length", opts.max_length)?;
         let (states, q_mask) = self
             .questions(pixels, n, rows, questions, opts.max_question_tokens)
             .await?;
