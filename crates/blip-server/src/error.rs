@@ -174,15 +174,27 @@ pub enum TaskErrors {
     Empty(ErrorBody),
     #[response(status = 401, description = "Missing or wrong API key")]
     Unauthorized(ErrorBody),
-    #[response(status = 404, description = "No package with the route's head, unknown id, or no index")]
+    #[response(
+        status = 404,
+        description = "No package with the route's head, unknown id, or no index"
+    )]
     NotFound(ErrorBody),
-    #[response(status = 413, description = "Body over --payload-limit, image over --max-image-pixels, or more images than --max-queue")]
+    #[response(
+        status = 413,
+        description = "Body over --payload-limit, image over --max-image-pixels, or more images than --max-queue"
+    )]
     TooLarge(ErrorBody),
     #[response(status = 415, description = "Not JSON or multipart, or not an image")]
     Unsupported(ErrorBody),
-    #[response(status = 422, description = "A field or item is invalid (named in the message)")]
+    #[response(
+        status = 422,
+        description = "A field or item is invalid (named in the message)"
+    )]
     Validation(ErrorBody),
-    #[response(status = 429, description = "Overloaded; retry after Retry-After seconds")]
+    #[response(
+        status = 429,
+        description = "Overloaded; retry after Retry-After seconds"
+    )]
     Overloaded(ErrorBody),
     #[response(status = 503, description = "Not ready, or a graph run failed")]
     NotReady(ErrorBody),

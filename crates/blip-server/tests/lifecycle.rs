@@ -268,3 +268,72 @@ async fn shutdown_finishes_in_flight_requests_and_stops_accepting() {
         "still accepting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_captions_share_a_batch_and_settings_are_never_mixed() {
+    let _g = ONE_AT_A_TIME.lock().await;
+    let mut a = args(&["caption"]);
+    // The batch runs when it holds 3 images (long before the wait is over).
+    a.max_batch_images = 3;
+    a.max_batch_wait_ms = 60_000;
+    let server = TestServer::start(a).await;
+    let sum = "blip_batch_requests_sum{head=\"caption\",task=\"caption\"}";
+    let count = "blip_batch_requests_count{head=\"caption\",task=\"caption\"}";
+    let two = "blip_batch_requests_bucket{head=\"caption\",task=\"caption\",le=\"2\"}";
+    let one = "blip_batch_requests_bucket{head=\"caption\",task=\"caption\",le=\"1\"}";
+    let m = server.metrics().await;
+    let (sum0, count0) = (metric(&m, sum), metric(&m, count));
+    let pairs0 = metric(&m, two) - metric(&m, one);
+    let mut model = blip_runtime::BlipModel::open(
+        &package("caption"),
+        &blip_runtime::SessionOptions {
+            intra_threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // Two beam-search requests and one greedy one, at once.
+    let settings = [json!({}), json!({}), json!({"beams": 1})];
+    let calls: Vec<_> = settings
+        .iter()
+        .enumerate()
+        .map(|(i, extra)| {
+            let client = server.client.clone();
+            let url = server.url("/v1/caption");
+            let mut body = extra.clone();
+            body["images"] = json!([b64(&test_image(i + 10))]);
+            tokio::spawn(async move {
+                let r = client.post(url).json(&body).send().await.unwrap();
+                (
+                    r.status().as_u16(),
+                    r.json::<serde_json::Value>().await.unwrap(),
+                )
+            })
+        })
+        .collect();
+    for (i, c) in calls.into_iter().enumerate() {
+        let (status, body) = c.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let opts = if i == 2 {
+            blip_runtime::CaptionOptions {
+                strategy: blip_runtime::Strategy::Greedy,
+                ..Default::default()
+            }
+        } else {
+            blip_runtime::CaptionOptions::default()
+        };
+        let input = blip_runtime::ImageInput::Path(test_image(i + 10));
+        let want = model.caption(&[input], &opts).unwrap().remove(0).unwrap();
+        assert_eq!(body["results"][0]["tokens"], json!(want.ids), "request {i}");
+    }
+    // One batch of three requests, split into two decode runs: the two beam requests together,
+    // the greedy one alone.
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, count) - count0, 2.0, "{m}");
+    assert_eq!(metric(&m, sum) - sum0, 3.0, "{m}");
+    assert_eq!(
+        metric(&m, two) - metric(&m, one) - pairs0,
+        1.0,
+        "one decode run of two requests: {m}"
+    );
+}
