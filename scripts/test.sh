@@ -5,7 +5,8 @@
 # 2. checks formatting and clippy,
 # 3. runs every Rust test (parity against the committed PyTorch goldens, error cases, CLI),
 # 4. converts every fixture and runs onnx.checker (full check) on each graph,
-# 5. runs schemathesis against `blip-onnx serve` (no 5xx, responses conform to docs/openapi.json).
+# 5. runs schemathesis against `blip-onnx serve` (no 5xx, responses conform to docs/openapi.json),
+# 6. tests the server's page in headless Chromium (scripts/page-test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/fetch-onnxruntime.sh)"
@@ -14,3 +15,4 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace
 scripts/onnx-checker.sh
 scripts/schemathesis.sh
+scripts/page-test.sh

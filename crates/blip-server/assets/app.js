@@ -79,7 +79,9 @@ async function search(ev) {
       const itm = h.itm === null ? 'not reranked' : `ITM ${h.itm.toFixed(3)}`;
       const cap = document.createElement('div');
       cap.className = 'hit';
-      cap.textContent = `${h.rank}. ${h.id} — ITC ${h.itc.toFixed(3)}, ${itm}`;
+      // Ids of folder-indexed images are paths: show the file name, the full id on hover.
+      cap.title = h.id;
+      cap.textContent = `${h.rank}. ${h.id.split('/').pop()} — ITC ${h.itc.toFixed(3)}, ${itm}`;
       li.append(img, cap);
       list.append(li);
     }

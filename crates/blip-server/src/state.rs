@@ -73,13 +73,14 @@ pub struct Permit {
     _units: OwnedSemaphorePermit,
     units: Arc<Semaphore>,
     max: usize,
+    held: usize,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        // The units permit is released right after this; count it out already.
+        // This permit's units are released right after this; count them out already.
         let in_flight = self.max - self.units.available_permits();
-        metrics::gauge!(m::IMAGES_IN_FLIGHT).set(in_flight.saturating_sub(1) as f64);
+        metrics::gauge!(m::IMAGES_IN_FLIGHT).set(in_flight.saturating_sub(self.held) as f64);
     }
 }
 
@@ -275,6 +276,7 @@ impl AppState {
             _units: u,
             units: self.units.clone(),
             max: self.max_units,
+            held: units,
         })
     }
 
