@@ -176,31 +176,19 @@ pub async fn start(args: ServeArgs) -> Result<Running, ServerError> {
 
 /// Runs the server until SIGTERM or ctrl-c, then drains within the grace period.
 pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
+    // Signal handlers first: a SIGTERM right after "listening" must drain, not kill.
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ServerError::Serve)?;
     let running = start(args).await?;
     eprintln!("blip-onnx serve: listening on http://{}", running.addr);
-    let stop = async {
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .map_err(ServerError::Serve)?;
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        Ok::<(), ServerError>(())
-    };
-    let task_done = {
-        tokio::select! {
-            r = stop => { r?; false }
-        }
-    };
-    let _ = task_done;
+    #[cfg(unix)]
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
     eprintln!("blip-onnx serve: shutting down");
     running.shutdown();
     running.wait().await

@@ -420,6 +420,7 @@ async fn every_error_status_has_its_json_body() {
     let mut a = args(&["caption", "retrieval"]);
     a.payload_limit = 200_000;
     a.max_image_pixels = 96 * 96;
+    a.max_queue = 4;
     let server = TestServer::start(a).await;
     let img = b64(&test_image(0));
 
@@ -481,6 +482,11 @@ async fn every_error_status_has_its_json_body() {
         )
         .await;
     assert_error_naming(&got, 413, "payload_too_large", "512x600");
+
+    // 413: more images in one request than --max-queue could ever admit.
+    let five = vec![img.clone(); 5];
+    let got = server.post("/v1/caption", json!({"images": five})).await;
+    assert_error_naming(&got, 413, "payload_too_large", "--max-queue");
 
     // 415: content type, non-image data URI, unknown format.
     let r = server
@@ -577,4 +583,26 @@ async fn served_openapi_equals_the_committed_document_and_pages_load() {
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["packages"][0]["head"], "caption");
     assert_eq!(info["limits"]["payload_limit"], 16 * 1024 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_is_off_by_default_and_answers_the_configured_origin() {
+    let preflight = |s: &TestServer| {
+        s.client
+            .request(reqwest::Method::OPTIONS, s.url("/v1/caption"))
+            .header("origin", "http://example.test")
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    let plain = TestServer::start(args(&["caption"])).await;
+    let r = preflight(&plain).await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let mut a = args(&["caption"]);
+    a.cors_origin = Some("http://example.test".into());
+    let cors = TestServer::start(a).await;
+    let r = preflight(&cors).await.unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://example.test"
+    );
 }
