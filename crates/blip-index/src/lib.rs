@@ -708,6 +708,30 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn format_1_indexes_still_read_with_paths_as_ids_and_no_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.idx");
+        let header = serde_json::json!({
+            "package": "pkg",
+            "dim": 2,
+            "entries": [["/img/a.png", {"size": 3, "mtime_ns": 4}]],
+        });
+        let h = serde_json::to_vec(&header).unwrap();
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&(h.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&h);
+        for v in [0.5f32, -0.25] {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let idx = Index::read(&path).unwrap();
+        assert_eq!(idx.entries()[0].id, "/img/a.png");
+        assert_eq!(idx.entries()[0].stamp, Stamp { size: 3, mtime_ns: 4 });
+        assert_eq!(idx.embedding(0), &[0.5, -0.25]);
+        assert!(!idx.has_states());
+    }
+
     #[cfg(unix)]
     #[test]
     fn scan_skips_a_fifo_instead_of_blocking() {
