@@ -3,7 +3,6 @@
 mod bench;
 mod benchmark;
 mod eval;
-mod index;
 mod inspect;
 mod tasks;
 mod validate;
@@ -145,7 +144,7 @@ enum Command {
         #[arg(long)]
         answers: Option<PathBuf>,
         /// Answers kept after the first-token ranking (LAVIS: 128).
-        #[arg(short, long, default_value_t = 128)]
+        #[arg(short, long, default_value_t = blip_server::api::DEFAULT_VQA_K)]
         k: usize,
         /// Generation: mask the question padding in cross-attention (BLIP and transformers do not,
         /// so batched answers can depend on the other questions' lengths).
@@ -246,6 +245,11 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// Serve every loaded package over HTTP (caption, embed, ITM, VQA, search; metrics, OpenAPI, demo page).
+    ///
+    /// Images of concurrent requests are batched into one vision-encoder run; beyond the admission
+    /// bounds the server answers 429 at once; SIGTERM / ctrl-c drain within --shutdown-grace.
+    Serve(blip_server::ServeArgs),
     /// Search an index with a text: ITC top-k, then ITM rerank of the best candidates.
     Search {
         #[command(flatten)]
@@ -253,10 +257,10 @@ enum Command {
         index: PathBuf,
         query: String,
         /// Results to print.
-        #[arg(short, long, default_value_t = 10)]
+        #[arg(short, long, default_value_t = blip_server::DEFAULT_SEARCH_K)]
         k: usize,
         /// Candidates reranked with ITM (score = ITM logit + ITC similarity); 0 for ITC only.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = blip_server::DEFAULT_RERANK)]
         rerank: usize,
     },
 }
@@ -534,5 +538,13 @@ fn run(cli: Cli) -> Result<u8> {
             k,
             rerank,
         } => tasks::search(&common, &index, &query, k, rerank),
+        Command::Serve(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(blip_server::serve(args))?;
+            Ok(0)
+        }
     }
 }

@@ -5,14 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use blip_runtime::{
-    BlipModel, CandidateStates, CaptionOptions, Device, ImageInput, SessionOptions, Strategy,
-    VqaOptions,
+    BlipModel, CaptionOptions, Device, ImageInput, SessionOptions, Strategy, VqaOptions,
 };
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::index::{Index, IndexEntry};
+use blip_index::{Entry as IndexEntry, Index, Stamp, StateShape};
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Format {
@@ -96,14 +95,14 @@ pub struct Decoding {
     /// Nucleus sampling instead of beam search.
     #[arg(long)]
     pub sample: bool,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = blip_server::api::DEFAULT_TOP_P)]
     pub top_p: f32,
     /// 0 disables top-k.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = blip_server::api::DEFAULT_TOP_K)]
     pub top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = blip_server::api::DEFAULT_TEMPERATURE)]
     pub temperature: f32,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = blip_server::api::DEFAULT_SEED)]
     pub seed: u64,
     /// Maximum length in tokens, prompt included.
     #[arg(long, default_value_t = 20)]
@@ -328,8 +327,7 @@ pub fn itm(common: &Common, image: &Path, texts: &[String]) -> Result<u8> {
     let mut records = Vec::new();
     for (i, t) in texts.iter().enumerate() {
         let (l0, l1) = (logits[[i, 0]], logits[[i, 1]]);
-        let m = l0.max(l1);
-        let p = (l1 - m).exp() / ((l0 - m).exp() + (l1 - m).exp());
+        let p = blip_server::match_probability([l0, l1]);
         let itc = embeds.row(0).dot(&text_embeds.row(i));
         records.push(json!({"image": image, "text": t, "match_probability": p, "itm_logits": [l0, l1], "itc_similarity": itc}));
     }
@@ -402,75 +400,64 @@ pub fn vqa(
     Ok(0)
 }
 
-pub(crate) fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-            let p = e?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
-                ["png", "jpg", "jpeg", "webp", "gif", "bmp"]
-                    .contains(&x.to_ascii_lowercase().as_str())
-            }) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 pub fn index(common: &Common, dir: &Path, output: &Path) -> Result<u8> {
+    let package = blip_package::Package::open(&common.package)
+        .with_context(|| format!("loading package {}", common.package.display()))?;
+    // Before anything is loaded or written: only retrieval packages make image embeddings.
+    let dim = blip_index::image_embedding_width(&package)?;
+    let scan = blip_index::scan_images(dir)?;
+    for (path, why) in &scan.skipped {
+        eprintln!("skipping {}: {why}", path.display());
+    }
     let mut model = common.model()?;
     let fingerprint = Index::fingerprint(&model.package);
+    let dims = &model.package.manifest.model;
+    let states = StateShape {
+        tokens: dims.image_tokens,
+        width: dims.vision_hidden_size,
+    };
     let previous = match Index::read(output) {
-        Ok(idx) if idx.package == fingerprint => Some(idx),
+        Ok(idx) if idx.package == fingerprint && idx.has_states() => Some(idx),
         _ => None,
     };
-    let files = list_images(dir)?;
-    let mut entries = Vec::with_capacity(files.len());
+    let mut idx = Index::new(fingerprint, dim, Some(states));
     let mut todo = Vec::new();
-    for f in &files {
-        let stamp = IndexEntry::stamp(f)?;
-        match previous.as_ref().and_then(|p| p.find(f, &stamp)) {
-            Some(e) => entries.push(Some(e)),
-            None => {
-                entries.push(None);
-                todo.push((entries.len() - 1, f.clone(), stamp));
-            }
+    for f in &scan.images {
+        let stamp = Stamp::of(f)?;
+        match previous.as_ref().and_then(|p| p.find_unchanged(f, &stamp)) {
+            Some((entry, embedding)) => idx.push(entry, &embedding)?,
+            None => todo.push((f.clone(), stamp)),
         }
     }
+    let reused = idx.len();
     let bar = common.progress(todo.len(), "indexing");
     let mut failed = 0;
-    for chunk in todo.chunks(common.batch_size.max(1)) {
-        for (slot, path, stamp) in chunk {
-            // One image at a time inside the batch loop keeps a bad file from failing its neighbours.
-            match model.embed_images(&[ImageInput::Path(path.clone())]) {
-                Ok((embeds, _)) => {
-                    entries[*slot] = Some(IndexEntry {
-                        path: path.clone(),
-                        stamp: stamp.clone(),
-                        embedding: embeds.row(0).to_vec(),
-                    })
-                }
-                Err(e) => {
-                    failed += 1;
-                    eprintln!("skipping {}: {e}", path.display());
-                }
+    for (path, stamp) in &todo {
+        // One image at a time keeps a bad file from failing its neighbours.
+        match model.embed_images(&[ImageInput::Path(path.clone())]) {
+            Ok((embeds, hidden)) => {
+                let id = path.display().to_string();
+                let flat: Vec<f32> = hidden.iter().copied().collect();
+                let state = idx.write_state(output, &id, &flat)?;
+                let entry = IndexEntry {
+                    id,
+                    path: path.clone(),
+                    stamp: stamp.clone(),
+                    metadata: None,
+                    state: Some(state),
+                };
+                idx.push(entry, &embeds.row(0).to_vec())?;
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("skipping {}: {e}", path.display());
             }
         }
-        bar.inc(chunk.len() as u64);
+        bar.inc(1);
     }
     bar.finish_and_clear();
-    let reused = files.len() - todo.len();
-    let idx = Index {
-        package: fingerprint,
-        entries: entries.into_iter().flatten().collect(),
-    };
     idx.write(output)?;
-    let summary = json!({"index": output, "images": idx.entries.len(), "embedded": todo.len() - failed, "reused": reused, "failed": failed});
+    let summary = json!({"index": output, "images": idx.len(), "embedded": todo.len() - failed, "reused": reused, "failed": failed, "skipped": scan.skipped.len()});
     emit(common.format, &[summary], |r| {
         format!(
             "{} images in {} ({} embedded, {} unchanged, {} failed)",
@@ -487,36 +474,16 @@ pub fn index(common: &Common, dir: &Path, output: &Path) -> Result<u8> {
 pub fn search(common: &Common, index: &Path, query: &str, k: usize, rerank: usize) -> Result<u8> {
     let mut model = common.model()?;
     let idx = Index::read(index)?;
-    if idx.package != Index::fingerprint(&model.package) {
-        bail!(
-            "{} was built with another package; re-run `blip-onnx index`",
-            index.display()
-        );
-    }
-    if idx.entries.is_empty() {
+    idx.check_package(index, &model.package)?;
+    if idx.is_empty() {
         bail!("{} holds no images", index.display());
     }
-    let dim = idx.entries[0].embedding.len();
-    let flat: Vec<f32> = idx
-        .entries
-        .iter()
-        .flat_map(|e| e.embedding.iter().copied())
-        .collect();
-    let embeds = ndarray::Array2::from_shape_vec((idx.entries.len(), dim), flat)?;
-    let paths: Vec<PathBuf> = idx.entries.iter().map(|e| e.path.clone()).collect();
-    // ITM needs the candidates' full image states: re-encode the top `rerank` images.
-    let images: Vec<ImageInput> = paths.iter().map(|p| ImageInput::Path(p.clone())).collect();
-    let hits = model.rank_images(
-        query,
-        embeds.view(),
-        rerank,
-        CandidateStates::Encode(&images),
-    )?;
+    let hits = blip_server::rank_index(&mut model, &idx, index, query, rerank)?;
     let records: Vec<_> = hits
         .iter()
         .take(k)
         .enumerate()
-        .map(|(rank, h)| json!({"rank": rank + 1, "image": paths[h.index], "score": h.score, "itc": h.itc, "itm": h.itm}))
+        .map(|(rank, h)| json!({"rank": rank + 1, "image": idx.entries()[h.index].path, "score": h.score, "itc": h.itc, "itm": h.itm}))
         .collect();
     emit(common.format, &records, |r| {
         format!(

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use blip_runtime::{ImageInput, SessionOptions};
 use blip_validate::{Thresholds, ValidateOptions};
 
-use crate::tasks::{Format, list_images};
+use crate::tasks::Format;
 
 #[derive(clap::Args)]
 pub struct ValidateArgs {
@@ -92,7 +92,11 @@ pub fn run(args: ValidateArgs) -> Result<u8> {
     let mut images = Vec::new();
     for p in &args.images {
         if p.is_dir() {
-            images.extend(list_images(p)?.into_iter().map(ImageInput::Path));
+            let scan = blip_index::scan_images(p)?;
+            for (path, why) in &scan.skipped {
+                eprintln!("skipping {}: {why}", path.display());
+            }
+            images.extend(scan.images.into_iter().map(ImageInput::Path));
         } else {
             images.push(ImageInput::Path(p.clone()));
         }

@@ -530,3 +530,136 @@ fn bench_writes_json_markdown_and_a_png_chart() {
         "--render reads the measured JSON and writes none"
     );
 }
+
+/// Issue 12's index cases: a FIFO in the folder is skipped (never opened, so never blocks), an
+/// index of another width is refused in words (no ndarray panic), and a package without image
+/// embeddings fails before anything is written.
+#[cfg(unix)]
+#[test]
+fn index_skips_fifos_refuses_other_widths_and_non_retrieval_packages() {
+    let dir = tempfile::tempdir().unwrap();
+    let ret = convert_to(dir.path(), "retrieval");
+    let cap = convert_to(dir.path(), "caption");
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::copy(fixture("images/synthetic_a.png"), images.join("a.png")).unwrap();
+    let fifo = images.join("pipe.png");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let idx = dir.path().join("idx.bin");
+    let (status, stdout, stderr) = code(&[
+        "index",
+        "-p",
+        ret.to_str().unwrap(),
+        images.to_str().unwrap(),
+        "-o",
+        idx.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(status, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("pipe.png") && stderr.contains("not a regular file"),
+        "{stderr}"
+    );
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (
+            summary[0]["images"].as_u64(),
+            summary[0]["skipped"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+
+    // Same package fingerprint, embeddings 7 wide instead of 24.
+    let good = blip_index::Index::read(&idx).unwrap();
+    let mut odd = blip_index::Index::new(good.package.clone(), 7, None);
+    let mut entry = good.entries()[0].clone();
+    entry.state = None;
+    odd.push(entry, &[0.1; 7]).unwrap();
+    let odd_path = dir.path().join("odd.bin");
+    odd.write(&odd_path).unwrap();
+    let (status, _, stderr) = code(&[
+        "search",
+        "-p",
+        ret.to_str().unwrap(),
+        odd_path.to_str().unwrap(),
+        "a red circle",
+    ]);
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("7-wide") && stderr.contains("24-wide"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = dir.path().join("caption.idx");
+    let (status, _, stderr) = code(&[
+        "index",
+        "-p",
+        cap.to_str().unwrap(),
+        images.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(stderr.contains("has no image embeddings"), "{stderr}");
+    assert!(!out.exists() && !blip_index::Index::sidecar(&out).exists());
+}
+
+/// `blip-onnx serve` binds, answers /health/live, and exits 0 on SIGTERM.
+#[cfg(unix)]
+#[test]
+fn serve_starts_answers_and_stops_on_sigterm() {
+    use std::io::{BufRead, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let cap = convert_to(dir.path(), "caption");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blip-onnx"))
+        .args([
+            "serve",
+            "--package",
+            cap.to_str().unwrap(),
+            "--threads",
+            "1",
+        ])
+        .env("BLIP_PORT", "0")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "GET /health/live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.contains("live"),
+        "{reply}"
+    );
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}

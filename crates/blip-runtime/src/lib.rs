@@ -426,16 +426,15 @@ fn check_io(
                 ));
             }
         }
-        if kind == "input" {
-            if let Some(extra) = outlets
+        if kind == "input"
+            && let Some(extra) = outlets
                 .iter()
                 .find(|o| !specs.iter().any(|s| s.name == o.name()))
-            {
-                return Err(format!(
-                    "the graph needs input {}, which the manifest does not list",
-                    extra.name()
-                ));
-            }
+        {
+            return Err(format!(
+                "the graph needs input {}, which the manifest does not list",
+                extra.name()
+            ));
         }
         Ok(())
     };

@@ -1,0 +1,759 @@
+//! The image index that `blip-onnx index` writes and `search` / `blip-onnx serve` read.
+//!
+//! One file holds a JSON header (package fingerprint, embedding width, per image: id, path, size and
+//! modification time, optional metadata) followed by the f32 ITC embeddings. Next to it, the folder
+//! `<index>.d/` holds what ITM rerank needs — each image's vision hidden states as f16
+//! (`states/<name>.f16`) — so a reranked search never runs the vision encoder on its candidates,
+//! and images added through the server (`images/<sha256>.<ext>`). Every file is written to a
+//! temporary name and renamed into place, the index file last, so an interrupted write never leaves a
+//! broken index.
+
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use blip_package::Package;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Format 2: entries with ids, metadata and f16 rerank states.
+const MAGIC: &[u8; 8] = b"BLIPIDX2";
+/// Format 1 (read only): paths and embeddings.
+const MAGIC_V1: &[u8; 8] = b"BLIPIDX1";
+
+/// Image file extensions an index takes.
+pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "webp", "gif", "bmp"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a blip-onnx index")]
+    NotAnIndex { path: PathBuf },
+    #[error("{path}: {what} truncated")]
+    Truncated { path: PathBuf, what: &'static str },
+    #[error("{path}: bad index header: {message}")]
+    Header { path: PathBuf, message: String },
+    #[error(
+        "{path} holds {index}-wide embeddings but package {package} makes {expected}-wide ones; re-run `blip-onnx index` with this package"
+    )]
+    WidthMismatch {
+        path: PathBuf,
+        package: PathBuf,
+        index: usize,
+        expected: usize,
+    },
+    #[error("{path} was built with another package than {package}; re-run `blip-onnx index`")]
+    OtherPackage { path: PathBuf, package: PathBuf },
+    #[error(
+        "package {package} (head {head}) has no image embeddings; indexing needs a retrieval package"
+    )]
+    NoImageEmbeddings { package: PathBuf, head: String },
+    #[error("embedding of {id} has {got} values, the index holds {expected}-wide ones")]
+    EmbeddingWidth {
+        id: String,
+        got: usize,
+        expected: usize,
+    },
+    #[error("states of {id} have {got} values, the index holds {tokens}x{width}")]
+    StateShape {
+        id: String,
+        got: usize,
+        tokens: usize,
+        width: usize,
+    },
+    #[error("the index already holds an image with id {0:?}")]
+    DuplicateId(String),
+    #[error("image id {0:?} is empty or longer than 256 bytes")]
+    BadId(String),
+    #[error("{id} has no stored rerank states")]
+    NoStates { id: String },
+}
+
+pub type Result<T> = std::result::Result<T, IndexError>;
+
+/// Which sidecar files a written index still refers to.
+type Keep<'a> = dyn Fn(&Path) -> bool + 'a;
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> IndexError + 'a {
+    move |source| IndexError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What identifies an unchanged file: size and modification time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: u128,
+}
+
+impl Stamp {
+    pub fn of(path: &Path) -> Result<Stamp> {
+        let m = std::fs::metadata(path).map_err(io("reading", path))?;
+        let mtime_ns = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Ok(Stamp {
+            size: m.len(),
+            mtime_ns,
+        })
+    }
+}
+
+/// Shape of one image's stored vision hidden states (`tokens × width`, f16 on disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateShape {
+    pub tokens: usize,
+    pub width: usize,
+}
+
+impl StateShape {
+    pub fn values(&self) -> usize {
+        self.tokens * self.width
+    }
+}
+
+/// One indexed image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: String,
+    pub path: PathBuf,
+    pub stamp: Stamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+    /// File name of its rerank states under `<index>.d/states/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    package: String,
+    dim: usize,
+    #[serde(default)]
+    states: Option<StateShape>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+struct HeaderV1 {
+    package: String,
+    dim: usize,
+    entries: Vec<(PathBuf, Stamp)>,
+}
+
+/// An index in memory: entries and their embeddings (row `i` belongs to entry `i`).
+#[derive(Debug, Clone)]
+pub struct Index {
+    /// Which package (source checkpoint + vision graph) produced the embeddings.
+    pub package: String,
+    pub dim: usize,
+    pub states: Option<StateShape>,
+    entries: Vec<Entry>,
+    embeddings: Vec<f32>,
+}
+
+/// What [`scan_images`] found under a folder.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Regular image files, sorted.
+    pub images: Vec<PathBuf>,
+    /// Entries left out, with the reason (FIFOs, sockets, devices, unreadable folders, loops).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Lists the image files under `dir` (recursively). Only regular files are taken: opening a FIFO
+/// would block for ever, so FIFOs, sockets and devices are skipped with a reason, as are symlinked
+/// folders (which can loop).
+pub fn scan_images(dir: &Path) -> Result<Scan> {
+    let mut scan = Scan::default();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut first = true;
+    while let Some(d) = stack.pop() {
+        let listing = match std::fs::read_dir(&d) {
+            Ok(l) => l,
+            Err(e) if first => return Err(io("reading", &d)(e)),
+            Err(e) => {
+                scan.skipped.push((d, format!("cannot read folder: {e}")));
+                continue;
+            }
+        };
+        first = false;
+        for e in listing {
+            let e = e.map_err(io("reading", &d))?;
+            let p = e.path();
+            let ty = match e.file_type() {
+                Ok(t) => t,
+                Err(err) => {
+                    scan.skipped.push((p, err.to_string()));
+                    continue;
+                }
+            };
+            let (is_dir, is_file) = if ty.is_symlink() {
+                match std::fs::metadata(&p) {
+                    Ok(m) if m.is_dir() => {
+                        scan.skipped
+                            .push((p, "symlinked folder, not followed".into()));
+                        continue;
+                    }
+                    Ok(m) => (false, m.is_file()),
+                    Err(err) => {
+                        scan.skipped.push((p, format!("broken symlink: {err}")));
+                        continue;
+                    }
+                }
+            } else {
+                (ty.is_dir(), ty.is_file())
+            };
+            if is_dir {
+                stack.push(p);
+                continue;
+            }
+            let image_name = p
+                .extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()));
+            if !image_name {
+                continue;
+            }
+            if is_file {
+                scan.images.push(p);
+            } else {
+                scan.skipped.push((
+                    p,
+                    "not a regular file (FIFO, socket or device); skipped".into(),
+                ));
+            }
+        }
+    }
+    scan.images.sort();
+    Ok(scan)
+}
+
+/// Width of the package's ITC image embeddings, or an error when it makes none (only retrieval
+/// packages do): checked before anything is written.
+pub fn image_embedding_width(pkg: &Package) -> Result<usize> {
+    let none = || IndexError::NoImageEmbeddings {
+        package: pkg.dir.clone(),
+        head: pkg.manifest.head.clone(),
+    };
+    let vision = pkg
+        .manifest
+        .graphs
+        .get(blip_package::VISION_ENCODER)
+        .ok_or_else(none)?;
+    let spec = vision
+        .outputs
+        .iter()
+        .find(|o| o.name == "image_embeds")
+        .ok_or_else(none)?;
+    pkg.manifest
+        .model
+        .embed_dim
+        .or_else(|| {
+            spec.dims
+                .last()
+                .and_then(|d| d.as_u64())
+                .map(|d| d as usize)
+        })
+        .ok_or_else(none)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder (fsync, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = partial_path(path);
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+        f.write_all(bytes).map_err(io("writing", &tmp))?;
+        f.sync_all().map_err(io("writing", &tmp))?;
+        std::fs::rename(&tmp, path).map_err(io("writing", path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    path.with_file_name(format!(
+        ".{}.partial",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ))
+}
+
+fn f16_bytes(values: &[f32]) -> Vec<u8> {
+    values
+        .iter()
+        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+        .collect()
+}
+
+impl Index {
+    pub fn new(package: String, dim: usize, states: Option<StateShape>) -> Index {
+        Index {
+            package,
+            dim,
+            states,
+            entries: Vec::new(),
+            embeddings: Vec::new(),
+        }
+    }
+
+    /// What identifies the package that made an index: its source checkpoint and vision graph.
+    pub fn fingerprint(pkg: &Package) -> String {
+        let vision = pkg
+            .manifest
+            .graphs
+            .get(blip_package::VISION_ENCODER)
+            .map(|g| g.sha256.as_str())
+            .unwrap_or("");
+        format!("{}:{}", pkg.manifest.source.sha256, vision)
+    }
+
+    /// The folder next to an index file that holds its states and uploaded images.
+    pub fn sidecar(index_path: &Path) -> PathBuf {
+        let mut name = index_path.as_os_str().to_owned();
+        name.push(".d");
+        PathBuf::from(name)
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// All embeddings, row-major `len × dim`.
+    pub fn embeddings(&self) -> &[f32] {
+        &self.embeddings
+    }
+
+    pub fn embedding(&self, i: usize) -> &[f32] {
+        &self.embeddings[i * self.dim..(i + 1) * self.dim]
+    }
+
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.entries.iter().position(|e| e.id == id)
+    }
+
+    /// The entry and embedding of an unchanged file (same path, size and modification time).
+    pub fn find_unchanged(&self, path: &Path, stamp: &Stamp) -> Option<(Entry, Vec<f32>)> {
+        let i = self
+            .entries
+            .iter()
+            .position(|e| e.path == path && &e.stamp == stamp)?;
+        Some((self.entries[i].clone(), self.embedding(i).to_vec()))
+    }
+
+    /// Adds an entry with its embedding (of width `dim`); ids are unique.
+    pub fn push(&mut self, entry: Entry, embedding: &[f32]) -> Result<()> {
+        if embedding.len() != self.dim {
+            return Err(IndexError::EmbeddingWidth {
+                id: entry.id,
+                got: embedding.len(),
+                expected: self.dim,
+            });
+        }
+        if entry.id.is_empty() || entry.id.len() > 256 {
+            return Err(IndexError::BadId(entry.id));
+        }
+        if self.position(&entry.id).is_some() {
+            return Err(IndexError::DuplicateId(entry.id));
+        }
+        self.entries.push(entry);
+        self.embeddings.extend_from_slice(embedding);
+        Ok(())
+    }
+
+    /// Removes the entry `id`; its files are swept by the next [`Index::write`].
+    pub fn remove(&mut self, id: &str) -> Option<Entry> {
+        let i = self.position(id)?;
+        self.embeddings.drain(i * self.dim..(i + 1) * self.dim);
+        Some(self.entries.remove(i))
+    }
+
+    /// Refuses an index made by another package or whose embeddings have another width (the
+    /// similarity product would not be defined).
+    pub fn check_package(&self, index_path: &Path, pkg: &Package) -> Result<()> {
+        let expected = image_embedding_width(pkg)?;
+        if self.dim != expected && !self.is_empty() {
+            return Err(IndexError::WidthMismatch {
+                path: index_path.to_path_buf(),
+                package: pkg.dir.clone(),
+                index: self.dim,
+                expected,
+            });
+        }
+        if self.package != Self::fingerprint(pkg) {
+            return Err(IndexError::OtherPackage {
+                path: index_path.to_path_buf(),
+                package: pkg.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Name of the state file of an image id (stable, so unchanged images keep theirs).
+    pub fn state_name(id: &str) -> String {
+        let digest = Sha256::digest(id.as_bytes());
+        format!("{}.f16", &hex::encode(digest)[..32])
+    }
+
+    /// Stores the rerank states (`tokens × width` floats, kept as f16) of image `id` next to the
+    /// index; returns the file name to put in its entry.
+    pub fn write_state(&self, index_path: &Path, id: &str, hidden: &[f32]) -> Result<String> {
+        let shape = self
+            .states
+            .ok_or_else(|| IndexError::NoStates { id: id.into() })?;
+        if hidden.len() != shape.values() {
+            return Err(IndexError::StateShape {
+                id: id.into(),
+                got: hidden.len(),
+                tokens: shape.tokens,
+                width: shape.width,
+            });
+        }
+        let dir = Self::sidecar(index_path).join("states");
+        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        let name = Self::state_name(id);
+        write_atomic(&dir.join(&name), &f16_bytes(hidden))?;
+        Ok(name)
+    }
+
+    /// Rerank states of the entries at `rows`, as f32 `rows.len() × tokens × width`.
+    pub fn read_states(&self, index_path: &Path, rows: &[usize]) -> Result<Vec<f32>> {
+        let dir = Self::sidecar(index_path).join("states");
+        let mut out = Vec::new();
+        for &r in rows {
+            let e = &self.entries[r];
+            let (Some(shape), Some(name)) = (self.states, e.state.as_ref()) else {
+                return Err(IndexError::NoStates { id: e.id.clone() });
+            };
+            let path = dir.join(name);
+            let bytes = std::fs::read(&path).map_err(io("reading", &path))?;
+            if bytes.len() != shape.values() * 2 {
+                return Err(IndexError::Truncated {
+                    path,
+                    what: "rerank states",
+                });
+            }
+            out.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Whether every entry has stored rerank states.
+    pub fn has_states(&self) -> bool {
+        self.states.is_some() && self.entries.iter().all(|e| e.state.is_some())
+    }
+
+    /// Stores an uploaded image's bytes next to the index (content-addressed); returns its path.
+    pub fn store_image(index_path: &Path, bytes: &[u8], extension: &str) -> Result<PathBuf> {
+        let dir = Self::sidecar(index_path).join("images");
+        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        let path = dir.join(format!(
+            "{}.{extension}",
+            hex::encode(Sha256::digest(bytes))
+        ));
+        if !path.is_file() {
+            write_atomic(&path, bytes)?;
+        }
+        Ok(path)
+    }
+
+    pub fn read(path: &Path) -> Result<Index> {
+        let mut f = std::fs::File::open(path).map_err(io("reading index", path))?;
+        let meta = f.metadata().map_err(io("reading index", path))?;
+        if !meta.is_file() {
+            return Err(IndexError::NotAnIndex { path: path.into() });
+        }
+        let mut head = [0u8; 16];
+        f.read_exact(&mut head)
+            .map_err(|_| IndexError::NotAnIndex { path: path.into() })?;
+        let v1 = &head[..8] == MAGIC_V1;
+        if &head[..8] != MAGIC && !v1 {
+            return Err(IndexError::NotAnIndex { path: path.into() });
+        }
+        let hlen = u64::from_le_bytes([
+            head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15],
+        ]);
+        if hlen > meta.len().saturating_sub(16) {
+            return Err(IndexError::Truncated {
+                path: path.into(),
+                what: "header",
+            });
+        }
+        let mut header = vec![0u8; hlen as usize];
+        f.read_exact(&mut header)
+            .map_err(|_| IndexError::Truncated {
+                path: path.into(),
+                what: "header",
+            })?;
+        let bad = |e: serde_json::Error| IndexError::Header {
+            path: path.into(),
+            message: e.to_string(),
+        };
+        let header: Header = if v1 {
+            let h: HeaderV1 = serde_json::from_slice(&header).map_err(bad)?;
+            Header {
+                package: h.package,
+                dim: h.dim,
+                states: None,
+                entries: h
+                    .entries
+                    .into_iter()
+                    .map(|(p, stamp)| Entry {
+                        id: p.display().to_string(),
+                        path: p,
+                        stamp,
+                        metadata: None,
+                        state: None,
+                    })
+                    .collect(),
+            }
+        } else {
+            serde_json::from_slice(&header).map_err(bad)?
+        };
+        let want = (header.entries.len() as u64)
+            .checked_mul(header.dim as u64)
+            .and_then(|n| n.checked_mul(4));
+        let data_len = meta.len() - 16 - hlen;
+        if want != Some(data_len) {
+            return Err(IndexError::Truncated {
+                path: path.into(),
+                what: "embedding data",
+            });
+        }
+        f.seek(std::io::SeekFrom::Start(16 + hlen))
+            .map_err(io("reading index", path))?;
+        let mut data = Vec::with_capacity(data_len as usize);
+        f.read_to_end(&mut data)
+            .map_err(io("reading index", path))?;
+        let embeddings = data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(Index {
+            package: header.package,
+            dim: header.dim,
+            states: header.states,
+            entries: header.entries,
+            embeddings,
+        })
+    }
+
+    /// Writes the index atomically, then removes state and image files no entry refers to.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let header = Header {
+            package: self.package.clone(),
+            dim: self.dim,
+            states: self.states,
+            entries: self.entries.clone(),
+        };
+        let h = serde_json::to_vec(&header).map_err(|e| IndexError::Header {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let mut bytes = Vec::with_capacity(16 + h.len() + self.embeddings.len() * 4);
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&(h.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&h);
+        for v in &self.embeddings {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        write_atomic(path, &bytes)?;
+        self.sweep(path);
+        Ok(())
+    }
+
+    /// Best effort: files under the sidecar that no entry names (left by removed or re-indexed
+    /// images, or by a run that was killed) are deleted.
+    fn sweep(&self, path: &Path) {
+        let side = Self::sidecar(path);
+        let states: std::collections::HashSet<&str> = self
+            .entries
+            .iter()
+            .filter_map(|e| e.state.as_deref())
+            .collect();
+        let images: std::collections::HashSet<&Path> =
+            self.entries.iter().map(|e| e.path.as_path()).collect();
+        let keep_state = |p: &Path| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| states.contains(n))
+        };
+        let keep_image = |p: &Path| images.contains(p);
+        let subs: [(&str, &Keep); 2] = [("states", &keep_state), ("images", &keep_image)];
+        for (sub, keep) in subs {
+            let Ok(listing) = std::fs::read_dir(side.join(sub)) else {
+                continue;
+            };
+            for e in listing.flatten() {
+                let p = e.path();
+                if !keep(&p) {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> Entry {
+        Entry {
+            id: id.into(),
+            path: PathBuf::from(format!("/x/{id}.png")),
+            stamp: Stamp {
+                size: 1,
+                mtime_ns: 2,
+            },
+            metadata: Some(serde_json::json!({"k": id})),
+            state: None,
+        }
+    }
+
+    #[test]
+    fn round_trips_entries_embeddings_and_f16_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idx.bin");
+        let mut idx = Index::new(
+            "pkg".into(),
+            2,
+            Some(StateShape {
+                tokens: 2,
+                width: 2,
+            }),
+        );
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            let mut e = entry(id);
+            let hidden = [i as f32, 0.5, -1.25, 1000.0];
+            e.state = Some(idx.write_state(&path, id, &hidden).unwrap());
+            idx.push(e, &[i as f32, 1.0 + i as f32]).unwrap();
+        }
+        assert!(matches!(
+            idx.push(entry("a"), &[0.0, 0.0]),
+            Err(IndexError::DuplicateId(_))
+        ));
+        assert!(matches!(
+            idx.push(entry("d"), &[0.0]),
+            Err(IndexError::EmbeddingWidth { got: 1, .. })
+        ));
+        idx.remove("b").unwrap();
+        idx.write(&path).unwrap();
+        let back = Index::read(&path).unwrap();
+        assert_eq!(back.entries(), idx.entries());
+        assert_eq!(back.embeddings(), &[0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(
+            back.read_states(&path, &[1]).unwrap(),
+            vec![2.0, 0.5, -1.25, 1000.0]
+        );
+        // b's state file was swept, a's and c's stay.
+        let states = std::fs::read_dir(Index::sidecar(&path).join("states"))
+            .unwrap()
+            .count();
+        assert_eq!(states, 2);
+        assert!(!dir.path().join(".idx.bin.partial").exists());
+    }
+
+    #[test]
+    fn truncated_and_foreign_files_are_refused_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idx.bin");
+        let mut idx = Index::new("pkg".into(), 3, None);
+        idx.push(entry("a"), &[1.0, 2.0, 3.0]).unwrap();
+        idx.write(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
+        let e = Index::read(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("idx.bin") && e.contains("embedding data truncated"),
+            "{e}"
+        );
+        std::fs::write(&path, b"hello world, not an index").unwrap();
+        assert!(matches!(
+            Index::read(&path),
+            Err(IndexError::NotAnIndex { .. })
+        ));
+        let mut huge = b"BLIPIDX2".to_vec();
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&path, &huge).unwrap();
+        assert!(matches!(
+            Index::read(&path),
+            Err(IndexError::Truncated { what: "header", .. })
+        ));
+    }
+
+    #[test]
+    fn format_1_indexes_still_read_with_paths_as_ids_and_no_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.idx");
+        let header = serde_json::json!({
+            "package": "pkg",
+            "dim": 2,
+            "entries": [["/img/a.png", {"size": 3, "mtime_ns": 4}]],
+        });
+        let h = serde_json::to_vec(&header).unwrap();
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&(h.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&h);
+        for v in [0.5f32, -0.25] {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let idx = Index::read(&path).unwrap();
+        assert_eq!(idx.entries()[0].id, "/img/a.png");
+        assert_eq!(
+            idx.entries()[0].stamp,
+            Stamp {
+                size: 3,
+                mtime_ns: 4
+            }
+        );
+        assert_eq!(idx.embedding(0), &[0.5, -0.25]);
+        assert!(!idx.has_states());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn scan_skips_a_fifo_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.png"), b"x").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+        let fifo = dir.path().join("pipe.png");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let scan = scan_images(dir.path()).unwrap();
+        assert_eq!(scan.images, vec![dir.path().join("a.png")]);
+        assert_eq!(scan.skipped.len(), 1);
+        assert_eq!(scan.skipped[0].0, fifo);
+        assert!(scan.skipped[0].1.contains("not a regular file"));
+    }
+}

@@ -1,0 +1,553 @@
+//! The engine thread: one OS thread owns the loaded packages (`BlipModel`s) and takes work over a
+//! channel, so graph runs never block the async runtime. The [`Batcher`] assembles a batch from the
+//! queue (up to `--max-batch-images` images, waiting at most `--max-batch-wait-ms` for more), drops
+//! entries whose client has gone or whose deadline has passed, and hands the batch to a
+//! [`Scheduler`], which decides how it runs. [`RequestLevel`] is today's scheduler: images of
+//! concurrent embed requests share one vision-encoder run, caption requests with identical decoding
+//! settings are decoded together; an iteration-level (continuous batching) scheduler can replace
+//! it without touching the queue or the HTTP side.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use blip_checkpoint::Head;
+use blip_index::Index;
+use blip_runtime::{
+    Answer, BlipModel, Caption, CaptionOptions, Hit, RankedAnswers, RuntimeError, SessionOptions,
+    VqaOptions,
+};
+use ndarray::{Array2, Array3, Axis};
+use tokio::sync::oneshot;
+
+use crate::metrics as m;
+
+/// Preprocessed images laid end to end (`n × 3 × S × S`).
+#[derive(Debug, Clone)]
+pub struct Pixels {
+    pub data: Vec<f32>,
+    pub n: usize,
+}
+
+pub enum VqaMode {
+    Generate(VqaOptions),
+    Rank {
+        answers: Vec<String>,
+        k: usize,
+        max_question_tokens: usize,
+    },
+}
+
+/// What a job asks of the engine.
+pub enum Work {
+    Caption {
+        pixels: Pixels,
+        opts: CaptionOptions,
+    },
+    /// ITC embeddings and hidden states of images (retrieval head).
+    EmbedImages {
+        pixels: Pixels,
+    },
+    EmbedTexts {
+        texts: Vec<String>,
+    },
+    /// One image against several texts: ITM logits and ITC similarities.
+    Itm {
+        pixels: Pixels,
+        texts: Vec<String>,
+    },
+    /// One image, several questions.
+    Vqa {
+        pixels: Pixels,
+        questions: Vec<String>,
+        mode: VqaMode,
+    },
+    Search {
+        text: String,
+        rerank: usize,
+        index: Arc<Index>,
+        index_path: std::path::PathBuf,
+    },
+    /// A real forward pass of every loaded package on a synthetic image (readiness).
+    Probe,
+}
+
+impl Work {
+    fn task(&self) -> &'static str {
+        match self {
+            Work::Caption { .. } => "caption",
+            Work::EmbedImages { .. } => "embed_images",
+            Work::EmbedTexts { .. } => "embed_texts",
+            Work::Itm { .. } => "itm",
+            Work::Vqa { .. } => "vqa",
+            Work::Search { .. } => "search",
+            Work::Probe => "probe",
+        }
+    }
+
+    fn images(&self) -> usize {
+        match self {
+            Work::Caption { pixels, .. }
+            | Work::EmbedImages { pixels }
+            | Work::Itm { pixels, .. }
+            | Work::Vqa { pixels, .. } => pixels.n,
+            _ => 0,
+        }
+    }
+
+    /// Jobs worth waiting for: their images can share a vision run with others'.
+    fn batchable(&self) -> bool {
+        matches!(self, Work::Caption { .. } | Work::EmbedImages { .. })
+    }
+}
+
+pub enum Done {
+    Captions(Vec<Caption>),
+    ImageEmbeds {
+        embeds: Array2<f32>,
+        hidden: Array3<f32>,
+    },
+    TextEmbeds(Array2<f32>),
+    Itm {
+        logits: Array2<f32>,
+        itc: Vec<f32>,
+    },
+    Answers(Vec<Answer>),
+    Ranked(Vec<RankedAnswers>),
+    Hits(Vec<Hit>),
+    Probed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no loaded package has the {} head", .0.name())]
+    NoHead(Head),
+    #[error("deadline passed while queued")]
+    Deadline,
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Index(#[from] blip_index::IndexError),
+    #[error("the engine stopped")]
+    Stopped,
+}
+
+pub type Reply = Result<Done, EngineError>;
+
+pub struct Job {
+    pub head: Head,
+    pub work: Work,
+    pub deadline: Instant,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+impl Job {
+    fn answer(self, r: Reply) {
+        // The receiver may have gone (client disconnected after the check): nothing to do.
+        let _ = self.reply.send(r);
+    }
+}
+
+/// The loaded packages, one per head.
+pub struct Models {
+    models: Vec<(Head, BlipModel)>,
+}
+
+impl Models {
+    pub fn get(&mut self, head: Head) -> Result<&mut BlipModel, EngineError> {
+        self.models
+            .iter_mut()
+            .find(|(h, _)| *h == head)
+            .map(|(_, m)| m)
+            .ok_or(EngineError::NoHead(head))
+    }
+
+    fn run(&mut self, head: Head, work: Work) -> Reply {
+        let model = self.get(head)?;
+        let task = work.task();
+        let start = Instant::now();
+        let done = match work {
+            Work::Caption { pixels, opts } => {
+                let captions = model.caption_pixels(&pixels.data, pixels.n, &opts)?;
+                let prompt = model
+                    .tokenizer
+                    .prompt_ids(&opts.prompt)
+                    .map_err(RuntimeError::from)?
+                    .len();
+                let tokens: usize = captions
+                    .iter()
+                    .map(|c| c.ids.len().saturating_sub(prompt))
+                    .sum();
+                metrics::counter!(m::GENERATED_TOKENS, "head" => head.name())
+                    .increment(tokens as u64);
+                Done::Captions(captions)
+            }
+            Work::EmbedImages { pixels } => {
+                let v = model.vision(&pixels.data, pixels.n)?;
+                let embeds = v.embeds.ok_or_else(|| {
+                    RuntimeError::Input(format!(
+                        "package head {} has no image embeddings",
+                        model.head()
+                    ))
+                })?;
+                Done::ImageEmbeds {
+                    embeds,
+                    hidden: v.hidden,
+                }
+            }
+            Work::EmbedTexts { texts } => {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                Done::TextEmbeds(model.embed_texts(&refs)?)
+            }
+            Work::Itm { pixels, texts } => {
+                let v = model.vision(&pixels.data, pixels.n)?;
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let rows = vec![0; texts.len()];
+                let logits = model.itm_pairs(v.hidden.select(Axis(0), &rows).view(), &refs)?;
+                let text = model.embed_texts(&refs)?;
+                let itc = match &v.embeds {
+                    Some(e) => text.rows().into_iter().map(|t| e.row(0).dot(&t)).collect(),
+                    None => Vec::new(),
+                };
+                Done::Itm { logits, itc }
+            }
+            Work::Vqa {
+                pixels,
+                questions,
+                mode,
+            } => {
+                let qs: Vec<&str> = questions.iter().map(String::as_str).collect();
+                // One image per question: the image is repeated row-wise.
+                let per = pixels.data.len() / pixels.n.max(1);
+                let data: Vec<f32> = (0..qs.len())
+                    .flat_map(|_| pixels.data[..per].iter().copied())
+                    .collect();
+                match mode {
+                    VqaMode::Generate(opts) => {
+                        let answers = model.answer_pixels(&data, qs.len(), &qs, &opts)?;
+                        let tokens: usize = answers.iter().map(|a| a.ids.len()).sum();
+                        metrics::counter!(m::GENERATED_TOKENS, "head" => head.name())
+                            .increment(tokens as u64);
+                        Done::Answers(answers)
+                    }
+                    VqaMode::Rank {
+                        answers,
+                        k,
+                        max_question_tokens,
+                    } => {
+                        let list: Vec<&str> = answers.iter().map(String::as_str).collect();
+                        Done::Ranked(model.rank_answers_pixels(
+                            &data,
+                            qs.len(),
+                            &qs,
+                            &list,
+                            k,
+                            max_question_tokens,
+                        )?)
+                    }
+                }
+            }
+            Work::Search {
+                text,
+                rerank,
+                index,
+                index_path,
+            } => Done::Hits(crate::rank_index(
+                model,
+                &index,
+                &index_path,
+                &text,
+                rerank,
+            )?),
+            Work::Probe => {
+                probe(model)?;
+                Done::Probed
+            }
+        };
+        metrics::histogram!(m::INFERENCE_DURATION, "head" => head.name(), "task" => task)
+            .record(start.elapsed().as_secs_f64());
+        Ok(done)
+    }
+}
+
+/// A real forward pass on a mid-grey image: the vision encoder, and the head's first text graph.
+fn probe(model: &mut BlipModel) -> Result<(), RuntimeError> {
+    let s = model.package.manifest.preprocess.image_size;
+    let pixels = vec![0.0f32; 3 * s * s];
+    let v = model.vision(&pixels, 1)?;
+    match Head::from_name(model.head()) {
+        Some(Head::Retrieval) => {
+            model.embed_texts(&["a"])?;
+        }
+        Some(Head::Caption) => {
+            let opts = CaptionOptions {
+                max_length: model.tokenizer.prompt_ids("")?.len() + 2,
+                min_length: 0,
+                prompt: String::new(),
+                strategy: blip_runtime::Strategy::Greedy,
+                ..Default::default()
+            };
+            model.caption_pixels(&pixels, 1, &opts)?;
+        }
+        Some(Head::Vqa) | None => {
+            let _ = v;
+        }
+    }
+    Ok(())
+}
+
+/// How a batch of admitted, live jobs is run. Swappable: a continuous-batching scheduler keeps its
+/// own running decode state between calls.
+pub trait Scheduler: Send {
+    fn run(&mut self, models: &mut Models, batch: Vec<Job>);
+}
+
+/// Request-level batching: embed-image jobs of one head share one vision run; caption jobs of one
+/// head with identical decoding settings share one `caption_pixels` run; the rest run one by one.
+pub struct RequestLevel;
+
+impl Scheduler for RequestLevel {
+    fn run(&mut self, models: &mut Models, batch: Vec<Job>) {
+        let mut captions: Vec<(Head, String, Vec<Job>)> = Vec::new();
+        let mut embeds: Vec<(Head, Vec<Job>)> = Vec::new();
+        let mut single = Vec::new();
+        for job in batch {
+            match &job.work {
+                Work::Caption { opts, .. } => {
+                    // Debug prints every field (floats exactly), so equal keys mean equal settings.
+                    let key = format!("{opts:?}");
+                    match captions
+                        .iter_mut()
+                        .find(|(h, k, _)| *h == job.head && *k == key)
+                    {
+                        Some((_, _, jobs)) => jobs.push(job),
+                        None => captions.push((job.head, key, vec![job])),
+                    }
+                }
+                Work::EmbedImages { .. } => match embeds.iter_mut().find(|(h, _)| *h == job.head) {
+                    Some((_, jobs)) => jobs.push(job),
+                    None => embeds.push((job.head, vec![job])),
+                },
+                _ => single.push(job),
+            }
+        }
+        for (head, _, jobs) in captions {
+            run_merged(models, head, jobs, |jobs, pixels| {
+                let opts = match &jobs[0].work {
+                    Work::Caption { opts, .. } => opts.clone(),
+                    _ => CaptionOptions::default(),
+                };
+                Work::Caption { pixels, opts }
+            });
+        }
+        for (head, jobs) in embeds {
+            run_merged(models, head, jobs, |_, pixels| Work::EmbedImages { pixels });
+        }
+        for job in single {
+            if let Some(job) = live(job) {
+                let head = job.head;
+                let (job, work) = take_work(job);
+                job.answer(models.run(head, work));
+            }
+        }
+    }
+}
+
+fn take_work(mut job: Job) -> (Job, Work) {
+    let work = std::mem::replace(&mut job.work, Work::Probe);
+    (job, work)
+}
+
+fn pixels_of(work: &Work) -> Option<&Pixels> {
+    match work {
+        Work::Caption { pixels, .. } | Work::EmbedImages { pixels } => Some(pixels),
+        _ => None,
+    }
+}
+
+/// Runs jobs of one kind as one graph call over all their images, then splits the result back.
+fn run_merged(
+    models: &mut Models,
+    head: Head,
+    jobs: Vec<Job>,
+    make: impl Fn(&[Job], Pixels) -> Work,
+) {
+    let jobs: Vec<Job> = jobs.into_iter().filter_map(live).collect();
+    if jobs.is_empty() {
+        return;
+    }
+    let mut data = Vec::new();
+    let mut counts = Vec::with_capacity(jobs.len());
+    for j in &jobs {
+        if let Some(p) = pixels_of(&j.work) {
+            data.extend_from_slice(&p.data);
+            counts.push(p.n);
+        }
+    }
+    let n: usize = counts.iter().sum();
+    let task = jobs[0].work.task();
+    metrics::histogram!(m::BATCH_SIZE, "head" => head.name(), "task" => task).record(n as f64);
+    metrics::histogram!(m::BATCH_REQUESTS, "head" => head.name(), "task" => task)
+        .record(jobs.len() as f64);
+    let work = make(&jobs, Pixels { data, n });
+    let result = models.run(head, work);
+    let mut offset = 0;
+    match result {
+        Ok(Done::Captions(all)) => {
+            for (job, c) in jobs.into_iter().zip(counts) {
+                job.answer(Ok(Done::Captions(all[offset..offset + c].to_vec())));
+                offset += c;
+            }
+        }
+        Ok(Done::ImageEmbeds { embeds, hidden }) => {
+            for (job, c) in jobs.into_iter().zip(counts) {
+                let rows: Vec<usize> = (offset..offset + c).collect();
+                job.answer(Ok(Done::ImageEmbeds {
+                    embeds: embeds.select(Axis(0), &rows),
+                    hidden: hidden.select(Axis(0), &rows),
+                }));
+                offset += c;
+            }
+        }
+        Ok(_) => {
+            for job in jobs {
+                job.answer(Err(EngineError::Stopped));
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            for job in jobs {
+                job.answer(Err(match &e {
+                    EngineError::Runtime(RuntimeError::Input(_)) => {
+                        EngineError::Runtime(RuntimeError::Input(msg.clone()))
+                    }
+                    EngineError::NoHead(h) => EngineError::NoHead(*h),
+                    _ => EngineError::Runtime(RuntimeError::Inference {
+                        graph: "batch".into(),
+                        message: msg.clone(),
+                    }),
+                }));
+            }
+        }
+    }
+}
+
+/// The job if its client still waits and its deadline has not passed; otherwise it is answered
+/// (504) or dropped, and counted.
+fn live(job: Job) -> Option<Job> {
+    // Deadline first: a handler that timed out has also dropped its receiver.
+    if Instant::now() >= job.deadline {
+        metrics::counter!(m::DROPPED, "reason" => "deadline").increment(1);
+        job.answer(Err(EngineError::Deadline));
+        return None;
+    }
+    if job.reply.is_closed() {
+        metrics::counter!(m::DROPPED, "reason" => "disconnected").increment(1);
+        return None;
+    }
+    metrics::histogram!(m::QUEUE_DURATION, "head" => job.head.name(), "task" => job.work.task())
+        .record(job.enqueued.elapsed().as_secs_f64());
+    Some(job)
+}
+
+/// Assembles batches from the queue.
+pub struct Batcher {
+    pub max_images: usize,
+    pub max_wait: Duration,
+}
+
+impl Batcher {
+    /// The next batch, or None when every sender has gone.
+    fn next(&self, rx: &mpsc::Receiver<Job>) -> Option<Vec<Job>> {
+        let first = rx.recv().ok()?;
+        let mut images = first.work.images();
+        let wait = first.work.batchable();
+        let mut batch = vec![first];
+        let until = Instant::now() + self.max_wait;
+        while images < self.max_images {
+            let next = if wait {
+                let left = until.saturating_duration_since(Instant::now());
+                rx.recv_timeout(left).ok()
+            } else {
+                rx.try_recv().ok()
+            };
+            match next {
+                Some(j) => {
+                    images += j.work.images();
+                    batch.push(j);
+                }
+                None => break,
+            }
+        }
+        metrics::gauge!(m::QUEUE_SIZE).decrement(batch.len() as f64);
+        Some(batch)
+    }
+}
+
+/// The handle the HTTP side holds: sends jobs to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Job>,
+}
+
+impl EngineHandle {
+    /// Queues `work` for the package with `head`; the reply comes on the returned receiver.
+    pub fn submit(
+        &self,
+        head: Head,
+        work: Work,
+        deadline: Instant,
+    ) -> Result<oneshot::Receiver<Reply>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            head,
+            work,
+            deadline,
+            enqueued: Instant::now(),
+            reply,
+        };
+        self.tx.send(job).map_err(|_| EngineError::Stopped)?;
+        metrics::gauge!(m::QUEUE_SIZE).increment(1.0);
+        Ok(rx)
+    }
+}
+
+/// Starts the engine thread: it opens every package, runs the probe once (warm-up), reports
+/// through `loaded`, then serves the queue until every [`EngineHandle`] is dropped.
+pub fn start(
+    packages: Vec<(Head, std::path::PathBuf)>,
+    opts: SessionOptions,
+    batcher: Batcher,
+    mut scheduler: Box<dyn Scheduler>,
+    loaded: oneshot::Sender<Result<(), String>>,
+) -> std::io::Result<EngineHandle> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("blip-engine".into())
+        .spawn(move || {
+            let mut models = Models { models: Vec::new() };
+            for (head, dir) in packages {
+                match BlipModel::open(&dir, &opts) {
+                    Ok(model) => models.models.push((head, model)),
+                    Err(e) => {
+                        let _ = loaded.send(Err(format!("loading {}: {e}", dir.display())));
+                        return;
+                    }
+                }
+            }
+            let heads: Vec<Head> = models.models.iter().map(|(h, _)| *h).collect();
+            for head in heads {
+                if let Err(e) = models.run(head, Work::Probe) {
+                    let _ =
+                        loaded.send(Err(format!("warm-up of the {} package: {e}", head.name())));
+                    return;
+                }
+            }
+            let _ = loaded.send(Ok(()));
+            while let Some(batch) = batcher.next(&rx) {
+                scheduler.run(&mut models, batch);
+            }
+        })?;
+    Ok(EngineHandle { tx })
+}

@@ -1,0 +1,205 @@
+//! `blip-onnx serve`: one HTTP server for every BLIP task (caption, ITC embeddings, ITM, VQA,
+//! indexed search), with dynamic batching on an engine thread, admission control, deadlines,
+//! Prometheus metrics, an OpenAPI document and the retrieval demo page.
+//!
+//! Layout: [`config`] (flags), [`engine`] (the thread that owns the models, its batcher and the
+//! swappable scheduler), [`routes`] (axum handlers and the OpenAPI document), [`input`] (bodies,
+//! images, preprocessing off the runtime), [`error`] (`{"error", "error_type"}`), [`state`]
+//! (admission, readiness, the served index).
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod input;
+pub mod metrics;
+pub mod routes;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use blip_index::Index;
+use blip_runtime::{BlipModel, CandidateStates, Hit, ImageInput, RuntimeError};
+use ndarray::{Array3, ArrayView2};
+use tokio::sync::watch;
+
+pub use api::{DEFAULT_RERANK, DEFAULT_SEARCH_K};
+pub use config::ServeArgs;
+pub use routes::openapi_json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Package(#[from] blip_package::PackageError),
+    #[error(transparent)]
+    Index(#[from] blip_index::IndexError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Engine(String),
+    #[error("serving: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Probability that a text matches an image: softmax of the ITM logits `[no match, match]`.
+pub fn match_probability(logits: [f32; 2]) -> f32 {
+    let m = logits[0].max(logits[1]);
+    let (a, b) = ((logits[0] - m).exp(), (logits[1] - m).exp());
+    b / (a + b)
+}
+
+/// Ranks an index's images for a text with the library's rule (`rank_images`: ITC top-k, ITM
+/// rerank of `rerank` candidates). The candidates' vision states come from the index when it
+/// stores them (no vision run); an index without them (format 1) re-encodes the candidates' files.
+pub fn rank_index(
+    model: &mut BlipModel,
+    idx: &Index,
+    index_path: &Path,
+    query: &str,
+    rerank: usize,
+) -> Result<Vec<Hit>, RuntimeError> {
+    let input = |e: blip_index::IndexError| RuntimeError::Input(e.to_string());
+    let width = blip_index::image_embedding_width(&model.package).map_err(input)?;
+    if idx.dim != width && !idx.is_empty() {
+        return Err(input(blip_index::IndexError::WidthMismatch {
+            path: index_path.to_path_buf(),
+            package: model.package.dir.clone(),
+            index: idx.dim,
+            expected: width,
+        }));
+    }
+    let embeds = ArrayView2::from_shape((idx.len(), idx.dim), idx.embeddings())
+        .map_err(|e| RuntimeError::Input(format!("{}: {e}", index_path.display())))?;
+    let dims = &model.package.manifest.model;
+    let stored = idx.has_states()
+        && idx
+            .states
+            .is_some_and(|s| s.tokens == dims.image_tokens && s.width == dims.vision_hidden_size);
+    if stored {
+        let shape = idx.states.unwrap_or(blip_index::StateShape {
+            tokens: 0,
+            width: 0,
+        });
+        let mut states_of = |cand: &[usize]| {
+            let task_input = |m: String| blip_runtime::TaskError::Input(m);
+            let flat = idx
+                .read_states(index_path, cand)
+                .map_err(|e| task_input(e.to_string()))?;
+            Array3::from_shape_vec((cand.len(), shape.tokens, shape.width), flat)
+                .map_err(|e| task_input(e.to_string()))
+        };
+        model.rank_images(
+            query,
+            embeds,
+            rerank,
+            CandidateStates::Stored(&mut states_of),
+        )
+    } else {
+        let images: Vec<ImageInput> = idx
+            .entries()
+            .iter()
+            .map(|e| ImageInput::Path(e.path.clone()))
+            .collect();
+        model.rank_images(query, embeds, rerank, CandidateStates::Encode(&images))
+    }
+}
+
+/// A started server: its address, and a way to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+    pub state: Arc<state::AppState>,
+}
+
+impl Running {
+    /// Stops accepting connections; in-flight requests get `--shutdown-grace` to finish.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) -> Result<(), ServerError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ServerError::Engine(format!("server task failed: {e}"))),
+        }
+    }
+}
+
+/// Binds the port (so `/health/live` answers at once), then loads the packages on the engine thread;
+/// `/health/ready` turns 200 after their warm-up pass.
+pub async fn start(args: ServeArgs) -> Result<Running, ServerError> {
+    let metrics = metrics::install().map_err(ServerError::Config)?;
+    let state = Arc::new(state::AppState::new(&args, metrics)?);
+    let addr = format!("{}:{}", args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
+    state::AppState::start_engine(&state, &args)?;
+    let app = routes::router(state.clone(), &args);
+    let (tx, mut rx) = watch::channel(false);
+    let grace = args.shutdown_grace();
+    let task = tokio::spawn(async move {
+        let mut stop = rx.clone();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await.map(|_| ());
+        });
+        let serve = async move { serve.await.map_err(ServerError::Serve) };
+        tokio::pin!(serve);
+        tokio::select! {
+            r = &mut serve => r,
+            _ = async { rx.wait_for(|s| *s).await.map(|_| ()) } => {
+                // Stop accepting at once; in-flight requests get the grace period.
+                match tokio::time::timeout(grace, &mut serve).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!("shutdown grace passed with requests in flight; stopping");
+                        Ok(())
+                    }
+                }
+            }
+        }
+    });
+    Ok(Running {
+        addr: local,
+        shutdown: tx,
+        task,
+        state,
+    })
+}
+
+/// Runs the server until SIGTERM or ctrl-c, then drains within the grace period.
+pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
+    // Signal handlers first: a SIGTERM right after "listening" must drain, not kill.
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ServerError::Serve)?;
+    let running = start(args).await?;
+    eprintln!("blip-onnx serve: listening on http://{}", running.addr);
+    #[cfg(unix)]
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("blip-onnx serve: shutting down");
+    running.shutdown();
+    running.wait().await
+}

@@ -1,0 +1,1002 @@
+//! The HTTP routes (axum) and the OpenAPI document (utoipa) generated from them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Path as UrlPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use blip_checkpoint::Head;
+use blip_index::{Entry, Stamp};
+use blip_runtime::{CaptionOptions, Strategy, VqaOptions};
+use utoipa::OpenApi;
+
+use crate::api::*;
+use crate::config::ServeArgs;
+use crate::engine::{Done, Pixels, VqaMode, Work};
+use crate::error::{ApiError, ErrorBody, ItemError, TaskErrors};
+use crate::input::{self, RawImage};
+use crate::match_probability;
+use crate::metrics as m;
+use crate::state::AppState;
+
+type AppResult<T> = Result<Json<T>, ApiError>;
+type St = State<Arc<AppState>>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "blip-onnx serve",
+        description = "BLIP captioning, ITC embeddings, image-text matching, VQA and indexed text-to-image search over ONNX Runtime. Request bodies are JSON (images as base64 or data URIs) or multipart/form-data (images as file parts, other fields as form fields). Errors are always {\"error\", \"error_type\"}."
+    ),
+    paths(
+        caption, embed, itm, vqa, search, get_image, index_add, index_delete, live, ready, info,
+        metrics_text
+    ),
+    components(schemas(ErrorBody, ItemError)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, as committed in docs/openapi.json.
+pub fn openapi_json() -> String {
+    let mut doc = ApiDoc::openapi();
+    // The version is the crate's, not utoipa's default.
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc.to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        + "\n"
+}
+
+const PAGE_HTML: &str = include_str!("../assets/index.html");
+const PAGE_JS: &str = include_str!("../assets/app.js");
+const PAGE_CSS: &str = include_str!("../assets/style.css");
+const DOCS_HTML: &str = include_str!("../assets/docs.html");
+
+pub fn router(state: Arc<AppState>, args: &ServeArgs) -> Router {
+    let v1 = Router::new()
+        .route("/v1/caption", post(caption))
+        .route("/v1/embed", post(embed))
+        .route("/v1/itm", post(itm))
+        .route("/v1/vqa", post(vqa))
+        .route("/v1/search", post(search))
+        .route("/v1/images/{id}", get(get_image))
+        .route("/v1/index", post(index_add))
+        .route("/v1/index/{id}", delete(index_delete))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    let mut app = Router::new()
+        .merge(v1)
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/info", get(info))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi))
+        .route("/docs", get(|| async { Html(DOCS_HTML) }))
+        .route("/", get(|| async { Html(PAGE_HTML) }))
+        .route(
+            "/app.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], PAGE_JS) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css")], PAGE_CSS) }),
+        )
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::extract::DefaultBodyLimit::max(args.payload_limit))
+        .layer(middleware::from_fn(count_requests))
+        .with_state(state);
+    if let Some(origin) = &args.cors_origin {
+        use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+        let allow = if origin == "*" {
+            AllowOrigin::any()
+        } else {
+            match HeaderValue::from_str(origin) {
+                Ok(v) => AllowOrigin::exact(v),
+                Err(_) => AllowOrigin::list([]),
+            }
+        };
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(allow)
+                .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_headers(Any),
+        );
+    }
+    app
+}
+
+/// `blip_request_count{route,status}` and the request duration.
+async fn count_requests(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!(m::REQUEST_COUNT, "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!(m::REQUEST_DURATION, "route" => route)
+        .record(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// Bearer key on /v1/* when --api-key is set (compared in constant time).
+async fn auth(State(state): St, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.args.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let same = given.len() == key.len()
+            && given
+                .bytes()
+                .zip(key.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Checks and preprocesses a request's images for `head`: per image its pixels or its error.
+async fn prepare(
+    state: &AppState,
+    head: Head,
+    images: Vec<Result<RawImage, ApiError>>,
+) -> Result<Vec<Result<Vec<f32>, ApiError>>, ApiError> {
+    let pre = state.served(head)?.preprocessor.clone();
+    Ok(input::preprocess(pre, head.name(), images).await)
+}
+
+/// The pixels of the images that decoded, laid end to end, and per image its slot or error.
+fn stack(items: Vec<Result<Vec<f32>, ApiError>>) -> (Pixels, Vec<Result<usize, ApiError>>) {
+    let mut data = Vec::new();
+    let mut n = 0;
+    let slots = items
+        .into_iter()
+        .map(|r| {
+            r.map(|p| {
+                data.extend_from_slice(&p);
+                n += 1;
+                n - 1
+            })
+        })
+        .collect();
+    (Pixels { data, n }, slots)
+}
+
+/// One image of a single-image route, or the error of that image as the response.
+fn single_image(
+    field: &str,
+    encoded: Option<&String>,
+    files: Vec<RawImage>,
+) -> Result<RawImage, ApiError> {
+    let mut all = input::gather(
+        field,
+        encoded.map(std::slice::from_ref).unwrap_or(&[]),
+        files,
+    );
+    match all.len() {
+        0 => Err(ApiError::empty(format!(
+            "no image: give `{field}` (base64) or upload a file"
+        ))),
+        1 => all.remove(0),
+        k => Err(ApiError::validation(format!(
+            "{k} images given; this route takes one `{field}`"
+        ))),
+    }
+}
+
+fn texts_check(field: &str, texts: &[String], max: usize) -> Result<(), ApiError> {
+    for (i, t) in texts.iter().enumerate() {
+        if t.trim().is_empty() {
+            return Err(ApiError::validation(format!("{field}[{i}] is empty")));
+        }
+    }
+    if texts.len() > max {
+        return Err(ApiError::too_large(format!(
+            "{} {field}; at most {max} in one request (--max-queue)",
+            texts.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Decoding settings from a request: the library's defaults for anything left out.
+fn caption_options(r: &CaptionRequest, state: &AppState) -> Result<CaptionOptions, ApiError> {
+    let d = CaptionOptions::default();
+    let (beams, length_penalty) = match &d.strategy {
+        Strategy::Beam {
+            num_beams,
+            length_penalty,
+            ..
+        } => (*num_beams, *length_penalty),
+        _ => (1, 1.0),
+    };
+    let beams = r.beams.unwrap_or(beams);
+    let length_penalty = r.length_penalty.unwrap_or(length_penalty);
+    let positions = state
+        .served(Head::Caption)?
+        .package
+        .manifest
+        .model
+        .max_position_embeddings;
+    let finite = |name: &str, v: f32, ok: bool| {
+        if v.is_finite() && ok {
+            Ok(v)
+        } else {
+            Err(ApiError::validation(format!(
+                "{name} = {v} is out of range"
+            )))
+        }
+    };
+    let strategy = if r.sample.unwrap_or(false) {
+        let top_p = r.top_p.unwrap_or(DEFAULT_TOP_P);
+        let temperature = r.temperature.unwrap_or(DEFAULT_TEMPERATURE);
+        Strategy::Sample {
+            temperature: finite("temperature", temperature, temperature > 0.0)?,
+            top_k: r.top_k.unwrap_or(DEFAULT_TOP_K),
+            top_p: finite("top_p", top_p, top_p > 0.0 && top_p <= 1.0)?,
+            seed: r.seed.unwrap_or(DEFAULT_SEED),
+        }
+    } else if beams == 1 {
+        Strategy::Greedy
+    } else if (2..=16).contains(&beams) {
+        Strategy::Beam {
+            num_beams: beams,
+            length_penalty: finite("length_penalty", length_penalty, true)?,
+            early_stopping: false,
+        }
+    } else {
+        return Err(ApiError::validation(format!(
+            "beams = {beams}: must be 1 (greedy) to 16"
+        )));
+    };
+    let max_length = r.max_length.unwrap_or(d.max_length);
+    if max_length < 2 || max_length > positions {
+        return Err(ApiError::validation(format!(
+            "max_length = {max_length}: must be 2 to {positions} (the model's positions)"
+        )));
+    }
+    let min_length = r.min_length.unwrap_or(d.min_length);
+    if min_length > max_length {
+        return Err(ApiError::validation(format!(
+            "min_length = {min_length} is over max_length = {max_length}"
+        )));
+    }
+    let repetition_penalty = r.repetition_penalty.unwrap_or(d.repetition_penalty);
+    Ok(CaptionOptions {
+        prompt: r.prompt.clone().unwrap_or(d.prompt),
+        strategy,
+        max_length,
+        min_length,
+        repetition_penalty: finite(
+            "repetition_penalty",
+            repetition_penalty,
+            repetition_penalty > 0.0,
+        )?,
+        no_cache: false,
+    })
+}
+
+#[utoipa::path(post, path = "/v1/caption", tag = "tasks",
+    request_body(content(
+        (CaptionRequest = "application/json"),
+        (CaptionRequest = "multipart/form-data")
+    )),
+    responses(
+        (status = 200, body = CaptionResponse, description = "One result per image; a bad image is a per-item error"),
+        TaskErrors
+    ),
+    security((), ("bearer" = [])))]
+async fn caption(State(state): St, req: Request) -> AppResult<CaptionResponse> {
+    state.served(Head::Caption)?;
+    state.check_ready()?;
+    let deadline = state.deadline();
+    let (body, files): (CaptionRequest, _) = input::read(req).await?;
+    let opts = caption_options(&body, &state)?;
+    let images = input::gather("images", &body.images, files);
+    if images.is_empty() {
+        return Err(ApiError::empty(
+            "no images: give `images` (base64) or upload files",
+        ));
+    }
+    let _permit = state.admit(images.len())?;
+    let single = images.len() == 1;
+    let items = prepare(&state, Head::Caption, images).await?;
+    let (pixels, slots) = stack(items);
+    let captions = if pixels.n > 0 {
+        match state
+            .run(Head::Caption, Work::Caption { pixels, opts }, deadline)
+            .await?
+        {
+            Done::Captions(c) => c,
+            _ => Vec::new(),
+        }
+    } else {
+        Vec::new()
+    };
+    let mut results = Vec::with_capacity(slots.len());
+    for slot in slots {
+        results.push(
+            match slot.and_then(|i| {
+                captions
+                    .get(i)
+                    .cloned()
+                    .ok_or_else(|| ApiError::validation("no caption came back"))
+            }) {
+                Ok(c) => CaptionItem::Ok(CaptionOk {
+                    caption: c.text,
+                    tokens: c.ids,
+                    score: c.score,
+                }),
+                Err(e) if single => return Err(e),
+                Err(e) => CaptionItem::Err((&e).into()),
+            },
+        );
+    }
+    Ok(Json(CaptionResponse { results }))
+}
+
+fn encode_embedding(v: &[f32], encoding: Encoding) -> Embedding {
+    match encoding {
+        Encoding::Float => Embedding::Float(v.to_vec()),
+        Encoding::Base64 => {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/embed", tag = "tasks",
+    request_body(content(
+        (EmbedRequest = "application/json"),
+        (EmbedRequest = "multipart/form-data")
+    )),
+    responses(
+        (status = 200, body = EmbedResponse, description = "ITC embeddings (L2-normalised), images then texts"),
+        TaskErrors
+    ),
+    security((), ("bearer" = [])))]
+async fn embed(State(state): St, req: Request) -> AppResult<EmbedResponse> {
+    let served = state.served(Head::Retrieval)?;
+    let dim = blip_index::image_embedding_width(&served.package)
+        .map_err(|e| ApiError::validation(e.to_string()))?;
+    state.check_ready()?;
+    let deadline = state.deadline();
+    let (body, files): (EmbedRequest, _) = input::read(req).await?;
+    let encoding = body.encoding.unwrap_or_default();
+    let images = input::gather("images", &body.images, files);
+    if images.is_empty() && body.texts.is_empty() {
+        return Err(ApiError::empty("give `images` and/or `texts`"));
+    }
+    texts_check("texts", &body.texts, state.max_units)?;
+    let single = images.len() == 1 && body.texts.is_empty();
+    let _permit = state.admit(images.len() + usize::from(!body.texts.is_empty()))?;
+    let items = prepare(&state, Head::Retrieval, images).await?;
+    let (pixels, slots) = stack(items);
+    let image_job = async {
+        if pixels.n == 0 {
+            return Ok(None);
+        }
+        match state
+            .run(Head::Retrieval, Work::EmbedImages { pixels }, deadline)
+            .await?
+        {
+            Done::ImageEmbeds { embeds, .. } => Ok(Some(embeds)),
+            _ => Ok(None),
+        }
+    };
+    let text_job = async {
+        if body.texts.is_empty() {
+            return Ok(None);
+        }
+        let texts = body.texts.clone();
+        match state
+            .run(Head::Retrieval, Work::EmbedTexts { texts }, deadline)
+            .await?
+        {
+            Done::TextEmbeds(e) => Ok::<_, ApiError>(Some(e)),
+            _ => Ok(None),
+        }
+    };
+    let (image_embeds, text_embeds) = tokio::join!(image_job, text_job);
+    let (image_embeds, text_embeds) = (image_embeds?, text_embeds?);
+    let mut out_images = Vec::with_capacity(slots.len());
+    for slot in slots {
+        let row = slot.and_then(|i| {
+            image_embeds
+                .as_ref()
+                .map(|e| e.row(i).to_vec())
+                .ok_or_else(|| ApiError::validation("no embedding came back"))
+        });
+        out_images.push(match row {
+            Ok(v) => EmbedItem::Ok(EmbeddingOk {
+                embedding: encode_embedding(&v, encoding),
+            }),
+            Err(e) if single => return Err(e),
+            Err(e) => EmbedItem::Err((&e).into()),
+        });
+    }
+    let out_texts = text_embeds
+        .map(|e| {
+            e.rows()
+                .into_iter()
+                .map(|r| {
+                    EmbedItem::Ok(EmbeddingOk {
+                        embedding: encode_embedding(&r.to_vec(), encoding),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Json(EmbedResponse {
+        images: out_images,
+        texts: out_texts,
+        dim,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/itm", tag = "tasks",
+    request_body(content(
+        (ItmRequest = "application/json"),
+        (ItmRequest = "multipart/form-data")
+    )),
+    responses(
+        (status = 200, body = ItmResponse, description = "Match probability and ITC similarity per text"),
+        TaskErrors
+    ),
+    security((), ("bearer" = [])))]
+async fn itm(State(state): St, req: Request) -> AppResult<ItmResponse> {
+    state.served(Head::Retrieval)?;
+    state.check_ready()?;
+    let deadline = state.deadline();
+    let (body, files): (ItmRequest, _) = input::read(req).await?;
+    let image = single_image("image", body.image.as_ref(), files)?;
+    if body.texts.is_empty() {
+        return Err(ApiError::empty("no texts: give `texts`"));
+    }
+    texts_check("texts", &body.texts, state.max_units)?;
+    let _permit = state.admit(1)?;
+    let mut items = prepare(&state, Head::Retrieval, vec![Ok(image)]).await?;
+    let pixels = items.remove(0)?;
+    let work = Work::Itm {
+        pixels: Pixels { data: pixels, n: 1 },
+        texts: body.texts.clone(),
+    };
+    let Done::Itm { logits, itc } = state.run(Head::Retrieval, work, deadline).await? else {
+        return Err(ApiError::validation("no ITM result came back"));
+    };
+    let results = body
+        .texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let l = [logits[[i, 0]], logits[[i, 1]]];
+            ItmResult {
+                text: t.clone(),
+                match_probability: match_probability(l),
+                itm_logits: l,
+                itc_similarity: itc.get(i).copied().unwrap_or(f32::NAN),
+            }
+        })
+        .collect();
+    Ok(Json(ItmResponse { results }))
+}
+
+#[utoipa::path(post, path = "/v1/vqa", tag = "tasks",
+    request_body(content(
+        (VqaRequest = "application/json"),
+        (VqaRequest = "multipart/form-data")
+    )),
+    responses(
+        (status = 200, body = VqaResponse, description = "One answer per question"),
+        TaskErrors
+    ),
+    security((), ("bearer" = [])))]
+async fn vqa(State(state): St, req: Request) -> AppResult<VqaResponse> {
+    let served = state.served(Head::Vqa)?;
+    let positions = served.package.manifest.model.max_position_embeddings;
+    state.check_ready()?;
+    let deadline = state.deadline();
+    let (body, files): (VqaRequest, _) = input::read(req).await?;
+    let image = single_image("image", body.image.as_ref(), files)?;
+    if body.questions.is_empty() {
+        return Err(ApiError::empty("no questions: give `questions`"));
+    }
+    texts_check("questions", &body.questions, state.max_units)?;
+    let defaults = VqaOptions::default();
+    let mode = match &body.answers {
+        Some(list) => {
+            if list.is_empty() {
+                return Err(ApiError::empty("`answers` is an empty list"));
+            }
+            for (i, a) in list.iter().enumerate() {
+                if a.trim().is_empty() {
+                    return Err(ApiError::validation(format!("answers[{i}] is empty")));
+                }
+                // Answer tokens run through the decoder: longer ones would pass its positions.
+                if a.split_whitespace().count() + 2 > positions || a.len() > 4 * positions {
+                    return Err(ApiError::validation(format!(
+                        "answers[{i}] is longer than the decoder's {positions} positions"
+                    )));
+                }
+            }
+            let k = body.k.unwrap_or(DEFAULT_VQA_K);
+            if k == 0 {
+                return Err(ApiError::validation("k must be at least 1"));
+            }
+            VqaMode::Rank {
+                answers: list.clone(),
+                k,
+                max_question_tokens: defaults.max_question_tokens,
+            }
+        }
+        None => VqaMode::Generate(VqaOptions {
+            mask_question_padding: body
+                .mask_question_padding
+                .unwrap_or(defaults.mask_question_padding),
+            ..defaults
+        }),
+    };
+    let _permit = state.admit(body.questions.len())?;
+    let mut items = prepare(&state, Head::Vqa, vec![Ok(image)]).await?;
+    let pixels = items.remove(0)?;
+    let work = Work::Vqa {
+        pixels: Pixels { data: pixels, n: 1 },
+        questions: body.questions.clone(),
+        mode,
+    };
+    let results = match state.run(Head::Vqa, work, deadline).await? {
+        Done::Answers(a) => body
+            .questions
+            .iter()
+            .zip(a)
+            .map(|(q, a)| VqaResult {
+                question: q.clone(),
+                answer: a.text,
+                candidates: None,
+            })
+            .collect(),
+        Done::Ranked(r) => {
+            let list = body.answers.clone().unwrap_or_default();
+            let name = |i: usize| list.get(i).cloned().unwrap_or_default();
+            body.questions
+                .iter()
+                .zip(r)
+                .map(|(q, r)| VqaResult {
+                    question: q.clone(),
+                    answer: name(r.best),
+                    candidates: Some(
+                        r.candidates
+                            .iter()
+                            .map(|(i, s)| RankedAnswer {
+                                answer: name(*i),
+                                score: *s,
+                            })
+                            .collect(),
+                    ),
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    Ok(Json(VqaResponse { results }))
+}
+
+#[utoipa::path(post, path = "/v1/search", tag = "index",
+    request_body(content((SearchRequest = "application/json"), (SearchRequest = "multipart/form-data"))),
+    responses(
+        (status = 200, body = SearchResponse, description = "Hits, best first"),
+        TaskErrors
+    ),
+    security((), ("bearer" = [])))]
+async fn search(State(state): St, req: Request) -> AppResult<SearchResponse> {
+    state.served(Head::Retrieval)?;
+    let store = state.index()?;
+    state.check_ready()?;
+    let deadline = state.deadline();
+    let (body, _files): (SearchRequest, _) = input::read(req).await?;
+    if body.text.trim().is_empty() {
+        return Err(ApiError::empty("`text` is empty"));
+    }
+    let k = body.k.unwrap_or(DEFAULT_SEARCH_K);
+    let rerank = body.rerank.unwrap_or(DEFAULT_RERANK);
+    if k == 0 || k > 1000 {
+        return Err(ApiError::validation(format!("k = {k}: must be 1 to 1000")));
+    }
+    if rerank > 256 {
+        return Err(ApiError::validation(format!(
+            "rerank = {rerank}: at most 256 candidates"
+        )));
+    }
+    let index = store.snapshot();
+    if index.is_empty() {
+        return Ok(Json(SearchResponse {
+            hits: Vec::new(),
+            images: 0,
+        }));
+    }
+    let _permit = state.admit(1)?;
+    let work = Work::Search {
+        text: body.text.clone(),
+        rerank,
+        index: index.clone(),
+        index_path: store.path.clone(),
+    };
+    let Done::Hits(hits) = state.run(Head::Retrieval, work, deadline).await? else {
+        return Err(ApiError::validation("no hits came back"));
+    };
+    let hits = hits
+        .iter()
+        .take(k)
+        .enumerate()
+        .filter_map(|(rank, h)| {
+            let e = index.entries().get(h.index)?;
+            Some(SearchHit {
+                rank: rank + 1,
+                id: e.id.clone(),
+                score: h.score,
+                itc: h.itc,
+                itm: h.itm,
+                metadata: e.metadata.clone(),
+                image_url: format!("/v1/images/{}", url_escape(&e.id)),
+            })
+        })
+        .collect();
+    Ok(Json(SearchResponse {
+        hits,
+        images: index.len(),
+    }))
+}
+
+fn url_escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[utoipa::path(get, path = "/v1/images/{id}", tag = "index",
+    params(("id" = String, Path, description = "Image id in the index")),
+    responses(
+        (status = 200, description = "The image file", content_type = "image/*"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)
+    ),
+    security((), ("bearer" = [])))]
+async fn get_image(State(state): St, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
+    let store = state.index()?;
+    let index = store.snapshot();
+    // Only files the index names are ever read, never a path from the request.
+    let entry = index
+        .position(&id)
+        .and_then(|i| index.entries().get(i).cloned())
+        .ok_or_else(|| ApiError::not_found(format!("no image with id {id:?} in the index")))?;
+    let bytes = tokio::fs::read(&entry.path).await.map_err(|e| {
+        ApiError::not_found(format!("the file of image {id:?} cannot be read: {e}"))
+    })?;
+    let ctype =
+        input::image_extension(&bytes).map_or("application/octet-stream", input::content_type);
+    Ok(([(header::CONTENT_TYPE, ctype)], bytes).into_response())
+}
+
+/// An image to add: id, metadata, and its embedding row and bytes (or its error).
+type Planned = (
+    String,
+    Option<serde_json::Value>,
+    Result<(usize, Vec<u8>), ApiError>,
+);
+
+#[utoipa::path(post, path = "/v1/index", tag = "index",
+    request_body(content((IndexAddRequest = "application/json"), (IndexAddRequest = "multipart/form-data"))),
+    responses(
+        (status = 200, body = IndexAddResponse, description = "Per image: added, or its error; the index is written atomically"),
+        TaskErrors
+    ),
+    security((), ("bearer" = [])))]
+async fn index_add(State(state): St, req: Request) -> AppResult<IndexAddResponse> {
+    state.served(Head::Retrieval)?;
+    let store = state.index()?;
+    state.check_ready()?;
+    let deadline = state.deadline();
+    let ctype_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("multipart/"));
+    let (ids, metas, images): (Vec<String>, Vec<Option<serde_json::Value>>, Vec<_>) =
+        if ctype_multipart {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Form {
+                id: Option<String>,
+                metadata: Option<serde_json::Value>,
+            }
+            let (form, files): (Form, _) = input::read(req).await?;
+            if form.id.is_some() && files.len() != 1 {
+                return Err(ApiError::validation(
+                    "`id` names one image; upload one file with it, or leave it out (ids are the file names)",
+                ));
+            }
+            let ids = files
+                .iter()
+                .map(|f| form.id.clone().unwrap_or_else(|| f.name.clone()))
+                .collect();
+            let metas = files.iter().map(|_| form.metadata.clone()).collect();
+            (ids, metas, files.into_iter().map(Ok).collect())
+        } else {
+            let (body, _): (IndexAddRequest, _) = input::read(req).await?;
+            let ids = body.images.iter().map(|i| i.id.clone()).collect();
+            let metas = body.images.iter().map(|i| i.metadata.clone()).collect();
+            let images = body
+                .images
+                .iter()
+                .enumerate()
+                .map(|(i, img)| input::decode_image(&img.image, &format!("images[{i}].image")))
+                .collect();
+            (ids, metas, images)
+        };
+    if ids.is_empty() {
+        return Err(ApiError::empty("no images to add"));
+    }
+    let _permit = state.admit(ids.len())?;
+    let current = store.snapshot();
+    // Per image: refuse bad or repeated ids before any work.
+    let mut checked: Vec<Result<RawImage, ApiError>> = Vec::with_capacity(ids.len());
+    for (i, (id, img)) in ids.iter().zip(images).enumerate() {
+        let dup = ids[..i].contains(id) || current.position(id).is_some();
+        checked.push(if id.trim().is_empty() || id.len() > 256 {
+            Err(ApiError::validation(format!(
+                "images[{i}]: id must be 1 to 256 bytes"
+            )))
+        } else if dup {
+            Err(ApiError::validation(format!(
+                "images[{i}]: id {id:?} is already in the index"
+            )))
+        } else {
+            img
+        });
+    }
+    let raw: Vec<Option<Vec<u8>>> = checked
+        .iter()
+        .map(|r| r.as_ref().ok().map(|i| i.bytes.clone()))
+        .collect();
+    let items = prepare(&state, Head::Retrieval, checked).await?;
+    let (pixels, slots) = stack(items);
+    let (embeds, hidden) = if pixels.n > 0 {
+        match state
+            .run(Head::Retrieval, Work::EmbedImages { pixels }, deadline)
+            .await?
+        {
+            Done::ImageEmbeds { embeds, hidden } => (Some(embeds), Some(hidden)),
+            _ => (None, None),
+        }
+    } else {
+        (None, None)
+    };
+    let _guard = store.write.lock().await;
+    let path = store.path.clone();
+    let base = (*store.snapshot()).clone();
+    let plan: Vec<Planned> = ids
+        .into_iter()
+        .zip(metas)
+        .zip(slots.into_iter().zip(raw))
+        .map(|((id, meta), (slot, bytes))| (id, meta, slot.map(|s| (s, bytes.unwrap_or_default()))))
+        .collect();
+    let written = tokio::task::spawn_blocking(move || {
+        let mut idx = base;
+        let mut results = Vec::new();
+        for (id, metadata, slot) in plan {
+            let outcome = slot.and_then(|(row, bytes)| {
+                let (Some(e), Some(h)) = (embeds.as_ref(), hidden.as_ref()) else {
+                    return Err(ApiError::validation("no embedding came back"));
+                };
+                let ext = input::image_extension(&bytes).unwrap_or("bin");
+                let to_api = |e: blip_index::IndexError| ApiError::validation(e.to_string());
+                let file = blip_index::Index::store_image(&path, &bytes, ext).map_err(to_api)?;
+                let states: Vec<f32> = h
+                    .index_axis(ndarray::Axis(0), row)
+                    .iter()
+                    .copied()
+                    .collect();
+                let state_file = idx.write_state(&path, &id, &states).map_err(to_api)?;
+                let entry = Entry {
+                    id: id.clone(),
+                    stamp: Stamp::of(&file).map_err(to_api)?,
+                    path: file,
+                    metadata,
+                    state: Some(state_file),
+                };
+                let emb: Vec<f32> = e.row(row).to_vec();
+                idx.push(entry, &emb).map_err(to_api)
+            });
+            results.push(match outcome {
+                Ok(()) => IndexAddResult {
+                    id,
+                    added: true,
+                    error: None,
+                },
+                Err(e) => IndexAddResult {
+                    id,
+                    added: false,
+                    error: Some((&e).into()),
+                },
+            });
+        }
+        let write = if results.iter().any(|r| r.added) {
+            idx.write(&path)
+        } else {
+            Ok(())
+        };
+        (idx, results, write)
+    })
+    .await
+    .map_err(|_| ApiError::not_ready("writing the index failed"))?;
+    let (idx, results, write) = written;
+    write.map_err(|e| ApiError::not_ready(format!("writing the index: {e}")))?;
+    let images = idx.len();
+    store.replace(idx);
+    Ok(Json(IndexAddResponse { results, images }))
+}
+
+#[utoipa::path(delete, path = "/v1/index/{id}", tag = "index",
+    params(("id" = String, Path, description = "Image id in the index")),
+    responses(
+        (status = 200, body = IndexDeleteResponse),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)
+    ),
+    security((), ("bearer" = [])))]
+async fn index_delete(
+    State(state): St,
+    UrlPath(id): UrlPath<String>,
+) -> AppResult<IndexDeleteResponse> {
+    let store = state.index()?;
+    let _guard = store.write.lock().await;
+    let mut idx = (*store.snapshot()).clone();
+    if idx.remove(&id).is_none() {
+        return Err(ApiError::not_found(format!(
+            "no image with id {id:?} in the index"
+        )));
+    }
+    let path = store.path.clone();
+    let (idx, write) = tokio::task::spawn_blocking(move || {
+        let w = idx.write(&path);
+        (idx, w)
+    })
+    .await
+    .map_err(|_| ApiError::not_ready("writing the index failed"))?;
+    write.map_err(|e| ApiError::not_ready(format!("writing the index: {e}")))?;
+    let images = idx.len();
+    store.replace(idx);
+    Ok(Json(IndexDeleteResponse {
+        deleted: id,
+        images,
+    }))
+}
+
+#[utoipa::path(get, path = "/health/live", tag = "health",
+    responses((status = 200, body = Status, description = "The process is up (answers as soon as the port is bound)")))]
+async fn live() -> Json<Status> {
+    Json(Status {
+        status: "live".into(),
+    })
+}
+
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses(
+        (status = 200, body = Status, description = "Packages loaded and warmed up"),
+        (status = 503, body = ErrorBody, description = "Still loading, or the last check failed")
+    ))]
+async fn ready(State(state): St) -> Result<Json<Status>, ApiError> {
+    if !state.is_ready() && state.loaded.load(std::sync::atomic::Ordering::SeqCst) {
+        // Unhealthy after a failure: re-check with a real forward pass of every package.
+        let mut ok = true;
+        for head in state.served.iter().map(|s| s.head) {
+            if state
+                .run(head, Work::Probe, state.deadline())
+                .await
+                .is_err()
+            {
+                ok = false;
+            }
+        }
+        if ok {
+            state.set_ready(true);
+        }
+    }
+    if !state.is_ready() {
+        state.check_ready()?;
+    }
+    Ok(Json(Status {
+        status: "ready".into(),
+    }))
+}
+
+#[utoipa::path(get, path = "/info", tag = "health",
+    responses((status = 200, body = Info)))]
+async fn info(State(state): St) -> Json<Info> {
+    let a = &state.args;
+    Json(Info {
+        version: env!("CARGO_PKG_VERSION").into(),
+        packages: state
+            .served
+            .iter()
+            .map(|s| PackageInfo {
+                path: s.package.dir.display().to_string(),
+                head: s.head.name().into(),
+                precision: s.package.manifest.precision.clone(),
+                image_size: s.package.manifest.preprocess.image_size,
+                graphs: s
+                    .package
+                    .manifest
+                    .graphs
+                    .iter()
+                    .map(|(r, g)| (r.clone(), g.precision.clone()))
+                    .collect(),
+            })
+            .collect(),
+        execution_provider: "cpu".into(),
+        threads: blip_runtime::resolve_threads(a.threads),
+        api_key_required: a.api_key.is_some(),
+        limits: Limits {
+            max_batch_images: a.max_batch_images,
+            max_batch_wait_ms: a.max_batch_wait_ms,
+            max_concurrent_requests: a.max_concurrent_requests,
+            max_queue: a.max_queue,
+            payload_limit: a.payload_limit,
+            max_image_pixels: a.max_image_pixels,
+            request_timeout_s: a.request_timeout,
+            shutdown_grace_s: a.shutdown_grace,
+        },
+        index: state.index.as_ref().map(|s| {
+            let idx = s.snapshot();
+            IndexInfo {
+                path: s.path.display().to_string(),
+                images: idx.len(),
+                rerank_states: idx.has_states(),
+            }
+        }),
+    })
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics_text(State(state): St) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json())
+}

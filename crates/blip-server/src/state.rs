@@ -1,0 +1,327 @@
+//! What the handlers share: the engine handle, admission, readiness and the served index.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use blip_checkpoint::Head;
+use blip_index::{Index, StateShape};
+use blip_package::Package;
+use blip_preprocess::ImagePreprocessor;
+use blip_runtime::SessionOptions;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::ServerError;
+use crate::config::ServeArgs;
+use crate::engine::{self, Done, EngineError, EngineHandle, Reply, Work};
+use crate::error::ApiError;
+use crate::metrics as m;
+
+/// A package as the HTTP side sees it (the engine thread holds the model).
+pub struct Served {
+    pub head: Head,
+    pub package: Package,
+    pub preprocessor: Arc<ImagePreprocessor>,
+}
+
+/// The index served by /v1/search, replaced as a whole on every change.
+pub struct IndexStore {
+    pub path: PathBuf,
+    pub current: RwLock<Arc<Index>>,
+    /// Serialises changes (read, modify, write, swap).
+    pub write: tokio::sync::Mutex<()>,
+}
+
+impl IndexStore {
+    pub fn snapshot(&self) -> Arc<Index> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, idx: Index) {
+        let idx = Arc::new(idx);
+        match self.current.write() {
+            Ok(mut g) => *g = idx,
+            Err(p) => *p.into_inner() = idx,
+        }
+    }
+}
+
+pub struct AppState {
+    pub served: Vec<Served>,
+    pub index: Option<IndexStore>,
+    pub engine: RwLock<Option<EngineHandle>>,
+    pub ready: AtomicBool,
+    /// The packages loaded and warmed up once (readiness is re-checked only after that).
+    pub loaded: AtomicBool,
+    /// Set when the engine failed to load (the server stays up and says why in /health/ready).
+    pub load_error: RwLock<Option<String>>,
+    requests: Arc<Semaphore>,
+    units: Arc<Semaphore>,
+    pub max_units: usize,
+    pub metrics: PrometheusHandle,
+    pub args: ServeArgs,
+}
+
+/// Admission for one request: released (and the gauge updated) when dropped.
+pub struct Permit {
+    _request: OwnedSemaphorePermit,
+    _units: OwnedSemaphorePermit,
+    units: Arc<Semaphore>,
+    max: usize,
+    held: usize,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        // This permit's units are released right after this; count them out already.
+        let in_flight = self.max - self.units.available_permits();
+        metrics::gauge!(m::IMAGES_IN_FLIGHT).set(in_flight.saturating_sub(self.held) as f64);
+    }
+}
+
+impl AppState {
+    pub fn new(args: &ServeArgs, metrics: PrometheusHandle) -> Result<AppState, ServerError> {
+        let mut served: Vec<Served> = Vec::new();
+        for dir in &args.packages {
+            let package = Package::open(dir)?;
+            let head = Head::from_name(&package.manifest.head).ok_or_else(|| {
+                ServerError::Config(format!(
+                    "package {} has an unknown head {:?}",
+                    dir.display(),
+                    package.manifest.head
+                ))
+            })?;
+            if let Some(other) = served.iter().find(|s| s.head == head) {
+                return Err(ServerError::Config(format!(
+                    "packages {} and {} both have the {} head; serve one per head",
+                    other.package.dir.display(),
+                    dir.display(),
+                    head.name()
+                )));
+            }
+            let mut pre = ImagePreprocessor::new(&package.manifest.preprocess);
+            pre.max_pixels = args.max_image_pixels;
+            served.push(Served {
+                head,
+                package,
+                preprocessor: Arc::new(pre),
+            });
+        }
+        let index = match &args.index {
+            None => None,
+            Some(path) => {
+                let retrieval = served
+                    .iter()
+                    .find(|s| s.head == Head::Retrieval)
+                    .ok_or_else(|| {
+                        ServerError::Config(
+                            "--index needs a retrieval package (--package with the retrieval head)"
+                                .into(),
+                        )
+                    })?;
+                let pkg = &retrieval.package;
+                let idx = if path.exists() {
+                    let idx = Index::read(path)?;
+                    idx.check_package(path, pkg)?;
+                    idx
+                } else {
+                    let m = &pkg.manifest.model;
+                    Index::new(
+                        Index::fingerprint(pkg),
+                        blip_index::image_embedding_width(pkg)?,
+                        Some(StateShape {
+                            tokens: m.image_tokens,
+                            width: m.vision_hidden_size,
+                        }),
+                    )
+                };
+                let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                Some(IndexStore {
+                    path,
+                    current: RwLock::new(Arc::new(idx)),
+                    write: tokio::sync::Mutex::new(()),
+                })
+            }
+        };
+        let max_units = args.max_queue.max(1);
+        Ok(AppState {
+            served,
+            index,
+            engine: RwLock::new(None),
+            ready: AtomicBool::new(false),
+            loaded: AtomicBool::new(false),
+            load_error: RwLock::new(None),
+            requests: Arc::new(Semaphore::new(args.max_concurrent_requests.max(1))),
+            units: Arc::new(Semaphore::new(max_units)),
+            max_units,
+            metrics,
+            args: args.clone(),
+        })
+    }
+
+    /// Starts the engine thread; readiness flips when its packages are loaded and warmed up.
+    pub fn start_engine(state: &Arc<AppState>, args: &ServeArgs) -> Result<(), ServerError> {
+        let (loaded_tx, loaded_rx) = oneshot::channel();
+        let packages = state
+            .served
+            .iter()
+            .map(|s| (s.head, s.package.dir.clone()))
+            .collect();
+        let opts = SessionOptions {
+            intra_threads: args.threads,
+            ..Default::default()
+        };
+        let batcher = engine::Batcher {
+            max_images: args.max_batch_images.max(1),
+            max_wait: args.max_batch_wait(),
+        };
+        let handle = engine::start(
+            packages,
+            opts,
+            batcher,
+            Box::new(engine::RequestLevel),
+            loaded_tx,
+        )
+        .map_err(|e| ServerError::Engine(format!("starting the engine thread: {e}")))?;
+        if let Ok(mut g) = state.engine.write() {
+            *g = Some(handle);
+        }
+        let st = state.clone();
+        tokio::spawn(async move {
+            match loaded_rx.await {
+                Ok(Ok(())) => {
+                    st.loaded.store(true, Ordering::SeqCst);
+                    st.set_ready(true);
+                }
+                Ok(Err(e)) => {
+                    tracing::error!("{e}");
+                    if let Ok(mut g) = st.load_error.write() {
+                        *g = Some(e);
+                    }
+                }
+                Err(_) => {
+                    if let Ok(mut g) = st.load_error.write() {
+                        *g = Some("the engine thread stopped while loading".into());
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+        metrics::gauge!(m::READY).set(if ready { 1.0 } else { 0.0 });
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The package with `head`, or 404 naming it.
+    pub fn served(&self, head: Head) -> Result<&Served, ApiError> {
+        self.served.iter().find(|s| s.head == head).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no {} package is loaded (start the server with --package pointing at one)",
+                head.name()
+            ))
+        })
+    }
+
+    pub fn check_ready(&self) -> Result<(), ApiError> {
+        if self.is_ready() {
+            return Ok(());
+        }
+        let why = self
+            .load_error
+            .read()
+            .ok()
+            .and_then(|g| g.clone())
+            .unwrap_or_else(|| "the packages are still loading".into());
+        Err(ApiError::not_ready(format!("not ready: {why}")))
+    }
+
+    /// Admits a request of `units` work items, or answers 429 at once.
+    pub fn admit(&self, units: usize) -> Result<Permit, ApiError> {
+        let units = units.max(1);
+        if units > self.max_units {
+            return Err(ApiError::too_large(format!(
+                "{units} images in one request; at most {} (--max-queue)",
+                self.max_units
+            )));
+        }
+        let overloaded = |what: &str| {
+            metrics::counter!(m::REJECTED, "reason" => what.to_string()).increment(1);
+            ApiError::overloaded(format!("overloaded: {what} at its limit; retry shortly"))
+        };
+        let request = self
+            .requests
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| overloaded("--max-concurrent-requests"))?;
+        let u = self
+            .units
+            .clone()
+            .try_acquire_many_owned(units as u32)
+            .map_err(|_| overloaded("--max-queue (images in flight)"))?;
+        metrics::gauge!(m::IMAGES_IN_FLIGHT)
+            .set((self.max_units - self.units.available_permits()) as f64);
+        Ok(Permit {
+            _request: request,
+            _units: u,
+            units: self.units.clone(),
+            max: self.max_units,
+            held: units,
+        })
+    }
+
+    pub fn deadline(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.args.request_timeout())
+            .unwrap_or(now + std::time::Duration::from_secs(86400 * 365))
+    }
+
+    /// Sends work to the engine and waits for the answer, at most until `deadline` (then 504).
+    pub async fn run(&self, head: Head, work: Work, deadline: Instant) -> Result<Done, ApiError> {
+        let handle = self
+            .engine
+            .read()
+            .ok()
+            .and_then(|g| g.clone())
+            .ok_or_else(|| ApiError::not_ready("the engine is not running"))?;
+        let rx = handle
+            .submit(head, work, deadline)
+            .map_err(|e| engine_error(&e))?;
+        let reply: Reply = match tokio::time::timeout_at(deadline.into(), rx).await {
+            Err(_) => return Err(ApiError::deadline()),
+            Ok(Err(_)) => return Err(ApiError::not_ready("the engine stopped")),
+            Ok(Ok(r)) => r,
+        };
+        if let Err(EngineError::Runtime(blip_runtime::RuntimeError::Inference { .. })) = &reply {
+            // A graph run failed: not ready until /health/ready's forward pass succeeds again.
+            self.set_ready(false);
+        }
+        reply.map_err(|e| engine_error(&e))
+    }
+
+    pub fn index(&self) -> Result<&IndexStore, ApiError> {
+        self.index.as_ref().ok_or_else(|| {
+            ApiError::not_found("no index is served (start the server with --index FILE)")
+        })
+    }
+}
+
+pub fn engine_error(e: &EngineError) -> ApiError {
+    match e {
+        EngineError::NoHead(h) => ApiError::not_found(format!("no {} package is loaded", h.name())),
+        EngineError::Deadline => ApiError::deadline(),
+        EngineError::Runtime(r) => ApiError::from_runtime(r),
+        EngineError::Index(i) => ApiError::validation(i.to_string()),
+        EngineError::Stopped => ApiError::not_ready("the engine stopped"),
+    }
+}

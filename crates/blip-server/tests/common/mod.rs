@@ -1,0 +1,160 @@
+//! Shared by the server tests: the shapes packages converted once per test binary, a started server
+//! on a loopback port, and small HTTP helpers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use blip_server::{Running, ServeArgs};
+
+pub fn fixture(rel: &str) -> PathBuf {
+    blip_testkit::fixture(rel)
+}
+
+/// The shapes package of `head` (caption, retrieval, vqa), converted once per test binary.
+pub fn package(head: &str) -> PathBuf {
+    static DIRS: OnceLock<PathBuf> = OnceLock::new();
+    let root = DIRS.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        let name = exe
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("server")
+            .to_string();
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("shapes-{name}"));
+        for h in ["caption", "retrieval", "vqa"] {
+            let opts = blip_convert::ConvertOptions {
+                force: true,
+                ..Default::default()
+            };
+            blip_convert::convert(
+                &fixture(&format!("shapes/models/shapes-{h}")),
+                &root.join(h),
+                &opts,
+            )
+            .unwrap_or_else(|e| panic!("convert shapes-{h}: {e}"));
+        }
+        root
+    });
+    root.join(head)
+}
+
+pub fn test_image(i: usize) -> PathBuf {
+    fixture(&format!("shapes/test/images/test_{i:05}.png"))
+}
+
+pub fn b64(path: &Path) -> String {
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).expect("image"))
+}
+
+/// Settings for a test server: the given packages, an ephemeral port, 2 threads.
+pub fn args(heads: &[&str]) -> ServeArgs {
+    let mut a = ServeArgs::new(heads.iter().map(|h| package(h)).collect()).expect("defaults");
+    a.port = 0;
+    a.host = "127.0.0.1".into();
+    a.threads = 2;
+    a
+}
+
+pub struct TestServer {
+    pub running: Option<Running>,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start(args: ServeArgs) -> TestServer {
+        let running = blip_server::start(args).await.expect("server starts");
+        let base = format!("http://{}", running.addr);
+        let client = reqwest::Client::new();
+        let s = TestServer {
+            running: Some(running),
+            base,
+            client,
+        };
+        s.wait_ready().await;
+        s
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..600 {
+            let r = self.client.get(self.url("/health/ready")).send().await;
+            if r.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("server never became ready");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let r = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.1
+    }
+}
+
+/// The value of one sample line in Prometheus text (0 when absent).
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name_and_labels).then(|| v.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Asserts an error body `{"error", "error_type"}` with the given status and class.
+#[track_caller]
+pub fn assert_error(got: &(u16, serde_json::Value), status: u16, error_type: &str) {
+    assert_eq!(got.0, status, "{}", got.1);
+    assert_eq!(got.1["error_type"], error_type, "{}", got.1);
+    assert!(
+        got.1["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{}",
+        got.1
+    );
+}
+
+/// As [`assert_error`], and the message names `what` (the field, the item or the limit).
+#[track_caller]
+pub fn assert_error_naming(
+    got: &(u16, serde_json::Value),
+    status: u16,
+    error_type: &str,
+    what: &str,
+) {
+    assert_error(got, status, error_type);
+    let message = got.1["error"].as_str().unwrap_or("");
+    assert!(message.contains(what), "{what:?} not named in {message:?}");
+}
