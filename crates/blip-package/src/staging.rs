@@ -122,6 +122,10 @@ impl OutputLock {
     /// Takes the lock of `out` without waiting: a second writer gets `Busy`, never a hang.
     pub fn acquire<E>(out: &Path) -> Result<OutputLock, StagedError<E>> {
         let path = lock_path(out);
+        // The output's folder is made as writers always did (`-o new/dir/pkg` works).
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StagedError::Create(io_at(parent)(e)))?;
+        }
         loop {
             let file = File::options()
                 .create(true)

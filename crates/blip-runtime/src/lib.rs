@@ -18,7 +18,7 @@ pub use blip_package::{Package, PackageError};
 pub use blip_preprocess::PreprocessError;
 pub use blip_tasks::generate;
 pub use blip_tasks::{
-    Answer, CandidateStates, Caption, CaptionOptions, DecodeBatch, Generated, Generation,
+    Answer, Blip, CandidateStates, Caption, CaptionOptions, DecodeBatch, Generated, Generation,
     GenerationConfig, Graphs, Hit, ImageInput, RankedAnswers, Strategy, TaskError, VisionOutput,
     VqaOptions, ready, unique_inputs,
 };

@@ -59,7 +59,10 @@ fn lengths_past_the_models_positions_are_refused_before_inference() {
         max_length: positions + 1,
         ..Default::default()
     };
-    let err = m.caption(std::slice::from_ref(&image), &opts).unwrap_err().to_string();
+    let err = m
+        .caption(std::slice::from_ref(&image), &opts)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("max_length") && err.contains(&positions.to_string()),
         "{err}"

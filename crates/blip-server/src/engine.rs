@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use blip_checkpoint::Head;
 use blip_index::Index;
+use blip_runtime::Blip;
 use blip_runtime::{
-    Answer, BlipModel, Caption, CaptionOptions, Hit, RankedAnswers, RuntimeError, SessionOptions,
-    VqaOptions,
+    Answer, BlipModel, Caption, CaptionOptions, DecodeBatch, Generated, Graphs, Hit, OrtGraphs,
+    RankedAnswers, RuntimeError, SessionOptions, VqaOptions, ready,
 };
 use ndarray::{Array2, Array3, Axis};
 use tokio::sync::oneshot;
@@ -301,6 +302,214 @@ fn probe(model: &mut BlipModel) -> Result<(), RuntimeError> {
 /// own running decode state between calls.
 pub trait Scheduler: Send {
     fn run(&mut self, models: &mut Models, batch: Vec<Job>);
+
+    /// Work left between calls (a running decode batch): the engine then takes what has arrived
+    /// without waiting and calls [`Scheduler::run`] again, with an empty batch if nothing has.
+    fn busy(&self) -> bool {
+        false
+    }
+}
+
+/// Which scheduler the server runs (`--scheduler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchedulerKind {
+    /// Requests batched whole: captions with identical settings decode together, start to end.
+    Request,
+    /// Continuous batching: every caption decodes in one running batch, requests joining and
+    /// leaving at step boundaries, whatever their settings.
+    Iteration,
+}
+
+impl SchedulerKind {
+    pub fn build(self) -> Box<dyn Scheduler> {
+        match self {
+            SchedulerKind::Request => Box::new(RequestLevel),
+            SchedulerKind::Iteration => Box::new(IterationLevel::default()),
+        }
+    }
+}
+
+/// A caption request decoding in a running batch.
+struct Decoding {
+    job: Job,
+    opts: CaptionOptions,
+    prompt: Vec<i64>,
+}
+
+/// Iteration-level ("continuous") batching of captions: new caption requests' images share one
+/// vision run, each request's prompt step runs alone, then its rows join the head's running decode
+/// batch; every call runs one decoder step of that batch, so a request never waits for another to
+/// finish. Everything else runs as in [`RequestLevel`].
+#[derive(Default)]
+pub struct IterationLevel {
+    running: Vec<(Head, DecodeBatch<OrtGraphs, Decoding>)>,
+}
+
+impl Scheduler for IterationLevel {
+    fn busy(&self) -> bool {
+        self.running.iter().any(|(_, b)| !b.is_empty())
+    }
+
+    fn run(&mut self, models: &mut Models, batch: Vec<Job>) {
+        let (captions, rest): (Vec<Job>, Vec<Job>) = batch
+            .into_iter()
+            .partition(|j| matches!(j.work, Work::Caption { .. }));
+        RequestLevel.run(models, rest);
+        let mut heads: Vec<(Head, Vec<Job>)> = Vec::new();
+        for job in captions.into_iter().filter_map(live) {
+            match heads.iter_mut().find(|(h, _)| *h == job.head) {
+                Some((_, jobs)) => jobs.push(job),
+                None => heads.push((job.head, vec![job])),
+            }
+        }
+        for (head, jobs) in heads {
+            self.admit(models, head, jobs);
+        }
+        for (head, batch) in self.running.iter_mut() {
+            if batch.is_empty() {
+                continue;
+            }
+            let Ok(model) = models.get(*head) else {
+                continue;
+            };
+            metrics::histogram!(m::BATCH_SIZE, "head" => head.name(), "task" => "decode_step")
+                .record(batch.rows() as f64);
+            metrics::histogram!(m::BATCH_REQUESTS, "head" => head.name(), "task" => "decode_step")
+                .record(batch.len() as f64);
+            let tasks = model.tasks();
+            match ready(batch.step(&mut tasks.graphs)) {
+                Ok(finished) => {
+                    for (d, generated) in finished {
+                        answer_captions(tasks, *head, d, generated);
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for d in batch.abort() {
+                        d.job
+                            .answer(Err(EngineError::Runtime(RuntimeError::Inference {
+                                graph: "decoder".into(),
+                                message: msg.clone(),
+                            })));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl IterationLevel {
+    /// Encodes the new requests' images in one vision run and joins each request to the head's
+    /// running decode batch (after its prompt step).
+    fn admit(&mut self, models: &mut Models, head: Head, jobs: Vec<Job>) {
+        let model = match models.get(head) {
+            Ok(m) => m,
+            Err(_) => {
+                for job in jobs {
+                    job.answer(Err(EngineError::NoHead(head)));
+                }
+                return;
+            }
+        };
+        let mut data = Vec::new();
+        let mut counts = Vec::with_capacity(jobs.len());
+        for j in &jobs {
+            if let Some(p) = pixels_of(&j.work) {
+                data.extend_from_slice(&p.data);
+                counts.push(p.n);
+            }
+        }
+        let n: usize = counts.iter().sum();
+        metrics::histogram!(m::BATCH_SIZE, "head" => head.name(), "task" => "caption")
+            .record(n as f64);
+        metrics::histogram!(m::BATCH_REQUESTS, "head" => head.name(), "task" => "caption")
+            .record(jobs.len() as f64);
+        let start = Instant::now();
+        let vision = match model.vision(&data, n) {
+            Ok(v) => v,
+            Err(e) => {
+                let msg = e.to_string();
+                for job in jobs {
+                    job.answer(Err(EngineError::Runtime(RuntimeError::Inference {
+                        graph: "vision_encoder".into(),
+                        message: msg.clone(),
+                    })));
+                }
+                return;
+            }
+        };
+        metrics::histogram!(m::INFERENCE_DURATION, "head" => head.name(), "task" => "vision")
+            .record(start.elapsed().as_secs_f64());
+        let batch = match self.running.iter().position(|(h, _)| *h == head) {
+            Some(i) => &mut self.running[i].1,
+            None => {
+                self.running.push((head, DecodeBatch::new()));
+                let last = self.running.len() - 1;
+                &mut self.running[last].1
+            }
+        };
+        let tasks = model.tasks();
+        let mut offset = 0;
+        for (job, count) in jobs.into_iter().zip(counts) {
+            let rows: Vec<usize> = (offset..offset + count).collect();
+            offset += count;
+            let opts = match &job.work {
+                Work::Caption { opts, .. } => opts.clone(),
+                _ => continue,
+            };
+            let fail = |job: Job, e: blip_runtime::TaskError| {
+                job.answer(Err(EngineError::Runtime(e.into())));
+            };
+            let (generation, prompt) = match tasks.caption_generation(count, &opts) {
+                Ok(g) => g,
+                Err(e) => {
+                    fail(job, e);
+                    continue;
+                }
+            };
+            let states = vision.hidden.select(Axis(0), &rows);
+            let beams = generation.rows() / count.max(1);
+            let cross = match ready(tasks.graphs.cross_kv(states.view(), None, beams)) {
+                Ok(c) => c,
+                Err(e) => {
+                    fail(job, e);
+                    continue;
+                }
+            };
+            let d = Decoding { job, opts, prompt };
+            match ready(batch.join(&mut tasks.graphs, d, generation, cross)) {
+                Ok(Some((d, generated))) => answer_captions(tasks, head, d, generated),
+                Ok(None) => {}
+                Err((d, e)) => {
+                    fail(d.job, e);
+                    if !batch.is_intact() {
+                        for d in batch.abort() {
+                            d.job
+                                .answer(Err(EngineError::Runtime(RuntimeError::Inference {
+                                    graph: "decoder".into(),
+                                    message: "the running decode batch failed".into(),
+                                })));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Answers a finished caption request.
+fn answer_captions(tasks: &mut Blip<OrtGraphs>, head: Head, d: Decoding, generated: Generated) {
+    let tokens: usize = generated
+        .sequences
+        .iter()
+        .map(|s| s.len().saturating_sub(d.prompt.len()))
+        .sum();
+    metrics::counter!(m::GENERATED_TOKENS, "head" => head.name()).increment(tokens as u64);
+    let reply = tasks
+        .captions_of(generated, &d.prompt, &d.opts)
+        .map(Done::Captions)
+        .map_err(|e| EngineError::Runtime(e.into()));
+    d.job.answer(reply);
 }
 
 /// Request-level batching: embed-image jobs of one head share one vision run; caption jobs of one
@@ -485,6 +694,25 @@ impl Batcher {
     }
 }
 
+impl Batcher {
+    /// What has arrived, without waiting (up to the image bound).
+    fn arrived(&self, rx: &mpsc::Receiver<Job>) -> Vec<Job> {
+        let mut batch = Vec::new();
+        let mut images = 0;
+        while images < self.max_images {
+            match rx.try_recv() {
+                Ok(j) => {
+                    images += j.work.images();
+                    batch.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        metrics::gauge!(m::QUEUE_SIZE).decrement(batch.len() as f64);
+        batch
+    }
+}
+
 /// The handle the HTTP side holds: sends jobs to the engine thread.
 #[derive(Clone)]
 pub struct EngineHandle {
@@ -545,7 +773,16 @@ pub fn start(
                 }
             }
             let _ = loaded.send(Ok(()));
-            while let Some(batch) = batcher.next(&rx) {
+            loop {
+                // A scheduler with a running decode batch takes what has arrived and steps on.
+                let batch = if scheduler.busy() {
+                    batcher.arrived(&rx)
+                } else {
+                    match batcher.next(&rx) {
+                        Some(b) => b,
+                        None => break,
+                    }
+                };
                 scheduler.run(&mut models, batch);
             }
         })?;

@@ -180,14 +180,8 @@ impl AppState {
             max_images: args.max_batch_images.max(1),
             max_wait: args.max_batch_wait(),
         };
-        let handle = engine::start(
-            packages,
-            opts,
-            batcher,
-            Box::new(engine::RequestLevel),
-            loaded_tx,
-        )
-        .map_err(|e| ServerError::Engine(format!("starting the engine thread: {e}")))?;
+        let handle = engine::start(packages, opts, batcher, args.scheduler.build(), loaded_tx)
+            .map_err(|e| ServerError::Engine(format!("starting the engine thread: {e}")))?;
         if let Ok(mut g) = state.engine.write() {
             *g = Some(handle);
         }

@@ -198,6 +198,18 @@ async fn a_package_that_fails_to_load_keeps_the_server_up_and_not_ready() {
         std::fs::copy(&p, broken.join(p.file_name().unwrap())).unwrap();
     }
     std::fs::write(broken.join("decoder.onnx"), b"not a graph").unwrap();
+    // The manifest vouches for the broken file (its checksum matches), so the package opens and
+    // the failure comes from loading the graph.
+    let manifest_path = broken.join("blip.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    let decoder = broken.join("decoder.onnx");
+    manifest["graphs"]["decoder"]["sha256"] =
+        blip_package::sha256_files(std::slice::from_ref(&decoder))
+            .unwrap()
+            .into();
+    manifest["graphs"]["decoder"]["bytes"] = 11.into();
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
     let mut a = args(&["caption"]);
     a.packages = vec![broken];
     let running = blip_server::start(a).await.unwrap();
@@ -273,6 +285,7 @@ async fn shutdown_finishes_in_flight_requests_and_stops_accepting() {
 async fn concurrent_captions_share_a_batch_and_settings_are_never_mixed() {
     let _g = ONE_AT_A_TIME.lock().await;
     let mut a = args(&["caption"]);
+    a.scheduler = blip_server::engine::SchedulerKind::Request;
     // The batch runs when it holds 3 images (long before the wait is over).
     a.max_batch_images = 3;
     a.max_batch_wait_ms = 60_000;
@@ -336,4 +349,84 @@ async fn concurrent_captions_share_a_batch_and_settings_are_never_mixed() {
         1.0,
         "one decode run of two requests: {m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn continuous_batching_decodes_different_settings_in_one_running_batch() {
+    let _g = ONE_AT_A_TIME.lock().await;
+    let mut a = args(&["caption"]);
+    a.scheduler = blip_server::engine::SchedulerKind::Iteration;
+    a.max_batch_images = 1;
+    a.max_batch_wait_ms = 0;
+    let server = TestServer::start(a).await;
+    let steps = "blip_batch_requests_count{head=\"caption\",task=\"decode_step\"}";
+    let lone = "blip_batch_requests_bucket{head=\"caption\",task=\"decode_step\",le=\"1\"}";
+    let m = server.metrics().await;
+    let (steps0, lone0) = (metric(&m, steps), metric(&m, lone));
+    let mut model = blip_runtime::BlipModel::open(
+        &package("caption"),
+        &blip_runtime::SessionOptions {
+            intra_threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // Beam 3, greedy, seeded sampling and beam 2 with a repetition penalty, all at once: each
+    // joins the running batch as it arrives.
+    let settings = [
+        json!({}),
+        json!({"beams": 1}),
+        json!({"sample": true, "top_p": 0.9, "top_k": 20, "temperature": 0.9, "seed": 7}),
+        json!({"beams": 2, "repetition_penalty": 1.3}),
+    ];
+    let calls: Vec<_> = settings
+        .iter()
+        .enumerate()
+        .map(|(i, extra)| {
+            let client = server.client.clone();
+            let url = server.url("/v1/caption");
+            let mut body = extra.clone();
+            body["images"] = json!([b64(&test_image(i + 20))]);
+            tokio::spawn(async move {
+                let r = client.post(url).json(&body).send().await.unwrap();
+                (
+                    r.status().as_u16(),
+                    r.json::<serde_json::Value>().await.unwrap(),
+                )
+            })
+        })
+        .collect();
+    let strategies = [
+        blip_runtime::CaptionOptions::default().strategy,
+        blip_runtime::Strategy::Greedy,
+        blip_runtime::Strategy::Sample {
+            temperature: 0.9,
+            top_k: 20,
+            top_p: 0.9,
+            seed: 7,
+        },
+        blip_runtime::Strategy::Beam {
+            num_beams: 2,
+            length_penalty: 1.0,
+            early_stopping: false,
+        },
+    ];
+    for (i, c) in calls.into_iter().enumerate() {
+        let (status, body) = c.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let opts = blip_runtime::CaptionOptions {
+            strategy: strategies[i].clone(),
+            repetition_penalty: if i == 3 { 1.3 } else { 1.0 },
+            ..Default::default()
+        };
+        let input = blip_runtime::ImageInput::Path(test_image(i + 20));
+        let want = model.caption(&[input], &opts).unwrap().remove(0).unwrap();
+        assert_eq!(body["results"][0]["tokens"], json!(want.ids), "request {i}");
+    }
+    // Decode steps ran, and some of them carried more than one request.
+    let m = server.metrics().await;
+    let ran = metric(&m, steps) - steps0;
+    let alone = metric(&m, lone) - lone0;
+    assert!(ran > 0.0, "no decode step was counted: {m}");
+    assert!(alone < ran, "every decode step held a single request: {m}");
 }

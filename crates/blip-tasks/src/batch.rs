@@ -50,15 +50,36 @@ impl<G: Graphs, T> DecodeBatch<G, T> {
 
     /// Runs the first step of `generation` (its prompt) over `cross` (its rows' cross K/V, from
     /// [`Graphs::cross_kv`]) and adds it to the batch; returns it at once when that step ended it.
+    /// On an error the request gets its tag back; when the error came from joining the running
+    /// rows (an engine failure), their state is gone too: see [`DecodeBatch::is_intact`].
     pub async fn join(
         &mut self,
         graphs: &mut G,
         tag: T,
+        generation: Generation,
+        cross: G::Cross,
+    ) -> std::result::Result<Option<(T, Generated)>, (T, TaskError)> {
+        match self.prefill(graphs, generation, cross).await {
+            Ok(None) => Ok(None),
+            Ok(Some(Ok(generated))) => Ok(Some((tag, generated))),
+            Ok(Some(Err(generation))) => {
+                self.entries.push(Entry { tag, generation });
+                Ok(None)
+            }
+            Err(e) => Err((tag, e)),
+        }
+    }
+
+    /// The prompt step; `Some(Ok)`: finished at once, `Some(Err)`: joined the running rows, to be
+    /// added as an entry.
+    async fn prefill(
+        &mut self,
+        graphs: &mut G,
         mut generation: Generation,
         cross: G::Cross,
-    ) -> Result<Option<(T, Generated)>> {
+    ) -> Result<Option<std::result::Result<Generated, Generation>>> {
         let Some(input) = generation.next_input() else {
-            return Ok(Some((tag, generation.finish())));
+            return Ok(Some(Ok(generation.finish())));
         };
         if input.reorder.is_some() {
             return Err(TaskError::Input(
@@ -76,18 +97,24 @@ impl<G: Graphs, T> DecodeBatch<G, T> {
         let logits = graphs.decode(&cross, &mut cache, feed).await?;
         generation.push_logits(&logits)?;
         if generation.next_input().is_none() {
-            return Ok(Some((tag, generation.finish())));
+            return Ok(Some(Ok(generation.finish())));
         }
-        self.cross = Some(match self.cross.take() {
-            Some(running) => graphs.join_cross(vec![running, cross]).await?,
-            None => cross,
-        });
-        self.cache = Some(match self.cache.take() {
-            Some(running) => graphs.join_caches(vec![running, cache]).await?,
-            None => cache,
-        });
-        self.entries.push(Entry { tag, generation });
-        Ok(None)
+        let (cross, cache) = match (self.cross.take(), self.cache.take()) {
+            (Some(run_cross), Some(run_cache)) => {
+                let joined = graphs.join_cross(vec![run_cross, cross]).await?;
+                (joined, graphs.join_caches(vec![run_cache, cache]).await?)
+            }
+            _ => (cross, cache),
+        };
+        self.cross = Some(cross);
+        self.cache = Some(cache);
+        Ok(Some(Err(generation)))
+    }
+
+    /// Whether the running requests still have their decoder state (false after an engine
+    /// failure in [`DecodeBatch::join`] or [`DecodeBatch::step`]: then [`DecodeBatch::abort`]).
+    pub fn is_intact(&self) -> bool {
+        self.entries.is_empty() || (self.cross.is_some() && self.cache.is_some())
     }
 
     /// Empties the batch, returning its requests' tags: after a failed [`DecodeBatch::step`] every
