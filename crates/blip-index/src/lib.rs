@@ -727,7 +727,13 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let idx = Index::read(&path).unwrap();
         assert_eq!(idx.entries()[0].id, "/img/a.png");
-        assert_eq!(idx.entries()[0].stamp, Stamp { size: 3, mtime_ns: 4 });
+        assert_eq!(
+            idx.entries()[0].stamp,
+            Stamp {
+                size: 3,
+                mtime_ns: 4
+            }
+        );
         assert_eq!(idx.embedding(0), &[0.5, -0.25]);
         assert!(!idx.has_states());
     }

@@ -574,9 +574,16 @@ async fn served_openapi_equals_the_committed_document_and_pages_load() {
     let (status, page) = server.get("/").await;
     assert_eq!(status, 200);
     assert!(page.contains("app.js") && !page.contains("http://") && !page.contains("https://"));
-    let (status, docs) = server.get("/docs").await;
+    // Swagger UI, served from the binary, pointed at our document.
+    let (status, docs) = server.get("/docs/").await;
     assert_eq!(status, 200);
-    assert!(docs.contains("/openapi.json"));
+    assert!(docs.contains("swagger-ui"), "{docs}");
+    let (status, init) = server.get("/docs/swagger-initializer.js").await;
+    assert_eq!(status, 200);
+    assert!(
+        init.contains("/openapi.json") && !init.contains("petstore"),
+        "{init}"
+    );
     let (status, live) = server.get("/health/live").await;
     assert_eq!((status, live.contains("live")), (200, true));
     let (_, info) = server.get("/info").await;
