@@ -148,7 +148,9 @@ impl AppState {
                 })
             }
         };
-        let max_units = args.max_queue.max(1);
+        // Semaphores take at most u32::MAX permits at once (and refuse more than usize::MAX >> 3).
+        let cap = |n: usize| n.clamp(1, u32::MAX as usize);
+        let max_units = cap(args.max_queue);
         Ok(AppState {
             served,
             index,
@@ -156,7 +158,7 @@ impl AppState {
             ready: AtomicBool::new(false),
             loaded: AtomicBool::new(false),
             load_error: RwLock::new(None),
-            requests: Arc::new(Semaphore::new(args.max_concurrent_requests.max(1))),
+            requests: Arc::new(Semaphore::new(cap(args.max_concurrent_requests))),
             units: Arc::new(Semaphore::new(max_units)),
             max_units,
             metrics,
