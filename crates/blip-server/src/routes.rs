@@ -541,9 +541,14 @@ async fn vqa(State(state): St, req: Request) -> AppResult<VqaResponse> {
                     return Err(ApiError::validation(format!("answers[{i}] is empty")));
                 }
                 // Answer tokens run through the decoder: longer ones would pass its positions.
-                if a.split_whitespace().count() + 2 > positions || a.len() > 4 * positions {
+                let tokens = served
+                    .tokenizer
+                    .encode_batch(&[a.as_str()], blip_preprocess::FirstToken::Dec, None)
+                    .map_err(|e| ApiError::validation(format!("answers[{i}]: {e}")))?
+                    .row_len(0);
+                if tokens > positions {
                     return Err(ApiError::validation(format!(
-                        "answers[{i}] is longer than the decoder's {positions} positions"
+                        "answers[{i}] is {tokens} tokens, over the decoder's {positions} positions"
                     )));
                 }
             }

@@ -131,6 +131,18 @@ async fn caption_vqa_embed_and_itm_equal_the_library() {
             .contains("images[1]")
     );
 
+    // An answer candidate longer than the decoder's positions is refused in words, by item.
+    let long = vec!["red"; 60].join(" ");
+    let got = server
+        .post(
+            "/v1/vqa",
+            json!({"image": b64(&test_image(1)), "questions": ["q?"], "answers": ["one", long]}),
+        )
+        .await;
+    assert_error_naming(&got, 422, "validation", "answers[1]");
+    let (_, ready) = server.get("/health/ready").await;
+    assert!(ready.contains("ready"), "{ready}");
+
     // VQA: generated, then rank mode, against the library.
     let mut vqa = model("vqa");
     let q = "how many shapes are there?";
