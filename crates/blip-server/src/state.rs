@@ -24,6 +24,8 @@ pub struct Served {
     pub head: Head,
     pub package: Package,
     pub preprocessor: Arc<ImagePreprocessor>,
+    /// For validating text lengths before they reach the engine.
+    pub tokenizer: blip_preprocess::BlipTokenizer,
 }
 
 /// The index served by /v1/search, replaced as a whole on every change.
@@ -55,7 +57,7 @@ pub struct AppState {
     pub served: Vec<Served>,
     pub index: Option<IndexStore>,
     pub engine: RwLock<Option<EngineHandle>>,
-    pub ready: AtomicBool,
+    pub ready: Arc<AtomicBool>,
     /// The packages loaded and warmed up once (readiness is re-checked only after that).
     pub loaded: AtomicBool,
     /// Set when the engine failed to load (the server stays up and says why in /health/ready).
@@ -106,10 +108,16 @@ impl AppState {
             }
             let mut pre = ImagePreprocessor::new(&package.manifest.preprocess);
             pre.max_pixels = args.max_image_pixels;
+            let tokenizer = blip_preprocess::BlipTokenizer::from_file(
+                &package.tokenizer_path(),
+                package.manifest.tokens.clone(),
+            )
+            .map_err(|e| ServerError::Config(format!("package {}: {e}", dir.display())))?;
             served.push(Served {
                 head,
                 package,
                 preprocessor: Arc::new(pre),
+                tokenizer,
             });
         }
         let index = match &args.index {
@@ -148,15 +156,17 @@ impl AppState {
                 })
             }
         };
-        let max_units = args.max_queue.max(1);
+        // Semaphores take at most u32::MAX permits at once (and refuse more than usize::MAX >> 3).
+        let cap = |n: usize| n.clamp(1, u32::MAX as usize);
+        let max_units = cap(args.max_queue);
         Ok(AppState {
             served,
             index,
             engine: RwLock::new(None),
-            ready: AtomicBool::new(false),
+            ready: Arc::new(AtomicBool::new(false)),
             loaded: AtomicBool::new(false),
             load_error: RwLock::new(None),
-            requests: Arc::new(Semaphore::new(args.max_concurrent_requests.max(1))),
+            requests: Arc::new(Semaphore::new(cap(args.max_concurrent_requests))),
             units: Arc::new(Semaphore::new(max_units)),
             max_units,
             metrics,
@@ -297,8 +307,17 @@ impl AppState {
             Ok(Ok(r)) => r,
         };
         if let Err(EngineError::Runtime(blip_runtime::RuntimeError::Inference { .. })) = &reply {
-            // A graph run failed: not ready until /health/ready's forward pass succeeds again.
-            self.set_ready(false);
+            // A graph run failed. The input may be to blame, so readiness only drops when a
+            // forward pass on the probe image fails too; /health/ready then re-checks.
+            if let Ok(probe) = handle.submit(head, Work::Probe, self.deadline()) {
+                let ready = self.ready.clone();
+                tokio::spawn(async move {
+                    if !matches!(probe.await, Ok(Ok(_))) {
+                        ready.store(false, Ordering::SeqCst);
+                        metrics::gauge!(m::READY).set(0.0);
+                    }
+                });
+            }
         }
         reply.map_err(|e| engine_error(&e))
     }

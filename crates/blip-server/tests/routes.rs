@@ -131,6 +131,18 @@ async fn caption_vqa_embed_and_itm_equal_the_library() {
             .contains("images[1]")
     );
 
+    // An answer candidate longer than the decoder's positions is refused in words, by item.
+    let long = vec!["red"; 60].join(" ");
+    let got = server
+        .post(
+            "/v1/vqa",
+            json!({"image": b64(&test_image(1)), "questions": ["q?"], "answers": ["one", long]}),
+        )
+        .await;
+    assert_error_naming(&got, 422, "validation", "answers[1]");
+    let (_, ready) = server.get("/health/ready").await;
+    assert!(ready.contains("ready"), "{ready}");
+
     // VQA: generated, then rank mode, against the library.
     let mut vqa = model("vqa");
     let q = "how many shapes are there?";
@@ -574,9 +586,16 @@ async fn served_openapi_equals_the_committed_document_and_pages_load() {
     let (status, page) = server.get("/").await;
     assert_eq!(status, 200);
     assert!(page.contains("app.js") && !page.contains("http://") && !page.contains("https://"));
-    let (status, docs) = server.get("/docs").await;
+    // Swagger UI, served from the binary, pointed at our document.
+    let (status, docs) = server.get("/docs/").await;
     assert_eq!(status, 200);
-    assert!(docs.contains("/openapi.json"));
+    assert!(docs.contains("swagger-ui"), "{docs}");
+    let (status, init) = server.get("/docs/swagger-initializer.js").await;
+    assert_eq!(status, 200);
+    assert!(
+        init.contains("/openapi.json") && !init.contains("petstore"),
+        "{init}"
+    );
     let (status, live) = server.get("/health/live").await;
     assert_eq!((status, live.contains("live")), (200, true));
     let (_, info) = server.get("/info").await;
