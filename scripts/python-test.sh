@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds the Python wheel and tests it against the native CLI (scripts/test.sh runs it last).
+#   scripts/python-test.sh [pytest args...]
+# 1. the build venv (scripts/python-setup.sh: pinned maturin, pytest, numpy, pillow, onnxruntime),
+# 2. `maturin build --release`: one abi3 wheel (CPython >= 3.9) in target/python-wheels,
+# 3. a FRESH venv with only that wheel (its onnxruntime dependency from PyPI) and the test pins,
+# 4. pytest python/tests, which converts the shapes fixtures with the CLI binary and compares.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+eval "$(scripts/fetch-onnxruntime.sh)"  # the CLI the tests compare against loads it from here
+VENV="$(scripts/python-setup.sh)"
+cargo build --quiet -p blip-onnx-cli
+export BLIP_ONNX_CLI="$PWD/target/debug/blip-onnx"
+
+rm -rf target/python-wheels
+(cd python && "$VENV/bin/maturin" build --release --quiet --out ../target/python-wheels)
+wheels=(target/python-wheels/blip_onnx-*-cp39-abi3-*.whl)
+[ -f "${wheels[0]}" ] || { echo "python-test.sh: no abi3 wheel in target/python-wheels" >&2; exit 1; }
+echo "python-test.sh: built ${wheels[0]} in $((SECONDS - start)) s" >&2
+
+TEST_VENV=target/python-test-venv
+rm -rf "$TEST_VENV"
+python3 -m venv "$TEST_VENV"
+"$TEST_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "${wheels[0]}" -r python/requirements-test.txt
+# From the repository root, so `blip_onnx` is the installed wheel, not the python/ source folder.
+"$TEST_VENV/bin/python" -m pytest -q -p no:cacheprovider python/tests "$@"
+echo "python-test.sh: done in $((SECONDS - start)) s" >&2
