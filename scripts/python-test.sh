@@ -3,8 +3,10 @@
 #   scripts/python-test.sh [pytest args...]
 # 1. the build venv (scripts/python-setup.sh: pinned maturin, pytest, numpy, pillow, onnxruntime),
 # 2. `maturin build --release`: one abi3 wheel (CPython >= 3.9) in target/python-wheels,
-# 3. a FRESH venv with only that wheel (its onnxruntime dependency from PyPI) and the test pins,
-# 4. pytest python/tests, which converts the shapes fixtures with the CLI binary and compares.
+# 3. a FRESH venv with only that wheel (its onnxruntime dependency from PyPI), the test pins and
+#    pinned Ray (python/requirements-*.txt),
+# 4. pytest python/tests, which converts the shapes fixtures with the CLI binary and compares, and
+#    runs blip_onnx.ray on a two-node Ray cluster on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -23,7 +25,8 @@ TEST_VENV=target/python-test-venv
 rm -rf "$TEST_VENV"
 python3 -m venv "$TEST_VENV"
 "$TEST_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "${wheels[0]}" -r python/requirements-test.txt
+    "${wheels[0]}" -r python/requirements-test.txt -r python/requirements-ray.txt
+export BLIP_ONNX_REQUIRE_RAY=1  # the Ray cluster tests must run, not skip
 # From the repository root, so `blip_onnx` is the installed wheel, not the python/ source folder.
 "$TEST_VENV/bin/python" -m pytest -q -p no:cacheprovider python/tests "$@"
 echo "python-test.sh: done in $((SECONDS - start)) s" >&2
