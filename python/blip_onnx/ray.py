@@ -179,11 +179,11 @@ class ShardWriter:
             if self.captioner is not None:
                 for j, c in zip(chunk, self.captioner.caption(values, errors="return", **self.caption_options)):
                     if isinstance(c, Exception):
-                        errors[j] = str(c)
+                        errors[j] = _named(items[j], c)
                     else:
                         texts[j], tokens[j] = c.text, c.tokens
             if self.embedder is not None:
-                for j, v in zip(chunk, self._embed(chunk, values, errors)):
+                for j, v in zip(chunk, self._embed(chunk, items, values, errors)):
                     vectors[j] = v
         columns: Dict[str, Any] = {
             "id": pa.array([i.id for i in items], pa.string()),
@@ -203,7 +203,9 @@ class ShardWriter:
         columns["error"] = pa.array(errors, pa.string())
         return pa.table(columns)
 
-    def _embed(self, chunk: List[int], images: List[Any], errors: List[Optional[str]]) -> List[Optional[List[float]]]:
+    def _embed(
+        self, chunk: List[int], items: List[Item], images: List[Any], errors: List[Optional[str]]
+    ) -> List[Optional[List[float]]]:
         from ._native import BlipError
 
         try:
@@ -215,9 +217,15 @@ class ShardWriter:
                 try:
                     out.append(list(self.embedder.embed_images([image])[0]))
                 except BlipError as e:
-                    errors[j] = str(e)
+                    errors[j] = _named(items[j], e)
                     out.append(None)
             return out
+
+
+def _named(item: Item, error: Exception) -> str:
+    """An error row's message: the model names a file by its path; a tar member (read as bytes) is
+    named here."""
+    return str(error) if item.member is None else f"{item.path}#{item.member}: {error}"
 
 
 def _read(items: List[Item]) -> Tuple[List[Any], List[Optional[str]]]:
@@ -236,7 +244,7 @@ def _read(items: List[Item]) -> Tuple[List[Any], List[Optional[str]]]:
             errors.append(None)
         except (OSError, KeyError, tarfile.TarError) as e:
             images.append(b"")
-            errors.append(f"image {item.id}: {e}")
+            errors.append(f"{item.path}#{item.member}: {e}")
     return images, errors
 
 

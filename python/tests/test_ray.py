@@ -218,3 +218,69 @@ def test_the_job_survives_a_worker_node_killed_mid_job(cluster, packages, job_in
     summary = _finish(proc)
     assert len(summary["written"]) == SHARDS
     _check_output(output, job_inputs)
+
+
+def _webdataset(root: Path, images: List[Path]) -> List[Path]:
+    """Two WebDataset shards: samples `NNNN.png` + `NNNN.txt`, one with a corrupt image."""
+    import io
+    import tarfile
+
+    tars = []
+    for t, part in enumerate((images[:5], images[5:9])):
+        path = root / f"shard-{t:03d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for i, image in enumerate(part):
+                for name, data in ((f"s{t}{i:03d}.png", image.read_bytes()), (f"s{t}{i:03d}.txt", b"caption")):
+                    info = tarfile.TarInfo(f"sample/{name}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+            info = tarfile.TarInfo("sample/bad.png")
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"bad"))
+        tars.append(path)
+    return tars
+
+
+def test_inputs_from_a_folder_parquet_and_webdataset(tmp_path):
+    import blip_onnx.ray as blip_ray
+
+    images = sorted((SHAPES / "test" / "images").glob("*.png"))[:9]
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    for p in images[:3]:
+        (folder / "sub" / p.name).symlink_to(p)
+    (folder / "notes.txt").write_text("not an image")
+    assert [(i.id, i.path) for i in blip_ray.list_inputs(folder)] == [
+        (f"sub/{p.name}", str(folder / "sub" / p.name)) for p in images[:3]
+    ]
+    listing = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"path": [str(p) for p in images[:2]]}), listing)
+    assert [(i.id, i.path) for i in blip_ray.list_inputs(listing)] == [("0", str(images[0])), ("1", str(images[1]))]
+    tars = _webdataset(tmp_path, images)
+    items = blip_ray.list_inputs(tars)
+    assert [i.id for i in items][:3] == ["shard-000/sample/bad", "shard-000/sample/s0000", "shard-000/sample/s0001"]
+    assert len(items) == 11 and {i.member.rsplit(".", 1)[1] for i in items} == {"png"}
+    assert blip_ray.list_inputs(tmp_path) == items  # a folder of .tar files is WebDataset
+    assert [len(s) for s in blip_ray.split(items, 4)] == [3, 3, 3, 2]
+
+
+def test_webdataset_shards_on_the_cluster_equal_the_cli(cluster, packages, job_inputs, tmp_path):
+    images = sorted((SHAPES / "test" / "images").glob("*.png"))[:9]
+    tars = _webdataset(tmp_path, images)
+    proc = subprocess.run(
+        [sys.executable, "-m", "blip_onnx.ray", *map(str, tars), str(tmp_path / "out"),
+         "--caption-package", str(packages["caption"]), "--address", cluster.address,
+         "--shards", "4", "--actors", "2", "--beams", "1"],
+        capture_output=True, text=True, env=ENV, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = pa.concat_tables([pq.read_table(f) for f in sorted((tmp_path / "out").glob("part-*.parquet"))]).to_pylist()
+    assert len(rows) == 11 and len({r["id"] for r in rows}) == 11
+    by_member = {r["path"].rsplit("#", 1)[1]: r for r in rows}
+    for t, part in enumerate((images[:5], images[5:9])):
+        for i, image in enumerate(part):
+            r = by_member[f"sample/s{t}{i:03d}.png"]
+            cli = job_inputs["captions"][str(image)]
+            assert (r["caption"], r["caption_tokens"], r["error"]) == (cli["caption"], cli["tokens"], None)
+    bad = [r for r in rows if r["path"].endswith("#sample/bad.png")]
+    assert len(bad) == 2 and all(r["caption"] is None and "shard-00" in r["error"] for r in bad)
