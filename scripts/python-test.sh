@@ -2,7 +2,7 @@
 # Builds the Python wheel and tests it against the native CLI (scripts/test.sh runs it last).
 #   scripts/python-test.sh [pytest args...]
 # 1. the build venv (scripts/python-setup.sh: pinned maturin, pytest, numpy, pillow, onnxruntime),
-# 2. `maturin build --release`: one abi3 wheel (CPython >= 3.9) in target/python-wheels,
+# 2. `maturin build --release`: one abi3 wheel (CPython >= 3.9, manylinux_2_28) in target/python-wheels,
 # 3. a FRESH venv with only that wheel (its onnxruntime dependency from PyPI), the test pins and
 #    pinned Ray (python/requirements-*.txt),
 # 4. pytest python/tests, which converts the shapes fixtures with the CLI binary and compares, and
@@ -16,8 +16,10 @@ cargo build --quiet -p blip-onnx-cli
 export BLIP_ONNX_CLI="$PWD/target/debug/blip-onnx"
 
 rm -rf target/python-wheels
-(cd python && "$VENV/bin/maturin" build --release --quiet --out ../target/python-wheels)
-wheels=(target/python-wheels/blip_onnx-*-cp39-abi3-*.whl)
+# --zig: linked against glibc 2.28 (the venv's ziglang, found through PATH), as onnxruntime's wheel.
+(cd python && PATH="$VENV/bin:$PATH" maturin build --release --quiet --zig \
+    --compatibility manylinux_2_28 --out ../target/python-wheels)
+wheels=(target/python-wheels/blip_onnx-*-cp39-abi3-manylinux_2_28_x86_64.whl)
 [ -f "${wheels[0]}" ] || { echo "python-test.sh: no abi3 wheel in target/python-wheels" >&2; exit 1; }
 echo "python-test.sh: built ${wheels[0]} in $((SECONDS - start)) s" >&2
 
