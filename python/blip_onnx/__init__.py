@@ -83,7 +83,8 @@ def convert(
     tokenizer.json / vocab.txt or a folder holding one. ``head``: ``caption``, ``retrieval`` or
     ``vqa`` when the checkpoint does not say. ``external_data``: ``auto`` (default), ``always`` or
     ``never``. The package is written to a temporary folder and renamed into place when complete;
-    ``force`` replaces an existing one. Returns the report (output, head, seconds, graphs).
+    ``force`` replaces an existing one. Returns the report: ``output`` (a ``pathlib.Path``), ``head``,
+    ``seconds`` and per-graph ``graphs`` (role, bytes, nodes, seconds).
     Raises :class:`ConvertError`.
     """
     return _native.convert(

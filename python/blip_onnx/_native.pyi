@@ -1,6 +1,7 @@
 """Type stubs of the Rust extension module (crates/blip-python). Use the ``blip_onnx`` package API."""
 
 import os
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -31,7 +32,7 @@ class Model:
     @property
     def head(self) -> str: ...
     @property
-    def package(self) -> str: ...
+    def package(self) -> Path: ...
     def caption(
         self,
         images: Sequence[_Item],
