@@ -8,7 +8,9 @@
 # 4. runs every Rust test (parity against the committed PyTorch goldens, error cases, CLI),
 # 5. converts every fixture and runs onnx.checker (full check) on each graph,
 # 6. runs schemathesis against `blip-onnx serve` (no 5xx, responses conform to docs/openapi.json),
-# 7. tests the server's page in headless Chromium (scripts/page-test.sh).
+# 7. tests the server's page in headless Chromium (scripts/page-test.sh),
+# 8. builds the Python wheel, installs it in a fresh venv and tests it against the CLI
+#    (captions, embeddings, Ray on a two-node loopback cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/fetch-onnxruntime.sh)"
@@ -19,3 +21,4 @@ cargo test --workspace
 scripts/onnx-checker.sh
 scripts/schemathesis.sh
 scripts/page-test.sh
+scripts/python-test.sh

@@ -177,10 +177,10 @@ enum Command {
         /// INT4 block size along K (16, 32, 64, 128, ...). 128, the usual group size of
         /// weight-only INT4, made the base decoder step ~25 % faster than 32 at equal task quality
         /// on the shapes models.
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = blip_quantize::DEFAULT_INT4_BLOCK_SIZE)]
         block_size: usize,
         /// INT4 accuracy level: 4 multiplies in int8 (fastest on CPU), 0 in float.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = blip_quantize::DEFAULT_INT4_ACCURACY_LEVEL)]
         accuracy_level: i64,
         /// 7-bit weights, for CPUs without VNNI.
         #[arg(long)]
@@ -419,29 +419,15 @@ fn run(cli: Cli) -> Result<u8> {
             keep_fp32,
             force,
         } => {
-            let (precision, default_policy) = match precision {
-                PrecisionArg::Int8 => (
-                    blip_quantize::Precision::Int8,
-                    blip_quantize::Policy::Encoders,
-                ),
-                PrecisionArg::Int4 => (
-                    blip_quantize::Precision::Int4 {
-                        block_size,
-                        accuracy_level,
-                    },
-                    blip_quantize::Policy::Decoder,
-                ),
-                PrecisionArg::Fp16 => (blip_quantize::Precision::Fp16, blip_quantize::Policy::All),
+            let precision = match precision {
+                PrecisionArg::Int8 => blip_quantize::Precision::Int8,
+                PrecisionArg::Int4 => blip_quantize::Precision::Int4 {
+                    block_size,
+                    accuracy_level,
+                },
+                PrecisionArg::Fp16 => blip_quantize::Precision::Fp16,
             };
-            let policy = match policy.as_str() {
-                "default" => default_policy,
-                "encoders" => blip_quantize::Policy::Encoders,
-                "decoder" => blip_quantize::Policy::Decoder,
-                "all" => blip_quantize::Policy::All,
-                roles => blip_quantize::Policy::Roles(
-                    roles.split(',').map(|r| r.trim().to_string()).collect(),
-                ),
-            };
+            let policy = blip_quantize::Policy::parse(&policy, &precision);
             let opts = blip_quantize::QuantizeOptions {
                 precision,
                 policy,

@@ -227,13 +227,40 @@ impl Runtime {
     /// cross K/V, decoder steps): with a pool each, the idle pools' threads keep spinning for a while
     /// after their graph finishes and take the cores from the next graph. On two cores that made a
     /// base caption ~25 % slower than the same graphs run with one pool.
+    ///
+    /// A runtime already loaded in this process (by [`Runtime::init_from_library`]) is returned as is.
     pub fn init_with_threads(threads: usize) -> Result<Runtime> {
-        let lib = find_library()?;
+        if let Some(Ok(runtime)) = RUNTIME.get() {
+            return Ok(runtime.clone());
+        }
+        Self::init_from_library(&find_library()?, threads)
+    }
+
+    /// Loads ONNX Runtime from `lib` (once per process, as [`Runtime::init_with_threads`]): for hosts
+    /// that know where their library is (the Python wheel uses the `onnxruntime` package's). An
+    /// error when the process already loaded another library.
+    pub fn init_from_library(lib: &Path, threads: usize) -> Result<Runtime> {
         let result = RUNTIME
-            .get_or_init(|| Self::load(&lib, resolve_threads(threads)).map_err(|e| e.to_string()));
-        result
-            .clone()
-            .map_err(|message| RuntimeError::LibraryLoad { path: lib, message })
+            .get_or_init(|| Self::load(lib, resolve_threads(threads)).map_err(|e| e.to_string()));
+        let same = |other: &Path| {
+            other == lib
+                || std::fs::canonicalize(other)
+                    .is_ok_and(|o| std::fs::canonicalize(lib).is_ok_and(|l| o == l))
+        };
+        match result {
+            Ok(runtime) if same(&runtime.library) => Ok(runtime.clone()),
+            Ok(runtime) => Err(RuntimeError::LibraryLoad {
+                path: lib.to_path_buf(),
+                message: format!(
+                    "this process already loaded ONNX Runtime from {}",
+                    runtime.library.display()
+                ),
+            }),
+            Err(message) => Err(RuntimeError::LibraryLoad {
+                path: lib.to_path_buf(),
+                message: message.clone(),
+            }),
+        }
     }
 
     fn load(lib: &Path, pool_threads: usize) -> Result<Runtime> {

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use blip_preprocess::{ImagePreprocessor, PreprocessError};
+
 /// An image to process: a file, or encoded bytes already in memory.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ImageInput {
@@ -11,6 +13,15 @@ pub enum ImageInput {
 }
 
 impl ImageInput {
+    /// Decodes and preprocesses the image to `3 × S × S` floats.
+    pub fn pixel_values(&self, pre: &ImagePreprocessor) -> Result<Vec<f32>, PreprocessError> {
+        let img = match self {
+            ImageInput::Path(p) => pre.load_path(p)?,
+            ImageInput::Bytes { name, data } => pre.load_bytes(data, name)?,
+        };
+        pre.pixel_values(&img)
+    }
+
     pub fn name(&self) -> String {
         match self {
             ImageInput::Path(p) => p.display().to_string(),

@@ -111,6 +111,9 @@ pub enum CandidateStates<'a> {
     /// States stored with the index: called with the candidates' indices, returns their states
     /// (`[k, tokens, D]`, in that order).
     Stored(&'a mut dyn FnMut(&[usize]) -> Result<Array3<f32>>),
+    /// Called with the candidates' indices, returns their preprocessed pixels (`k × 3 × S × S`),
+    /// which the vision encoder then encodes (images the caller holds decoded).
+    Pixels(&'a mut dyn FnMut(&[usize]) -> Result<Vec<f32>>),
 }
 
 /// One package's tokenizer, image transform and graphs on an engine, with BLIP's tasks.
@@ -145,11 +148,7 @@ impl<G: Graphs> Blip<G> {
 
     /// Decodes and preprocesses one image to `3 × S × S` floats.
     pub fn pixel_values(&self, input: &ImageInput) -> Result<Vec<f32>> {
-        let img = match input {
-            ImageInput::Path(p) => self.images.load_path(p)?,
-            ImageInput::Bytes { name, data } => self.images.load_bytes(data, name)?,
-        };
-        Ok(self.images.pixel_values(&img)?)
+        Ok(input.pixel_values(&self.images)?)
     }
 
     /// Runs the vision encoder on `n` preprocessed images laid end to end.
@@ -437,6 +436,10 @@ impl<G: Graphs> Blip<G> {
         let cand: Vec<usize> = order[..k].to_vec();
         let hidden = match candidates {
             CandidateStates::Stored(states_of) => states_of(&cand)?,
+            CandidateStates::Pixels(pixels_of) => {
+                let pixels = pixels_of(&cand)?;
+                self.vision(&pixels, k).await?.hidden
+            }
             CandidateStates::Encode(images) => {
                 let inputs = cand
                     .iter()
