@@ -122,10 +122,6 @@ impl OutputLock {
     /// Takes the lock of `out` without waiting: a second writer gets `Busy`, never a hang.
     pub fn acquire<E>(out: &Path) -> Result<OutputLock, StagedError<E>> {
         let path = lock_path(out);
-        // The output's folder is made as writers always did (`-o new/dir/pkg` works).
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| StagedError::Create(io_at(parent)(e)))?;
-        }
         loop {
             let file = File::options()
                 .create(true)
@@ -263,6 +259,10 @@ pub fn write_staged<T, E>(
     out: &Path,
     write: impl FnOnce(&Path) -> Result<T, E>,
 ) -> Result<T, StagedError<E>> {
+    // A folder output's parents are made, as writers always did (`-o new/dir/pkg` works).
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| StagedError::Create(io_at(parent)(e)))?;
+    }
     let _lock = OutputLock::acquire(out)?;
     sweep_leftovers(out).map_err(StagedError::Create)?;
     let tmp = staging_path(out);
