@@ -45,8 +45,19 @@ pub struct BlipTokenizer {
 
 impl BlipTokenizer {
     pub fn from_file(path: &Path, tokens: Tokens) -> Result<Self, PreprocessError> {
-        let mut tokenizer = Tokenizer::from_file(path)
+        let tokenizer = Tokenizer::from_file(path)
             .map_err(|e| PreprocessError::Tokenizer(format!("{}: {e}", path.display())))?;
+        Self::configured(tokenizer, tokens)
+    }
+
+    /// From the bytes of a `tokenizer.json` (the browser has no files); `name` names it in errors.
+    pub fn from_bytes(bytes: &[u8], name: &str, tokens: Tokens) -> Result<Self, PreprocessError> {
+        let tokenizer = Tokenizer::from_bytes(bytes)
+            .map_err(|e| PreprocessError::Tokenizer(format!("{name}: {e}")))?;
+        Self::configured(tokenizer, tokens)
+    }
+
+    fn configured(mut tokenizer: Tokenizer, tokens: Tokens) -> Result<Self, PreprocessError> {
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(None)
