@@ -23,7 +23,7 @@ trap 'rm -rf "$work"' EXIT
 for head in caption retrieval vqa; do
   "$cli" convert fixtures/shapes/models/shapes-$head -o "$work/packages/shapes-$head" >/dev/null
 done
-mkdir -p "$work/gallery"
+mkdir -p "$work/gallery" "$work/packages"
 # Six test images: the search ranks them, captions and answers run on them.
 for i in 00000 00001 00002 00003 00004 00005; do cp fixtures/shapes/test/images/test_$i.png "$work/gallery/"; done
 "$cli" export-web "$work"/packages/shapes-{caption,retrieval,vqa} --gallery "$work/gallery" -o "$work/site" >/dev/null

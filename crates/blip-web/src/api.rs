@@ -22,7 +22,7 @@ use crate::options::{
     self, AnswerRequest, CaptionRequest, CaptionResult, RankAnswersRequest, RankImagesRequest,
 };
 use crate::shim;
-use crate::verify::{self, ChecksumMismatch, GraphFile};
+use crate::verify::{self, ChecksumMismatch};
 
 type Model = blip_tasks::Blip<WebGraphs>;
 
@@ -62,31 +62,41 @@ async fn download(
     Ok(v.unchecked_into())
 }
 
-/// A file from Cache Storage under `key` when its sha256 is `sha256` (any stale entry is dropped),
-/// else downloaded, checked, and cached.
+/// What a fetched file must hash to: a graph file's sha256 from the manifest (tokenizer and
+/// external data files have no checksum of their own).
+struct Expected<'a> {
+    role: &'a str,
+    sha256: &'a str,
+}
+
+/// A file from Cache Storage under `key` (a cached copy failing its checksum is dropped), else
+/// downloaded, checked, and cached.
 async fn fetch_checked(
     url: &str,
     key: &str,
-    graph: &GraphFile,
     file: &str,
+    total: u64,
+    expected: Option<Expected<'_>>,
     progress: &JsValue,
 ) -> Result<Uint8Array, JsValue> {
     let cached = shim::cache_get(key, file, progress).await?;
     if !cached.is_null() && !cached.is_undefined() {
         let bytes: Uint8Array = cached.unchecked_into();
-        if file != graph.file || sha256_js(&bytes).eq_ignore_ascii_case(&graph.sha256) {
-            return Ok(bytes);
+        match &expected {
+            Some(e) if !sha256_js(&bytes).eq_ignore_ascii_case(e.sha256) => {
+                shim::cache_delete(key).await?;
+            }
+            _ => return Ok(bytes),
         }
-        shim::cache_delete(key).await?;
     }
-    let bytes = download(url, file, graph.bytes, progress).await?;
-    if file == graph.file {
+    let bytes = download(url, file, total, progress).await?;
+    if let Some(e) = expected {
         let actual = sha256_js(&bytes);
-        if !actual.eq_ignore_ascii_case(&graph.sha256) {
+        if !actual.eq_ignore_ascii_case(e.sha256) {
             return Err(js_err(ChecksumMismatch {
-                role: graph.role.clone(),
+                role: e.role.to_string(),
                 url: url.to_string(),
-                expected: graph.sha256.clone(),
+                expected: e.sha256.to_string(),
                 actual,
             }));
         }
@@ -173,14 +183,15 @@ impl Blip {
         let manifest_sha = verify::sha256_hex(text.as_bytes());
         let tok_url = verify::join(&base, &manifest.tokenizer);
         let tok_key = verify::cache_key(&tok_url, &manifest_sha);
-        let tok_file = GraphFile {
-            role: "tokenizer".into(),
-            file: manifest.tokenizer.clone(),
-            data_file: None,
-            sha256: manifest_sha.clone(),
-            bytes: 0,
-        };
-        let tok_bytes = fetch_checked(&tok_url, &tok_key, &tok_file, "", &on_progress).await?;
+        let tok_bytes = fetch_checked(
+            &tok_url,
+            &tok_key,
+            &manifest.tokenizer,
+            0,
+            None,
+            &on_progress,
+        )
+        .await?;
         let tokenizer =
             BlipTokenizer::from_bytes(&tok_bytes.to_vec(), &tok_url, manifest.tokens.clone())
                 .map_err(js_err)?;
@@ -188,12 +199,27 @@ impl Blip {
         for graph in verify::graph_files(&manifest) {
             let url = verify::join(&base, &graph.file);
             let key = verify::cache_key(&url, &graph.sha256);
-            let bytes = fetch_checked(&url, &key, &graph, &graph.file, &on_progress).await?;
+            let expected = Expected {
+                role: &graph.role,
+                sha256: &graph.sha256,
+            };
+            let bytes = fetch_checked(
+                &url,
+                &key,
+                &graph.file,
+                graph.bytes,
+                Some(expected),
+                &on_progress,
+            )
+            .await?;
             let data = match &graph.data_file {
                 Some(file) => {
                     let data_url = verify::join(&base, file);
                     let data_key = verify::cache_key(&data_url, &graph.sha256);
-                    Some(fetch_checked(&data_url, &data_key, &graph, file, &on_progress).await?)
+                    Some(
+                        fetch_checked(&data_url, &data_key, file, graph.bytes, None, &on_progress)
+                            .await?,
+                    )
                 }
                 None => None,
             };
