@@ -6,7 +6,9 @@
 # 3. checks the engine seam (scripts/check-seam.sh: only blip-runtime names ort; the engine-free
 #    crates build for wasm32),
 # 4. runs every Rust test (parity against the committed PyTorch goldens, error cases, CLI),
-# 5. converts every fixture and runs onnx.checker (full check) on each graph.
+# 5. converts every fixture and runs onnx.checker (full check) on each graph,
+# 6. runs the browser build in headless Chromium (scripts/test-web.sh: wasm build, exported site,
+#    in-browser results equal the native CLI's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/fetch-onnxruntime.sh)"
@@ -15,3 +17,4 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 scripts/check-seam.sh
 cargo test --workspace
 scripts/onnx-checker.sh
+scripts/test-web.sh
