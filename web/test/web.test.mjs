@@ -1,6 +1,6 @@
 // The exported site in real headless Chromium against the native CLI (scripts/test-web.sh sets
-// it up): in-browser captions (greedy, beam 3), VQA answers and the search ranking equal
-// `blip-onnx caption/vqa/search --format json` token for token; a reload downloads no graph
+// it up): in-browser captions (greedy, beam 3, seeded sampling), VQA answers (generated and
+// ranked), ITM and the search ranking equal `blip-onnx caption/vqa/itm/search --format json`; a reload downloads no graph
 // again; a corrupt graph on the server is a clear error on the page.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -99,14 +99,20 @@ test('the page is cross-origin isolated, uses threads, and loads everything from
   assert.deepEqual([...graphs].sort(), [...expected].sort());
 });
 
-for (const [label, beams] of [['greedy', 1], ['beam 3', 3]]) {
+const decodings = [
+  ['greedy', { beams: 1 }, ['--beams', '1']],
+  ['beam 3', { beams: 3 }, ['--beams', '3']],
+  ['seeded sampling', { sample: true, seed: 7, topK: 5, temperature: 0.8, repetitionPenalty: 1.1 },
+    ['--sample', '--seed', '7', '--top-k', '5', '--temperature', '0.8', '--repetition-penalty', '1.1']],
+];
+for (const [label, options, flags] of decodings) {
   test(`captions (${label}) equal the native CLI's token for token`, async () => {
-    const want = native(['caption', '-p', pkg('shapes-caption'), '--beams', String(beams), ...galleryFiles.map((f) => join(GALLERY, f))]);
-    const got = await page.evaluate(async ({ files, beams }) => {
+    const want = native(['caption', '-p', pkg('shapes-caption'), ...flags, ...galleryFiles.map((f) => join(GALLERY, f))]);
+    const got = await page.evaluate(async ({ files, options }) => {
       const m = window.blipDemo.state.models.caption;
       const images = await Promise.all(files.map(async (f) => new Uint8Array(await (await fetch(`gallery/${f}`)).arrayBuffer())));
-      return m.caption(images, { beams });
-    }, { files: galleryFiles, beams });
+      return m.caption(images, options);
+    }, { files: galleryFiles, options });
     assert.equal(got.length, want.length);
     for (const [i, w] of want.entries()) {
       assert.deepEqual(got[i].tokens, w.tokens, `${galleryFiles[i]}: ${got[i].caption} vs ${w.caption}`);
@@ -127,6 +133,33 @@ test('VQA answers equal the native CLI\'s token for token', async () => {
       return window.blipDemo.state.models.vqa.answer(image, qs);
     }, { file, qs });
     assert.deepEqual(got.map((a) => a.answer), want.map((a) => a.answer), file);
+  }
+});
+
+test('VQA rank mode and ITM equal the native CLI\'s', async () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'blip-answers-'));
+  dirs.push(tmp);
+  const answers = ['one', 'two', 'three', 'triangle', 'circle', 'square', 'red', 'purple', 'yes', 'no'];
+  const list = join(tmp, 'answers.txt');
+  writeFileSync(list, answers.join('\n') + '\n');
+  const file = galleryFiles[1];
+  const qs = ['how many shapes are there?', 'what color is the circle?'];
+  const want = native(['vqa', '-p', pkg('shapes-vqa'), join(GALLERY, file), ...qs, '--answers', list, '-k', '4']);
+  const texts = ['a red circle', 'a purple triangle'];
+  const wantItm = native(['itm', '-p', pkg('shapes-retrieval'), join(GALLERY, file), ...texts]);
+  const got = await page.evaluate(async ({ file, qs, answers, texts }) => {
+    const { models } = window.blipDemo.state;
+    const image = new Uint8Array(await (await fetch(`gallery/${file}`)).arrayBuffer());
+    return { ranked: await models.vqa.rankAnswers(image, qs, answers, { k: 4 }), itm: await models.retrieval.itm(image, texts) };
+  }, { file, qs, answers, texts });
+  for (const [i, w] of want.entries()) {
+    assert.equal(got.ranked[i].answer, w.answer, qs[i]);
+    assert.deepEqual(got.ranked[i].candidates.map((c) => c.answer), w.candidates.map((c) => c.answer), qs[i]);
+    for (const [j, c] of w.candidates.entries()) assert.ok(Math.abs(got.ranked[i].candidates[j].score - c.score) < 1e-3, `${qs[i]} ${c.answer}`);
+  }
+  for (const [i, w] of wantItm.entries()) {
+    assert.ok(Math.abs(got.itm[i].matchProbability - w.match_probability) < 1e-4, texts[i]);
+    assert.ok(Math.abs(got.itm[i].itcSimilarity - w.itc_similarity) < 1e-4, texts[i]);
   }
 });
 
