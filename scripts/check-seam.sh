@@ -15,5 +15,5 @@ fi
 echo "check-seam: ort is named only by: $engines"
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 CARGO_TARGET_DIR=target/wasm32-check cargo check --quiet --target wasm32-unknown-unknown \
-  -p blip-package -p blip-preprocess -p blip-tasks
-echo "check-seam: blip-package, blip-preprocess, blip-tasks build for wasm32-unknown-unknown"
+  -p blip-package -p blip-preprocess -p blip-tasks -p blip-web
+echo "check-seam: blip-package, blip-preprocess, blip-tasks, blip-web build for wasm32-unknown-unknown"

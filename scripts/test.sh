@@ -10,7 +10,9 @@
 # 6. runs schemathesis against `blip-onnx serve` (no 5xx, responses conform to docs/openapi.json),
 # 7. tests the server's page in headless Chromium (scripts/page-test.sh),
 # 8. builds the Python wheel, installs it in a fresh venv and tests it against the CLI
-#    (captions, embeddings, Ray on a two-node loopback cluster).
+#    (captions, embeddings, Ray on a two-node loopback cluster),
+# 9. runs the browser build in headless Chromium (scripts/test-web.sh: wasm build, exported site,
+#    in-browser results equal the native CLI's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/fetch-onnxruntime.sh)"
@@ -22,3 +24,4 @@ scripts/onnx-checker.sh
 scripts/schemathesis.sh
 scripts/page-test.sh
 scripts/python-test.sh
+scripts/test-web.sh

@@ -263,6 +263,32 @@ enum Command {
         #[arg(long, default_value_t = blip_server::DEFAULT_RERANK)]
         rerank: usize,
     },
+    /// Write a static site that runs packages in the browser (onnxruntime-web): the demo page
+    /// (caption, VQA, search over a gallery the page indexes itself), the packages, blip-onnx's
+    /// wasm + JS module and onnxruntime-web's files. Needs the assets scripts/build-web.sh builds.
+    ExportWeb {
+        /// Package folders (caption, retrieval and/or VQA).
+        #[arg(required = true)]
+        packages: Vec<PathBuf>,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Images for the page's gallery (the folder's images, sorted by name).
+        #[arg(long)]
+        gallery: Option<PathBuf>,
+        /// The npm package folder with the built dist/ (default: this source tree's web/).
+        #[arg(long, env = "BLIP_ONNX_WEB_DIR")]
+        web_dir: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Serve a site folder on 127.0.0.1 with COOP/COEP headers (cross-origin isolation, so the
+    /// page gets wasm threads). Prints the URL, runs until Ctrl-C.
+    ServeStatic {
+        site: PathBuf,
+        /// 0 picks a free port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
 }
 
 fn main() -> ExitCode {
@@ -530,6 +556,41 @@ fn run(cli: Cli) -> Result<u8> {
                 .build()
                 .context("starting the async runtime")?;
             runtime.block_on(blip_server::serve(args))?;
+            Ok(0)
+        }
+        Command::ExportWeb {
+            packages,
+            output,
+            gallery,
+            web_dir,
+            force,
+        } => {
+            let opts = blip_site::ExportOptions {
+                packages,
+                gallery,
+                web_dir: web_dir.unwrap_or_else(blip_site::default_web_dir),
+                force,
+            };
+            let site = blip_site::export(&opts, &output)
+                .with_context(|| format!("exporting the site to {}", output.display()))?;
+            for p in &site.packages {
+                println!("{} ({}): {} bytes", p.url, p.head, p.bytes);
+            }
+            println!(
+                "site written to {} ({} gallery images); serve it with `blip-onnx serve-static {}`",
+                output.display(),
+                site.gallery.len(),
+                output.display()
+            );
+            Ok(0)
+        }
+        Command::ServeStatic { site, port } => {
+            blip_site::serve_static(&site, port, |addr| {
+                use std::io::Write;
+                println!("serving {} at http://{addr}/", site.display());
+                let _ = std::io::stdout().flush();
+            })
+            .with_context(|| format!("serving {}", site.display()))?;
             Ok(0)
         }
     }

@@ -200,6 +200,30 @@ pub struct GraphEntry {
 }
 
 impl Manifest {
+    /// Parses and checks a `blip.json` (format and version); `path` names it in errors (a file
+    /// or, in the browser, a URL).
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, PackageError> {
+        let bad = |message: String| PackageError::BadManifest {
+            path: path.to_path_buf(),
+            message,
+        };
+        let manifest: Manifest = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if manifest.format != FORMAT {
+            return Err(bad(format!(
+                "format is {:?}, expected {FORMAT:?}",
+                manifest.format
+            )));
+        }
+        if manifest.format_version > FORMAT_VERSION {
+            return Err(bad(format!(
+                "format_version {} is newer than this tool understands ({FORMAT_VERSION})",
+                manifest.format_version
+            )));
+        }
+        manifest.validate_values(path)?;
+        Ok(manifest)
+    }
+
     /// Writes the manifest as `blip.json` in the package folder `dir`.
     pub fn save(&self, dir: &Path) -> Result<(), PackageError> {
         let path = dir.join(MANIFEST_FILE);
@@ -255,27 +279,7 @@ impl Package {
             path: path.clone(),
             source,
         })?;
-        let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|e| PackageError::BadManifest {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        if manifest.format != FORMAT {
-            return Err(PackageError::BadManifest {
-                path,
-                message: format!("format is {:?}, expected {FORMAT:?}", manifest.format),
-            });
-        }
-        if manifest.format_version > FORMAT_VERSION {
-            return Err(PackageError::BadManifest {
-                path,
-                message: format!(
-                    "format_version {} is newer than this tool understands ({FORMAT_VERSION})",
-                    manifest.format_version
-                ),
-            });
-        }
-        manifest.validate_values(&path)?;
+        let manifest = Manifest::parse(&text, &path)?;
         manifest.validate_paths(dir, &path)?;
         for (name, g) in &manifest.graphs {
             for file in g.files() {

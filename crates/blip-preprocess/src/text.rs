@@ -63,6 +63,12 @@ pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer, String> {
         ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    parse_tokenizer_json(&text)
+}
+
+/// A `tokenizer.json` from its text: checked as JSON and as a tokenizers file before `tokenizers`
+/// parses it (its own parser panics on some malformed input).
+pub fn parse_tokenizer_json(text: &str) -> Result<Tokenizer, String> {
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))?;
     let missing: Vec<&str> = ["model", "normalizer", "pre_tokenizer"]
@@ -81,8 +87,21 @@ pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer, String> {
 
 impl BlipTokenizer {
     pub fn from_file(path: &Path, tokens: Tokens) -> Result<Self, PreprocessError> {
-        let mut tokenizer = load_tokenizer_json(path)
+        let tokenizer = load_tokenizer_json(path)
             .map_err(|e| PreprocessError::Tokenizer(format!("{}: {e}", path.display())))?;
+        Self::configured(tokenizer, tokens)
+    }
+
+    /// From the bytes of a `tokenizer.json` (the browser has no files); `name` names it in errors.
+    pub fn from_bytes(bytes: &[u8], name: &str, tokens: Tokens) -> Result<Self, PreprocessError> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| PreprocessError::Tokenizer(format!("{name}: not UTF-8: {e}")))?;
+        let tokenizer = parse_tokenizer_json(text)
+            .map_err(|e| PreprocessError::Tokenizer(format!("{name}: {e}")))?;
+        Self::configured(tokenizer, tokens)
+    }
+
+    fn configured(mut tokenizer: Tokenizer, tokens: Tokens) -> Result<Self, PreprocessError> {
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(None)

@@ -1,0 +1,396 @@
+//! The browser engine: one package's graphs as onnxruntime-web sessions behind [`Graphs`],
+//! mirroring blip-runtime's native engine. Cross K/V and the KV cache stay `ort.Tensor`s on the
+//! JS side (a step's `present.*` outputs are the next step's `past_key_values.*` inputs); beam
+//! reorder gathers their rows there.
+
+use std::collections::HashMap;
+
+use blip_package::{
+    CROSS_KV, DECODER, ITM, Package, TEXT_ENCODER, VISION_ENCODER, VQA_QUESTION_ENCODER,
+};
+use blip_preprocess::TextBatch;
+use blip_tasks::{DecoderFeed, Graphs, LogitPositions, TaskError, VisionOutput};
+use js_sys::{BigInt64Array, Float32Array, Object, Reflect};
+use ndarray::{Array2, Array3, ArrayView3};
+use wasm_bindgen::JsValue;
+
+use crate::shim;
+
+type Result<T> = blip_tasks::Result<T>;
+
+fn engine_err(graph: &str) -> impl Fn(JsValue) -> TaskError + '_ {
+    move |e| TaskError::Engine {
+        graph: graph.to_string(),
+        message: shim::message(&e),
+    }
+}
+
+fn shape_err(graph: &str, message: String) -> TaskError {
+    TaskError::Engine {
+        graph: graph.to_string(),
+        message,
+    }
+}
+
+fn dims_u32(dims: &[usize]) -> Vec<u32> {
+    dims.iter().map(|&d| d as u32).collect()
+}
+
+fn f32_tensor(data: &[f32], dims: &[usize]) -> JsValue {
+    shim::tensor("float32", &Float32Array::from(data).into(), &dims_u32(dims))
+}
+
+fn i64_tensor(data: &[i64], dims: &[usize]) -> JsValue {
+    shim::tensor("int64", &BigInt64Array::from(data).into(), &dims_u32(dims))
+}
+
+/// A float output as (dims, values), copied into wasm memory.
+fn read_f32(results: &JsValue, name: &str, graph: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    let t = shim::output(results, name).map_err(engine_err(graph))?;
+    let data = shim::tensor_data(&t).map_err(engine_err(graph))?;
+    let dims = shim::tensor_dims(&t).to_vec();
+    Ok((
+        dims.into_iter().map(|d| d as usize).collect(),
+        data.to_vec(),
+    ))
+}
+
+fn read_array3(results: &JsValue, name: &str, graph: &str) -> Result<Array3<f32>> {
+    let (dims, data) = read_f32(results, name, graph)?;
+    if dims.len() != 3 {
+        return Err(shape_err(
+            graph,
+            format!("{name} has shape {dims:?}, not 3-D"),
+        ));
+    }
+    Array3::from_shape_vec((dims[0], dims[1], dims[2]), data)
+        .map_err(|e| shape_err(graph, e.to_string()))
+}
+
+fn read_array2(results: &JsValue, name: &str, graph: &str) -> Result<Array2<f32>> {
+    let (dims, data) = read_f32(results, name, graph)?;
+    if dims.len() != 2 {
+        return Err(shape_err(
+            graph,
+            format!("{name} has shape {dims:?}, not 2-D"),
+        ));
+    }
+    Array2::from_shape_vec((dims[0], dims[1]), data).map_err(|e| shape_err(graph, e.to_string()))
+}
+
+/// Feeds by name, in the order given.
+fn feeds(pairs: &[(&str, &JsValue)]) -> Result<Object> {
+    let obj = Object::new();
+    for (name, v) in pairs {
+        Reflect::set(&obj, &JsValue::from_str(name), v).map_err(engine_err("feeds"))?;
+    }
+    Ok(obj)
+}
+
+/// The decoder's sizes, from the manifest.
+#[derive(Debug, Clone, Copy)]
+struct DecoderShape {
+    layers: usize,
+    heads: usize,
+    head_dim: usize,
+    vocab: usize,
+}
+
+impl DecoderShape {
+    fn of(package: &Package) -> DecoderShape {
+        let m = &package.manifest.model;
+        DecoderShape {
+            layers: m.text_layers,
+            heads: m.text_heads,
+            head_dim: m.text_hidden_size / m.text_heads.max(1),
+            vocab: m.vocab_size,
+        }
+    }
+}
+
+/// Cross-attention K/V (one row per decoder row, `ort.Tensor`s) and the encoder mask.
+pub struct WebCross {
+    values: Vec<(String, JsValue)>,
+    enc_mask: Vec<i64>,
+    rows: usize,
+}
+
+/// The self-attention KV cache (`ort.Tensor`s).
+pub struct WebCache {
+    past: Vec<(String, JsValue)>,
+    past_len: usize,
+    rows: usize,
+}
+
+/// One package's graphs on onnxruntime-web.
+pub struct WebGraphs {
+    package: Package,
+    shape: DecoderShape,
+    sessions: HashMap<String, JsValue>,
+}
+
+impl WebGraphs {
+    /// `sessions`: one `ort.InferenceSession` per role the package lists.
+    pub fn new(package: &Package, sessions: HashMap<String, JsValue>) -> WebGraphs {
+        WebGraphs {
+            package: package.clone(),
+            shape: DecoderShape::of(package),
+            sessions,
+        }
+    }
+
+    fn session(&self, role: &str) -> Result<&JsValue> {
+        self.sessions.get(role).ok_or_else(|| {
+            TaskError::Package(blip_package::PackageError::NoSuchGraph {
+                path: self.package.dir.clone(),
+                graph: role.to_string(),
+                head: self.package.manifest.head.clone(),
+            })
+        })
+    }
+
+    async fn run(&self, role: &str, inputs: &[(&str, &JsValue)]) -> Result<JsValue> {
+        let session = self.session(role)?;
+        shim::run(session, &feeds(inputs)?)
+            .await
+            .map_err(engine_err(role))
+    }
+
+    /// An image-grounded text graph (`itm` or `vqa_question_encoder`).
+    async fn grounded(
+        &self,
+        role: &str,
+        batch: &TextBatch,
+        image: ArrayView3<'_, f32>,
+    ) -> Result<JsValue> {
+        let shape = [batch.rows, batch.cols];
+        let image = image.as_standard_layout();
+        let dims = image.shape().to_vec();
+        let states = f32_tensor(image.as_slice().unwrap_or_default(), &dims);
+        self.run(
+            role,
+            &[
+                ("input_ids", &i64_tensor(&batch.ids, &shape)),
+                ("attention_mask", &i64_tensor(&batch.mask, &shape)),
+                ("encoder_hidden_states", &states),
+            ],
+        )
+        .await
+    }
+}
+
+fn is_identity(src: &[usize]) -> bool {
+    src.iter().enumerate().all(|(i, &s)| i == s)
+}
+
+impl Graphs for WebGraphs {
+    type Cross = WebCross;
+    type Cache = WebCache;
+
+    async fn vision(&mut self, pixels: &[f32], n: usize) -> Result<VisionOutput> {
+        let s = self.package.manifest.preprocess.image_size;
+        if pixels.len() != n * 3 * s * s {
+            return Err(TaskError::Input(format!(
+                "{} pixel values for {n} images of 3 × {s} × {s}",
+                pixels.len()
+            )));
+        }
+        let out = self
+            .run(
+                VISION_ENCODER,
+                &[("pixel_values", &f32_tensor(pixels, &[n, 3, s, s]))],
+            )
+            .await?;
+        let hidden = read_array3(&out, "last_hidden_state", VISION_ENCODER)?;
+        let embeds = if shim::has_output(&out, "image_embeds") {
+            Some(read_array2(&out, "image_embeds", VISION_ENCODER)?)
+        } else {
+            None
+        };
+        Ok(VisionOutput { hidden, embeds })
+    }
+
+    async fn text_embeds(&mut self, batch: &TextBatch) -> Result<Array2<f32>> {
+        let shape = [batch.rows, batch.cols];
+        let out = self
+            .run(
+                TEXT_ENCODER,
+                &[
+                    ("input_ids", &i64_tensor(&batch.ids, &shape)),
+                    ("attention_mask", &i64_tensor(&batch.mask, &shape)),
+                ],
+            )
+            .await?;
+        read_array2(&out, "text_embeds", TEXT_ENCODER)
+    }
+
+    async fn itm_logits(
+        &mut self,
+        batch: &TextBatch,
+        image: ArrayView3<'_, f32>,
+    ) -> Result<Array2<f32>> {
+        let out = self.grounded(ITM, batch, image).await?;
+        read_array2(&out, "itm_logits", ITM)
+    }
+
+    async fn question_states(
+        &mut self,
+        batch: &TextBatch,
+        image: ArrayView3<'_, f32>,
+    ) -> Result<Array3<f32>> {
+        let out = self.grounded(VQA_QUESTION_ENCODER, batch, image).await?;
+        read_array3(&out, "last_hidden_state", VQA_QUESTION_ENCODER)
+    }
+
+    async fn cross_kv(
+        &mut self,
+        states: ArrayView3<'_, f32>,
+        enc_mask: Option<&[i64]>,
+        repeat: usize,
+    ) -> Result<WebCross> {
+        let (n, e) = (states.shape()[0], states.shape()[1]);
+        let repeat = repeat.max(1);
+        let enc_mask: Vec<i64> = match enc_mask {
+            Some(m) if m.len() == n * e => m
+                .chunks(e.max(1))
+                .flat_map(|r| std::iter::repeat_n(r, repeat).flatten().copied())
+                .collect(),
+            Some(m) => {
+                return Err(TaskError::Input(format!(
+                    "encoder mask has {} values for {n} × {e} states",
+                    m.len()
+                )));
+            }
+            None => vec![1; n * repeat * e],
+        };
+        let states = states.as_standard_layout();
+        let dims = states.shape().to_vec();
+        let input = f32_tensor(states.as_slice().unwrap_or_default(), &dims);
+        let out = self
+            .run(CROSS_KV, &[("encoder_hidden_states", &input)])
+            .await?;
+        let mut values = Vec::with_capacity(2 * self.shape.layers);
+        for i in 0..self.shape.layers {
+            for kv in ["key", "value"] {
+                let name = format!("cross_key_values.{i}.{kv}");
+                let v = shim::output(&out, &name).map_err(engine_err(CROSS_KV))?;
+                let v = if repeat > 1 {
+                    shim::repeat_rows(&v, repeat as u32)
+                } else {
+                    v
+                };
+                values.push((name, v));
+            }
+        }
+        Ok(WebCross {
+            values,
+            enc_mask,
+            rows: n * repeat,
+        })
+    }
+
+    async fn new_cache(&mut self, rows: usize) -> Result<WebCache> {
+        let s = self.shape;
+        let mut past = Vec::with_capacity(2 * s.layers);
+        for i in 0..s.layers {
+            for kv in ["key", "value"] {
+                let empty = f32_tensor(&[], &[rows, s.heads, 0, s.head_dim]);
+                past.push((format!("past_key_values.{i}.{kv}"), empty));
+            }
+        }
+        Ok(WebCache {
+            past,
+            past_len: 0,
+            rows,
+        })
+    }
+
+    async fn decode(
+        &mut self,
+        cross: &WebCross,
+        cache: &mut WebCache,
+        feed: DecoderFeed<'_>,
+    ) -> Result<Vec<f32>> {
+        let (rows, t, past_len) = (cache.rows, feed.t, cache.past_len);
+        if cross.rows != rows || feed.tokens.len() != rows * t {
+            return Err(TaskError::Input(format!(
+                "decoder feed of {} tokens × {t} for a cache of {rows} rows and cross K/V of {}",
+                feed.tokens.len(),
+                cross.rows
+            )));
+        }
+        if let Some(src) = feed.reorder.filter(|s| !is_identity(s)) {
+            // Beam search moved histories between rows: gather the cache rows (HF `reorder_cache`).
+            let src: Vec<u32> = src.iter().map(|&r| r as u32).collect();
+            for (_, v) in cache.past.iter_mut() {
+                *v = shim::gather_rows(v, &src).map_err(engine_err(DECODER))?;
+            }
+        }
+        let attention_mask = match feed.attention_mask {
+            Some(m) if m.len() == rows * (past_len + t) => m.to_vec(),
+            Some(m) => {
+                return Err(TaskError::Input(format!(
+                    "decoder attention mask has {} values for {rows} × {}",
+                    m.len(),
+                    past_len + t
+                )));
+            }
+            None => vec![1; rows * (past_len + t)],
+        };
+        let positions: Vec<i64> = (0..rows)
+            .flat_map(|_| (past_len..past_len + t).map(|p| p as i64))
+            .collect();
+        let enc_len = cross.enc_mask.len() / rows.max(1);
+        let ids = i64_tensor(feed.tokens, &[rows, t]);
+        let positions = i64_tensor(&positions, &[rows, t]);
+        let mask = i64_tensor(&attention_mask, &[rows, past_len + t]);
+        let enc_mask = i64_tensor(&cross.enc_mask, &[rows, enc_len]);
+        let mut inputs: Vec<(&str, &JsValue)> = vec![
+            ("input_ids", &ids),
+            ("position_ids", &positions),
+            ("attention_mask", &mask),
+            ("encoder_attention_mask", &enc_mask),
+        ];
+        for (name, v) in cache.past.iter().chain(cross.values.iter()) {
+            inputs.push((name.as_str(), v));
+        }
+        let out = self.run(DECODER, &inputs).await?;
+        let vocab = self.shape.vocab;
+        let logits_t = shim::output(&out, "logits").map_err(engine_err(DECODER))?;
+        let dims = shim::tensor_dims(&logits_t).to_vec();
+        let (t_out, v_out) = (
+            dims.get(1).copied().unwrap_or(0) as usize,
+            dims.get(2).copied().unwrap_or(0) as usize,
+        );
+        if v_out != vocab || t_out != t {
+            return Err(shape_err(
+                DECODER,
+                format!("logits are {t_out} × {v_out}, expected {t} × {vocab}"),
+            ));
+        }
+        let data = shim::tensor_data(&logits_t).map_err(engine_err(DECODER))?;
+        let logits = match feed.logits {
+            LogitPositions::All => data.to_vec(),
+            LogitPositions::Last => {
+                // Only the last position of each row crosses into wasm.
+                let mut last = Vec::with_capacity(rows * vocab);
+                for r in 0..rows {
+                    let at = ((r * t_out + t_out - 1) * vocab) as u32;
+                    last.extend(data.subarray(at, at + vocab as u32).to_vec());
+                }
+                last
+            }
+        };
+        let mut present = Vec::with_capacity(2 * self.shape.layers);
+        for i in 0..self.shape.layers {
+            for kv in ["key", "value"] {
+                let v = shim::output(&out, &format!("present.{i}.{kv}"))
+                    .map_err(engine_err(DECODER))?;
+                present.push((format!("past_key_values.{i}.{kv}"), v));
+            }
+        }
+        cache.past = present;
+        cache.past_len += t;
+        Ok(logits)
+    }
+}

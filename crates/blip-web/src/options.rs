@@ -1,0 +1,380 @@
+//! What JS passes and gets back, as JSON: options objects mapped onto blip-tasks' options (unknown
+//! or invalid fields are errors naming the field), and results in camelCase.
+
+use blip_tasks::{Answer, Caption, CaptionOptions, Hit, RankedAnswers, Strategy, VqaOptions};
+use serde::{Deserialize, Serialize};
+
+/// Nucleus sampling defaults when `sample` is set without them (BLIP's sampling: top-p 0.9).
+const SAMPLE_TOP_P: f32 = 0.9;
+
+/// `caption()`'s options. Unset fields keep blip-tasks' defaults (BLIP's COCO evaluation).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaptionRequest {
+    pub prompt: Option<String>,
+    /// Beam width; 1 is greedy.
+    pub beams: Option<usize>,
+    /// Sampling instead of beam search.
+    #[serde(default)]
+    pub sample: bool,
+    pub temperature: Option<f32>,
+    /// 0 disables top-k.
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub max_length: Option<usize>,
+    pub min_length: Option<usize>,
+    pub length_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{0}")]
+pub struct OptionError(pub String);
+
+/// Parses a JSON options object (`""` or `"null"`: all defaults).
+pub fn parse<T: for<'de> Deserialize<'de> + Default>(json: &str) -> Result<T, OptionError> {
+    if json.trim().is_empty() || json.trim() == "null" {
+        return Ok(T::default());
+    }
+    serde_json::from_str(json).map_err(|e| OptionError(format!("invalid options: {e}")))
+}
+
+fn strategy(
+    beams: Option<usize>,
+    length_penalty: Option<f32>,
+    default: &Strategy,
+) -> Result<Strategy, OptionError> {
+    let (default_beams, default_penalty) = match default {
+        Strategy::Beam {
+            num_beams,
+            length_penalty,
+            ..
+        } => (*num_beams, *length_penalty),
+        _ => (1, 1.0),
+    };
+    match beams.unwrap_or(default_beams) {
+        0 => Err(OptionError("beams must be at least 1".into())),
+        1 => Ok(Strategy::Greedy),
+        num_beams => Ok(Strategy::Beam {
+            num_beams,
+            length_penalty: length_penalty.unwrap_or(default_penalty),
+            early_stopping: false,
+        }),
+    }
+}
+
+impl CaptionRequest {
+    pub fn options(&self) -> Result<CaptionOptions, OptionError> {
+        let d = CaptionOptions::default();
+        let strategy = if self.sample {
+            let temperature = self.temperature.unwrap_or(1.0);
+            if temperature <= 0.0 || !temperature.is_finite() {
+                return Err(OptionError(format!(
+                    "temperature must be positive, got {temperature}"
+                )));
+            }
+            let top_p = self.top_p.unwrap_or(SAMPLE_TOP_P);
+            if !(top_p > 0.0 && top_p <= 1.0) {
+                return Err(OptionError(format!("topP must be in (0, 1], got {top_p}")));
+            }
+            Strategy::Sample {
+                temperature,
+                top_k: self.top_k.unwrap_or(0),
+                top_p,
+                seed: self.seed.unwrap_or(0),
+            }
+        } else {
+            strategy(self.beams, self.length_penalty, &d.strategy)?
+        };
+        let max_length = self.max_length.unwrap_or(d.max_length);
+        if max_length < 2 {
+            return Err(OptionError(
+                "maxLength must be at least 2 tokens".to_string(),
+            ));
+        }
+        Ok(CaptionOptions {
+            prompt: self.prompt.clone().unwrap_or(d.prompt),
+            strategy,
+            max_length,
+            min_length: self.min_length.unwrap_or(d.min_length),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            no_cache: false,
+        })
+    }
+}
+
+/// `answer()`'s options; unset fields keep BLIP's VQA defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AnswerRequest {
+    pub beams: Option<usize>,
+    pub max_length: Option<usize>,
+    pub min_length: Option<usize>,
+    pub max_question_tokens: Option<usize>,
+    #[serde(default)]
+    pub mask_question_padding: bool,
+}
+
+impl AnswerRequest {
+    pub fn options(&self) -> Result<VqaOptions, OptionError> {
+        let d = VqaOptions::default();
+        Ok(VqaOptions {
+            strategy: strategy(self.beams, None, &d.strategy)?,
+            max_length: self.max_length.unwrap_or(d.max_length),
+            min_length: self.min_length.unwrap_or(d.min_length),
+            max_question_tokens: self.max_question_tokens.unwrap_or(d.max_question_tokens),
+            mask_question_padding: self.mask_question_padding,
+        })
+    }
+}
+
+/// `rankAnswers()`'s options (LAVIS: k 128).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RankAnswersRequest {
+    #[serde(default = "RankAnswersRequest::default_k")]
+    pub k: usize,
+    #[serde(default = "RankAnswersRequest::default_max_question_tokens")]
+    pub max_question_tokens: usize,
+}
+
+impl RankAnswersRequest {
+    fn default_k() -> usize {
+        128
+    }
+    fn default_max_question_tokens() -> usize {
+        VqaOptions::default().max_question_tokens
+    }
+}
+
+impl Default for RankAnswersRequest {
+    fn default() -> Self {
+        RankAnswersRequest {
+            k: Self::default_k(),
+            max_question_tokens: Self::default_max_question_tokens(),
+        }
+    }
+}
+
+/// `rankImages()`'s options: ITM rerank of the ITC top `rerank` (0: ITC only), as `blip-onnx search`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RankImagesRequest {
+    #[serde(default = "RankImagesRequest::default_rerank")]
+    pub rerank: usize,
+    /// The images' ITC embeddings from `embedImages` (computed when absent).
+    pub embeddings: Option<Vec<Vec<f32>>>,
+}
+
+impl RankImagesRequest {
+    fn default_rerank() -> usize {
+        16
+    }
+}
+
+impl Default for RankImagesRequest {
+    fn default() -> Self {
+        RankImagesRequest {
+            rerank: Self::default_rerank(),
+            embeddings: None,
+        }
+    }
+}
+
+/// One image's caption, or why that image failed.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", untagged)]
+pub enum CaptionResult {
+    Ok {
+        caption: String,
+        tokens: Vec<i64>,
+        score: Option<f32>,
+    },
+    Err {
+        error: String,
+    },
+}
+
+impl From<blip_tasks::Result<Caption>> for CaptionResult {
+    fn from(r: blip_tasks::Result<Caption>) -> Self {
+        match r {
+            Ok(c) => CaptionResult::Ok {
+                caption: c.text,
+                tokens: c.ids,
+                score: c.score,
+            },
+            Err(e) => CaptionResult::Err {
+                error: e.to_string(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnswerResult {
+    pub question: String,
+    pub answer: String,
+    pub tokens: Vec<i64>,
+}
+
+impl AnswerResult {
+    pub fn new(question: &str, a: Answer) -> Self {
+        AnswerResult {
+            question: question.to_string(),
+            answer: a.text,
+            tokens: a.ids,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScoredAnswer {
+    pub answer: String,
+    pub score: f32,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RankedAnswersResult {
+    pub question: String,
+    pub answer: String,
+    pub candidates: Vec<ScoredAnswer>,
+}
+
+impl RankedAnswersResult {
+    pub fn new(question: &str, answers: &[&str], r: &RankedAnswers) -> Self {
+        RankedAnswersResult {
+            question: question.to_string(),
+            answer: answers[r.best].to_string(),
+            candidates: r
+                .candidates
+                .iter()
+                .map(|&(i, score)| ScoredAnswer {
+                    answer: answers[i].to_string(),
+                    score,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HitResult {
+    pub rank: usize,
+    pub index: usize,
+    pub score: f32,
+    pub itc: f32,
+    pub itm: Option<f32>,
+}
+
+pub fn hits(hits: &[Hit]) -> Vec<HitResult> {
+    hits.iter()
+        .enumerate()
+        .map(|(rank, h)| HitResult {
+            rank: rank + 1,
+            index: h.index,
+            score: h.score,
+            itc: h.itc,
+            itm: h.itm,
+        })
+        .collect()
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ItmResult {
+    pub text: String,
+    pub match_probability: f32,
+    pub itm_logits: [f32; 2],
+    pub itc_similarity: f32,
+}
+
+/// P(match) from the two ITM logits (softmax, stable).
+pub fn match_probability(no: f32, yes: f32) -> f32 {
+    let m = no.max(yes);
+    (yes - m).exp() / ((no - m).exp() + (yes - m).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_options_are_blip_defaults() {
+        let o = parse::<CaptionRequest>("").unwrap().options().unwrap();
+        let d = CaptionOptions::default();
+        assert_eq!(o.strategy, d.strategy);
+        assert_eq!((o.max_length, o.min_length), (d.max_length, d.min_length));
+        assert_eq!(o.prompt, d.prompt);
+    }
+
+    #[test]
+    fn every_decoding_option_maps() {
+        let r: CaptionRequest =
+            parse(r#"{"beams":1,"maxLength":9,"minLength":3,"prompt":"","repetitionPenalty":1.5}"#)
+                .unwrap();
+        let o = r.options().unwrap();
+        assert_eq!(o.strategy, Strategy::Greedy);
+        assert_eq!(
+            (o.max_length, o.min_length, o.repetition_penalty),
+            (9, 3, 1.5)
+        );
+        assert_eq!(o.prompt, "");
+        let r: CaptionRequest =
+            parse(r#"{"sample":true,"temperature":0.7,"topK":5,"topP":0.8,"seed":42}"#).unwrap();
+        assert_eq!(
+            r.options().unwrap().strategy,
+            Strategy::Sample {
+                temperature: 0.7,
+                top_k: 5,
+                top_p: 0.8,
+                seed: 42
+            }
+        );
+        let r: CaptionRequest = parse(r#"{"beams":5,"lengthPenalty":0.5}"#).unwrap();
+        assert_eq!(
+            r.options().unwrap().strategy,
+            Strategy::Beam {
+                num_beams: 5,
+                length_penalty: 0.5,
+                early_stopping: false
+            }
+        );
+    }
+
+    #[test]
+    fn bad_options_name_the_field() {
+        let e = parse::<CaptionRequest>(r#"{"beam":3}"#).unwrap_err();
+        assert!(e.0.contains("unknown field `beam`"), "{e}");
+        let e = parse::<CaptionRequest>(r#"{"beams":0}"#)
+            .unwrap()
+            .options()
+            .unwrap_err();
+        assert!(e.0.contains("beams"), "{e}");
+        let e = parse::<CaptionRequest>(r#"{"sample":true,"temperature":0}"#)
+            .unwrap()
+            .options()
+            .unwrap_err();
+        assert!(e.0.contains("temperature"), "{e}");
+    }
+
+    #[test]
+    fn vqa_and_rank_defaults() {
+        let o = parse::<AnswerRequest>("null").unwrap().options().unwrap();
+        assert_eq!(o.strategy, VqaOptions::default().strategy);
+        let r = parse::<RankAnswersRequest>(r#"{"k":4}"#).unwrap();
+        assert_eq!((r.k, r.max_question_tokens), (4, 35));
+        assert_eq!(parse::<RankImagesRequest>("{}").unwrap().rerank, 16);
+    }
+
+    #[test]
+    fn match_probability_is_the_softmax() {
+        assert!((match_probability(0.0, 0.0) - 0.5).abs() < 1e-7);
+        let p = match_probability(1.0, 3.0);
+        assert!((p - 1.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-6);
+    }
+}

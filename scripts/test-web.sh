@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# blip-onnx in the browser, end to end (part of scripts/test.sh): builds the web assets
+# (scripts/build-web.sh), converts the shapes packages, exports the demo site with a gallery of
+# shapes test images, and drives it in headless Chromium (web/test/web.test.mjs: captions, VQA
+# and search equal the native CLI's; reload from Cache Storage; corrupt graph).
+# Installs Debian's chromium when it is missing. The screenshot goes to docs/web/demo.png.
+#   scripts/test-web.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+if [ ! -x /usr/bin/chromium ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+eval "$(scripts/fetch-onnxruntime.sh)"
+scripts/build-web.sh
+cargo build --quiet -p blip-onnx-cli
+cli="${CARGO_TARGET_DIR:-target}/debug/blip-onnx"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+for head in caption retrieval vqa; do
+  "$cli" convert fixtures/shapes/models/shapes-$head -o "$work/packages/shapes-$head" >/dev/null
+done
+mkdir -p "$work/gallery" "$work/packages"
+# Six test images: the search ranks them, captions and answers run on them.
+for i in 00000 00001 00002 00003 00004 00005; do cp fixtures/shapes/test/images/test_$i.png "$work/gallery/"; done
+"$cli" export-web "$work"/packages/shapes-{caption,retrieval,vqa} --gallery "$work/gallery" -o "$work/site" >/dev/null
+
+BLIP_ONNX="$(realpath "$cli")" BLIP_SITE_DIR="$work/site" BLIP_PACKAGES="$work/packages" \
+BLIP_GALLERY="$work/gallery" BLIP_VQA_QUESTIONS="$PWD/fixtures/shapes/test/vqa_questions.json" \
+BLIP_SCREENSHOT="$PWD/docs/web/demo.png" \
+  node --test --test-concurrency=1 web/test/
+echo "test-web.sh: passed in $(( $(date +%s) - start )) s"

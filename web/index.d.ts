@@ -1,0 +1,110 @@
+/** Encoded image bytes (PNG, JPEG, WebP, GIF, BMP), decoded and preprocessed by blip-onnx's Rust code. */
+export type ImageBytes = Uint8Array | ArrayBuffer | ArrayBufferView | Blob;
+
+export interface InitOptions {
+  /** Folder (URL) with onnxruntime-web's ort-wasm-simd-threaded.{mjs,wasm}; default: this package's dist/ort/. */
+  wasmPaths?: string;
+  /** wasm threads; default: up to 4 when the page is cross-origin isolated, else 1. */
+  numThreads?: number;
+}
+
+export interface Progress {
+  file: string;
+  loaded: number;
+  total: number;
+  /** Served from Cache Storage (no download). */
+  cached: boolean;
+}
+
+export interface LoadOptions extends InitOptions {
+  onProgress?: (p: Progress) => void;
+}
+
+export interface CaptionOptions {
+  /** Default "a picture of " (stripped from the caption); "" for none. */
+  prompt?: string;
+  /** Beam width, default 3; 1 is greedy. */
+  beams?: number;
+  /** Sampling instead of beam search (temperature, topK, topP, seed). */
+  sample?: boolean;
+  temperature?: number;
+  /** 0 disables top-k. */
+  topK?: number;
+  /** Default 0.9. */
+  topP?: number;
+  seed?: number;
+  /** Tokens, prompt included; default 20. */
+  maxLength?: number;
+  /** Tokens, prompt included; default 5. */
+  minLength?: number;
+  lengthPenalty?: number;
+  repetitionPenalty?: number;
+}
+
+export type CaptionResult =
+  | { caption: string; tokens: number[]; score: number | null }
+  | { error: string };
+
+export interface AnswerOptions {
+  /** Default 3; 1 is greedy. */
+  beams?: number;
+  maxLength?: number;
+  minLength?: number;
+  maxQuestionTokens?: number;
+  maskQuestionPadding?: boolean;
+}
+
+export interface AnswerResult {
+  question: string;
+  answer: string;
+  tokens: number[];
+}
+
+export interface RankedAnswers {
+  question: string;
+  answer: string;
+  candidates: { answer: string; score: number }[];
+}
+
+export interface RankImagesOptions {
+  /** ITM rerank of the ITC top `rerank` (default 16); 0: ITC only. */
+  rerank?: number;
+  /** The images' embeddings from embedImages (else computed). */
+  embeddings?: number[][];
+}
+
+export interface Hit {
+  rank: number;
+  /** Index into the images given. */
+  index: number;
+  score: number;
+  itc: number;
+  itm: number | null;
+}
+
+export interface ItmResult {
+  text: string;
+  matchProbability: number;
+  itmLogits: [number, number];
+  itcSimilarity: number;
+}
+
+export function init(options?: InitOptions): Promise<{ numThreads: number; crossOriginIsolated: boolean }>;
+
+export class Blip {
+  static load(url: string, options?: LoadOptions): Promise<Blip>;
+  readonly head: 'caption' | 'retrieval' | 'vqa';
+  readonly manifest: Record<string, unknown>;
+  caption(images: ImageBytes | ImageBytes[], options?: CaptionOptions): Promise<CaptionResult[]>;
+  embedImages(images: ImageBytes | ImageBytes[]): Promise<number[][]>;
+  embedTexts(texts: string | string[]): Promise<number[][]>;
+  itm(image: ImageBytes, texts: string | string[]): Promise<ItmResult[]>;
+  rankImages(text: string, images: ImageBytes[], options?: RankImagesOptions): Promise<Hit[]>;
+  answer(image: ImageBytes, questions: string | string[], options?: AnswerOptions): Promise<AnswerResult[]>;
+  rankAnswers(
+    image: ImageBytes,
+    questions: string | string[],
+    answers: string[],
+    options?: { k?: number; maxQuestionTokens?: number },
+  ): Promise<RankedAnswers[]>;
+}

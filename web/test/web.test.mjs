@@ -1,0 +1,224 @@
+// The exported site in real headless Chromium against the native CLI (scripts/test-web.sh sets
+// it up): in-browser captions (greedy, beam 3, seeded sampling), VQA answers (generated and
+// ranked), ITM and the search ranking equal `blip-onnx caption/vqa/itm/search --format json`; a reload downloads no graph
+// again; a corrupt graph on the server is a clear error on the page.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, cpSync, writeFileSync, rmSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, basename, dirname } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = (name) => {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set: run scripts/test-web.sh`);
+  return v;
+};
+const CLI = env('BLIP_ONNX');
+const SITE = env('BLIP_SITE_DIR');
+const PACKAGES = env('BLIP_PACKAGES');
+const GALLERY = env('BLIP_GALLERY');
+const QUESTIONS = env('BLIP_VQA_QUESTIONS');
+const SCREENSHOT = process.env.BLIP_SCREENSHOT;
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run'];
+
+const galleryFiles = readdirSync(GALLERY).filter((f) => f.endsWith('.png')).sort();
+const pkg = (name) => join(PACKAGES, name);
+const native = (args) => JSON.parse(execFileSync(CLI, [...args, '--format', 'json', '--quiet'], { encoding: 'utf8' }));
+
+const servers = [];
+const dirs = [];
+
+// `blip-onnx serve-static DIR --port 0`; resolves with the URL it prints.
+function serve(dir) {
+  const child = spawn(CLI, ['serve-static', dir, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  servers.push(child);
+  return new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+      const m = out.match(/at (http:\/\/127\.0\.0\.1:\d+\/)/);
+      if (m) resolve(m[1]);
+    });
+    child.on('exit', (code) => reject(new Error(`serve-static exited with ${code}: ${out}`)));
+  });
+}
+
+async function browser() {
+  const dir = mkdtempSync(join(tmpdir(), 'blip-chromium-'));
+  dirs.push(dir);
+  return chromium.launchPersistentContext(dir, { executablePath: '/usr/bin/chromium', headless: true, args: ARGS });
+}
+
+// Opens the demo and waits until it is ready (or failed); returns the page and every request URL.
+async function open(context, url) {
+  const page = await context.newPage();
+  const requests = [];
+  page.on('request', (r) => requests.push(r.url()));
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await page.goto(url);
+  await page.waitForSelector('#status[data-state=ready], #status[data-state=error]', { timeout: 300_000 });
+  return { page, requests, errors };
+}
+
+let context;
+let site;
+let page;
+let firstRequests;
+
+before(async () => {
+  site = await serve(SITE);
+  context = await browser();
+  ({ page, requests: firstRequests } = await open(context, site));
+  const error = await page.textContent('#error');
+  assert.equal(await page.getAttribute('#status', 'data-state'), 'ready', `page failed: ${error}`);
+});
+
+after(async () => {
+  await context?.close();
+  for (const s of servers) s.kill();
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+test('the page is cross-origin isolated, uses threads, and loads everything from its own server', async () => {
+  const info = await page.evaluate(() => ({
+    isolated: crossOriginIsolated,
+    cores: navigator.hardwareConcurrency,
+    runtime: document.querySelector('#runtime').textContent,
+  }));
+  assert.equal(info.isolated, true);
+  assert.match(info.runtime, new RegExp(`, ${Math.min(4, info.cores)} thread\\(s\\) \\(cross-origin isolated\\)`));
+  const foreign = firstRequests.filter((u) => !u.startsWith(site) && !u.startsWith('blob:') && !u.startsWith('data:'));
+  assert.deepEqual(foreign, []);
+  const graphs = firstRequests.filter((u) => u.endsWith('.onnx'));
+  const expected = readdirSync(join(SITE, 'packages')).flatMap((p) =>
+    Object.values(JSON.parse(readFileSync(join(SITE, 'packages', p, 'blip.json'), 'utf8')).graphs).map((g) => `${site}packages/${p}/${g.file}`));
+  assert.deepEqual([...graphs].sort(), [...expected].sort());
+});
+
+const decodings = [
+  ['greedy', { beams: 1 }, ['--beams', '1']],
+  ['beam 3', { beams: 3 }, ['--beams', '3']],
+  ['seeded sampling', { sample: true, seed: 7, topK: 5, temperature: 0.8, repetitionPenalty: 1.1 },
+    ['--sample', '--seed', '7', '--top-k', '5', '--temperature', '0.8', '--repetition-penalty', '1.1']],
+];
+for (const [label, options, flags] of decodings) {
+  test(`captions (${label}) equal the native CLI's token for token`, async () => {
+    const want = native(['caption', '-p', pkg('shapes-caption'), ...flags, ...galleryFiles.map((f) => join(GALLERY, f))]);
+    const got = await page.evaluate(async ({ files, options }) => {
+      const m = window.blipDemo.state.models.caption;
+      const images = await Promise.all(files.map(async (f) => new Uint8Array(await (await fetch(`gallery/${f}`)).arrayBuffer())));
+      return m.caption(images, options);
+    }, { files: galleryFiles, options });
+    assert.equal(got.length, want.length);
+    for (const [i, w] of want.entries()) {
+      assert.deepEqual(got[i].tokens, w.tokens, `${galleryFiles[i]}: ${got[i].caption} vs ${w.caption}`);
+      assert.equal(got[i].caption, w.caption);
+    }
+  });
+}
+
+test('VQA answers equal the native CLI\'s token for token', async () => {
+  const questions = JSON.parse(readFileSync(QUESTIONS, 'utf8')).questions;
+  for (const file of galleryFiles.slice(0, 3)) {
+    const id = Number(file.match(/(\d+)/)[1]);
+    const qs = questions.filter((q) => q.image_id === id).map((q) => q.question);
+    assert.ok(qs.length > 0, `no questions for ${file}`);
+    const want = native(['vqa', '-p', pkg('shapes-vqa'), join(GALLERY, file), ...qs]);
+    const got = await page.evaluate(async ({ file, qs }) => {
+      const image = new Uint8Array(await (await fetch(`gallery/${file}`)).arrayBuffer());
+      return window.blipDemo.state.models.vqa.answer(image, qs);
+    }, { file, qs });
+    assert.deepEqual(got.map((a) => a.answer), want.map((a) => a.answer), file);
+  }
+});
+
+test('VQA rank mode and ITM equal the native CLI\'s', async () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'blip-answers-'));
+  dirs.push(tmp);
+  const answers = ['one', 'two', 'three', 'triangle', 'circle', 'square', 'red', 'purple', 'yes', 'no'];
+  const list = join(tmp, 'answers.txt');
+  writeFileSync(list, answers.join('\n') + '\n');
+  const file = galleryFiles[1];
+  const qs = ['how many shapes are there?', 'what color is the circle?'];
+  const want = native(['vqa', '-p', pkg('shapes-vqa'), join(GALLERY, file), ...qs, '--answers', list, '-k', '4']);
+  const texts = ['a red circle', 'a purple triangle'];
+  const wantItm = native(['itm', '-p', pkg('shapes-retrieval'), join(GALLERY, file), ...texts]);
+  const got = await page.evaluate(async ({ file, qs, answers, texts }) => {
+    const { models } = window.blipDemo.state;
+    const image = new Uint8Array(await (await fetch(`gallery/${file}`)).arrayBuffer());
+    return { ranked: await models.vqa.rankAnswers(image, qs, answers, { k: 4 }), itm: await models.retrieval.itm(image, texts) };
+  }, { file, qs, answers, texts });
+  for (const [i, w] of want.entries()) {
+    assert.equal(got.ranked[i].answer, w.answer, qs[i]);
+    assert.deepEqual(got.ranked[i].candidates.map((c) => c.answer), w.candidates.map((c) => c.answer), qs[i]);
+    for (const [j, c] of w.candidates.entries()) assert.ok(Math.abs(got.ranked[i].candidates[j].score - c.score) < 1e-3, `${qs[i]} ${c.answer}`);
+  }
+  for (const [i, w] of wantItm.entries()) {
+    assert.ok(Math.abs(got.itm[i].matchProbability - w.match_probability) < 1e-4, texts[i]);
+    assert.ok(Math.abs(got.itm[i].itcSimilarity - w.itc_similarity) < 1e-4, texts[i]);
+  }
+});
+
+test('the search ranking equals blip-onnx search over the same gallery', async () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'blip-index-'));
+  dirs.push(tmp);
+  const index = join(tmp, 'index.json');
+  native(['index', '-p', pkg('shapes-retrieval'), GALLERY, '-o', index]);
+  for (const query of ['a red circle', 'two blue squares']) {
+    const want = native(['search', '-p', pkg('shapes-retrieval'), index, query, '-k', '100']);
+    const got = await page.evaluate(async (query) => {
+      const { state } = window.blipDemo;
+      return state.models.retrieval.rankImages(query, state.gallery.map((g) => g.bytes), { embeddings: state.embeddings });
+    }, query);
+    assert.deepEqual(got.map((h) => galleryFiles[h.index]), want.map((h) => basename(h.image)), query);
+    for (const [i, w] of want.entries()) assert.ok(Math.abs(got[i].score - w.score) < 1e-4, `${query} #${i + 1}: ${got[i].score} vs ${w.score}`);
+  }
+});
+
+test('the page\'s own controls caption, answer and search (screenshot)', async () => {
+  const want = native(['caption', '-p', pkg('shapes-caption'), join(GALLERY, galleryFiles[0])]);
+  await page.click('#caption-run');
+  await page.waitForFunction(() => !['', '…'].includes(document.querySelector('#caption-out').textContent));
+  assert.equal(await page.textContent('#caption-out'), want[0].caption);
+  await page.fill('#question', 'what shape is the purple object?');
+  await page.click('#vqa-run');
+  await page.waitForFunction(() => !['', '…'].includes(document.querySelector('#vqa-out').textContent));
+  await page.click('#search-run');
+  await page.waitForFunction(() => document.querySelectorAll('#search-out li').length > 0);
+  if (SCREENSHOT) {
+    mkdirSync(dirname(SCREENSHOT), { recursive: true });
+    await page.screenshot({ path: SCREENSHOT, fullPage: true });
+  }
+});
+
+test('a reload is served from Cache Storage: no graph is downloaded again', async () => {
+  const again = await open(context, site);
+  assert.equal(await again.page.getAttribute('#status', 'data-state'), 'ready');
+  assert.deepEqual(again.requests.filter((u) => u.endsWith('.onnx') || u.endsWith('tokenizer.json')), []);
+  await again.page.close();
+});
+
+test('a corrupt graph on the server is a clear error on the page', async () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'blip-corrupt-'));
+  dirs.push(tmp);
+  const bad = join(tmp, 'site');
+  cpSync(SITE, bad, { recursive: true });
+  const decoder = join(bad, 'packages', 'shapes-caption', 'decoder.onnx');
+  const bytes = readFileSync(decoder);
+  bytes[bytes.length >> 1] ^= 0xff;
+  writeFileSync(decoder, bytes);
+  const url = await serve(bad);
+  const fresh = await browser();
+  try {
+    const { page: p } = await open(fresh, url);
+    assert.equal(await p.getAttribute('#status', 'data-state'), 'error');
+    const error = await p.textContent('#error');
+    assert.match(error, /graph decoder .*decoder\.onnx.* is corrupt: its sha256 is [0-9a-f]{64}, the manifest says [0-9a-f]{64}/);
+  } finally {
+    await fresh.close();
+  }
+});
