@@ -70,7 +70,7 @@ pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer, String> {
 /// parses it (its own parser panics on some malformed input).
 pub fn parse_tokenizer_json(text: &str) -> Result<Tokenizer, String> {
     let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))?;
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
     let missing: Vec<&str> = ["model", "normalizer", "pre_tokenizer"]
         .into_iter()
         .filter(|k| value.get(k).is_none())

@@ -10,7 +10,7 @@ use std::future::Future;
 use blip_preprocess::TextBatch;
 use ndarray::{Array2, Array3, ArrayView3};
 
-use crate::Result;
+use crate::{Result, TaskError};
 
 /// Outputs of the vision encoder for a batch of images.
 #[derive(Debug, Clone)]
@@ -87,26 +87,39 @@ pub trait Graphs {
     async fn new_cache(&mut self, rows: usize) -> Result<Self::Cache>;
 
     /// One cache holding the rows of `parts` in order (shorter caches padded, the padding masked):
-    /// requests join a running decode batch this way.
-    async fn join_caches(&mut self, parts: Vec<Self::Cache>) -> Result<Self::Cache>;
+    /// requests join a running decode batch this way ([`crate::DecodeBatch`]). Engines that serve
+    /// one caller at a time (the browser) need not batch across requests.
+    async fn join_caches(&mut self, parts: Vec<Self::Cache>) -> Result<Self::Cache> {
+        let _ = parts;
+        Err(not_batching("join_caches"))
+    }
 
     /// The cache of `rows` only (finished requests leave a decode batch this way).
     async fn select_cache_rows(
         &mut self,
         cache: Self::Cache,
         rows: &[usize],
-    ) -> Result<Self::Cache>;
+    ) -> Result<Self::Cache> {
+        let _ = (cache, rows);
+        Err(not_batching("select_cache_rows"))
+    }
 
     /// One cross K/V holding the rows of `parts` in order (shorter encoder sequences padded and
     /// masked).
-    async fn join_cross(&mut self, parts: Vec<Self::Cross>) -> Result<Self::Cross>;
+    async fn join_cross(&mut self, parts: Vec<Self::Cross>) -> Result<Self::Cross> {
+        let _ = parts;
+        Err(not_batching("join_cross"))
+    }
 
     /// The cross K/V of `rows` only.
     async fn select_cross_rows(
         &mut self,
         cross: Self::Cross,
         rows: &[usize],
-    ) -> Result<Self::Cross>;
+    ) -> Result<Self::Cross> {
+        let _ = (cross, rows);
+        Err(not_batching("select_cross_rows"))
+    }
 
     /// Runs the decoder on `feed` and appends the fed positions to `cache`; returns the logits
     /// `feed.logits` asks for, row-major.
@@ -116,6 +129,13 @@ pub trait Graphs {
         cache: &mut Self::Cache,
         feed: DecoderFeed<'_>,
     ) -> Result<Vec<f32>>;
+}
+
+fn not_batching(what: &str) -> TaskError {
+    TaskError::Engine {
+        graph: "decoder".into(),
+        message: format!("this engine does not batch decoding across requests ({what})"),
+    }
 }
 
 /// Polls a future that must already be complete: native engines' graph futures are, so the
