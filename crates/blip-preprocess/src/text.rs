@@ -45,8 +45,15 @@ pub struct BlipTokenizer {
 
 impl BlipTokenizer {
     pub fn from_file(path: &Path, tokens: Tokens) -> Result<Self, PreprocessError> {
-        let mut tokenizer = Tokenizer::from_file(path)
-            .map_err(|e| PreprocessError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let failed = |e: &dyn std::fmt::Display| {
+            PreprocessError::Tokenizer(format!("{}: {e}", path.display()))
+        };
+        let bytes = std::fs::read(path).map_err(|e| failed(&e))?;
+        // tokenizers 0.23 panics (`expect("Helper")` in its decoder deserializer) on a JSON syntax
+        // error inside the "decoder" value instead of returning it, so the syntax is checked first.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+            .map_err(|e| failed(&format!("not valid JSON: {e}")))?;
+        let mut tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| failed(&e))?;
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(None)
