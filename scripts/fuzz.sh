@@ -42,10 +42,20 @@ declare -A DICT=(
 
 # -a: debug assertions and overflow checks, so arithmetic on untrusted sizes that would wrap panics.
 build=(-s "$SANITIZER" -a)
-cargo fuzz build "${build[@]}" >&2
-
 commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates fuzz || echo -dirty)"
 mkdir -p docs/fuzz fuzz/work
+# FUZZ_SKIP_BUILD=1 reuses the binaries of the last build; the record then names that build's commit.
+if [ -n "${FUZZ_SKIP_BUILD:-}" ] && [ -f fuzz/work/build-commit ]; then
+  commit="$(cat fuzz/work/build-commit)"
+else
+  cargo fuzz build "${build[@]}" >&2
+  echo "$commit" > fuzz/work/build-commit
+fi
+# The targets run as built (what `cargo fuzz run` does, without its rebuild check before each run,
+# so a run is not held up by a source edit made meanwhile).
+bin="fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release"
+[ "$SANITIZER" = address ] && export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_odr_violation=0"
+
 status=0
 for t in $TARGETS; do
   log="fuzz/work/$t.log"
@@ -59,7 +69,7 @@ for t in $TARGETS; do
     mapfile -t regressions < <(find "fixtures/fuzz-regressions/$t" -type f | sort)
   fi
   if [ "${#regressions[@]}" -gt 0 ]; then
-    if ! cargo fuzz run "${build[@]}" "$t" "${regressions[@]}" -- -runs=1 > "fuzz/work/$t.replay.log" 2>&1; then
+    if ! "$bin/$t" -runs=1 "${regressions[@]}" > "fuzz/work/$t.replay.log" 2>&1; then
       failing=1; echo "fuzz.sh: $t: a committed regression crashes again (fuzz/work/$t.replay.log)" >&2
     fi
   fi
@@ -70,19 +80,16 @@ for t in $TARGETS; do
   [ -n "${DICT[$t]:-}" ] && args+=(-dict="${DICT[$t]}")
   echo "fuzz.sh: $t for ${SECONDS_PER_TARGET}s" >&2
   start=$(date +%s.%N)
-  rc=0; cargo fuzz run "${build[@]}" "$t" "$corpus" "fuzz/corpus/$t" -- "${args[@]}" > "$log" 2>&1 || rc=$?
+  rc=0; "$bin/$t" "${args[@]}" "$corpus" "fuzz/corpus/$t" > "$log" 2>&1 || rc=$?
   end=$(date +%s.%N)
   crash=$(comm -13 "$before" <(ls "$artifacts") | grep -Ev '^(minimized|slow-unit)-' | head -n1 || true)
   rm -f "$before"
   minimized=""
   if [ -n "$crash" ]; then
     minimized="$artifacts/minimized-$crash"
-    cargo fuzz tmin "${build[@]}" -r 2000 "$t" "$artifacts/$crash" > "fuzz/work/$t.tmin.log" 2>&1 || true
-    # tmin leaves one file per shrinking step; keep the last (smallest) one it reports.
-    minimized=$(grep -o "$artifacts/minimized-from-[0-9a-f]*" "fuzz/work/$t.tmin.log" | tail -n1 || true)
-    for f in "$artifacts"/minimized-from-*; do
-      [ "$f" = "$minimized" ] || ! grep -q "$f" "fuzz/work/$t.tmin.log" || rm -f "$f"
-    done
+    "$bin/$t" -minimize_crash=1 -runs=2000 -exact_artifact_path="$minimized" "$artifacts/$crash" \
+      > "fuzz/work/$t.tmin.log" 2>&1 || true
+    [ -f "$minimized" ] || minimized=""
     echo "fuzz.sh: $t: CRASH $artifacts/$crash (minimized: ${minimized:-none}; log $log)" >&2
     status=1
   elif [ "$rc" -ne 0 ]; then

@@ -2,8 +2,8 @@
 //! present, so manifests naming it get past the file check).
 #![no_main]
 
-use blip_package::{MANIFEST_FILE, Manifest, Package};
 use blip_onnx_fuzz::{scratch_dir, write_input};
+use blip_package::{MANIFEST_FILE, Manifest, Package};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -35,7 +35,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(batch.ids.len(), batch.rows * batch.cols);
             assert_eq!(batch.mask.len(), batch.ids.len());
             if let Some(max) = max_tokens {
-                assert!(batch.cols <= max.max(3), "{} columns over the limit {max}", batch.cols);
+                assert!(
+                    batch.cols <= max.max(3),
+                    "{} columns over the limit {max}",
+                    batch.cols
+                );
             }
             for r in 0..batch.rows {
                 let _ = tok.decode(batch.row_ids(r));

@@ -12,7 +12,8 @@ use zip::write::SimpleFileOptions;
 fn archive(pickle: &[u8]) -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let stored = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    let deflated = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let deflated =
+        SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     let storage: Vec<u8> = (0..=255u8).collect();
     let entries: [(&str, &[u8], SimpleFileOptions); 3] = [
         ("archive/data.pkl", pickle, stored),

@@ -35,7 +35,10 @@ pub fn write_input(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 pub fn read_all_tensors(ck: &Checkpoint) {
     let names: Vec<String> = ck.names().map(str::to_string).collect();
     for name in &names {
-        let shape = ck.shape(name).expect("a listed tensor has a shape").to_vec();
+        let shape = ck
+            .shape(name)
+            .expect("a listed tensor has a shape")
+            .to_vec();
         let Some(numel) = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) else {
             continue;
         };

@@ -48,12 +48,14 @@ impl BlipTokenizer {
         let failed = |e: &dyn std::fmt::Display| {
             PreprocessError::Tokenizer(format!("{}: {e}", path.display()))
         };
-        let bytes = std::fs::read(path).map_err(|e| failed(&e))?;
-        // tokenizers 0.23 panics (`expect("Helper")` in its decoder deserializer) on a JSON syntax
-        // error inside the "decoder" value instead of returning it, so the syntax is checked first.
-        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
-            .map_err(|e| failed(&format!("not valid JSON: {e}")))?;
-        let mut tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| failed(&e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| failed(&e))?;
+        // tokenizers 0.23 panics (`expect("Helper")` in its decoder deserializer) on a JSON error
+        // inside the "decoder" value (bad syntax, bad UTF-8, a broken escape) instead of returning
+        // it. So the text is parsed here, and the tokenizer is built from the parsed value, which
+        // has no such error left in it.
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| failed(&format!("not valid JSON: {e}")))?;
+        let mut tokenizer: Tokenizer = serde_json::from_value(json).map_err(|e| failed(&e))?;
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(None)

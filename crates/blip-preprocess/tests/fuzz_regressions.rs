@@ -42,6 +42,19 @@ fn tokenizer_json_cut_short_inside_the_decoder_is_refused_naming_the_file() {
 }
 
 #[test]
+fn bad_utf8_or_a_broken_escape_inside_the_decoder_is_refused() {
+    // Found by the fuzzer: a byte that is not UTF-8 inside a decoder string (same panic as above;
+    // a syntax-only check of the file let it through). The broken \u escape is the same class.
+    for (file, problem) in [
+        ("decoder-invalid-utf8.json", "valid UTF-8"),
+        ("decoder-broken-escape.json", "not valid JSON"),
+    ] {
+        let msg = load_error(&regressions("tokenizer_file").join(file));
+        assert!(msg.contains(file) && msg.contains(problem), "{msg}");
+    }
+}
+
+#[test]
 fn every_committed_tokenizer_regression_is_refused_without_a_panic() {
     let mut n = 0;
     for entry in std::fs::read_dir(regressions("tokenizer_file")).unwrap() {
