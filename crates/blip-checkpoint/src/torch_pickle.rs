@@ -84,13 +84,16 @@ impl<'a> Machine<'a> {
         let b = self.take(8)?;
         Ok(u64::from_le_bytes(b.try_into().map_err(|_| "bad length")?))
     }
+    /// A newline-terminated argument (GLOBAL's module and name). A missing newline is an error, not
+    /// the end of the data: stepping past it would leave `pos` beyond the buffer.
     fn line(&mut self) -> std::result::Result<String, String> {
-        let start = self.pos;
-        while self.pos < self.data.len() && self.data[self.pos] != b'\n' {
-            self.pos += 1;
-        }
-        let s = String::from_utf8_lossy(&self.data[start..self.pos]).into_owned();
-        self.pos += 1;
+        let rest = self.data.get(self.pos..).unwrap_or_default();
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("pickle ends inside a GLOBAL name (truncated file?)")?;
+        let s = String::from_utf8_lossy(&rest[..n]).into_owned();
+        self.pos += n + 1;
         Ok(s)
     }
     fn pop(&mut self) -> std::result::Result<Value, String> {

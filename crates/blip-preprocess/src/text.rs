@@ -81,7 +81,9 @@ pub fn parse_tokenizer_json(text: &str) -> Result<Tokenizer, String> {
             missing.join(", ")
         ));
     }
-    text.parse::<Tokenizer>()
+    // Built from the parsed value: tokenizers 0.23 panics (`expect("Helper")` in its decoder
+    // deserializer) on a JSON error inside "decoder" when it parses text itself.
+    serde_json::from_value::<Tokenizer>(value)
         .map_err(|e| format!("valid JSON but not a usable tokenizer.json: {e}"))
 }
 
