@@ -5,6 +5,7 @@
 # mixed (beam 3, greedy, sampling, beam 2). Prints captions/s, p50/p99, errors; with --out also
 # writes the table (Markdown) there. Not the base-size load benchmark.
 #   scripts/serve-load-shapes.sh [--out FILE] [--rounds N] [CLIENTS...]   (default: 1 round, 1 4 8)
+#   BLIP_ONNX_BIN=target/debug/blip-onnx scripts/serve-load-shapes.sh …   (an already built binary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="" rounds=1
@@ -17,8 +18,12 @@ while [ $# -gt 0 ]; do
 done
 [ $# -gt 0 ] || set -- 1 4 8
 eval "$(scripts/fetch-onnxruntime.sh)"
-cargo build --release --quiet -p blip-onnx-cli
-bin=target/release/blip-onnx
+# BLIP_ONNX_BIN: an already built binary (skips the release build).
+bin="${BLIP_ONNX_BIN:-}"
+if [ -z "$bin" ]; then
+  cargo build --release --quiet -p blip-onnx-cli
+  bin=target/release/blip-onnx
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$bin" convert fixtures/shapes/models/shapes-caption -o "$work/caption" >/dev/null

@@ -57,10 +57,11 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM / ctrl-c.
     #[arg(long, default_value_t = 10.0, env = "BLIP_SHUTDOWN_GRACE")]
     pub shutdown_grace: f64,
-    /// How captions are batched: `iteration` (continuous: requests join and leave a running decode
-    /// batch at step boundaries, whatever their settings) or `request` (captions with identical
-    /// settings decoded together, start to end).
-    #[arg(long, value_enum, default_value_t = crate::engine::SchedulerKind::Iteration, env = "BLIP_SCHEDULER")]
+    /// How captions are batched: `request` (captions with identical settings decoded together,
+    /// start to end) or `iteration` (continuous: requests join and leave a running decode batch at
+    /// step boundaries, whatever their settings). Request-level is the default: it was faster in
+    /// the side-by-side measurement (docs/bench/serve-schedulers-shapes.md).
+    #[arg(long, value_enum, default_value_t = crate::engine::SchedulerKind::Request, env = "BLIP_SCHEDULER")]
     pub scheduler: crate::engine::SchedulerKind,
 }
 
