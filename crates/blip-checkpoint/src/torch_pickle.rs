@@ -66,11 +66,14 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
-        if self.pos + n > self.data.len() {
-            return Err("pickle ends early (truncated file?)".into());
-        }
-        let s = &self.data[self.pos..self.pos + n];
-        self.pos += n;
+        // `n` is a length read from the file (up to u64::MAX): the sum must not wrap.
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&end| end <= self.data.len())
+            .ok_or("pickle ends early (truncated file?)")?;
+        let s = &self.data[self.pos..end];
+        self.pos = end;
         Ok(s)
     }
     fn u8(&mut self) -> std::result::Result<u8, String> {

@@ -55,6 +55,13 @@ fn pickle_ending_inside_a_global_name_is_refused() {
 }
 
 #[test]
+fn pickle_with_a_length_near_u64_max_is_refused() {
+    // BINUNICODE8 (0x8d) with length u64::MAX: `pos + n` overflowed.
+    let msg = pickle_error(&regressions("torch_pickle").join("unicode8-length-overflow.pkl"));
+    assert!(msg.contains("pickle ends early"), "{msg}");
+}
+
+#[test]
 fn every_committed_pickle_regression_is_refused_without_a_panic() {
     let mut n = 0;
     for entry in std::fs::read_dir(regressions("torch_pickle")).unwrap() {
