@@ -117,7 +117,9 @@ def test_rank_images_matches_cli_search(models, packages, images, tmp_path):
     model = models["retrieval"]
     hits = model.rank_images(query, model.embed_images(paths), k=6, rerank=3, images=paths)
     assert [paths[h.index].name for h in hits] == [e["image"].rsplit("/", 1)[-1] for e in expected]
-    assert [h.score for h in hits] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+    # The CLI's index keeps the candidates' vision states as f16 for the rerank (never re-encoded at
+    # query time); here they are encoded in FP32: scores agree to the FP32 tolerance, not to 1e-5.
+    assert [h.score for h in hits] == pytest.approx([e["score"] for e in expected], abs=1e-4)
     assert [h.itm is not None for h in hits] == [True] * 3 + [False] * 3
     # ITC only needs no images.
     itc = model.rank_images(query, model.embed_images(paths), k=6)
