@@ -661,5 +661,13 @@ fn serve_starts_answers_and_stops_on_sigterm() {
             .success()
     );
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
+    let mut rest = String::new();
+    let _ = stderr.read_to_string(&mut rest);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "signal {:?}; stderr after listening: {rest}",
+        status.signal()
+    );
 }

@@ -8,6 +8,7 @@
 //! it without touching the queue or the HTTP side.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -741,6 +742,25 @@ impl EngineHandle {
     }
 }
 
+/// The engine thread itself, kept so that shutdown can wait for it: a process that exits while
+/// the thread is inside ONNX Runtime (loading or warming up a package) tears ORT's globals down
+/// under it and dies of SIGSEGV instead of exiting 0.
+pub struct EngineThread {
+    thread: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+impl EngineThread {
+    /// Asks the thread to skip whatever loading is left, then waits for it to finish. The queue
+    /// loop ends by itself once every [`EngineHandle`] is dropped; the caller drops its own first.
+    pub fn stop_and_join(self) -> Result<(), String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .join()
+            .map_err(|_| "the engine thread panicked".to_string())
+    }
+}
+
 /// Starts the engine thread: it opens every package, runs the probe once (warm-up), reports
 /// through `loaded`, then serves the queue until every [`EngineHandle`] is dropped.
 pub fn start(
@@ -749,13 +769,19 @@ pub fn start(
     batcher: Batcher,
     mut scheduler: Box<dyn Scheduler>,
     loaded: oneshot::Sender<Result<(), String>>,
-) -> std::io::Result<EngineHandle> {
+) -> std::io::Result<(EngineHandle, EngineThread)> {
     let (tx, rx) = mpsc::channel::<Job>();
-    std::thread::Builder::new()
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = stop.clone();
+    let stopped = move || stopping.load(Ordering::SeqCst);
+    let thread = std::thread::Builder::new()
         .name("blip-engine".into())
         .spawn(move || {
             let mut models = Models { models: Vec::new() };
             for (head, dir) in packages {
+                if stopped() {
+                    return;
+                }
                 match BlipModel::open(&dir, &opts) {
                     Ok(model) => models.models.push((head, model)),
                     Err(e) => {
@@ -766,6 +792,9 @@ pub fn start(
             }
             let heads: Vec<Head> = models.models.iter().map(|(h, _)| *h).collect();
             for head in heads {
+                if stopped() {
+                    return;
+                }
                 if let Err(e) = models.run(head, Work::Probe) {
                     let _ =
                         loaded.send(Err(format!("warm-up of the {} package: {e}", head.name())));
@@ -786,5 +815,5 @@ pub fn start(
                 scheduler.run(&mut models, batch);
             }
         })?;
-    Ok(EngineHandle { tx })
+    Ok((EngineHandle { tx }, EngineThread { thread, stop }))
 }

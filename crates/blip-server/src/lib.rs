@@ -126,12 +126,16 @@ impl Running {
         let _ = self.shutdown.send(true);
     }
 
-    /// Waits until the server has stopped.
+    /// Waits until the server has stopped, then for the engine thread to finish.
     pub async fn wait(self) -> Result<(), ServerError> {
-        match self.task.await {
+        let served = match self.task.await {
             Ok(r) => r,
             Err(e) => Err(ServerError::Engine(format!("server task failed: {e}"))),
-        }
+        };
+        // Requests past the grace may still hold a handle; their deadlines bound the wait.
+        let bound = self.state.args.shutdown_grace() + std::time::Duration::from_secs(30);
+        let engine = self.state.stop_engine(bound).await;
+        served.and(engine)
     }
 }
 

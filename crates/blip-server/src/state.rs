@@ -57,6 +57,8 @@ pub struct AppState {
     pub served: Vec<Served>,
     pub index: Option<IndexStore>,
     pub engine: RwLock<Option<EngineHandle>>,
+    /// Joined at shutdown (see [`engine::EngineThread`]).
+    engine_thread: std::sync::Mutex<Option<engine::EngineThread>>,
     pub ready: Arc<AtomicBool>,
     /// The packages loaded and warmed up once (readiness is re-checked only after that).
     pub loaded: AtomicBool,
@@ -163,6 +165,7 @@ impl AppState {
             served,
             index,
             engine: RwLock::new(None),
+            engine_thread: std::sync::Mutex::new(None),
             ready: Arc::new(AtomicBool::new(false)),
             loaded: AtomicBool::new(false),
             load_error: RwLock::new(None),
@@ -190,10 +193,14 @@ impl AppState {
             max_images: args.max_batch_images.max(1),
             max_wait: args.max_batch_wait(),
         };
-        let handle = engine::start(packages, opts, batcher, args.scheduler.build(), loaded_tx)
-            .map_err(|e| ServerError::Engine(format!("starting the engine thread: {e}")))?;
+        let (handle, thread) =
+            engine::start(packages, opts, batcher, args.scheduler.build(), loaded_tx)
+                .map_err(|e| ServerError::Engine(format!("starting the engine thread: {e}")))?;
         if let Ok(mut g) = state.engine.write() {
             *g = Some(handle);
+        }
+        if let Ok(mut g) = state.engine_thread.lock() {
+            *g = Some(thread);
         }
         let st = state.clone();
         tokio::spawn(async move {
@@ -216,6 +223,29 @@ impl AppState {
             }
         });
         Ok(())
+    }
+
+    /// Drops the engine handle and waits (at most `bound`) for the engine thread to finish what
+    /// it is running, so that the process never exits under a running ORT session.
+    pub async fn stop_engine(&self, bound: std::time::Duration) -> Result<(), ServerError> {
+        self.set_ready(false);
+        if let Ok(mut g) = self.engine.write() {
+            g.take();
+        }
+        let thread = self.engine_thread.lock().ok().and_then(|mut g| g.take());
+        let Some(thread) = thread else {
+            return Ok(());
+        };
+        let join = tokio::task::spawn_blocking(move || thread.stop_and_join());
+        match tokio::time::timeout(bound, join).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(ServerError::Engine(e)),
+            Ok(Err(e)) => Err(ServerError::Engine(format!("joining the engine thread: {e}"))),
+            Err(_) => {
+                tracing::warn!("the engine thread was still running {bound:?} after shutdown");
+                Ok(())
+            }
+        }
     }
 
     pub fn set_ready(&self, ready: bool) {
