@@ -9,18 +9,13 @@
 # fuzz/artifacts/TARGET/. Each target's libFuzzer statistics are appended to docs/fuzz/runs.jsonl,
 # and docs/fuzz/README.md is rendered from that record (scripts/fuzz-report.py).
 # Exit status: 0 when no crash is open, 1 otherwise.
-#
-# Targets still to add (issue 12):
-# TODO(index_file): the search index reader is in crates/blip-onnx-cli/src/index.rs (a binary, so
-#   not fuzzable from here) and is moving into a `blip-index` crate; add an `index_file` target over
-#   its byte/path reader once it is a library.
-# TODO(server_request): the server's request bodies, once the server exists.
+
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${1:-60}"
 CARGO_FUZZ_VERSION="0.13.2"
 SANITIZER="${FUZZ_SANITIZER:-address}"
-ALL_TARGETS="image_preprocess safetensors_header torch_zip torch_pickle manifest tokenizer_file tokenizer_encode"
+ALL_TARGETS="image_preprocess safetensors_header torch_zip torch_pickle manifest tokenizer_file tokenizer_encode index_file server_request"
 TARGETS="${FUZZ_TARGETS:-$ALL_TARGETS}"
 
 CACHE="${BLIP_ONNX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/blip-onnx}/cargo-fuzz-$CARGO_FUZZ_VERSION"
@@ -38,6 +33,8 @@ declare -A DICT=(
   [torch_pickle]=fuzz/dicts/pickle.dict
   [manifest]=fuzz/dicts/json.dict
   [tokenizer_file]=fuzz/dicts/json.dict
+  [index_file]=fuzz/dicts/json.dict
+  [server_request]=fuzz/dicts/json.dict
 )
 
 # -a: debug assertions and overflow checks, so arithmetic on untrusted sizes that would wrap panics.

@@ -124,3 +124,56 @@ out("tokenizer_file", "bpe.json", json.dumps({
 out("tokenizer_encode", "caption", b"\x00a picture of a dog")
 out("tokenizer_encode", "batch_truncated", b"\x29a woman sitting on the beach\x00two cats\x00")
 out("tokenizer_encode", "unicode", "\x01naïve café 漢字 emoji 🐕 [SEP] [DEC]\u0301".encode())
+
+
+# Index files (crates/blip-index): magic, u64 header length, JSON header, f32 embeddings.
+import hashlib
+
+
+def index_file(magic, header, embeddings):
+    h = json.dumps(header).encode()
+    return magic + struct.pack("<Q", len(h)) + h + struct.pack(f"<{len(embeddings)}f", *embeddings)
+
+
+def entry(i, state=True):
+    e = {"id": f"img{i}", "path": f"/data/img{i}.png", "stamp": {"size": 100 + i, "mtime_ns": 1700000000000000000 + i},
+         "metadata": {"caption": f"shape {i}"}}
+    if state:
+        e["state"] = hashlib.sha256(e["id"].encode()).hexdigest()[:32] + ".f16"
+    return e
+
+
+out("index_file", "v2_states.idx", index_file(b"BLIPIDX2", {
+    "package": "src:vision", "dim": 4, "states": {"tokens": 2, "width": 4},
+    "entries": [entry(0), entry(1)]}, [0.5, -0.5, 0.25, 1.0, 0.0, 1.0, -1.0, 0.125]))
+out("index_file", "v2_plain.idx", index_file(b"BLIPIDX2", {
+    "package": "src:vision", "dim": 3, "entries": [entry(0, False)]}, [1.0, 2.0, 3.0]))
+out("index_file", "v1.idx", index_file(b"BLIPIDX1", {
+    "package": "src:vision", "dim": 2,
+    "entries": [["/data/a.png", {"size": 1, "mtime_ns": 2}]]}, [0.5, 0.5]))
+
+
+# Server request bodies (fuzz_targets/server_request.rs): byte 0 picks the route (caption, embed,
+# itm, vqa, search, index), byte 1 the content type (0 JSON, 1 multipart with boundary
+# "fuzzboundary").
+import base64
+
+with open(os.path.join(FIX, "images", "synthetic_a.png"), "rb") as f:
+    png = f.read()
+b64 = base64.b64encode(png).decode()
+bodies = {
+    "caption": (0, {"images": [b64, "data:image/png;base64," + b64], "beams": 2, "max_length": 8, "repetition_penalty": 1.2}),
+    "caption_sampling": (0, {"images": [b64], "sample": True, "top_k": 5, "top_p": 0.9, "temperature": 0.7, "seed": 1}),
+    "embed": (1, {"images": [b64], "texts": ["a red square", "two circles"]}),
+    "itm": (2, {"image": b64, "texts": ["a red square"]}),
+    "vqa": (3, {"image": b64, "questions": ["what shape is it?"], "answers": ["square", "circle"], "k": 1}),
+    "search": (4, {"text": "a red square", "k": 3, "rerank": 2}),
+    "index": (5, {"images": [{"id": "a", "image": b64, "metadata": {"k": 1}}]}),
+}
+for name, (route, body) in bodies.items():
+    out("server_request", f"{name}.json", bytes([route, 0]) + json.dumps(body).encode())
+part = lambda name, value, extra="": (
+    f"--fuzzboundary\r\nContent-Disposition: form-data; name=\"{name}\"{extra}\r\n\r\n").encode() + value + b"\r\n"
+multipart = (part("images", png, "; filename=\"a.png\"\r\nContent-Type: image/png")
+             + part("prompt", b"a picture of") + part("beams", b"2") + b"--fuzzboundary--\r\n")
+out("server_request", "caption.multipart", bytes([0, 1]) + multipart)

@@ -72,6 +72,12 @@ pub enum IndexError {
     BadId(String),
     #[error("{id} has no stored rerank states")]
     NoStates { id: String },
+    #[error("{path}: entry {id:?}: {problem}")]
+    BadEntry {
+        path: PathBuf,
+        id: String,
+        problem: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, IndexError>;
@@ -118,8 +124,9 @@ pub struct StateShape {
 }
 
 impl StateShape {
+    /// `tokens × width`; [`Index::read`] refuses a shape whose product overflows.
     pub fn values(&self) -> usize {
-        self.tokens * self.width
+        self.tokens.saturating_mul(self.width)
     }
 }
 
@@ -551,17 +558,69 @@ impl Index {
         let mut data = Vec::with_capacity(data_len as usize);
         f.read_to_end(&mut data)
             .map_err(io("reading index", path))?;
-        let embeddings = data
+        let embeddings: Vec<f32> = data
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        Ok(Index {
+        let index = Index {
             package: header.package,
             dim: header.dim,
             states: header.states,
             entries: header.entries,
             embeddings,
-        })
+        };
+        index.check_entries(path)?;
+        Ok(index)
+    }
+
+    /// What a file from outside must satisfy before anything ranks with it or follows its names:
+    /// the rules [`Index::push`] keeps for ids, finite embeddings (a NaN would make every score
+    /// NaN), and state file names that are the ones [`Index::write_state`] gives (a name is joined
+    /// to the sidecar folder, so `../x` would read outside it).
+    fn check_entries(&self, path: &Path) -> Result<()> {
+        let bad = |id: &str, problem: String| IndexError::BadEntry {
+            path: path.into(),
+            id: id.into(),
+            problem,
+        };
+        if let Some(s) = self.states
+            && s.tokens.checked_mul(s.width).is_none_or(|n| n == 0)
+        {
+            return Err(IndexError::Header {
+                path: path.into(),
+                message: format!("rerank state shape {}x{} is not usable", s.tokens, s.width),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            if e.id.is_empty() || e.id.len() > 256 {
+                return Err(bad(
+                    &e.id,
+                    "the id is empty or longer than 256 bytes".into(),
+                ));
+            }
+            if !seen.insert(e.id.as_str()) {
+                return Err(bad(&e.id, "the id appears twice".into()));
+            }
+            if !self.embedding(i).iter().all(|v| v.is_finite()) {
+                return Err(bad(&e.id, "the embedding holds a non-finite value".into()));
+            }
+            if let Some(name) = &e.state {
+                if self.states.is_none() {
+                    return Err(bad(
+                        &e.id,
+                        "it names a state file but the index has no state shape".into(),
+                    ));
+                }
+                if *name != Self::state_name(&e.id) {
+                    return Err(bad(
+                        &e.id,
+                        format!("state file {name:?} is not the one this index format names"),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes the index atomically, then removes state and image files no entry refers to.
@@ -678,6 +737,83 @@ mod tests {
             .count();
         assert_eq!(states, 2);
         assert!(!dir.path().join(".idx.bin.partial").exists());
+    }
+
+    /// An index file whose header is `header` (JSON) followed by `embeddings`.
+    fn write_raw(path: &Path, header: serde_json::Value, embeddings: &[f32]) {
+        let h = serde_json::to_vec(&header).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&(h.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&h);
+        for v in embeddings {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn hostile_entries_are_refused_naming_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idx.bin");
+        let e = |id: &str, state: Option<&str>| {
+            serde_json::json!({"id": id, "path": "/x.png", "stamp": {"size": 1, "mtime_ns": 2},
+                               "state": state})
+        };
+        let shape = serde_json::json!({"tokens": 1, "width": 2});
+        let cases: [(serde_json::Value, &[f32], &str); 6] = [
+            // A state name is joined to the sidecar folder: it must not lead out of it.
+            (
+                serde_json::json!({"package": "p", "dim": 1, "states": shape,
+                                   "entries": [e("a", Some("../../../etc/hostname"))]}),
+                &[1.0],
+                "entry \"a\": state file \"../../../etc/hostname\"",
+            ),
+            (
+                serde_json::json!({"package": "p", "dim": 1, "states": null,
+                                   "entries": [e("a", Some(&Index::state_name("a")))]}),
+                &[1.0],
+                "no state shape",
+            ),
+            (
+                serde_json::json!({"package": "p", "dim": 1,
+                                   "entries": [e("a", None), e("a", None)]}),
+                &[1.0, 2.0],
+                "entry \"a\": the id appears twice",
+            ),
+            (
+                serde_json::json!({"package": "p", "dim": 2, "entries": [e("b", None)]}),
+                &[1.0, f32::NAN],
+                "entry \"b\": the embedding holds a non-finite value",
+            ),
+            (
+                serde_json::json!({"package": "p", "dim": 1, "entries": [e("", None)]}),
+                &[1.0],
+                "the id is empty",
+            ),
+            (
+                serde_json::json!({"package": "p", "dim": 1,
+                                   "states": {"tokens": usize::MAX, "width": 2},
+                                   "entries": [e("a", None)]}),
+                &[1.0],
+                "rerank state shape",
+            ),
+        ];
+        for (header, embeddings, want) in cases {
+            write_raw(&path, header, embeddings);
+            let err = Index::read(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("idx.bin") && err.contains(want),
+                "{want}: {err}"
+            );
+        }
+        // The same file with the name the index writes reads.
+        write_raw(
+            &path,
+            serde_json::json!({"package": "p", "dim": 1, "states": shape,
+                               "entries": [e("a", Some(&Index::state_name("a")))]}),
+            &[1.0],
+        );
+        assert_eq!(Index::read(&path).unwrap().len(), 1);
     }
 
     #[test]

@@ -240,7 +240,9 @@ impl AppState {
         match tokio::time::timeout(bound, join).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(ServerError::Engine(e)),
-            Ok(Err(e)) => Err(ServerError::Engine(format!("joining the engine thread: {e}"))),
+            Ok(Err(e)) => Err(ServerError::Engine(format!(
+                "joining the engine thread: {e}"
+            ))),
             Err(_) => {
                 tracing::warn!("the engine thread was still running {bound:?} after shutdown");
                 Ok(())
