@@ -112,9 +112,12 @@ enum Command {
         common: tasks::Common,
         #[command(flatten)]
         decoding: tasks::Decoding,
-        /// Image files (PNG, JPEG, WebP, GIF, BMP).
+        /// Image files (PNG, JPEG, WebP, GIF, BMP), or folders of them (recursively).
         #[arg(required = true)]
         images: Vec<PathBuf>,
+        /// With --format parquet: the shard to write (written to a temporary name, then renamed).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
     /// ITC embeddings (projected, L2-normalised) of images or texts (retrieval package).
     Embed {
@@ -151,11 +154,18 @@ enum Command {
         #[arg(long)]
         mask_question_padding: bool,
     },
-    /// Embed every image under DIR into an index file (unchanged files are reused on re-runs).
+    /// Embed every image under DIR into an index file (unchanged files are reused on re-runs), or
+    /// build the index from the embedding shards of `python -m blip_onnx.ray` (--from-parquet).
     Index {
         #[command(flatten)]
         common: tasks::Common,
-        dir: PathBuf,
+        #[arg(required_unless_present = "from_parquet")]
+        dir: Option<PathBuf>,
+        /// Parquet shards (files, or folders of *.parquet) with id, path and embedding columns,
+        /// made with the same package; no image is encoded. Reranked searches encode candidates
+        /// from their paths (the shards hold no rerank states).
+        #[arg(long, num_args = 1.., conflicts_with = "dir")]
+        from_parquet: Vec<PathBuf>,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -400,7 +410,8 @@ fn run(cli: Cli) -> Result<u8> {
             common,
             decoding,
             images,
-        } => tasks::caption(&common, &decoding, &images),
+            output,
+        } => tasks::caption(&common, &decoding, &images, output.as_deref()),
         Command::Embed {
             common,
             images,
@@ -541,8 +552,12 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Index {
             common,
             dir,
+            from_parquet,
             output,
-        } => tasks::index(&common, &dir, &output),
+        } => match dir {
+            Some(dir) => tasks::index(&common, &dir, &output),
+            None => tasks::index_from_parquet(&common, &from_parquet, &output),
+        },
         Command::Search {
             common,
             index,

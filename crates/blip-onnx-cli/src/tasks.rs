@@ -18,6 +18,8 @@ pub enum Format {
     Text,
     Json,
     Jsonl,
+    /// A Parquet shard written to --output (caption only), with the columns of blip_onnx.ray's.
+    Parquet,
 }
 
 /// Options every task shares.
@@ -169,15 +171,55 @@ fn emit(
                 writeln!(out, "{r}")?;
             }
         }
+        Format::Parquet => bail!("--format parquet is written by `caption` only (with --output)"),
     }
     Ok(())
+}
+
+/// The images a caption run takes: files as given (their id is the path as given), and the
+/// images under each folder, recursively and sorted (their id is the path inside the folder, as
+/// blip_onnx.ray names folder images).
+pub fn expand_images(args: &[PathBuf]) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for a in args {
+        if a.is_dir() {
+            let scan = blip_index::scan_images(a)?;
+            for (path, why) in &scan.skipped {
+                eprintln!("skipping {}: {why}", path.display());
+            }
+            for p in scan.images {
+                let id = p.strip_prefix(a).unwrap_or(&p).display().to_string();
+                out.push((id, p));
+            }
+        } else {
+            out.push((a.display().to_string(), a.clone()));
+        }
+    }
+    Ok(out)
 }
 
 /// Exit status for a run where some inputs failed but the rest were answered.
 pub const EXIT_PARTIAL: u8 = 3;
 
-pub fn caption(common: &Common, decoding: &Decoding, images: &[PathBuf]) -> Result<u8> {
+pub fn caption(
+    common: &Common,
+    decoding: &Decoding,
+    images: &[PathBuf],
+    output: Option<&Path>,
+) -> Result<u8> {
     let opts = decoding.options()?;
+    match (common.format, output) {
+        (Format::Parquet, None) => bail!("--format parquet needs --output FILE.parquet"),
+        (Format::Parquet, Some(_)) => {}
+        (_, Some(_)) => bail!("--output is for --format parquet"),
+        _ => {}
+    }
+    let named = expand_images(images)?;
+    if named.is_empty() {
+        bail!("no images: the folders given hold no PNG, JPEG, WebP, GIF or BMP files");
+    }
+    let images: Vec<PathBuf> = named.iter().map(|(_, p)| p.clone()).collect();
+    let images = images.as_slice();
     let mut model = common.model()?;
     let positions = model.package.manifest.model.max_position_embeddings;
     if decoding.max_length > positions {
@@ -187,25 +229,45 @@ pub fn caption(common: &Common, decoding: &Decoding, images: &[PathBuf]) -> Resu
         );
     }
     let bar = common.progress(images.len(), "captioning");
-    let mut records = Vec::with_capacity(images.len());
-    let mut failed = 0;
+    let mut results = Vec::with_capacity(images.len());
     for chunk in images.chunks(common.batch_size.max(1)) {
         let inputs: Vec<ImageInput> = chunk.iter().map(|p| ImageInput::Path(p.clone())).collect();
-        for (path, result) in chunk.iter().zip(model.caption(&inputs, &opts)?) {
-            match result {
-                Ok(c) => records.push(
-                    json!({"image": path, "caption": c.text, "tokens": c.ids, "score": c.score}),
-                ),
-                Err(e) => {
-                    failed += 1;
-                    eprintln!("error: {e}");
-                    records.push(json!({"image": path, "error": e.to_string()}));
-                }
+        for result in model.caption(&inputs, &opts)? {
+            if let Err(e) = &result {
+                eprintln!("error: {e}");
             }
+            results.push(result.map_err(|e| e.to_string()));
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if let Some(output) = output {
+        let rows: Vec<blip_shards::CaptionRow> = named
+            .iter()
+            .zip(results)
+            .map(|((id, path), r)| blip_shards::CaptionRow {
+                id: id.clone(),
+                path: path.display().to_string(),
+                result: r.map(|c| (c.text, c.ids)),
+            })
+            .collect();
+        blip_shards::write_captions(output, &rows)?;
+        eprintln!(
+            "{} captions ({failed} errors) written to {}",
+            rows.len() - failed,
+            output.display()
+        );
+        return Ok(if failed > 0 { EXIT_PARTIAL } else { 0 });
+    }
+    let records: Vec<serde_json::Value> = images
+        .iter()
+        .zip(results)
+        .map(|(path, r)| match r {
+            Ok(c) => json!({"image": path, "caption": c.text, "tokens": c.ids, "score": c.score}),
+            Err(e) => json!({"image": path, "error": e}),
+        })
+        .collect();
     emit(common.format, &records, |r| match r.get("caption") {
         Some(c) => format!(
             "{}\t{}",
@@ -398,6 +460,90 @@ pub fn vqa(
         )
     })?;
     Ok(0)
+}
+
+/// `index --from-parquet`: an index from embedding shards. Error rows, rows of another width and
+/// unreadable shards are reported and left out (exit 3); the rest is indexed.
+pub fn index_from_parquet(common: &Common, shards: &[PathBuf], output: &Path) -> Result<u8> {
+    let package = blip_package::Package::open(&common.package)
+        .with_context(|| format!("loading package {}", common.package.display()))?;
+    let dim = blip_index::image_embedding_width(&package)?;
+    let mut idx = Index::new(Index::fingerprint(&package), dim, None);
+    let mut failed = 0;
+    let mut files = Vec::new();
+    for arg in shards {
+        files.extend(blip_shards::shard_files(arg)?);
+    }
+    if files.is_empty() {
+        bail!(
+            "no Parquet shards in {}",
+            shards
+                .iter()
+                .map(|s| s.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for file in &files {
+        let rows = match blip_shards::read_embeddings(file) {
+            Ok(rows) => rows,
+            Err(e) => {
+                failed += 1;
+                eprintln!("skipping shard {e}");
+                continue;
+            }
+        };
+        for row in rows {
+            let embedding = match row.result {
+                Ok(v) => v,
+                Err(e) => {
+                    failed += 1;
+                    eprintln!(
+                        "skipping {} ({}): the shard holds an error: {e}",
+                        row.id,
+                        file.display()
+                    );
+                    continue;
+                }
+            };
+            let path = PathBuf::from(&row.path);
+            // Images inside tar shards (`shard.tar#member`) have no file of their own to stamp.
+            let stamp = Stamp::of(&path).unwrap_or(Stamp {
+                size: 0,
+                mtime_ns: 0,
+            });
+            let entry = IndexEntry {
+                id: row.id.clone(),
+                path,
+                stamp,
+                metadata: None,
+                state: None,
+            };
+            if let Err(e) = idx.push(entry, &embedding) {
+                failed += 1;
+                eprintln!("skipping {} ({}): {e}", row.id, file.display());
+            }
+        }
+    }
+    if idx.is_empty() {
+        bail!(
+            "no embedding rows to index in {} shard(s) ({failed} skipped); nothing written",
+            files.len()
+        );
+    }
+    idx.write(output)?;
+    let summary =
+        json!({"index": output, "images": idx.len(), "shards": files.len(), "failed": failed});
+    emit(common.format, &[summary], |r| {
+        format!(
+            "{} images in {} (from {} shards, {} skipped)",
+            r["images"],
+            output.display(),
+            r["shards"],
+            r["failed"]
+        )
+    })?;
+    Ok(if failed > 0 { EXIT_PARTIAL } else { 0 })
 }
 
 pub fn index(common: &Common, dir: &Path, output: &Path) -> Result<u8> {

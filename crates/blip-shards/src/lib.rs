@@ -1,0 +1,425 @@
+//! Parquet shards of per-image results: the files `blip_onnx.ray` writes on a cluster and
+//! `blip-onnx caption --format parquet` writes on one machine, and what `blip-onnx index
+//! --from-parquet` reads back.
+//!
+//! One row per image. Columns (the Python pipeline writes the same names and types):
+//! `id` (string), `path` (string), `caption` (string, null on error), `caption_tokens`
+//! (list<int64>, null on error), `embedding` (fixed_size_list<float32>, null on error) and
+//! `error` (string, null when the image was answered). A shard holds the caption columns, the
+//! embedding column, or both.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{Int64Builder, ListBuilder};
+use arrow_array::{Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+pub const ID: &str = "id";
+pub const PATH: &str = "path";
+pub const CAPTION: &str = "caption";
+pub const CAPTION_TOKENS: &str = "caption_tokens";
+pub const EMBEDDING: &str = "embedding";
+pub const ERROR: &str = "error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parquet { path: PathBuf, message: String },
+    #[error("{path}: column {column:?} {problem}")]
+    Column {
+        path: PathBuf,
+        column: &'static str,
+        problem: String,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, ShardError>;
+
+/// One captioned image (or its error).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptionRow {
+    pub id: String,
+    pub path: String,
+    /// Text and token ids, or the error that image got.
+    pub result: std::result::Result<(String, Vec<i64>), String>,
+}
+
+/// One embedded image (or its error), as read from a shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingRow {
+    pub id: String,
+    pub path: String,
+    pub result: std::result::Result<Vec<f32>, String>,
+}
+
+/// Writes a caption shard atomically: a temporary file next to `path`, renamed into place.
+pub fn write_captions(path: &Path, rows: &[CaptionRow]) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(ID, DataType::Utf8, false),
+        Field::new(PATH, DataType::Utf8, false),
+        Field::new(CAPTION, DataType::Utf8, true),
+        Field::new(
+            CAPTION_TOKENS,
+            DataType::List(Arc::new(Field::new("item", DataType::Int64, true))),
+            true,
+        ),
+        Field::new(ERROR, DataType::Utf8, true),
+    ]));
+    let ids = StringArray::from_iter_values(rows.iter().map(|r| r.id.as_str()));
+    let paths = StringArray::from_iter_values(rows.iter().map(|r| r.path.as_str()));
+    let captions: StringArray = rows
+        .iter()
+        .map(|r| r.result.as_ref().ok().map(|(t, _)| t.as_str()))
+        .collect();
+    let mut tokens = ListBuilder::new(Int64Builder::new());
+    for r in rows {
+        match &r.result {
+            Ok((_, ids)) => {
+                tokens.values().append_slice(ids);
+                tokens.append(true);
+            }
+            Err(_) => tokens.append(false),
+        }
+    }
+    let errors: StringArray = rows
+        .iter()
+        .map(|r| r.result.as_ref().err().map(String::as_str))
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(ids),
+        Arc::new(paths),
+        Arc::new(captions),
+        Arc::new(tokens.finish()),
+        Arc::new(errors),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| ShardError::Parquet {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    write_atomically(path, schema, &batch)
+}
+
+fn write_atomically(path: &Path, schema: Arc<Schema>, batch: &RecordBatch) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
+    let io = |action, source| ShardError::Io {
+        action,
+        path: path.into(),
+        source,
+    };
+    let result = (|| {
+        let file = File::create(&tmp).map_err(|e| io("writing", e))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let bad = |e: parquet::errors::ParquetError| ShardError::Parquet {
+            path: path.into(),
+            message: e.to_string(),
+        };
+        let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(bad)?;
+        writer.write(batch).map_err(bad)?;
+        let file = writer.into_inner().map_err(bad)?;
+        file.sync_all().map_err(|e| io("writing", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io("writing", e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The Parquet files a `--from-parquet` argument names: a file, or every `*.parquet` in a folder
+/// (sorted; hidden temporaries of an unfinished write are left out).
+pub fn shard_files(arg: &Path) -> Result<Vec<PathBuf>> {
+    if !arg.is_dir() {
+        return Ok(vec![arg.to_path_buf()]);
+    }
+    let listing = std::fs::read_dir(arg).map_err(|source| ShardError::Io {
+        action: "reading",
+        path: arg.into(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = listing
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "parquet")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !n.starts_with('.'))
+                && p.is_file()
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The embedding rows of one shard, in file order.
+pub fn read_embeddings(path: &Path) -> Result<Vec<EmbeddingRow>> {
+    let file = File::open(path).map_err(|source| ShardError::Io {
+        action: "reading",
+        path: path.into(),
+        source,
+    })?;
+    let bad = |e: parquet::errors::ParquetError| ShardError::Parquet {
+        path: path.into(),
+        message: format!("not a readable Parquet file: {e}"),
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(bad)?
+        .build()
+        .map_err(bad)?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| ShardError::Parquet {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let ids = strings(path, &batch, ID, true)?;
+        let paths = strings(path, &batch, PATH, true)?;
+        let errors = strings(path, &batch, ERROR, false)?;
+        let embeddings =
+            column(path, &batch, EMBEDDING, true)?.ok_or_else(|| missing(path, EMBEDDING))?;
+        let embeddings = embeddings
+            .as_any()
+            .downcast_ref::<FixedSizeListArray>()
+            .ok_or_else(|| ShardError::Column {
+                path: path.into(),
+                column: EMBEDDING,
+                problem: format!(
+                    "is {}, not a fixed-size list of float32",
+                    embeddings.data_type()
+                ),
+            })?;
+        let values = embeddings
+            .values()
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .ok_or_else(|| ShardError::Column {
+                path: path.into(),
+                column: EMBEDDING,
+                problem: format!("holds {}, not float32", embeddings.value_type()),
+            })?;
+        let (ids, paths) = (ids.unwrap_or_default(), paths.unwrap_or_default());
+        let dim = embeddings.value_length() as usize;
+        for i in 0..batch.num_rows() {
+            let (Some(id), Some(image)) = (ids[i].clone(), paths[i].clone()) else {
+                return Err(ShardError::Column {
+                    path: path.into(),
+                    column: if ids[i].is_none() { ID } else { PATH },
+                    problem: format!("is null in row {i}"),
+                });
+            };
+            let error = errors.as_ref().and_then(|e| e[i].clone());
+            let result = match error {
+                Some(e) => Err(e),
+                None if embeddings.is_null(i) => Err("no embedding".to_string()),
+                None => {
+                    let start = embeddings.value_offset(i) as usize;
+                    let row = values.values().get(start..start + dim).ok_or_else(|| {
+                        ShardError::Column {
+                            path: path.into(),
+                            column: EMBEDDING,
+                            problem: format!("row {i} is shorter than {dim} values"),
+                        }
+                    })?;
+                    Ok(row.to_vec())
+                }
+            };
+            rows.push(EmbeddingRow {
+                id,
+                path: image,
+                result,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn missing(path: &Path, column: &'static str) -> ShardError {
+    ShardError::Column {
+        path: path.into(),
+        column,
+        problem: "is missing".into(),
+    }
+}
+
+fn column(
+    path: &Path,
+    batch: &RecordBatch,
+    name: &'static str,
+    required: bool,
+) -> Result<Option<ArrayRef>> {
+    match batch.column_by_name(name) {
+        Some(c) => Ok(Some(c.clone())),
+        None if required => Err(missing(path, name)),
+        None => Ok(None),
+    }
+}
+
+/// A string column as owned values (string or large string, as pyarrow may write either).
+fn strings(
+    path: &Path,
+    batch: &RecordBatch,
+    name: &'static str,
+    required: bool,
+) -> Result<Option<Vec<Option<String>>>> {
+    let Some(c) = column(path, batch, name, required)? else {
+        return Ok(None);
+    };
+    let cast = |problem: String| ShardError::Column {
+        path: path.into(),
+        column: name,
+        problem,
+    };
+    let values = if let Some(s) = c.as_any().downcast_ref::<StringArray>() {
+        s.iter().map(|v| v.map(str::to_string)).collect()
+    } else if let Some(s) = c.as_any().downcast_ref::<arrow_array::LargeStringArray>() {
+        s.iter().map(|v| v.map(str::to_string)).collect()
+    } else {
+        return Err(cast(format!("is {}, not a string", c.data_type())));
+    };
+    Ok(Some(values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn embedding_shard(path: &Path, dim: i32, rows: &[(&str, Option<Vec<f32>>, Option<&str>)]) {
+        let field = Arc::new(Field::new("item", DataType::Float32, true));
+        let mut flat = Vec::new();
+        for (_, v, _) in rows {
+            flat.extend(v.clone().unwrap_or_else(|| vec![0.0; dim as usize]));
+        }
+        let nulls: Vec<bool> = rows.iter().map(|(_, v, _)| v.is_some()).collect();
+        let embeddings = FixedSizeListArray::try_new(
+            field.clone(),
+            dim,
+            Arc::new(Float32Array::from(flat)),
+            Some(nulls.into()),
+        )
+        .unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(ID, DataType::Utf8, false),
+            Field::new(PATH, DataType::Utf8, false),
+            Field::new(EMBEDDING, embeddings.data_type().clone(), true),
+            Field::new(ERROR, DataType::Utf8, true),
+        ]));
+        let ids = StringArray::from_iter_values(rows.iter().map(|r| r.0));
+        let paths = StringArray::from_iter_values(rows.iter().map(|r| format!("/img/{}", r.0)));
+        let errors: StringArray = rows.iter().map(|r| r.2).collect();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(ids),
+                Arc::new(paths),
+                Arc::new(embeddings),
+                Arc::new(errors),
+            ],
+        )
+        .unwrap();
+        write_atomically(path, schema, &batch).unwrap();
+    }
+
+    #[test]
+    fn embeddings_and_error_rows_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part-00000-of-00001.parquet");
+        embedding_shard(
+            &path,
+            3,
+            &[
+                ("a", Some(vec![1.0, -0.5, 0.25]), None),
+                ("b", None, Some("b.png: not an image")),
+                ("c", Some(vec![0.0, 1.0, 1e-7]), None),
+            ],
+        );
+        let rows = read_embeddings(&path).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].result, Ok(vec![1.0, -0.5, 0.25]));
+        assert_eq!(rows[1].result, Err("b.png: not an image".to_string()));
+        assert_eq!(rows[2].id, "c");
+        assert_eq!(rows[2].path, "/img/c");
+        assert_eq!(rows[2].result, Ok(vec![0.0, 1.0, 1e-7]));
+        assert_eq!(shard_files(dir.path()).unwrap(), vec![path]);
+    }
+
+    #[test]
+    fn captions_round_trip_and_a_caption_shard_has_no_embeddings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("captions.parquet");
+        let rows = vec![
+            CaptionRow {
+                id: "a.png".into(),
+                path: "/x/a.png".into(),
+                result: Ok(("a red square".into(), vec![30522, 1037, 2417, 2675, 102])),
+            },
+            CaptionRow {
+                id: "b.png".into(),
+                path: "/x/b.png".into(),
+                result: Err("/x/b.png: truncated".into()),
+            },
+        ];
+        write_captions(&path, &rows).unwrap();
+        let file = File::open(&path).unwrap();
+        let batch = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let caption = batch.column_by_name(CAPTION).unwrap();
+        let caption = caption.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(caption.value(0), "a red square");
+        assert!(caption.is_null(1));
+        let tokens = batch.column_by_name(CAPTION_TOKENS).unwrap();
+        let tokens = tokens
+            .as_any()
+            .downcast_ref::<arrow_array::ListArray>()
+            .unwrap();
+        let first = tokens.value(0);
+        let first = first
+            .as_any()
+            .downcast_ref::<arrow_array::Int64Array>()
+            .unwrap();
+        assert_eq!(first.values().to_vec(), vec![30522, 1037, 2417, 2675, 102]);
+        assert!(tokens.is_null(1));
+        let err = read_embeddings(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("captions.parquet") && err.contains("\"embedding\" is missing"),
+            "{err}"
+        );
+        // No temporary is left next to the shard.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_file_that_is_not_parquet_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.parquet");
+        std::fs::write(&path, b"PAR1 not really").unwrap();
+        let err = read_embeddings(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.parquet") && err.contains("not a readable Parquet file"),
+            "{err}"
+        );
+    }
+}
