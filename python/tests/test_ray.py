@@ -18,7 +18,7 @@ from typing import Dict, List
 import numpy as np
 import pytest
 
-from conftest import SHAPES, cli_json
+from conftest import SHAPES, cli_json, run_cli
 
 if os.environ.get("BLIP_ONNX_REQUIRE_RAY") == "1":
     import ray  # noqa: F401  (scripts/python-test.sh installs it: never skipped in CI)
@@ -190,6 +190,27 @@ def test_two_nodes_write_every_image_once_as_the_cli(cluster, packages, job_inpu
     # A rerun finds every shard written and computes nothing.
     again = _finish(_driver(cluster, packages, job_inputs, tmp_path / "out"))
     assert again["written"] == [] and len(again["skipped"]) == SHARDS
+    _check_index_from_shards(packages, job_inputs, tmp_path)
+
+
+def _check_index_from_shards(packages, job_inputs, tmp_path: Path) -> None:
+    """The cluster's shards become the CLI's search index: the two error rows are reported and
+    left out (exit 3), and an ITC search over it ranks as the CLI's own embeddings do."""
+    index = tmp_path / "from-shards.idx"
+    proc = run_cli("index", "-p", packages["retrieval"], "--from-parquet", tmp_path / "out",
+                   "-o", index, "--format", "json", check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert "missing.png" in proc.stderr and "corrupt.png" in proc.stderr, proc.stderr
+    summary = json.loads(proc.stdout)[0]
+    assert (summary["images"], summary["shards"], summary["failed"]) == (len(job_inputs["paths"]) - 2, SHARDS, 2)
+    query = "a red circle"
+    text = np.array(cli_json("embed", "-p", packages["retrieval"], "--text", query)[0]["embedding"], np.float32)
+    paths = sorted(job_inputs["embeddings"])
+    scores = np.stack([job_inputs["embeddings"][p] for p in paths]) @ text
+    want = [(paths[i], float(scores[i])) for i in np.argsort(-scores, kind="stable")[:5]]
+    hits = cli_json("search", "-p", packages["retrieval"], index, query, "-k", "5", "--rerank", "0")
+    assert [h["image"] for h in hits] == [p for p, _ in want]
+    assert np.allclose([h["score"] for h in hits], [s for _, s in want], atol=1e-5)
 
 
 def test_a_killed_job_resumes_without_recomputing_finished_shards(cluster, packages, job_inputs, tmp_path):
@@ -239,6 +260,37 @@ def _webdataset(root: Path, images: List[Path]) -> List[Path]:
             tar.addfile(info, io.BytesIO(b"bad"))
         tars.append(path)
     return tars
+
+
+def test_cli_caption_parquet_has_the_pipeline_columns(cluster, packages, job_inputs, tmp_path):
+    """`blip-onnx caption DIR --format parquet` (one machine) writes what a pipeline shard holds
+    for captions: the same column names and types, the ids the pipeline gives folder images, and
+    the same captions and tokens."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for p in sorted((SHAPES / "test" / "images").glob("*.png"))[:6]:
+        shutil.copy(p, folder / p.name)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    cli_out = tmp_path / "cli.parquet"
+    proc = run_cli("caption", "-p", packages["caption"], "--beams", "1", "--threads", "1",
+                   "--format", "parquet", "-o", cli_out, folder, check=False)
+    assert proc.returncode == 3, proc.stderr
+    out = tmp_path / "ray"
+    ray_proc = subprocess.run(
+        [sys.executable, "-m", "blip_onnx.ray", str(folder), str(out), "--caption-package", str(packages["caption"]),
+         "--address", cluster.address, "--shards", "2", "--actors", "1", "--threads", "1", "--beams", "1"],
+        capture_output=True, text=True, env=ENV, timeout=600)
+    assert ray_proc.returncode == 0, ray_proc.stderr[-4000:]
+    pipeline = pa.concat_tables([pq.read_table(f) for f in _shards(out)])
+    cli = pq.read_table(cli_out)
+    assert cli.schema.names == pipeline.schema.names
+    assert [f.type for f in cli.schema] == [f.type for f in pipeline.schema]
+    cli_rows, pipeline_rows = cli.to_pylist(), pipeline.to_pylist()
+    assert [r["id"] for r in cli_rows] == [r["id"] for r in pipeline_rows]
+    for a, b in zip(cli_rows, pipeline_rows):
+        assert (a["path"], a["caption"], a["caption_tokens"]) == (b["path"], b["caption"], b["caption_tokens"])
+        assert (a["error"] is None) == (b["error"] is None)
+    assert cli_rows[0]["id"] == "corrupt.png" and "corrupt.png" in cli_rows[0]["error"]
 
 
 def test_inputs_from_a_folder_parquet_and_webdataset(tmp_path):

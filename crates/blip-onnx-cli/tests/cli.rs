@@ -671,3 +671,97 @@ fn serve_starts_answers_and_stops_on_sigterm() {
         status.signal()
     );
 }
+
+/// `caption FOLDER --format parquet -o FILE` writes one row per image with blip_onnx.ray's columns
+/// (a corrupt image is an error row, exit 3, no temporary left); `index --from-parquet` refuses a
+/// shard without embeddings and writes nothing.
+#[test]
+fn caption_writes_a_parquet_shard_that_index_from_parquet_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = convert_to(dir.path(), "caption");
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(images.join("sub")).unwrap();
+    std::fs::copy(fixture("images/synthetic_a.png"), images.join("a.png")).unwrap();
+    std::fs::copy(fixture("images/synthetic_b.png"), images.join("sub/b.png")).unwrap();
+    std::fs::write(images.join("corrupt.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
+    let cap_s = cap.to_str().unwrap();
+    let out = dir.path().join("captions.parquet");
+    let (status, _, stderr) = code(&[
+        "caption",
+        "-p",
+        cap_s,
+        "--beams",
+        "1",
+        "--format",
+        "parquet",
+        "-o",
+        out.to_str().unwrap(),
+        images.to_str().unwrap(),
+    ]);
+    assert_eq!(status, Some(3), "{stderr}");
+    assert!(stderr.contains("corrupt.png"), "{stderr}");
+    let rows = blip_shards::read_captions(&out).unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["a.png", "corrupt.png", "sub/b.png"]);
+    // The same captions and tokens as the JSON output for the same files.
+    let (ok, stdout, stderr) = blip(&[
+        "caption",
+        "-p",
+        cap_s,
+        "--beams",
+        "1",
+        "--format",
+        "json",
+        images.join("a.png").to_str().unwrap(),
+        images.join("sub/b.png").to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let json: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    for (row, want) in [&rows[0], &rows[2]].into_iter().zip(&json) {
+        let (text, tokens) = row.result.clone().unwrap();
+        assert_eq!(text, want["caption"].as_str().unwrap());
+        let want_tokens: Vec<i64> = serde_json::from_value(want["tokens"].clone()).unwrap();
+        assert_eq!(tokens, want_tokens);
+        assert_eq!(row.path, want["image"].as_str().unwrap());
+    }
+    let err = rows[1].result.clone().unwrap_err();
+    assert!(err.contains("corrupt.png"), "{err}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let (status, _, stderr) = code(&[
+        "caption",
+        "-p",
+        cap_s,
+        "--format",
+        "parquet",
+        images.to_str().unwrap(),
+    ]);
+    assert_eq!(status, Some(1));
+    assert!(
+        stderr.contains("--format parquet needs --output"),
+        "{stderr}"
+    );
+
+    let ret = convert_to(dir.path(), "retrieval");
+    let idx = dir.path().join("from-parquet.idx");
+    let (status, _, stderr) = code(&[
+        "index",
+        "-p",
+        ret.to_str().unwrap(),
+        "--from-parquet",
+        out.to_str().unwrap(),
+        "-o",
+        idx.to_str().unwrap(),
+    ]);
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("captions.parquet") && stderr.contains("\"embedding\" is missing"),
+        "{stderr}"
+    );
+    assert!(!idx.exists());
+}

@@ -172,25 +172,9 @@ pub fn shard_files(arg: &Path) -> Result<Vec<PathBuf>> {
 
 /// The embedding rows of one shard, in file order.
 pub fn read_embeddings(path: &Path) -> Result<Vec<EmbeddingRow>> {
-    let file = File::open(path).map_err(|source| ShardError::Io {
-        action: "reading",
-        path: path.into(),
-        source,
-    })?;
-    let bad = |e: parquet::errors::ParquetError| ShardError::Parquet {
-        path: path.into(),
-        message: format!("not a readable Parquet file: {e}"),
-    };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(bad)?
-        .build()
-        .map_err(bad)?;
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| ShardError::Parquet {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+    for batch in batches(path)? {
+        let batch = batch?;
         let ids = strings(path, &batch, ID, true)?;
         let paths = strings(path, &batch, PATH, true)?;
         let errors = strings(path, &batch, ERROR, false)?;
@@ -219,13 +203,7 @@ pub fn read_embeddings(path: &Path) -> Result<Vec<EmbeddingRow>> {
         let (ids, paths) = (ids.unwrap_or_default(), paths.unwrap_or_default());
         let dim = embeddings.value_length() as usize;
         for i in 0..batch.num_rows() {
-            let (Some(id), Some(image)) = (ids[i].clone(), paths[i].clone()) else {
-                return Err(ShardError::Column {
-                    path: path.into(),
-                    column: if ids[i].is_none() { ID } else { PATH },
-                    problem: format!("is null in row {i}"),
-                });
-            };
+            let (id, image) = id_and_path(path, &ids, &paths, i)?;
             let error = errors.as_ref().and_then(|e| e[i].clone());
             let result = match error {
                 Some(e) => Err(e),
@@ -250,6 +228,97 @@ pub fn read_embeddings(path: &Path) -> Result<Vec<EmbeddingRow>> {
         }
     }
     Ok(rows)
+}
+
+/// The caption rows of one shard, in file order.
+pub fn read_captions(path: &Path) -> Result<Vec<CaptionRow>> {
+    let mut rows = Vec::new();
+    for batch in batches(path)? {
+        let batch = batch?;
+        let ids = strings(path, &batch, ID, true)?.unwrap_or_default();
+        let paths = strings(path, &batch, PATH, true)?.unwrap_or_default();
+        let errors = strings(path, &batch, ERROR, false)?;
+        let captions = strings(path, &batch, CAPTION, true)?.unwrap_or_default();
+        let tokens = column(path, &batch, CAPTION_TOKENS, true)?
+            .ok_or_else(|| missing(path, CAPTION_TOKENS))?;
+        let tokens = tokens
+            .as_any()
+            .downcast_ref::<arrow_array::ListArray>()
+            .ok_or_else(|| ShardError::Column {
+                path: path.into(),
+                column: CAPTION_TOKENS,
+                problem: format!("is {}, not a list of int64", tokens.data_type()),
+            })?;
+        for i in 0..batch.num_rows() {
+            let (id, image) = id_and_path(path, &ids, &paths, i)?;
+            let error = errors.as_ref().and_then(|e| e[i].clone());
+            let result = match (error, captions[i].clone()) {
+                (Some(e), _) => Err(e),
+                (None, None) => Err("no caption".to_string()),
+                (None, Some(text)) if tokens.is_null(i) => {
+                    return Err(ShardError::Column {
+                        path: path.into(),
+                        column: CAPTION_TOKENS,
+                        problem: format!("is null in row {i}, which has a caption ({text:?})"),
+                    });
+                }
+                (None, Some(text)) => {
+                    let row = tokens.value(i);
+                    let ids = row
+                        .as_any()
+                        .downcast_ref::<arrow_array::Int64Array>()
+                        .ok_or_else(|| ShardError::Column {
+                            path: path.into(),
+                            column: CAPTION_TOKENS,
+                            problem: format!("holds {}, not int64", row.data_type()),
+                        })?;
+                    Ok((text, ids.values().to_vec()))
+                }
+            };
+            rows.push(CaptionRow {
+                id,
+                path: image,
+                result,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The record batches of a shard, with errors that name it.
+fn batches(path: &Path) -> Result<impl Iterator<Item = Result<RecordBatch>> + '_> {
+    let file = File::open(path).map_err(|source| ShardError::Io {
+        action: "reading",
+        path: path.into(),
+        source,
+    })?;
+    let bad = |e: parquet::errors::ParquetError| ShardError::Parquet {
+        path: path.into(),
+        message: format!("not a readable Parquet file: {e}"),
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(bad)?
+        .build()
+        .map_err(bad)?;
+    Ok(reader.map(move |b| {
+        b.map_err(|e| ShardError::Parquet {
+            path: path.into(),
+            message: e.to_string(),
+        })
+    }))
+}
+
+type Strings = Vec<Option<String>>;
+
+fn id_and_path(path: &Path, ids: &Strings, paths: &Strings, i: usize) -> Result<(String, String)> {
+    match (ids[i].clone(), paths[i].clone()) {
+        (Some(id), Some(image)) => Ok((id, image)),
+        (id, _) => Err(ShardError::Column {
+            path: path.into(),
+            column: if id.is_none() { ID } else { PATH },
+            problem: format!("is null in row {i}"),
+        }),
+    }
 }
 
 fn missing(path: &Path, column: &'static str) -> ShardError {
@@ -378,6 +447,7 @@ mod tests {
             },
         ];
         write_captions(&path, &rows).unwrap();
+        assert_eq!(read_captions(&path).unwrap(), rows);
         let file = File::open(&path).unwrap();
         let batch = ParquetRecordBatchReaderBuilder::try_new(file)
             .unwrap()
