@@ -1154,3 +1154,158 @@ fn bad_quantize_and_optimize_inputs_are_refused_and_leave_nothing() {
     );
     assert_eq!(m["graphs"]["decoder"]["precision"], "int4");
 }
+
+/// Rewrites an index file's JSON header (and optionally its embedding bytes) in place.
+fn edit_index(
+    from: &Path,
+    to: &Path,
+    edit: impl FnOnce(&mut serde_json::Value),
+    data: impl FnOnce(&mut Vec<u8>),
+) {
+    let bytes = std::fs::read(from).unwrap();
+    let hlen = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[16..16 + hlen]).unwrap();
+    edit(&mut header);
+    let mut embeddings = bytes[16 + hlen..].to_vec();
+    data(&mut embeddings);
+    let h = serde_json::to_vec(&header).unwrap();
+    let mut out = bytes[..8].to_vec();
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&embeddings);
+    std::fs::write(to, out).unwrap();
+}
+
+#[test]
+fn bad_indexes_and_shards_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let retrieval = convert("retrieval", &d.join("retrieval"));
+    let caption = convert("caption", &d.join("caption"));
+    let images = d.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::copy(fixture("images/synthetic_a.png"), images.join("a.png")).unwrap();
+    std::fs::copy(fixture("images/synthetic_b.png"), images.join("b.png")).unwrap();
+    let good = d.join("good.idx");
+    let r = run(
+        &["index", "-p", &s(&retrieval), &s(&images), "-o", &s(&good)].map(String::from),
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let bad = |name: &str| d.join(name);
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(bad("cut.idx"), &bytes[..bytes.len() - 3]).unwrap();
+    std::fs::write(bad("text.idx"), b"this is not an index at all").unwrap();
+    edit_index(
+        &good,
+        &bad("escape.idx"),
+        |h| h["entries"][0]["state"] = "../../../etc/hostname".into(),
+        |_| {},
+    );
+    edit_index(
+        &good,
+        &bad("twice.idx"),
+        |h| h["entries"][1]["id"] = h["entries"][0]["id"].clone(),
+        |_| {},
+    );
+    edit_index(
+        &good,
+        &bad("nan.idx"),
+        |_| {},
+        |e| e[..4].copy_from_slice(&f32::NAN.to_le_bytes()),
+    );
+    edit_index(
+        &good,
+        &bad("header.idx"),
+        |h| h["dim"] = "wide".into(),
+        |_| {},
+    );
+    let search = |idx: &str| {
+        [
+            "search",
+            "-p",
+            &s(&retrieval),
+            &s(&bad(idx)),
+            "a red square",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mk = |name: &'static str, args: Vec<String>| Case {
+        args,
+        ..case(name, &[])
+    };
+    // Shards for --from-parquet: a caption shard (no embedding column), a file that is not Parquet.
+    let caption_shard = d.join("captions.parquet");
+    let r = run(
+        &[
+            "caption",
+            "-p",
+            &s(&caption),
+            "--beams",
+            "1",
+            &s(&images),
+            "--format",
+            "parquet",
+            "-o",
+            &s(&caption_shard),
+        ]
+        .map(String::from),
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    std::fs::write(d.join("junk.parquet"), b"PAR1 but no footer").unwrap();
+    let empty = d.join("no-shards");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = d.join("out").join("from.idx");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let from = |shard: &Path| {
+        [
+            "index",
+            "-p",
+            &s(&retrieval),
+            "--from-parquet",
+            &s(shard),
+            "-o",
+            &s(&out),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let cases = vec![
+        mk("truncated index", search("cut.idx")).says(&["cut.idx", "embedding data truncated"]),
+        mk("not an index", search("text.idx")).says(&["text.idx", "is not a blip-onnx index"]),
+        mk(
+            "state name leading out of the sidecar",
+            search("escape.idx"),
+        )
+        .says(&["escape.idx", "state file \"../../../etc/hostname\""]),
+        mk("duplicate id", search("twice.idx")).says(&["twice.idx", "the id appears twice"]),
+        mk("NaN embedding", search("nan.idx")).says(&["nan.idx", "non-finite value"]),
+        mk("bad header", search("header.idx")).says(&["header.idx", "bad index header"]),
+        mk(
+            "index of another head",
+            ["search", "-p", &s(&caption), &s(&good), "a"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .says(&["has no image embeddings"]),
+        mk("caption shard as embeddings", from(&caption_shard))
+            .says(&[
+                "captions.parquet",
+                "\"embedding\" is missing",
+                "nothing written",
+            ])
+            .no_output(&out),
+        mk("not Parquet", from(&d.join("junk.parquet")))
+            .says(&["junk.parquet", "not a readable Parquet file"])
+            .no_output(&out),
+        mk("folder without shards", from(&empty))
+            .says(&["no Parquet shards", "no-shards"])
+            .no_output(&out),
+        mk("missing shard", from(&d.join("gone.parquet")))
+            .says(&["gone.parquet"])
+            .no_output(&out),
+    ];
+    run_cases(cases);
+}
