@@ -147,7 +147,7 @@ enum Command {
         #[arg(long)]
         answers: Option<PathBuf>,
         /// Answers kept after the first-token ranking (LAVIS: 128).
-        #[arg(short, long, default_value_t = blip_server::api::DEFAULT_VQA_K)]
+        #[arg(short, long, default_value_t = blip_runtime::defaults::VQA_RANK_K)]
         k: usize,
         /// Generation: mask the question padding in cross-attention (BLIP and transformers do not,
         /// so batched answers can depend on the other questions' lengths).
@@ -267,10 +267,10 @@ enum Command {
         index: PathBuf,
         query: String,
         /// Results to print.
-        #[arg(short, long, default_value_t = blip_server::DEFAULT_SEARCH_K)]
+        #[arg(short, long, default_value_t = blip_runtime::defaults::SEARCH_K)]
         k: usize,
         /// Candidates reranked with ITM (score = ITM logit + ITC similarity); 0 for ITC only.
-        #[arg(long, default_value_t = blip_server::DEFAULT_RERANK)]
+        #[arg(long, default_value_t = blip_runtime::defaults::RERANK)]
         rerank: usize,
     },
     /// Write a static site that runs packages in the browser (onnxruntime-web): the demo page

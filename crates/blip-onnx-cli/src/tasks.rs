@@ -97,14 +97,14 @@ pub struct Decoding {
     /// Nucleus sampling instead of beam search.
     #[arg(long)]
     pub sample: bool,
-    #[arg(long, default_value_t = blip_server::api::DEFAULT_TOP_P)]
+    #[arg(long, default_value_t = blip_runtime::defaults::SAMPLE_TOP_P)]
     pub top_p: f32,
     /// 0 disables top-k.
-    #[arg(long, default_value_t = blip_server::api::DEFAULT_TOP_K)]
+    #[arg(long, default_value_t = blip_runtime::defaults::SAMPLE_TOP_K)]
     pub top_k: usize,
-    #[arg(long, default_value_t = blip_server::api::DEFAULT_TEMPERATURE)]
+    #[arg(long, default_value_t = blip_runtime::defaults::SAMPLE_TEMPERATURE)]
     pub temperature: f32,
-    #[arg(long, default_value_t = blip_server::api::DEFAULT_SEED)]
+    #[arg(long, default_value_t = blip_runtime::defaults::SAMPLE_SEED)]
     pub seed: u64,
     /// Maximum length in tokens, prompt included.
     #[arg(long, default_value_t = 20)]

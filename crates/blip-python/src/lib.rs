@@ -91,14 +91,17 @@ create_exception!(
     "A package could not be quantized."
 );
 
-/// LAVIS's rank-mode candidate count (the CLI's `vqa --k` default).
-const RANK_CANDIDATES: usize = 128;
-/// Nucleus sampling defaults (the CLI's `--top-p`, `--top-k`, `--temperature`, `--seed`).
-/// (f64 so Python shows 0.9, not its f32 neighbour.)
-const SAMPLE_TOP_P: f64 = 0.9;
-const SAMPLE_TOP_K: usize = 0;
-const SAMPLE_TEMPERATURE: f32 = 1.0;
-const SAMPLE_SEED: u64 = 0;
+use blip_runtime::defaults::{
+    SAMPLE_SEED, SAMPLE_TEMPERATURE, SAMPLE_TOP_K, VQA_RANK_K as RANK_CANDIDATES,
+};
+/// Nucleus sampling's top_p as Python shows it (0.9, not its f32 neighbour 0.8999999761581421).
+fn sample_top_p() -> f64 {
+    // The shortest decimal of the f32 default, read back as f64.
+    blip_runtime::defaults::SAMPLE_TOP_P
+        .to_string()
+        .parse()
+        .unwrap_or(f64::from(blip_runtime::defaults::SAMPLE_TOP_P))
+}
 
 fn runtime_err(e: RuntimeError) -> PyErr {
     let message = e.to_string();
@@ -262,7 +265,7 @@ fn caption_options(
         Strategy::Sample {
             temperature: temperature.unwrap_or(SAMPLE_TEMPERATURE),
             top_k: top_k.unwrap_or(SAMPLE_TOP_K),
-            top_p: top_p.unwrap_or(SAMPLE_TOP_P as f32),
+            top_p: top_p.unwrap_or(blip_runtime::defaults::SAMPLE_TOP_P),
             seed: seed.unwrap_or(SAMPLE_SEED),
         }
     } else {
@@ -777,7 +780,7 @@ fn caption_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     out.set_item("max_length", d.max_length)?;
     out.set_item("min_length", d.min_length)?;
     out.set_item("repetition_penalty", d.repetition_penalty)?;
-    out.set_item("top_p", SAMPLE_TOP_P)?;
+    out.set_item("top_p", sample_top_p())?;
     out.set_item("top_k", SAMPLE_TOP_K)?;
     out.set_item("temperature", SAMPLE_TEMPERATURE)?;
     out.set_item("seed", SAMPLE_SEED)?;

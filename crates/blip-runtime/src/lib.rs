@@ -16,12 +16,12 @@ use std::sync::{Arc, OnceLock};
 
 pub use blip_package::{Package, PackageError};
 pub use blip_preprocess::PreprocessError;
-pub use blip_tasks::generate;
 pub use blip_tasks::{
     Answer, Blip, CandidateStates, Caption, CaptionOptions, DecodeBatch, Generated, Generation,
     GenerationConfig, Graphs, Hit, ImageInput, RankedAnswers, Strategy, TaskError, VisionOutput,
     VqaOptions, ready, unique_inputs,
 };
+pub use blip_tasks::{defaults, generate};
 pub use engine::{DecoderShape, OrtCache, OrtCross, OrtGraphs};
 pub use model::{BlipModel, CachedDecoder};
 use ort::session::Session;

@@ -7,16 +7,12 @@ use utoipa::ToSchema;
 
 use crate::error::ItemError;
 
-/// Sampling settings the library leaves to the caller; `blip-onnx caption` uses the same ones.
-pub const DEFAULT_TOP_P: f32 = 0.9;
-pub const DEFAULT_TOP_K: usize = 0;
-pub const DEFAULT_TEMPERATURE: f32 = 1.0;
-pub const DEFAULT_SEED: u64 = 0;
-/// Search: hits returned and candidates reranked with ITM (as `blip-onnx search`).
-pub const DEFAULT_SEARCH_K: usize = 10;
-pub const DEFAULT_RERANK: usize = 16;
-/// VQA rank mode: answers kept after the first-token ranking (LAVIS: 128).
-pub const DEFAULT_VQA_K: usize = 128;
+/// The settings the library leaves to the caller (one definition: `blip_tasks::defaults`).
+pub use blip_runtime::defaults::{
+    RERANK as DEFAULT_RERANK, SAMPLE_SEED as DEFAULT_SEED,
+    SAMPLE_TEMPERATURE as DEFAULT_TEMPERATURE, SAMPLE_TOP_K as DEFAULT_TOP_K,
+    SAMPLE_TOP_P as DEFAULT_TOP_P, SEARCH_K as DEFAULT_SEARCH_K, VQA_RANK_K as DEFAULT_VQA_K,
+};
 
 /// Caption images. Every option of `blip-onnx caption`; `beams: 1` is greedy, `sample: true` is
 /// nucleus sampling.

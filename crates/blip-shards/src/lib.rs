@@ -371,7 +371,10 @@ fn strings(
 mod tests {
     use super::*;
 
-    fn embedding_shard(path: &Path, dim: i32, rows: &[(&str, Option<Vec<f32>>, Option<&str>)]) {
+    /// id, embedding (None: null), error.
+    type Row<'a> = (&'a str, Option<Vec<f32>>, Option<&'a str>);
+
+    fn embedding_shard(path: &Path, dim: i32, rows: &[Row]) {
         let field = Arc::new(Field::new("item", DataType::Float32, true));
         let mut flat = Vec::new();
         for (_, v, _) in rows {

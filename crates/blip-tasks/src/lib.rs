@@ -5,6 +5,7 @@
 //! (`blip-runtime`) and the browser run the same code.
 
 mod batch;
+pub mod defaults;
 pub mod generate;
 mod graphs;
 mod input;

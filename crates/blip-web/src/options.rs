@@ -1,11 +1,10 @@
 //! What JS passes and gets back, as JSON: options objects mapped onto blip-tasks' options (unknown
 //! or invalid fields are errors naming the field), and results in camelCase.
 
-use blip_tasks::{Answer, Caption, CaptionOptions, Hit, RankedAnswers, Strategy, VqaOptions};
+use blip_tasks::{
+    Answer, Caption, CaptionOptions, Hit, RankedAnswers, Strategy, VqaOptions, defaults,
+};
 use serde::{Deserialize, Serialize};
-
-/// Nucleus sampling defaults when `sample` is set without them (BLIP's sampling: top-p 0.9).
-const SAMPLE_TOP_P: f32 = 0.9;
 
 /// `caption()`'s options. Unset fields keep blip-tasks' defaults (BLIP's COCO evaluation).
 #[derive(Debug, Default, Deserialize)]
@@ -68,21 +67,21 @@ impl CaptionRequest {
     pub fn options(&self) -> Result<CaptionOptions, OptionError> {
         let d = CaptionOptions::default();
         let strategy = if self.sample {
-            let temperature = self.temperature.unwrap_or(1.0);
+            let temperature = self.temperature.unwrap_or(defaults::SAMPLE_TEMPERATURE);
             if temperature <= 0.0 || !temperature.is_finite() {
                 return Err(OptionError(format!(
                     "temperature must be positive, got {temperature}"
                 )));
             }
-            let top_p = self.top_p.unwrap_or(SAMPLE_TOP_P);
+            let top_p = self.top_p.unwrap_or(defaults::SAMPLE_TOP_P);
             if !(top_p > 0.0 && top_p <= 1.0) {
                 return Err(OptionError(format!("topP must be in (0, 1], got {top_p}")));
             }
             Strategy::Sample {
                 temperature,
-                top_k: self.top_k.unwrap_or(0),
+                top_k: self.top_k.unwrap_or(defaults::SAMPLE_TOP_K),
                 top_p,
-                seed: self.seed.unwrap_or(0),
+                seed: self.seed.unwrap_or(defaults::SAMPLE_SEED),
             }
         } else {
             strategy(self.beams, self.length_penalty, &d.strategy)?
@@ -141,7 +140,7 @@ pub struct RankAnswersRequest {
 
 impl RankAnswersRequest {
     fn default_k() -> usize {
-        128
+        defaults::VQA_RANK_K
     }
     fn default_max_question_tokens() -> usize {
         VqaOptions::default().max_question_tokens
@@ -169,7 +168,7 @@ pub struct RankImagesRequest {
 
 impl RankImagesRequest {
     fn default_rerank() -> usize {
-        16
+        defaults::RERANK
     }
 }
 
