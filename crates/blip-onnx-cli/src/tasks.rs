@@ -178,7 +178,8 @@ fn emit(
 
 /// The images a caption run takes: files as given (their id is the path as given), and the
 /// images under each folder, recursively and sorted (their id is the path inside the folder, as
-/// blip_onnx.ray names folder images).
+/// blip_onnx.ray names folder images). A folder with no image in it stays an item of its own, so it
+/// is reported as failed (exit 3) instead of vanishing from the output.
 pub fn expand_images(args: &[PathBuf]) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     for a in args {
@@ -186,6 +187,13 @@ pub fn expand_images(args: &[PathBuf]) -> Result<Vec<(String, PathBuf)>> {
             let scan = blip_index::scan_images(a)?;
             for (path, why) in &scan.skipped {
                 eprintln!("skipping {}: {why}", path.display());
+            }
+            if scan.images.is_empty() {
+                eprintln!(
+                    "{}: the folder holds no PNG, JPEG, WebP, GIF or BMP file",
+                    a.display()
+                );
+                out.push((a.display().to_string(), a.clone()));
             }
             for p in scan.images {
                 let id = p.strip_prefix(a).unwrap_or(&p).display().to_string();
@@ -215,9 +223,6 @@ pub fn caption(
         _ => {}
     }
     let named = expand_images(images)?;
-    if named.is_empty() {
-        bail!("no images: the folders given hold no PNG, JPEG, WebP, GIF or BMP files");
-    }
     let images: Vec<PathBuf> = named.iter().map(|(_, p)| p.clone()).collect();
     let images = images.as_slice();
     let mut model = common.model()?;

@@ -70,6 +70,9 @@ impl ImagePreprocessor {
         };
         // metadata, not open: opening a FIFO for reading would block until a writer appears.
         let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        if meta.is_dir() {
+            return Err(err("not a regular file (a folder)".into()));
+        }
         if !meta.is_file() {
             return Err(err("not a regular file".into()));
         }
