@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds the Python wheel and tests it against the native CLI (scripts/test.sh runs it last).
+# Builds the Python wheel and tests it against the native CLI (scripts/test.sh runs it).
 #   scripts/python-test.sh [pytest args...]
-# 1. the build venv (scripts/python-setup.sh: pinned maturin, pytest, numpy, pillow, onnxruntime),
-# 2. `maturin build --release`: one abi3 wheel (CPython >= 3.9, manylinux_2_28) in target/python-wheels,
+# 1-2. scripts/build-wheel.sh: the build venv (scripts/python-setup.sh: pinned maturin, zig), then
+#    `maturin build --release`: one abi3 wheel (CPython >= 3.9, manylinux_2_28) in target/python-wheels,
 # 3. a FRESH venv with only that wheel (its onnxruntime dependency from PyPI), the test pins and
 #    pinned Ray (python/requirements-*.txt),
 # 4. pytest python/tests, which converts the shapes fixtures with the CLI binary and compares, and
@@ -11,23 +11,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
 eval "$(scripts/fetch-onnxruntime.sh)"  # the CLI the tests compare against loads it from here
-VENV="$(scripts/python-setup.sh)"
 cargo build --quiet -p blip-onnx-cli
 export BLIP_ONNX_CLI="$PWD/target/debug/blip-onnx"
-
-rm -rf target/python-wheels
-# --zig: linked against glibc 2.28 (the venv's ziglang, found through PATH), as onnxruntime's wheel.
-(cd python && PATH="$VENV/bin:$PATH" maturin build --release --quiet --zig \
-    --compatibility manylinux_2_28 --out ../target/python-wheels)
-wheels=(target/python-wheels/blip_onnx-*-cp39-abi3-manylinux_2_28_x86_64.whl)
-[ -f "${wheels[0]}" ] || { echo "python-test.sh: no abi3 wheel in target/python-wheels" >&2; exit 1; }
-echo "python-test.sh: built ${wheels[0]} in $((SECONDS - start)) s" >&2
+wheel="$(scripts/build-wheel.sh)"
+echo "python-test.sh: built $wheel in $((SECONDS - start)) s" >&2
 
 TEST_VENV=target/python-test-venv
 rm -rf "$TEST_VENV"
 python3 -m venv "$TEST_VENV"
 "$TEST_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "${wheels[0]}" -r python/requirements-test.txt -r python/requirements-ray.txt
+    "$wheel" -r python/requirements-test.txt -r python/requirements-ray.txt
 export BLIP_ONNX_REQUIRE_RAY=1  # the Ray cluster tests must run, not skip
 # From the repository root, so `blip_onnx` is the installed wheel, not the python/ source folder.
 "$TEST_VENV/bin/python" -m pytest -q -p no:cacheprovider python/tests "$@"

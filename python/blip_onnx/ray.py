@@ -290,6 +290,7 @@ def run(
     threads: int = 1,
     batch_size: int = EMBED_BATCH_SIZE,
     input_format: str = "auto",
+    writer: type = ShardWriter,
     **caption_options: Any,
 ) -> Summary:
     """Captions (``caption_package``) and/or embeds (``embed_package``, a retrieval package) every
@@ -299,7 +300,9 @@ def run(
     ``shards`` (default: one per ``images_per_shard`` images) must stay the same across reruns of a
     job. ``actors`` actors (one Ray Data actor pool), each with ``threads`` CPUs and ONNX Runtime
     threads; ``batch_size`` images per model call; ``caption_options`` as
-    :meth:`BlipModel.caption`. Returns what was written and what was skipped.
+    :meth:`BlipModel.caption`. ``writer`` is the actor class: :class:`ShardWriter` or a subclass
+    that swaps the engine (the benchmark runs transformers' BLIP through the same pipeline this way).
+    Returns what was written and what was skipped.
     """
     import ray
 
@@ -323,7 +326,7 @@ def run(
         return Summary(count, [], skipped)
     ds = ray.data.from_items(pending, override_num_blocks=len(pending))
     results = ds.map_batches(
-        ShardWriter,
+        writer,
         fn_constructor_kwargs={
             "output": str(out.resolve()),
             "caption_package": None if caption_package is None else str(Path(caption_package).resolve()),

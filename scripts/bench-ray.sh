@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Batch captioning / embedding throughput on random-weight base packages: the CLI, the blip_onnx.ray
+# pipeline (1 actor x 2 threads, 2 actors x 1 thread) and transformers' BLIP in the same Ray
+# pipeline (1 actor x 2 threads), side by side in one run (tools/bench_ray.py), into docs/bench/ray-base.{json,md}.
+#   scripts/bench-ray.sh [ROUNDS] [IMAGES]      (default: 2 rounds, 128 images; PyTorch in the first)
+# Developer-side: the reference environment (tools/reference/setup.sh: torch, transformers) gets the
+# wheel and pinned Ray installed; the checkpoints and packages are made in .cache/bench/ when missing
+# (the same ones as scripts/bench-base.sh: the default quantized caption package, INT8 retrieval).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds="${1:-2}"
+count="${2:-128}"
+py="${BLIP_REFERENCE_PYTHON:-$(tools/reference/setup.sh | tail -n1)}"
+b=.cache/bench
+eval "$(scripts/fetch-onnxruntime.sh)"
+cargo build --release --quiet -p blip-onnx-cli
+bin="$PWD/target/release/blip-onnx"
+
+for head in caption retrieval; do
+  [ -f "$b/base-$head/config.json" ] ||
+    "$py" tools/reference/blip_reference.py checkpoint --size base --head "$head" -o "$b/base-$head"
+  [ -f "$b/base-$head-pkg/blip.json" ] || "$bin" convert "$b/base-$head" -o "$b/base-$head-pkg" --force >/dev/null
+  [ -f "$b/base-$head-int8/blip.json" ] || "$bin" quantize "$b/base-$head-pkg" -o "$b/base-$head-int8" --force >/dev/null
+done
+# The default quantized caption package: INT8 encoders + INT4 decoder (as bench-base.sh's "mixed").
+[ -f "$b/base-caption-mixed/blip.json" ] ||
+  "$bin" quantize "$b/base-caption-int8" -o "$b/base-caption-mixed" --precision int4 --force >/dev/null
+
+images="$b/ray-images-$count"
+if [ ! -d "$images" ]; then
+  rm -rf "$images.tmp" && mkdir -p "$images.tmp"
+  "$py" - "$images.tmp" "$count" <<'PY'
+import random, sys
+from PIL import Image, ImageDraw
+out, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    rng = random.Random(i)
+    img = Image.new("RGB", (640, 480), tuple(rng.randrange(256) for _ in range(3)))
+    d = ImageDraw.Draw(img)
+    for _ in range(rng.randrange(3, 9)):
+        x, y = rng.randrange(560), rng.randrange(400)
+        box = (x, y, x + rng.randrange(20, 200), y + rng.randrange(20, 200))
+        (d.ellipse if rng.random() < 0.5 else d.rectangle)(box, fill=tuple(rng.randrange(256) for _ in range(3)))
+    img.save(f"{out}/img-{i:04d}.jpg", quality=90)
+PY
+  mv "$images.tmp" "$images"
+fi
+
+wheel="$(scripts/build-wheel.sh)"
+"$py" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+"$py" -m pip install --quiet --disable-pip-version-check -r python/requirements-ray.txt
+RAY_AUTH_MODE=disabled "$py" tools/bench_ray.py --images "$images" --cli "$bin" \
+  --caption-package "$b/base-caption-mixed" --caption-checkpoint "$b/base-caption" \
+  --embed-package "$b/base-retrieval-int8" --embed-checkpoint "$b/base-retrieval" \
+  --threads 2 --rounds "$rounds" --shards 4 -o docs/bench/ray-base
