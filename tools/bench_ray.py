@@ -125,12 +125,14 @@ def read_shards(folder: Path) -> Dict[str, Dict[str, Any]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--images", required=True)
-    p.add_argument("--cli", required=True)
-    p.add_argument("--caption-package", required=True)
-    p.add_argument("--caption-checkpoint", required=True)
-    p.add_argument("--embed-package", required=True)
-    p.add_argument("--embed-checkpoint", required=True)
+    p.add_argument("--render", action="store_true", help="only re-render PREFIX.md (and --readme) from PREFIX.json")
+    p.add_argument("--readme", help="also write the table into this README's <!-- bench:ray-base --> block")
+    p.add_argument("--images")
+    p.add_argument("--cli")
+    p.add_argument("--caption-package")
+    p.add_argument("--caption-checkpoint")
+    p.add_argument("--embed-package")
+    p.add_argument("--embed-checkpoint")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--shards", type=int, default=4)
@@ -139,6 +141,13 @@ def main() -> None:
                    help="PyTorch pipeline's actors x threads, comma-separated (T: --threads); default 1xT")
     p.add_argument("-o", "--output", required=True, help="PREFIX: writes PREFIX.json and PREFIX.md")
     args = p.parse_args()
+    if args.render:
+        write(json.loads(Path(args.output + ".json").read_text()), args.output, args.readme)
+        return
+    missing = [a for a in ("images", "cli", "caption_package", "caption_checkpoint", "embed_package",
+                           "embed_checkpoint") if getattr(args, a) is None]
+    if missing:
+        p.error("missing " + ", ".join("--" + m.replace("_", "-") for m in missing))
 
     images = Path(args.images)
     files = sorted(str(f) for f in images.iterdir() if f.is_file())
@@ -222,8 +231,21 @@ def main() -> None:
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "ray": ray.__version__,
               "command": " ".join(sys.argv), "rows": rows}
     Path(args.output + ".json").write_text(json.dumps(report, indent=1) + "\n")
-    Path(args.output + ".md").write_text(markdown(report))
+    write(report, args.output, args.readme)
     print(markdown(report))
+
+
+def write(report: Dict[str, Any], prefix: str, readme: Optional[str]) -> None:
+    """PREFIX.md, and the README's block between <!-- bench:ray-base --> and <!-- /bench:ray-base -->."""
+    table = markdown(report)
+    Path(prefix + ".md").write_text(table)
+    if readme:
+        body = Path(readme).read_text()
+        start, end = "<!-- bench:ray-base -->", "<!-- /bench:ray-base -->"
+        if start not in body or end not in body:
+            raise SystemExit(f"{readme} has no {start} block")
+        head, rest = body.split(start, 1)
+        Path(readme).write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}")
 
 
 def markdown(r: Dict[str, Any]) -> str:
