@@ -267,6 +267,13 @@ def markdown(r: Dict[str, Any]) -> str:
         secs = ", ".join(f"{s:.1f}" for s in row["seconds"])
         lines.append(f"| {row['task']} | {row['engine']} | {row['images_per_s']:.2f} | {row['vs_cli']:.2f}x | "
                      f"{vs_torch} | {secs} | {row['agreement'] or ''} |")
+    lines += [
+        "",
+        "Results: the ONNX pipelines' caption tokens are compared with the CLI's (the same package). PyTorch runs "
+        "the FP32 checkpoint, so its tokens are those of FP32, not of the quantized package: on random weights "
+        "(near-uniform logits) quantization changes them; FP32 packages are token-exact with PyTorch "
+        "(`cargo test`, the parity suite).",
+    ]
     return "\n".join(lines) + "\n"
 
 
