@@ -7,13 +7,6 @@ use utoipa::ToSchema;
 
 use crate::error::ItemError;
 
-/// The settings the library leaves to the caller (one definition: `blip_tasks::defaults`).
-pub use blip_runtime::defaults::{
-    RERANK as DEFAULT_RERANK, SAMPLE_SEED as DEFAULT_SEED,
-    SAMPLE_TEMPERATURE as DEFAULT_TEMPERATURE, SAMPLE_TOP_K as DEFAULT_TOP_K,
-    SAMPLE_TOP_P as DEFAULT_TOP_P, SEARCH_K as DEFAULT_SEARCH_K, VQA_RANK_K as DEFAULT_VQA_K,
-};
-
 /// Caption images. Every option of `blip-onnx caption`; `beams: 1` is greedy, `sample: true` is
 /// nucleus sampling.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]

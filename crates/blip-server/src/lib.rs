@@ -25,7 +25,6 @@ use blip_runtime::{BlipModel, CandidateStates, Hit, ImageInput, RuntimeError};
 use ndarray::{Array3, ArrayView2};
 use tokio::sync::watch;
 
-pub use api::{DEFAULT_RERANK, DEFAULT_SEARCH_K};
 pub use config::ServeArgs;
 pub use routes::openapi_json;
 

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use blip_checkpoint::Head;
 use blip_index::{Entry, Stamp};
-use blip_runtime::{CaptionOptions, Strategy, VqaOptions};
+use blip_runtime::{CaptionOptions, Strategy, VqaOptions, defaults};
 use utoipa::OpenApi;
 
 use crate::api::*;
@@ -256,13 +256,13 @@ fn caption_options(r: &CaptionRequest, state: &AppState) -> Result<CaptionOption
         }
     };
     let strategy = if r.sample.unwrap_or(false) {
-        let top_p = r.top_p.unwrap_or(DEFAULT_TOP_P);
-        let temperature = r.temperature.unwrap_or(DEFAULT_TEMPERATURE);
+        let top_p = r.top_p.unwrap_or(defaults::SAMPLE_TOP_P);
+        let temperature = r.temperature.unwrap_or(defaults::SAMPLE_TEMPERATURE);
         Strategy::Sample {
             temperature: finite("temperature", temperature, temperature > 0.0)?,
-            top_k: r.top_k.unwrap_or(DEFAULT_TOP_K),
+            top_k: r.top_k.unwrap_or(defaults::SAMPLE_TOP_K),
             top_p: finite("top_p", top_p, top_p > 0.0 && top_p <= 1.0)?,
-            seed: r.seed.unwrap_or(DEFAULT_SEED),
+            seed: r.seed.unwrap_or(defaults::SAMPLE_SEED),
         }
     } else if beams == 1 {
         Strategy::Greedy
@@ -552,7 +552,7 @@ async fn vqa(State(state): St, req: Request) -> AppResult<VqaResponse> {
                     )));
                 }
             }
-            let k = body.k.unwrap_or(DEFAULT_VQA_K);
+            let k = body.k.unwrap_or(defaults::VQA_RANK_K);
             if k == 0 {
                 return Err(ApiError::validation("k must be at least 1"));
             }
@@ -630,8 +630,8 @@ async fn search(State(state): St, req: Request) -> AppResult<SearchResponse> {
     if body.text.trim().is_empty() {
         return Err(ApiError::empty("`text` is empty"));
     }
-    let k = body.k.unwrap_or(DEFAULT_SEARCH_K);
-    let rerank = body.rerank.unwrap_or(DEFAULT_RERANK);
+    let k = body.k.unwrap_or(defaults::SEARCH_K);
+    let rerank = body.rerank.unwrap_or(defaults::RERANK);
     if k == 0 || k > 1000 {
         return Err(ApiError::validation(format!("k = {k}: must be 1 to 1000")));
     }
