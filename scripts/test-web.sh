@@ -22,13 +22,15 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for head in caption retrieval vqa; do
   "$cli" convert fixtures/shapes/models/shapes-$head -o "$work/packages/shapes-$head" >/dev/null
+  "$cli" quantize "$work/packages/shapes-$head" --target web -o "$work/packages/shapes-$head-web" >/dev/null
 done
 mkdir -p "$work/gallery" "$work/packages"
 # Six test images: the search ranks them, captions and answers run on them.
 for i in 00000 00001 00002 00003 00004 00005; do cp fixtures/shapes/test/images/test_$i.png "$work/gallery/"; done
 "$cli" export-web "$work"/packages/shapes-{caption,retrieval,vqa} --gallery "$work/gallery" -o "$work/site" >/dev/null
+"$cli" export-web "$work"/packages/shapes-{caption,retrieval,vqa}-web --gallery "$work/gallery" -o "$work/site-web" >/dev/null
 
-BLIP_ONNX="$(realpath "$cli")" BLIP_SITE_DIR="$work/site" BLIP_PACKAGES="$work/packages" \
+BLIP_ONNX="$(realpath "$cli")" BLIP_SITE_DIR="$work/site" BLIP_WEB_SITE_DIR="$work/site-web" BLIP_PACKAGES="$work/packages" \
 BLIP_GALLERY="$work/gallery" BLIP_VQA_QUESTIONS="$PWD/fixtures/shapes/test/vqa_questions.json" \
 BLIP_SCREENSHOT="$PWD/docs/web/demo.png" \
   node --test --test-concurrency=1 web/test/

@@ -103,7 +103,8 @@ def quantize(
     package: PathLike,
     output: PathLike,
     *,
-    precision: str = "int8",
+    target: str = "native",
+    precision: Optional[str] = None,
     policy: str = "default",
     block_size: Optional[int] = None,
     accuracy_level: Optional[int] = None,
@@ -116,8 +117,11 @@ def quantize(
 ) -> List[Dict[str, object]]:
     """Writes a quantized copy of a package (as ``blip-onnx quantize``).
 
-    ``precision``: ``int8`` (dynamic INT8, standard ops), ``int4`` (weight-only, MatMulNBits) or
-    ``fp16``. ``policy``: ``default`` (int8: the encoders, int4: the decoder, fp16: every graph),
+    ``target``: ``native`` (ONNX Runtime), ``web`` (onnxruntime-web's wasm: INT8 on every graph,
+    QUInt8 weights) or ``webgpu`` (FP16); it sets the defaults below and the manifest's runtimes.
+    ``precision``: ``int8`` (dynamic INT8, standard ops; the default except for webgpu), ``int4``
+    (weight-only, MatMulNBits) or ``fp16``. ``policy``: ``default`` (int8: the encoders, int4: the
+    decoder, fp16: every graph; web int8: every graph),
     ``encoders``, ``decoder``, ``all``, or comma-separated roles. INT4: ``block_size`` (default 128)
     and ``accuracy_level`` (default 4), ``asymmetric`` blocks. INT8: ``reduce_range`` (7-bit),
     ``weight_type`` (``qint8`` / ``quint8``). ``keep_embeddings`` leaves the word embeddings float;
@@ -127,6 +131,7 @@ def quantize(
     return _native.quantize(
         os.fspath(package),
         os.fspath(output),
+        target=target,
         precision=precision,
         policy=policy,
         block_size=block_size,

@@ -1,7 +1,9 @@
-// The exported site in real headless Chromium against the native CLI (scripts/test-web.sh sets
-// it up): in-browser captions (greedy, beam 3, seeded sampling), VQA answers (generated and
-// ranked), ITM and the search ranking equal `blip-onnx caption/vqa/itm/search --format json`; a reload downloads no graph
-// again; a corrupt graph on the server is a clear error on the page.
+// The exported sites in real headless Chromium against the native CLI (scripts/test-web.sh sets
+// them up): in-browser captions (greedy, beam 3, seeded sampling), VQA answers (generated and
+// ranked), ITM and the search ranking equal `blip-onnx caption/vqa/itm/search --format json` on
+// the FP32 packages; captions (greedy, beam 3), VQA answers and the search ranking equal them on
+// the web INT8 flavour (`quantize --target web`) too; a reload downloads no graph again; a
+// corrupt graph on the server is a clear error on the page.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
@@ -17,6 +19,7 @@ const env = (name) => {
 };
 const CLI = env('BLIP_ONNX');
 const SITE = env('BLIP_SITE_DIR');
+const WEB_SITE = env('BLIP_WEB_SITE_DIR');
 const PACKAGES = env('BLIP_PACKAGES');
 const GALLERY = env('BLIP_GALLERY');
 const QUESTIONS = env('BLIP_VQA_QUESTIONS');
@@ -25,7 +28,7 @@ const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-backgrou
   '--disable-component-update', '--disable-sync', '--no-first-run'];
 
 const galleryFiles = readdirSync(GALLERY).filter((f) => f.endsWith('.png')).sort();
-const pkg = (name) => join(PACKAGES, name);
+const pkg = (name, suffix = '') => join(PACKAGES, name + suffix);
 const native = (args) => JSON.parse(execFileSync(CLI, [...args, '--format', 'json', '--quiet'], { encoding: 'utf8' }));
 
 const servers = [];
@@ -68,13 +71,20 @@ let context;
 let site;
 let page;
 let firstRequests;
+let webPage;
+
+async function ready(p) {
+  const error = await p.textContent('#error');
+  assert.equal(await p.getAttribute('#status', 'data-state'), 'ready', `page failed: ${error}`);
+}
 
 before(async () => {
   site = await serve(SITE);
   context = await browser();
   ({ page, requests: firstRequests } = await open(context, site));
-  const error = await page.textContent('#error');
-  assert.equal(await page.getAttribute('#status', 'data-state'), 'ready', `page failed: ${error}`);
+  await ready(page);
+  ({ page: webPage } = await open(context, await serve(WEB_SITE)));
+  await ready(webPage);
 });
 
 after(async () => {
@@ -105,34 +115,76 @@ const decodings = [
   ['seeded sampling', { sample: true, seed: 7, topK: 5, temperature: 0.8, repetitionPenalty: 1.1 },
     ['--sample', '--seed', '7', '--top-k', '5', '--temperature', '0.8', '--repetition-penalty', '1.1']],
 ];
-for (const [label, options, flags] of decodings) {
-  test(`captions (${label}) equal the native CLI's token for token`, async () => {
-    const want = native(['caption', '-p', pkg('shapes-caption'), ...flags, ...galleryFiles.map((f) => join(GALLERY, f))]);
-    const got = await page.evaluate(async ({ files, options }) => {
-      const m = window.blipDemo.state.models.caption;
-      const images = await Promise.all(files.map(async (f) => new Uint8Array(await (await fetch(`gallery/${f}`)).arrayBuffer())));
-      return m.caption(images, options);
-    }, { files: galleryFiles, options });
-    assert.equal(got.length, want.length);
-    for (const [i, w] of want.entries()) {
-      assert.deepEqual(got[i].tokens, w.tokens, `${galleryFiles[i]}: ${got[i].caption} vs ${w.caption}`);
-      assert.equal(got[i].caption, w.caption);
+// Each flavour's site, the suffix of its packages' folders, and the decodings it is checked with.
+const flavours = [
+  { label: 'FP32', page: () => page, suffix: '', decodings },
+  { label: 'web INT8', page: () => webPage, suffix: '-web', decodings: decodings.slice(0, 2) },
+];
+
+for (const flavour of flavours) {
+  for (const [label, options, flags] of flavour.decodings) {
+    test(`${flavour.label} captions (${label}) equal the native CLI's token for token`, async () => {
+      const want = native(['caption', '-p', pkg('shapes-caption', flavour.suffix), ...flags, ...galleryFiles.map((f) => join(GALLERY, f))]);
+      const got = await flavour.page().evaluate(async ({ files, options }) => {
+        const m = window.blipDemo.state.models.caption;
+        const images = await Promise.all(files.map(async (f) => new Uint8Array(await (await fetch(`gallery/${f}`)).arrayBuffer())));
+        return m.caption(images, options);
+      }, { files: galleryFiles, options });
+      assert.equal(got.length, want.length);
+      for (const [i, w] of want.entries()) {
+        assert.deepEqual(got[i].tokens, w.tokens, `${galleryFiles[i]}: ${got[i].caption} vs ${w.caption}`);
+        assert.equal(got[i].caption, w.caption);
+      }
+    });
+  }
+
+  test(`${flavour.label} VQA answers equal the native CLI's token for token`, async () => {
+    const questions = JSON.parse(readFileSync(QUESTIONS, 'utf8')).questions;
+    for (const file of galleryFiles.slice(0, 3)) {
+      const id = Number(file.match(/(\d+)/)[1]);
+      const qs = questions.filter((q) => q.image_id === id).map((q) => q.question);
+      assert.ok(qs.length > 0, `no questions for ${file}`);
+      const want = native(['vqa', '-p', pkg('shapes-vqa', flavour.suffix), join(GALLERY, file), ...qs]);
+      const got = await flavour.page().evaluate(async ({ file, qs }) => {
+        const image = new Uint8Array(await (await fetch(`gallery/${file}`)).arrayBuffer());
+        return window.blipDemo.state.models.vqa.answer(image, qs);
+      }, { file, qs });
+      assert.deepEqual(got.map((a) => a.tokens), want.map((a) => a.tokens), file);
+      assert.deepEqual(got.map((a) => a.answer), want.map((a) => a.answer), file);
+    }
+  });
+
+  test(`${flavour.label} search ranking equals blip-onnx search over the same gallery`, async () => {
+    const tmp = mkdtempSync(join(tmpdir(), 'blip-index-'));
+    dirs.push(tmp);
+    const index = join(tmp, 'index.json');
+    const retrieval = pkg('shapes-retrieval', flavour.suffix);
+    native(['index', '-p', retrieval, GALLERY, '-o', index]);
+    // FP32 scores agree to float rounding; INT8 kernels differ between runtimes (dynamic activation
+    // scales, deployment.md §3), so there the ranking is what must agree.
+    const tolerance = flavour.suffix ? 2e-2 : 1e-4;
+    for (const query of ['a red circle', 'two blue squares']) {
+      const want = native(['search', '-p', retrieval, index, query, '-k', '100']);
+      const got = await flavour.page().evaluate(async (query) => {
+        const { state } = window.blipDemo;
+        return state.models.retrieval.rankImages(query, state.gallery.map((g) => g.bytes), { embeddings: state.embeddings });
+      }, query);
+      assert.deepEqual(got.map((h) => galleryFiles[h.index]), want.map((h) => basename(h.image)), query);
+      for (const [i, w] of want.entries()) assert.ok(Math.abs(got[i].score - w.score) < tolerance, `${query} #${i + 1}: ${got[i].score} vs ${w.score}`);
     }
   });
 }
 
-test('VQA answers equal the native CLI\'s token for token', async () => {
-  const questions = JSON.parse(readFileSync(QUESTIONS, 'utf8')).questions;
-  for (const file of galleryFiles.slice(0, 3)) {
-    const id = Number(file.match(/(\d+)/)[1]);
-    const qs = questions.filter((q) => q.image_id === id).map((q) => q.question);
-    assert.ok(qs.length > 0, `no questions for ${file}`);
-    const want = native(['vqa', '-p', pkg('shapes-vqa'), join(GALLERY, file), ...qs]);
-    const got = await page.evaluate(async ({ file, qs }) => {
-      const image = new Uint8Array(await (await fetch(`gallery/${file}`)).arrayBuffer());
-      return window.blipDemo.state.models.vqa.answer(image, qs);
-    }, { file, qs });
-    assert.deepEqual(got.map((a) => a.answer), want.map((a) => a.answer), file);
+test('the web INT8 site serves the web flavour: QUInt8 on every graph, made for onnxruntime-web', () => {
+  const packages = readdirSync(join(WEB_SITE, 'packages'));
+  assert.equal(packages.length, 3);
+  for (const p of packages) {
+    const m = JSON.parse(readFileSync(join(WEB_SITE, 'packages', p, 'blip.json'), 'utf8'));
+    assert.deepEqual(m.runtimes, ['web'], p);
+    for (const [role, g] of Object.entries(m.graphs)) {
+      assert.equal(g.precision, 'int8', `${p} ${role}`);
+      assert.match(g.quantization, /QUInt8/, `${p} ${role}`);
+    }
   }
 });
 
@@ -160,22 +212,6 @@ test('VQA rank mode and ITM equal the native CLI\'s', async () => {
   for (const [i, w] of wantItm.entries()) {
     assert.ok(Math.abs(got.itm[i].matchProbability - w.match_probability) < 1e-4, texts[i]);
     assert.ok(Math.abs(got.itm[i].itcSimilarity - w.itc_similarity) < 1e-4, texts[i]);
-  }
-});
-
-test('the search ranking equals blip-onnx search over the same gallery', async () => {
-  const tmp = mkdtempSync(join(tmpdir(), 'blip-index-'));
-  dirs.push(tmp);
-  const index = join(tmp, 'index.json');
-  native(['index', '-p', pkg('shapes-retrieval'), GALLERY, '-o', index]);
-  for (const query of ['a red circle', 'two blue squares']) {
-    const want = native(['search', '-p', pkg('shapes-retrieval'), index, query, '-k', '100']);
-    const got = await page.evaluate(async (query) => {
-      const { state } = window.blipDemo;
-      return state.models.retrieval.rankImages(query, state.gallery.map((g) => g.bytes), { embeddings: state.embeddings });
-    }, query);
-    assert.deepEqual(got.map((h) => galleryFiles[h.index]), want.map((h) => basename(h.image)), query);
-    for (const [i, w] of want.entries()) assert.ok(Math.abs(got[i].score - w.score) < 1e-4, `${query} #${i + 1}: ${got[i].score} vs ${w.score}`);
   }
 });
 

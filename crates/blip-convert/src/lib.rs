@@ -405,6 +405,8 @@ fn write_package(
         opset: OPSET,
         precision: "fp32".into(),
         tokenizer: blip_package::TOKENIZER_FILE.into(),
+        // Standard ops only: every runtime runs the converted graphs (deployment.md §3).
+        runtimes: blip_package::Runtime::ALL.to_vec(),
         graphs: entries,
     };
     if t.bos_token_id != tok.bos || t.sep_token_id != tok.sep || t.pad_token_id != tok.pad {

@@ -55,6 +55,16 @@ enum PrecisionArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum TargetArg {
+    /// Native ONNX Runtime (CLI, server, Python, onnxruntime-node, ORT mobile).
+    Native,
+    /// onnxruntime-web, wasm (the browser).
+    Web,
+    /// onnxruntime-web, WebGPU.
+    Webgpu,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum WeightTypeArg {
     /// Signed int8 weights (fastest on x86 with VNNI).
     Qint8,
@@ -179,9 +189,16 @@ enum Command {
         package: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
-        #[arg(long, value_enum, default_value = "int8")]
-        precision: PrecisionArg,
-        /// default (int8: encoders, int4: decoder) | encoders | decoder | all | comma-separated roles
+        /// Where the package will run: native ONNX Runtime; web (onnxruntime-web's wasm: INT8 on
+        /// every graph, QUInt8 weights); webgpu (FP16). Sets the defaults of the flags below and
+        /// the runtimes the manifest records.
+        #[arg(long, value_enum, default_value = "native")]
+        target: TargetArg,
+        /// [default: int8; fp16 for --target webgpu]
+        #[arg(long, value_enum)]
+        precision: Option<PrecisionArg>,
+        /// default (int8: encoders, int4: decoder; --target web: all) | encoders | decoder | all |
+        /// comma-separated roles
         #[arg(long, default_value = "default")]
         policy: String,
         /// INT4 block size along K (16, 32, 64, 128, ...). 128, the usual group size of
@@ -189,15 +206,16 @@ enum Command {
         /// on the shapes models.
         #[arg(long, default_value_t = blip_quantize::DEFAULT_INT4_BLOCK_SIZE)]
         block_size: usize,
-        /// INT4 accuracy level: 4 multiplies in int8 (fastest on CPU), 0 in float.
-        #[arg(long, default_value_t = blip_quantize::DEFAULT_INT4_ACCURACY_LEVEL)]
-        accuracy_level: i64,
+        /// INT4 accuracy level: 4 multiplies in int8 (fastest on CPU, native only), 0 in float
+        /// [default: 4; 0 for --target web/webgpu]
+        #[arg(long)]
+        accuracy_level: Option<i64>,
         /// 7-bit weights, for CPUs without VNNI.
         #[arg(long)]
         reduce_range: bool,
-        /// INT8 weight type.
-        #[arg(long, value_enum, default_value = "qint8")]
-        weight_type: WeightTypeArg,
+        /// INT8 weight type [default: qint8; quint8 for --target web]
+        #[arg(long, value_enum)]
+        weight_type: Option<WeightTypeArg>,
         /// INT4 blocks with a zero point (min/max) instead of symmetric around 8.
         #[arg(long)]
         asymmetric: bool,
@@ -445,6 +463,7 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Quantize {
             package,
             output,
+            target,
             precision,
             policy,
             block_size,
@@ -456,26 +475,38 @@ fn run(cli: Cli) -> Result<u8> {
             keep_fp32,
             force,
         } => {
-            let precision = match precision {
-                PrecisionArg::Int8 => blip_quantize::Precision::Int8,
-                PrecisionArg::Int4 => blip_quantize::Precision::Int4 {
-                    block_size,
-                    accuracy_level,
-                },
-                PrecisionArg::Fp16 => blip_quantize::Precision::Fp16,
+            let target = match target {
+                TargetArg::Native => blip_quantize::Target::Native,
+                TargetArg::Web => blip_quantize::Target::Web,
+                TargetArg::Webgpu => blip_quantize::Target::Webgpu,
             };
-            let policy = blip_quantize::Policy::parse(&policy, &precision);
+            let precision = match precision {
+                None => target.default_precision(),
+                Some(PrecisionArg::Int8) => blip_quantize::Precision::Int8,
+                Some(PrecisionArg::Int4) => blip_quantize::Precision::Int4 {
+                    block_size,
+                    accuracy_level: accuracy_level
+                        .unwrap_or_else(|| target.default_int4_accuracy_level()),
+                },
+                Some(PrecisionArg::Fp16) => blip_quantize::Precision::Fp16,
+            };
+            let policy = match policy.as_str() {
+                "default" => target.default_policy(&precision),
+                name => blip_quantize::Policy::parse(name, &precision),
+            };
             let opts = blip_quantize::QuantizeOptions {
                 precision,
                 policy,
                 reduce_range,
                 weight_type: match weight_type {
-                    WeightTypeArg::Qint8 => blip_quantize::WeightType::QInt8,
-                    WeightTypeArg::Quint8 => blip_quantize::WeightType::QUInt8,
+                    None => target.default_weight_type(),
+                    Some(WeightTypeArg::Qint8) => blip_quantize::WeightType::QInt8,
+                    Some(WeightTypeArg::Quint8) => blip_quantize::WeightType::QUInt8,
                 },
                 int4_symmetric: !asymmetric,
                 embeddings: !keep_embeddings,
                 keep_fp32,
+                target,
                 force,
             };
             let stats =

@@ -431,7 +431,9 @@ pub fn vqa(
                     ..Default::default()
                 },
             )?) {
-                records.push(json!({"image": image, "question": q, "answer": a.text}));
+                records.push(
+                    json!({"image": image, "question": q, "answer": a.text, "tokens": a.ids}),
+                );
             }
         }
         Some(path) => {

@@ -355,6 +355,10 @@ fn quantize_optimize_and_validate_gate_a_deployment() {
             p("fp16"),
         ),
         (vec!["optimize", fp32.to_str().unwrap()], p("opt")),
+        (
+            vec!["quantize", fp32.to_str().unwrap(), "--target", "web"],
+            p("web"),
+        ),
     ] {
         let mut args = cmd.clone();
         args.extend(["-o", out.as_str()]);
@@ -362,6 +366,31 @@ fn quantize_optimize_and_validate_gate_a_deployment() {
         assert!(ok, "{stderr}");
         let (ok, stdout, stderr) = blip(&["check", &out]);
         assert!(ok, "{stdout}{stderr}");
+    }
+    // Each records the runtimes it is made for; the web flavour is QUInt8 INT8 on every graph.
+    let manifest = |name: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(name).join("blip.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let runtimes = |name: &str| manifest(name)["runtimes"].clone();
+    assert_eq!(
+        runtimes("fp16"),
+        serde_json::json!(["ort", "node", "ort-mobile"])
+    );
+    assert_eq!(
+        runtimes("opt"),
+        serde_json::json!(["ort", "node", "web", "openvino", "ort-mobile"])
+    );
+    let web = manifest("web");
+    assert_eq!(web["runtimes"], serde_json::json!(["web"]));
+    for (role, g) in web["graphs"].as_object().unwrap() {
+        assert_eq!(g["precision"], "int8", "{role}");
+        assert!(
+            g["quantization"].as_str().unwrap().contains("QUInt8"),
+            "{role}: {g}"
+        );
     }
     // The optimized package passes the FP32 gates against PyTorch and against the portable one.
     let (status, stdout, stderr) = code(&[

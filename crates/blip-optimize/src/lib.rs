@@ -12,7 +12,7 @@ pub mod attention;
 
 use std::path::{Path, PathBuf};
 
-use blip_package::{GraphEntry, Package};
+use blip_package::{GraphEntry, Package, Runtime as Target};
 use blip_runtime::{OptLevel, Runtime};
 
 #[derive(Debug, thiserror::Error)]
@@ -126,8 +126,19 @@ fn write_optimized(runtime: &Runtime, pkg: &Package, dir: &Path) -> Result<Vec<G
             },
         );
     }
+    manifest.runtimes = fused_runtimes(&manifest.runtimes);
     manifest.save(dir)?;
     Ok(reports)
+}
+
+/// The runtimes that run ORT's fused graphs: every one the source was made for except tract
+/// (no `MultiHeadAttention` with mask or past, no `DynamicQuantizeMatMul`) and WebGPU (its
+/// attention kernels lack mask and past; deployment.md §2–3).
+fn fused_runtimes(source: &[Target]) -> Vec<Target> {
+    Target::claimed(source)
+        .into_iter()
+        .filter(|r| !matches!(r, Target::Tract | Target::Webgpu))
+        .collect()
 }
 
 /// Fuses the attention of the graph at `src` and has ORT write its optimized form to `dst`;

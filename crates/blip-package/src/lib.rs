@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod integrity;
+mod runtime;
 mod staging;
 mod validation;
 
 pub use integrity::VERIFIED_STAMP;
+pub use runtime::{Runtime, UnknownRuntime};
 pub use staging::{
     OutputLock, STAGING_PREFIX, StagedError, output_paths_in, staging_path, sweep_leftovers,
     write_file_atomic, write_staged,
@@ -93,6 +95,11 @@ pub struct Manifest {
     pub opset: i64,
     pub precision: String,
     pub tokenizer: String,
+    /// The runtimes the package was made for (convert: every runtime the standard-ops graphs run
+    /// on; quantize and optimize narrow it to their target's). Empty in packages written before
+    /// the field existed: see [`Runtime::claimed`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtimes: Vec<Runtime>,
     pub graphs: BTreeMap<String, GraphEntry>,
 }
 

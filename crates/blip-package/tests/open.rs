@@ -79,6 +79,7 @@ fn write_package(dir: &Path) -> Manifest {
         opset: 17,
         precision: "fp32".into(),
         tokenizer: TOKENIZER_FILE.into(),
+        runtimes: Vec::new(),
         graphs,
     };
     m.save(dir).unwrap();

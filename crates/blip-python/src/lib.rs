@@ -693,7 +693,7 @@ fn quantize_err(e: LibQuantizeError) -> PyErr {
 
 /// Writes a quantized copy of a package; returns one dict per rewritten graph.
 #[pyfunction]
-#[pyo3(signature = (package, output, *, precision = "int8", policy = "default", block_size = None,
+#[pyo3(signature = (package, output, *, target = "native", precision = None, policy = "default", block_size = None,
     accuracy_level = None, reduce_range = None, weight_type = None, asymmetric = None,
     keep_embeddings = None, keep_fp32 = None, force = false))]
 #[allow(clippy::too_many_arguments)]
@@ -701,7 +701,8 @@ fn quantize<'py>(
     py: Python<'py>,
     package: PathBuf,
     output: PathBuf,
-    precision: &str,
+    target: &str,
+    precision: Option<&str>,
     policy: &str,
     block_size: Option<usize>,
     accuracy_level: Option<i64>,
@@ -712,14 +713,16 @@ fn quantize<'py>(
     keep_fp32: Option<Vec<String>>,
     force: bool,
 ) -> PyResult<Bound<'py, PyList>> {
+    let target: blip_quantize::Target = target.parse().map_err(InputError::new_err)?;
     let precision = match precision {
-        "int8" => Precision::Int8,
-        "int4" => Precision::Int4 {
+        None => target.default_precision(),
+        Some("int8") => Precision::Int8,
+        Some("int4") => Precision::Int4 {
             block_size: block_size.unwrap_or(blip_quantize::DEFAULT_INT4_BLOCK_SIZE),
-            accuracy_level: accuracy_level.unwrap_or(blip_quantize::DEFAULT_INT4_ACCURACY_LEVEL),
+            accuracy_level: accuracy_level.unwrap_or_else(|| target.default_int4_accuracy_level()),
         },
-        "fp16" => Precision::Fp16,
-        other => {
+        Some("fp16") => Precision::Fp16,
+        Some(other) => {
             return Err(InputError::new_err(format!(
                 "precision {other:?}: expected int8, int4 or fp16"
             )));
@@ -727,7 +730,7 @@ fn quantize<'py>(
     };
     let defaults = QuantizeOptions::default();
     let weight_type = match weight_type {
-        None => defaults.weight_type,
+        None => target.default_weight_type(),
         Some("qint8") => blip_quantize::WeightType::QInt8,
         Some("quint8") => blip_quantize::WeightType::QUInt8,
         Some(other) => {
@@ -737,13 +740,17 @@ fn quantize<'py>(
         }
     };
     let opts = QuantizeOptions {
-        policy: Policy::parse(policy, &precision),
+        policy: match policy {
+            "default" => target.default_policy(&precision),
+            name => Policy::parse(name, &precision),
+        },
         precision,
         reduce_range: reduce_range.unwrap_or(defaults.reduce_range),
         weight_type,
         int4_symmetric: asymmetric.map_or(defaults.int4_symmetric, |a| !a),
         embeddings: keep_embeddings.map_or(defaults.embeddings, |k| !k),
         keep_fp32: keep_fp32.unwrap_or(defaults.keep_fp32),
+        target,
         force,
     };
     let stats = py

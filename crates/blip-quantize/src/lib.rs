@@ -5,7 +5,8 @@
 //! `DynamicQuantizeLinear(x) → MatMulInteger(x_q, W_q, x_zp, W_zp) → Cast → Mul(x_scale · w_scale)`,
 //! with per-output-channel symmetric int8 weights (optionally reduce-range, 7 bits, for CPUs without
 //! VNNI). ORT fuses the pattern into its integer kernels. Convolutions (the ViT patch embedding) stay
-//! float, so the result also runs where `ConvInteger` is missing (onnxruntime-web).
+//! float (chosen when onnxruntime-web lacked `ConvInteger`; 1.30 has it). [`Target`] picks the
+//! flavour per runtime (QUInt8 on every graph for the browser's wasm kernels).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -21,8 +22,10 @@ use sha2::{Digest, Sha256};
 
 mod embedding;
 mod fp16;
+mod target;
 
 pub use fp16::DEFAULT_KEEP_FP32;
+pub use target::Target;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuantizeError {
@@ -60,6 +63,22 @@ pub enum QuantizeError {
         path: PathBuf,
         role: String,
         precision: String,
+    },
+    #[error("--target {target} refuses {precision}: {reason}")]
+    TargetRefuses {
+        target: &'static str,
+        precision: &'static str,
+        reason: &'static str,
+    },
+    #[error(
+        "{package} is made for {}, and a --target {target} package runs on {}: the result would be meant for no runtime; quantize the FP32 package it came from",
+        source_runtimes.join(", "), target_runtimes.join(", ")
+    )]
+    NoRuntime {
+        package: PathBuf,
+        target: &'static str,
+        source_runtimes: Vec<String>,
+        target_runtimes: Vec<String>,
     },
 }
 
@@ -127,6 +146,15 @@ pub const DEFAULT_INT4_BLOCK_SIZE: usize = 128;
 pub const DEFAULT_INT4_ACCURACY_LEVEL: i64 = 4;
 
 impl Precision {
+    /// The manifest's name of the precision.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Precision::Int8 => "int8",
+            Precision::Int4 { .. } => "int4",
+            Precision::Fp16 => "fp16",
+        }
+    }
+
     /// What each precision is meant for: INT8 the encoders, INT4 the decoder, FP16 every graph.
     pub fn default_policy(&self) -> Policy {
         match self {
@@ -159,6 +187,9 @@ pub struct QuantizeOptions {
     pub embeddings: bool,
     /// FP16: op types computed in FP32 (inputs cast up, outputs cast down).
     pub keep_fp32: Vec<String>,
+    /// Where the package is meant to run: what its manifest's `runtimes` becomes (the other
+    /// fields' defaults for a target are [`Target`]'s).
+    pub target: Target,
     pub force: bool,
 }
 
@@ -172,6 +203,7 @@ impl Default for QuantizeOptions {
             int4_symmetric: true,
             embeddings: true,
             keep_fp32: DEFAULT_KEEP_FP32.iter().map(|s| s.to_string()).collect(),
+            target: Target::Native,
             force: false,
         }
     }
@@ -750,12 +782,35 @@ pub fn quantize_package(src: &Path, out: &Path, opts: &QuantizeOptions) -> Resul
     // Opening verifies the checksums: a damaged graph is refused, not copied with a stale one.
     let pkg = Package::open(src)?;
     check_selection(&pkg, opts)?;
+    check_target(&pkg, opts)?;
     blip_package::write_staged(out, |tmp| write_quantized(&pkg, tmp, opts)).map_err(|e| {
         e.into_io(out).unwrap_or_else(|source| QuantizeError::Io {
             path: out.to_path_buf(),
             source,
         })
     })
+}
+
+/// The precision must suit the target, and the result must still be meant for some runtime.
+fn check_target(pkg: &Package, opts: &QuantizeOptions) -> Result<()> {
+    let target = opts.target;
+    if let Some(reason) = target.refuses(&opts.precision) {
+        return Err(QuantizeError::TargetRefuses {
+            target: target.name(),
+            precision: opts.precision.label(),
+            reason,
+        });
+    }
+    if target.narrow(&pkg.manifest.runtimes).is_empty() {
+        let names = |rs: &[blip_package::Runtime]| rs.iter().map(|r| r.to_string()).collect();
+        return Err(QuantizeError::NoRuntime {
+            package: pkg.dir.clone(),
+            target: target.name(),
+            source_runtimes: names(&blip_package::Runtime::claimed(&pkg.manifest.runtimes)),
+            target_runtimes: names(target.runtimes()),
+        });
+    }
+    Ok(())
 }
 
 /// The policy must name graphs the package has and select at least one, each still FP32.
@@ -953,6 +1008,7 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
         "mixed".into()
     };
     manifest.graphs = graphs;
+    manifest.runtimes = opts.target.narrow(&pkg.manifest.runtimes);
     manifest.save(dir)?;
     Ok(stats)
 }

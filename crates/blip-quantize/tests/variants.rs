@@ -106,9 +106,13 @@ fn quint8_weights_compute_what_qint8_weights_do() {
         &ConvertOptions::default(),
     );
     let (s8, u8_) = (fp32.dir.path().join("s8"), fp32.dir.path().join("u8"));
+    // 7-bit weights: on x86 without VNNI, ORT's u8 x s8 kernel sums pairs of products in
+    // saturating int16 (vpmaddubsw), so full-range QInt8 weights can differ there (0.14 on an
+    // AVX2-only EPYC) while u8 x u8 does not; reduce-range keeps both exact on every CPU.
     let opts = |weight_type| QuantizeOptions {
         policy: Policy::All,
         weight_type,
+        reduce_range: true,
         ..Default::default()
     };
     quantize_package(&fp32.pkg.dir, &s8, &opts(WeightType::QInt8)).unwrap();
@@ -174,4 +178,92 @@ fn int4_everywhere_with_embeddings_shrinks_the_package_and_stays_close() {
             );
         }
     }
+}
+
+#[test]
+fn targets_record_their_runtimes_and_refuse_what_cannot_run_there() {
+    use blip_quantize::{QuantizeError, Target};
+    let fp32 = convert_fixture(&fixture("models/tiny-caption"), &ConvertOptions::default());
+    assert_eq!(
+        manifest_json(&fp32.pkg.dir)["runtimes"],
+        serde_json::json!([
+            "ort",
+            "node",
+            "web",
+            "webgpu",
+            "openvino",
+            "tract",
+            "ort-mobile"
+        ])
+    );
+    let web = fp32.dir.path().join("web");
+    let t = Target::Web;
+    let precision = t.default_precision();
+    let opts = QuantizeOptions {
+        policy: t.default_policy(&precision),
+        precision,
+        weight_type: t.default_weight_type(),
+        target: t,
+        ..Default::default()
+    };
+    let stats = quantize_package(&fp32.pkg.dir, &web, &opts).unwrap();
+    assert_eq!(stats.len(), 3, "every graph, the decoder too: {stats:?}");
+    assert_checks(&web);
+    let m = manifest_json(&web);
+    assert_eq!(m["runtimes"], serde_json::json!(["web"]));
+    assert_eq!(m["precision"], "int8");
+    assert!(
+        m["graphs"]["decoder"]["quantization"]
+            .as_str()
+            .is_some_and(|q| q.contains("QUInt8")),
+        "{m}"
+    );
+    // A web package quantized again for native ONNX Runtime would be made for nothing.
+    let native_int4 = QuantizeOptions {
+        precision: Precision::Int4 {
+            block_size: 32,
+            accuracy_level: 4,
+        },
+        policy: Policy::Decoder,
+        ..Default::default()
+    };
+    let partial = fp32.dir.path().join("web-int8-encoders");
+    quantize_package(
+        &fp32.pkg.dir,
+        &partial,
+        &QuantizeOptions {
+            policy: Policy::Encoders,
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    let out = fp32.dir.path().join("x");
+    let err = quantize_package(&partial, &out, &native_int4).unwrap_err();
+    assert!(matches!(err, QuantizeError::NoRuntime { .. }), "{err}");
+    assert!(err.to_string().contains("made for web"), "{err}");
+    assert!(!out.exists());
+    // WebGPU has no dynamic-INT8 kernels.
+    let err = quantize_package(
+        &fp32.pkg.dir,
+        &out,
+        &QuantizeOptions {
+            target: Target::Webgpu,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("--target webgpu refuses int8"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // Native INT8 then native INT4: the recommended package stays made for native ONNX Runtime.
+    let int8 = fp32.dir.path().join("int8");
+    quantize_package(&fp32.pkg.dir, &int8, &QuantizeOptions::default()).unwrap();
+    let mixed = fp32.dir.path().join("mixed");
+    quantize_package(&int8, &mixed, &native_int4).unwrap();
+    assert_eq!(
+        manifest_json(&mixed)["runtimes"],
+        serde_json::json!(["ort", "node", "ort-mobile"])
+    );
 }

@@ -1,0 +1,125 @@
+//! Quantization targets: the flavour of a package that is fastest where it will run, and the
+//! runtimes its manifest then claims. The measurements behind each default are in
+//! `shared/docs/deployment.md` §2–3.
+
+use blip_package::Runtime;
+
+use crate::{Policy, Precision, WeightType};
+
+/// Where the quantized package is meant to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// Native ONNX Runtime (CLI, server, Python, onnxruntime-node, ORT mobile): QInt8 (VNNI's
+    /// type), INT4 at accuracy level 4 (int8 compute, native-only).
+    #[default]
+    Native,
+    /// onnxruntime-web's wasm EP: INT8 on every graph with QUInt8 weights (2.5–2.9x faster than
+    /// FP32 there, QInt8 only 1.7–2.0x); INT4 is slower than FP32 in wasm, so not the default.
+    Web,
+    /// onnxruntime-web's WebGPU EP: FP16 (or weight-only INT4); it has no dynamic-INT8 kernels
+    /// (they fall back to wasm).
+    Webgpu,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Native => "native",
+            Target::Web => "web",
+            Target::Webgpu => "webgpu",
+        }
+    }
+
+    /// The runtimes a package of this flavour is made for.
+    pub fn runtimes(self) -> &'static [Runtime] {
+        match self {
+            Target::Native => &[Runtime::Ort, Runtime::Node, Runtime::OrtMobile],
+            Target::Web => &[Runtime::Web],
+            Target::Webgpu => &[Runtime::Webgpu],
+        }
+    }
+
+    pub fn default_precision(self) -> Precision {
+        match self {
+            Target::Native | Target::Web => Precision::Int8,
+            Target::Webgpu => Precision::Fp16,
+        }
+    }
+
+    pub fn default_weight_type(self) -> WeightType {
+        match self {
+            Target::Native | Target::Webgpu => WeightType::QInt8,
+            Target::Web => WeightType::QUInt8,
+        }
+    }
+
+    /// INT4 accuracy level 4 only takes effect in native ONNX Runtime: elsewhere the graph
+    /// computes in float anyway, and level 0 makes native give the same numbers.
+    pub fn default_int4_accuracy_level(self) -> i64 {
+        match self {
+            Target::Native => crate::DEFAULT_INT4_ACCURACY_LEVEL,
+            Target::Web | Target::Webgpu => 0,
+        }
+    }
+
+    /// In wasm the decoder is INT8 too (INT4, native's decoder precision, is slow there).
+    pub fn default_policy(self, precision: &Precision) -> Policy {
+        match (self, precision) {
+            (Target::Web, Precision::Int8) => Policy::All,
+            _ => precision.default_policy(),
+        }
+    }
+
+    /// Why `precision` does not suit this target, if it does not.
+    pub fn refuses(self, precision: &Precision) -> Option<&'static str> {
+        match (self, precision) {
+            (Target::Web, Precision::Fp16) => Some(
+                "onnxruntime-web's wasm kernels compute FP16 slowly or not at all; use int8 (the default) or --target webgpu",
+            ),
+            (Target::Webgpu, Precision::Int8) => Some(
+                "the WebGPU EP has no dynamic-INT8 kernels (they fall back to wasm); use fp16 (the default) or int4",
+            ),
+            _ => None,
+        }
+    }
+
+    /// The runtimes of a package quantized from one made for `source`: the target's, of those
+    /// the source runs on.
+    pub fn narrow(self, source: &[Runtime]) -> Vec<Runtime> {
+        let source = Runtime::claimed(source);
+        self.runtimes()
+            .iter()
+            .copied()
+            .filter(|r| source.contains(r))
+            .collect()
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Target, String> {
+        [Target::Native, Target::Web, Target::Webgpu]
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown target {s:?} (native, web, webgpu)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn web_is_quint8_on_every_graph_and_narrows_to_web() {
+        let t = Target::Web;
+        assert_eq!(t.default_weight_type(), WeightType::QUInt8);
+        assert_eq!(t.default_policy(&t.default_precision()), Policy::All);
+        assert_eq!(t.narrow(&Runtime::ALL), vec![Runtime::Web]);
+        assert!(t.narrow(Target::Native.runtimes()).is_empty());
+        assert!(t.refuses(&Precision::Fp16).is_some());
+        assert!(Target::Webgpu.refuses(&Precision::Int8).is_some());
+        // A package without the field was made for native ONNX Runtime only.
+        assert_eq!(Target::Native.narrow(&[]), vec![Runtime::Ort]);
+    }
+}
