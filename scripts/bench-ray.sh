@@ -17,35 +17,8 @@ eval "$(scripts/fetch-onnxruntime.sh)"
 cargo build --release --quiet -p blip-onnx-cli
 bin="$PWD/target/release/blip-onnx"
 
-for head in caption retrieval; do
-  [ -f "$b/base-$head/config.json" ] ||
-    "$py" tools/reference/blip_reference.py checkpoint --size base --head "$head" -o "$b/base-$head"
-  [ -f "$b/base-$head-pkg/blip.json" ] || "$bin" convert "$b/base-$head" -o "$b/base-$head-pkg" --force >/dev/null
-  [ -f "$b/base-$head-int8/blip.json" ] || "$bin" quantize "$b/base-$head-pkg" -o "$b/base-$head-int8" --force >/dev/null
-done
-# The default quantized caption package: INT8 encoders + INT4 decoder (as bench-base.sh's "mixed").
-[ -f "$b/base-caption-mixed/blip.json" ] ||
-  "$bin" quantize "$b/base-caption-int8" -o "$b/base-caption-mixed" --precision int4 --force >/dev/null
-
 images="$b/ray-images-$count"
-if [ ! -d "$images" ]; then
-  rm -rf "$images.tmp" && mkdir -p "$images.tmp"
-  "$py" - "$images.tmp" "$count" <<'PY'
-import random, sys
-from PIL import Image, ImageDraw
-out, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    rng = random.Random(i)
-    img = Image.new("RGB", (640, 480), tuple(rng.randrange(256) for _ in range(3)))
-    d = ImageDraw.Draw(img)
-    for _ in range(rng.randrange(3, 9)):
-        x, y = rng.randrange(560), rng.randrange(400)
-        box = (x, y, x + rng.randrange(20, 200), y + rng.randrange(20, 200))
-        (d.ellipse if rng.random() < 0.5 else d.rectangle)(box, fill=tuple(rng.randrange(256) for _ in range(3)))
-    img.save(f"{out}/img-{i:04d}.jpg", quality=90)
-PY
-  mv "$images.tmp" "$images"
-fi
+scripts/bench-inputs.sh "$py" "$bin" "$images" "$count"
 
 wheel="$(scripts/build-wheel.sh)"
 "$py" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel"

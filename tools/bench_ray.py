@@ -26,6 +26,7 @@ import ray
 
 import blip_onnx
 import blip_onnx.ray as blip_ray
+from readme_block import write_block
 
 
 def load_torch(model_class: str, checkpoint: str, threads: int):
@@ -240,12 +241,7 @@ def write(report: Dict[str, Any], prefix: str, readme: Optional[str]) -> None:
     table = markdown(report)
     Path(prefix + ".md").write_text(table)
     if readme:
-        body = Path(readme).read_text()
-        start, end = "<!-- bench:ray-base -->", "<!-- /bench:ray-base -->"
-        if start not in body or end not in body:
-            raise SystemExit(f"{readme} has no {start} block")
-        head, rest = body.split(start, 1)
-        Path(readme).write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}")
+        write_block(readme, "ray-base", table)
 
 
 def markdown(r: Dict[str, Any]) -> str:
