@@ -7,19 +7,20 @@
 // --sizes DIR,DIR,... adds the download size of other package flavours (not run in the browser).
 //   node web/bench/bench.mjs --cli BIN --site SITE --image FILE [--threads 1,2] [--reps 5]
 //        [--sizes DIRS] -o OUT [--readme README.md]
+//   node web/bench/bench.mjs --render -o OUT [--readme README.md]   (OUT.md again from OUT.json)
 import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 const args = Object.fromEntries(process.argv.slice(2).reduce((pairs, a, i, all) =>
-  (a.startsWith('-') ? [...pairs, [a.replace(/^-+/, ''), all[i + 1]]] : pairs), []));
+  (a === '--render' ? [...pairs, ['render', true]] : a.startsWith('-') ? [...pairs, [a.replace(/^-+/, ''), all[i + 1]]] : pairs), []));
 const need = (k) => { if (!args[k]) throw new Error(`--${k} is required`); return args[k]; };
-const CLI = need('cli');
-const SITE = need('site');
-const IMAGE = need('image');
+const CLI = args.cli;
+const SITE = args.site;
+const IMAGE = args.image;
 const OUT = need('o');
 const THREADS = (args.threads ?? '1,2').split(',').map(Number);
 const REPS = Number(args.reps ?? 5);
@@ -78,57 +79,84 @@ async function browser(site, pkgName, threads) {
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
-copyFileSync(join(here, 'bench.html'), join(SITE, 'bench.html'));
-const imageDir = join(SITE, 'bench-image');
-rmSync(imageDir, { recursive: true, force: true });
-spawnSync('mkdir', ['-p', imageDir]);
-copyFileSync(IMAGE, join(imageDir, basename(IMAGE)));
-const { url: site, child: server } = await serve(SITE);
-const rows = [];
-try {
-  for (const name of readdirSync(join(SITE, 'packages')).sort()) {
-    const dir = join(SITE, 'packages', name);
-    const manifest = JSON.parse(readFileSync(join(dir, 'blip.json'), 'utf8'));
-    if (manifest.head !== 'caption') continue;
-    for (const threads of THREADS) {
-      const n = native(dir, threads);
-      const b = await browser(site, name, threads);
-      const row = {
-        package: name, precision: manifest.precision, runtimes: manifest.runtimes ?? [], threads,
-        download_mb: mb(packageBytes(dir)), downloaded_mb: mb(b.downloaded),
-        native_first_ms: n.firstMs, browser_first_ms: b.firstMs,
-        native_caption_ms: n.captionMs, browser_caption_ms: b.captionMs, browser_caption_samples_ms: b.times,
-        ratio: b.captionMs / n.captionMs, tokens_equal: JSON.stringify(b.tokens) === JSON.stringify(n.tokens),
-      };
-      console.error(`${name} ${threads}t: native ${n.captionMs.toFixed(1)} ms, browser ${b.captionMs.toFixed(1)} ms (${row.ratio.toFixed(2)}x), first ${b.firstMs.toFixed(0)} ms, tokens equal ${row.tokens_equal}`);
-      rows.push(row);
-    }
-  }
-} finally {
-  server.kill();
+
+// The CPU model and whether it has VNNI: native INT8 speed depends on it.
+function machine() {
+  const info = readFileSync('/proc/cpuinfo', 'utf8');
+  const model = info.match(/^model name\s*:\s*(.*)$/m)?.[1] ?? process.arch;
+  const flags = new Set((info.match(/^flags\s*:\s*(.*)$/m)?.[1] ?? '').split(' '));
+  const vnni = flags.has('avx512_vnni') || flags.has('avx_vnni') ? 'VNNI' : 'no VNNI';
+  return `${model}, ${availableParallelism()} CPUs, ${vnni}`;
 }
 
-const runtime = ['ort-wasm-simd-threaded.wasm', 'ort-wasm-simd-threaded.mjs', 'ort.wasm.min.mjs']
-  .reduce((s, f) => s + statSync(join(SITE, 'blip', 'dist', 'ort', f)).size, 0)
-  + readdirSync(join(SITE, 'blip', 'dist', 'pkg')).reduce((s, f) => s + statSync(join(SITE, 'blip', 'dist', 'pkg', f)).size, 0);
-const command = `scripts/bench-web.sh ${REPS}`;
-const f = (x, d = 0) => x.toFixed(d);
-let md = '| package | precision | download MB | threads | first caption: browser / native ms | caption beam 3, 20 tokens: browser / native ms | browser ÷ native | tokens equal |\n|---|---|---|---|---|---|---|---|\n';
-for (const r of rows) {
-  md += `| ${r.package} | ${r.precision} | ${f(r.download_mb, 1)} | ${r.threads} | ${f(r.browser_first_ms)} / ${f(r.native_first_ms)} | ${f(r.browser_caption_ms, 1)} / ${f(r.native_caption_ms, 1)} | **${f(r.ratio, 2)}×** | ${r.tokens_equal ? 'yes' : 'no'} |\n`;
+async function measure() {
+  for (const k of ['cli', 'site', 'image']) need(k);
+  copyFileSync(join(here, 'bench.html'), join(SITE, 'bench.html'));
+  const imageDir = join(SITE, 'bench-image');
+  rmSync(imageDir, { recursive: true, force: true });
+  spawnSync('mkdir', ['-p', imageDir]);
+  copyFileSync(IMAGE, join(imageDir, basename(IMAGE)));
+  const { url: site, child: server } = await serve(SITE);
+  const rows = [];
+  try {
+    for (const name of readdirSync(join(SITE, 'packages')).sort()) {
+      const dir = join(SITE, 'packages', name);
+      const manifest = JSON.parse(readFileSync(join(dir, 'blip.json'), 'utf8'));
+      if (manifest.head !== 'caption') continue;
+      for (const threads of THREADS) {
+        const n = native(dir, threads);
+        const b = await browser(site, name, threads);
+        const row = {
+          package: name, precision: manifest.precision, runtimes: manifest.runtimes ?? [], threads,
+          download_mb: mb(packageBytes(dir)), downloaded_mb: mb(b.downloaded),
+          native_first_ms: n.firstMs, browser_first_ms: b.firstMs,
+          native_caption_ms: n.captionMs, browser_caption_ms: b.captionMs, browser_caption_samples_ms: b.times,
+          ratio: b.captionMs / n.captionMs, tokens_equal: JSON.stringify(b.tokens) === JSON.stringify(n.tokens),
+        };
+        console.error(`${name} ${threads}t: native ${n.captionMs.toFixed(1)} ms, browser ${b.captionMs.toFixed(1)} ms (${row.ratio.toFixed(2)}x), first ${b.firstMs.toFixed(0)} ms, tokens equal ${row.tokens_equal}`);
+        rows.push(row);
+      }
+    }
+  } finally {
+    server.kill();
+  }
+
+  const runtime = ['ort-wasm-simd-threaded.wasm', 'ort-wasm-simd-threaded.mjs', 'ort.wasm.min.mjs']
+    .reduce((s, f) => s + statSync(join(SITE, 'blip', 'dist', 'ort', f)).size, 0)
+    + readdirSync(join(SITE, 'blip', 'dist', 'pkg')).reduce((s, f) => s + statSync(join(SITE, 'blip', 'dist', 'pkg', f)).size, 0);
+  const sizes = (args.sizes ? args.sizes.split(',') : []).map((dir) => {
+    const m = JSON.parse(readFileSync(join(dir, 'blip.json'), 'utf8'));
+    return { package: basename(dir), precision: m.precision, runtimes: m.runtimes ?? [], download_mb: mb(packageBytes(dir)) };
+  });
+  const ort = JSON.parse(readFileSync(join(here, '..', 'node_modules', 'onnxruntime-web', 'package.json'), 'utf8')).version;
+  return { command: `scripts/bench-web.sh ${REPS}`, reps: REPS, machine: machine(), onnxruntime_web: ort, runtime_mb: mb(runtime), rows, sizes };
 }
-md += `\nHeadless Chromium (Debian) on onnxruntime-web ${JSON.parse(readFileSync(join(here, '..', 'node_modules', 'onnxruntime-web', 'package.json'), 'utf8')).version} (wasm, SIMD; threads on the cross-origin-isolated page) against the native CLI (ONNX Runtime, the same thread count) on the same package, one run of \`${command}\`, ${REPS} captions per cell after the first (median; native: \`bench-runtime\`'s median of ${REPS} after a warm-up). First caption: from navigation start with a cold cache (every file downloaded from a loopback server, sessions created) / one \`blip-onnx caption\` process. The page also downloads ${f(mb(runtime), 1)} MB of wasm and JS (onnxruntime-web + blip-onnx), cached by the browser like any static file.\n`;
-const sizes = (args.sizes ? args.sizes.split(',') : []).map((dir) => {
-  const m = JSON.parse(readFileSync(join(dir, 'blip.json'), 'utf8'));
-  return { package: basename(dir), precision: m.precision, runtimes: m.runtimes ?? [], download_mb: mb(packageBytes(dir)) };
-});
-if (sizes.length) {
-  md += '\n| other flavours | precision | made for | download MB |\n|---|---|---|---|\n';
-  for (const r of sizes) md += `| ${r.package} | ${r.precision} | ${r.runtimes.join(', ') || 'ort'} | ${f(r.download_mb, 1)} |\n`;
+
+function markdown(r) {
+  const f = (x, d = 0) => x.toFixed(d);
+  let md = '| package | precision | download MB | threads | first caption: browser / native ms | caption beam 3, 20 tokens: browser / native ms | browser ÷ native | tokens equal |\n|---|---|---|---|---|---|---|---|\n';
+  for (const row of r.rows) {
+    md += `| ${row.package} | ${row.precision} | ${f(row.download_mb, 1)} | ${row.threads} | ${f(row.browser_first_ms)} / ${f(row.native_first_ms)} | ${f(row.browser_caption_ms, 1)} / ${f(row.native_caption_ms, 1)} | **${f(row.ratio, 2)}×** | ${row.tokens_equal ? 'yes' : 'no'} |\n`;
+  }
+  md += `\nHeadless Chromium (Debian) on onnxruntime-web ${r.onnxruntime_web ?? '1.30.0'} (wasm, SIMD; threads on the cross-origin-isolated page) against the native CLI (ONNX Runtime, the same thread count) on the same package${r.machine ? ` (${r.machine})` : ''}, one run of \`${r.command}\`, ${r.reps} captions per cell after the first (median; native: \`bench-runtime\`'s median of ${r.reps} after a warm-up). First caption: from navigation start with a cold cache (every file downloaded from a loopback server, sessions created) / one \`blip-onnx caption\` process. The page also downloads ${f(r.runtime_mb, 1)} MB of wasm and JS (onnxruntime-web + blip-onnx), cached by the browser like any static file. Tokens equal: the browser's caption against the native CLI's on the same package. The INT8 kernels of the two runtimes round differently (deployment.md §3); on the trained shapes models the tokens still agree (the Chromium tests assert it), and on random base weights, whose next-token scores are near ties, they do not.\n`;
+  const base = r.rows.filter((row) => row.package.startsWith('base-') && row.runtimes.includes('web'));
+  if (base.length) {
+    md += `\nBase web INT8 (${base[0].package}): ${base.map((row) => `${f(row.ratio, 2)}× native at ${row.threads} thread(s)`).join(', ')} (target ≤ 3×); download ${f(base[0].download_mb, 1)} MB (target ≤ 270 MB; candle's smallest BLIP download, a captioner only, is 271 MB).\n`;
+  }
+  if (r.sizes?.length) {
+    md += '\n| other flavours | precision | made for | download MB |\n|---|---|---|---|\n';
+    for (const s of r.sizes) md += `| ${s.package} | ${s.precision} | ${s.runtimes.join(', ') || 'ort'} | ${f(s.download_mb, 1)} |\n`;
+  }
+  return md;
 }
+
+const report = args.render ? JSON.parse(readFileSync(`${OUT}.json`, 'utf8')) : await measure();
+const md = markdown(report);
 const tmp = (p) => `${p}.tmp`;
-writeFileSync(tmp(`${OUT}.json`), JSON.stringify({ command, reps: REPS, runtime_mb: mb(runtime), rows, sizes }, null, 2) + '\n');
-renameSync(tmp(`${OUT}.json`), `${OUT}.json`);
+if (!args.render) {
+  writeFileSync(tmp(`${OUT}.json`), JSON.stringify(report, null, 2) + '\n');
+  renameSync(tmp(`${OUT}.json`), `${OUT}.json`);
+}
 writeFileSync(tmp(`${OUT}.md`), `# Browser benchmark\n\n${md}`);
 renameSync(tmp(`${OUT}.md`), `${OUT}.md`);
 if (args.readme) {
