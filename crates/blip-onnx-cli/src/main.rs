@@ -250,6 +250,11 @@ enum Command {
         /// Skip loading the graphs in ONNX Runtime.
         #[arg(long)]
         no_ort: bool,
+        /// Also report whether each graph runs on these runtimes, with reasons (op coverage,
+        /// size limits, external data, where numbers differ): ort, node, web, webgpu, openvino,
+        /// tract, ort-mobile (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',')]
+        target: Vec<blip_package::Runtime>,
         #[arg(long, value_enum, default_value = "text")]
         format: tasks::Format,
     },
@@ -552,9 +557,15 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Check {
             package,
             no_ort,
+            target,
             format,
         } => {
-            let report = blip_validate::check(&package, !no_ort);
+            let mut report = blip_validate::check(&package, !no_ort);
+            if !target.is_empty() {
+                report
+                    .items
+                    .extend(blip_validate::check_targets(&package, &target).items);
+            }
             if format == tasks::Format::Text {
                 for i in &report.items {
                     println!(

@@ -4,10 +4,12 @@
 //! fails with its reason, so a CI pipeline can gate on it.
 
 pub mod gates;
+mod portability;
 pub mod reference;
 mod validate;
 
 pub use gates::{Gate, Thresholds, ValidateReport};
+pub use portability::check_targets;
 pub use validate::{
     DEFAULT_QUESTIONS, DEFAULT_TEXTS, ValidateError, ValidateOptions, generated_images, validate,
 };

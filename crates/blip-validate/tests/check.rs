@@ -97,3 +97,85 @@ fn damaged_packages_fail_with_the_item_named() {
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].0, "package: manifest");
 }
+
+#[test]
+fn targets_report_what_each_runtime_runs_with_reasons() {
+    use blip_package::Runtime;
+    use blip_quantize::{Policy, Precision, QuantizeOptions, quantize_package};
+    use blip_validate::check_targets;
+    let fp32 = convert_fixture(&fixture("models/tiny-caption"), &ConvertOptions::default());
+    // The converted package is standard ops: every runtime runs every graph, and it is made for all.
+    let r = check_targets(&fp32.pkg.dir, &Runtime::ALL);
+    assert!(r.passed(), "{:#?}", r.failures().collect::<Vec<_>>());
+    assert_eq!(
+        r.items
+            .iter()
+            .filter(|i| i.item.contains(": runs on "))
+            .count(),
+        3 * 7
+    );
+    let reason = |r: &blip_validate::CheckReport, item: &str| {
+        r.items
+            .iter()
+            .find(|i| i.item == item)
+            .map(|i| (i.pass, i.reason.clone()))
+            .unwrap_or_else(|| panic!("no item {item}: {r:#?}"))
+    };
+    let (pass, why) = reason(&r, "package: made for tract");
+    assert!(pass && why.starts_with("yes"), "{why}");
+    let (_, why) = reason(&r, "package: OpenVINO precision");
+    assert!(why.contains("INFERENCE_PRECISION_HINT=f32"), "{why}");
+
+    // FP16: tract refuses the LM head's FP16 Gemm and names it; the others run it.
+    let fp16 = fp32.dir.path().join("fp16");
+    let opts = QuantizeOptions {
+        precision: Precision::Fp16,
+        policy: Policy::All,
+        ..Default::default()
+    };
+    quantize_package(&fp32.pkg.dir, &fp16, &opts).unwrap();
+    let r = check_targets(&fp16, &[Runtime::Tract, Runtime::Web]);
+    let failures: Vec<_> = r
+        .failures()
+        .map(|i| (i.item.as_str(), i.reason.as_str()))
+        .collect();
+    assert_eq!(failures.len(), 1, "{failures:#?}");
+    assert_eq!(failures[0].0, "decoder: runs on tract");
+    assert!(
+        failures[0]
+            .1
+            .contains("tract fails on Gemm with FP16 weights"),
+        "{failures:?}"
+    );
+    let (pass, why) = reason(&r, "package: made for web");
+    assert!(
+        pass && why.starts_with("no, made for ort, node, ort-mobile"),
+        "{why}"
+    );
+
+    // Native INT8 + INT4 at accuracy level 4: runs on the web, where level 4 does not take effect,
+    // and on WebGPU the dynamic-INT8 ops fall back to wasm; both said, neither a failure.
+    let int8 = fp32.dir.path().join("int8");
+    quantize_package(&fp32.pkg.dir, &int8, &QuantizeOptions::default()).unwrap();
+    let mixed = fp32.dir.path().join("mixed");
+    let int4 = QuantizeOptions {
+        precision: Precision::Int4 {
+            block_size: 32,
+            accuracy_level: 4,
+        },
+        policy: Policy::Decoder,
+        ..Default::default()
+    };
+    quantize_package(&int8, &mixed, &int4).unwrap();
+    let r = check_targets(&mixed, &[Runtime::Web, Runtime::Webgpu, Runtime::Ort]);
+    assert!(r.passed(), "{:#?}", r.failures().collect::<Vec<_>>());
+    let (_, why) = reason(&r, "decoder: runs on web");
+    assert!(why.contains("accuracy level 4"), "{why}");
+    let (_, why) = reason(&r, "decoder: runs on ort");
+    assert!(!why.contains("accuracy level"), "{why}");
+    let (_, why) = reason(&r, "vision_encoder: runs on webgpu");
+    assert!(
+        why.contains("MatMulInteger") && why.contains("run on wasm"),
+        "{why}"
+    );
+}

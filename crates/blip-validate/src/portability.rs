@@ -1,0 +1,211 @@
+//! `check --target`: whether each graph of a package runs on another runtime, with reasons. The
+//! rules are what was measured on every flavour of the shapes and fixture packages
+//! (`shared/docs/deployment.md` §2–3; the portability suite re-measures them): op coverage, the
+//! 2 GB protobuf limit, wasm32's 4 GB memory, external data, and where a runtime computes
+//! differently from native ONNX Runtime.
+
+use std::path::Path;
+
+use blip_package::{GraphEntry, Package, Runtime};
+use onnx_writer::onnx::{ModelProto, NodeProto, tensor_proto::DataType as PbType};
+use prost::Message;
+
+use crate::{CheckItem, CheckReport, item};
+
+/// A protobuf message (one graph file without its external data) may not exceed 2 GB.
+const PROTOBUF_LIMIT: u64 = 2 << 30;
+/// wasm32 addresses 4 GB; onnxruntime-web holds every weight in that heap, plus activations.
+const WASM_MEMORY: u64 = 4 << 30;
+
+/// Dynamic-INT8 ops: onnxruntime-web's WebGPU EP has no kernels for them (they run on wasm).
+const DYNAMIC_INT8_OPS: [&str; 5] = [
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+];
+
+/// `MultiHeadAttention` given a padding mask, an attention bias or a past key/value (inputs 4-7).
+fn attention_with_mask_or_past(n: &NodeProto) -> bool {
+    n.op_type.as_deref() == Some("MultiHeadAttention")
+        && n.input.iter().skip(4).any(|i| !i.is_empty())
+}
+
+/// A `Gemm` whose weight is an FP16 initializer (the FP16 package's LM head).
+fn fp16_gemm(n: &NodeProto, model: &ModelProto) -> bool {
+    n.op_type.as_deref() == Some("Gemm")
+        && model.graph.as_ref().is_some_and(|g| {
+            g.initializer.iter().any(|t| {
+                t.data_type == Some(PbType::Float16 as i32)
+                    && n.input.get(1).is_some_and(|b| t.name.as_deref() == Some(b))
+            })
+        })
+}
+
+/// Why `target` cannot run `node`, if it cannot.
+fn refused(target: Runtime, node: &NodeProto, model: &ModelProto) -> Option<&'static str> {
+    let op = node.op_type.as_deref().unwrap_or("");
+    match target {
+        Runtime::Tract if attention_with_mask_or_past(node) => {
+            Some("MultiHeadAttention with a mask or past key/value is not implemented in tract")
+        }
+        Runtime::Tract if op == "DynamicQuantizeMatMul" => {
+            Some("DynamicQuantizeMatMul is not implemented in tract")
+        }
+        Runtime::Tract if fp16_gemm(node, model) => {
+            Some("tract fails on Gemm with FP16 weights (the LM head)")
+        }
+        Runtime::Webgpu if attention_with_mask_or_past(node) => Some(
+            "MultiHeadAttention with a mask or past key/value is not implemented in the WebGPU EP",
+        ),
+        _ => None,
+    }
+}
+
+/// What the runtime computes differently from native ONNX Runtime, if anything (not a failure).
+fn notes(target: Runtime, model: &ModelProto) -> Vec<String> {
+    let nodes = || model.graph.iter().flat_map(|g| g.node.iter());
+    let mut notes = Vec::new();
+    let level4 = nodes().any(|n| {
+        n.op_type.as_deref() == Some("MatMulNBits")
+            && n.attribute
+                .iter()
+                .any(|a| a.name.as_deref() == Some("accuracy_level") && a.i == Some(4))
+    });
+    if level4 && !matches!(target, Runtime::Ort | Runtime::Node | Runtime::OrtMobile) {
+        notes.push(
+            "INT4 accuracy level 4 (int8 compute) only takes effect in native ONNX Runtime: here it computes in float, up to 0.12 from native's numbers (quantize --accuracy-level 0 makes them equal)".into(),
+        );
+    }
+    let dynamic: Vec<&str> = DYNAMIC_INT8_OPS
+        .into_iter()
+        .filter(|op| nodes().any(|n| n.op_type.as_deref() == Some(op)))
+        .collect();
+    if target == Runtime::Webgpu && !dynamic.is_empty() {
+        notes.push(format!(
+            "{} run on wasm, not the GPU (quantize --target webgpu avoids them)",
+            dynamic.join(", ")
+        ));
+    }
+    if target == Runtime::Tract && !dynamic.is_empty() {
+        notes.push("tract's dynamic INT8 ran 3.5x slower than its FP32".into());
+    }
+    notes
+}
+
+fn graph_item(pkg: &Package, role: &str, entry: &GraphEntry, target: Runtime) -> CheckItem {
+    let path = pkg.dir.join(&entry.file);
+    let name = format!("{role}: runs on {target}");
+    match std::fs::metadata(&path) {
+        Err(e) => return item(name, Err(format!("{}: {e}", entry.file))),
+        Ok(m) if m.len() > PROTOBUF_LIMIT => {
+            return item(
+                name,
+                Err(format!(
+                    "{} is {} bytes, over protobuf's 2 GB: convert with external data",
+                    entry.file,
+                    m.len()
+                )),
+            );
+        }
+        Ok(_) => {}
+    }
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => return item(name, Err(format!("{}: {e}", entry.file))),
+    };
+    let model = match ModelProto::decode(bytes.as_slice()) {
+        Ok(m) => m,
+        Err(e) => return item(name, Err(format!("{}: {e}", entry.file))),
+    };
+    let mut refusals: Vec<String> = Vec::new();
+    for node in model.graph.iter().flat_map(|g| g.node.iter()) {
+        // Each reason names its op.
+        if let Some(why) = refused(target, node, &model)
+            && !refusals.iter().any(|r| r == why)
+        {
+            refusals.push(why.to_string());
+        }
+    }
+    if !refusals.is_empty() {
+        return item(name, Err(refusals.join("; ")));
+    }
+    let mut reason = format!(
+        "every op runs there ({} nodes)",
+        model.graph.as_ref().map_or(0, |g| g.node.len())
+    );
+    if entry.data_file.is_some() && matches!(target, Runtime::Web | Runtime::Webgpu) {
+        reason += "; its external data must be handed to the session (blip-web does)";
+    }
+    for note in notes(target, &model) {
+        reason += "; ";
+        reason += &note;
+    }
+    item(name, Ok(reason))
+}
+
+fn package_items(pkg: &Package, target: Runtime) -> Vec<CheckItem> {
+    let claimed = Runtime::claimed(&pkg.manifest.runtimes);
+    let names: Vec<String> = claimed.iter().map(|r| r.to_string()).collect();
+    let mut items = vec![item(
+        format!("package: made for {target}"),
+        Ok(if claimed.contains(&target) {
+            format!("yes (made for {})", names.join(", "))
+        } else {
+            format!(
+                "no, made for {}: it may still run (see each graph), but another flavour is the one for {target}{}",
+                names.join(", "),
+                match target {
+                    Runtime::Web => " (quantize --target web)",
+                    Runtime::Webgpu => " (quantize --target webgpu)",
+                    _ => "",
+                }
+            )
+        }),
+    )];
+    if matches!(target, Runtime::Web | Runtime::Webgpu) {
+        let total: u64 = pkg.manifest.graphs.values().map(|g| g.bytes).sum();
+        items.push(item(
+            format!("package: fits wasm32 memory on {target}"),
+            if total < WASM_MEMORY / 2 {
+                Ok(format!(
+                    "{total} bytes of graphs, under half of wasm32's 4 GB (the rest for activations)"
+                ))
+            } else {
+                Err(format!(
+                    "{total} bytes of graphs: with activations they do not fit wasm32's 4 GB; quantize (--target {target})"
+                ))
+            },
+        ));
+    }
+    if target == Runtime::Openvino {
+        items.push(item(
+            "package: OpenVINO precision".into(),
+            Ok("set INFERENCE_PRECISION_HINT=f32: OpenVINO otherwise computes in bf16 on CPUs with AVX512-BF16 (FP32 graphs off by up to 0.11)".into()),
+        ));
+    }
+    items
+}
+
+/// Whether each graph of the package at `dir` runs on each of `targets`, with reasons.
+pub fn check_targets(dir: &Path, targets: &[Runtime]) -> CheckReport {
+    let package = dir.display().to_string();
+    let pkg = match Package::open_unverified(dir) {
+        Ok(p) => p,
+        Err(e) => {
+            return CheckReport {
+                package,
+                items: vec![item("package: manifest".into(), Err(e.to_string()))],
+            };
+        }
+    };
+    let mut items = Vec::new();
+    for &target in targets {
+        items.extend(package_items(&pkg, target));
+        for (role, entry) in &pkg.manifest.graphs {
+            items.push(graph_item(&pkg, role, entry, target));
+        }
+    }
+    CheckReport { package, items }
+}
