@@ -67,6 +67,52 @@ fn output_types(n: &NodeProto, types: &HashMap<String, i32>) -> Vec<i32> {
     vec![one; n.output.len()]
 }
 
+/// `Gemm(A, W, bias, transB=1)` (the LM head over the tied word embeddings) as
+/// `MatMul(A, Transpose(W)) + bias`: the same product in ops every runtime runs in FP16 (tract
+/// fails on an FP16 `Gemm`); runtimes fold the Transpose of the constant weight once, at load,
+/// and the weight is still stored once.
+fn gemm_as_matmul(nodes: Vec<NodeProto>) -> Vec<NodeProto> {
+    let mut out = Vec::with_capacity(nodes.len() + 2);
+    for n in nodes {
+        let plain = n.op_type.as_deref() == Some("Gemm")
+            && n.input.len() == 3
+            && n.output.len() == 1
+            && !n.attribute.is_empty()
+            && n.attribute
+                .iter()
+                .all(|a| a.name.as_deref() == Some("transB") && a.i == Some(1));
+        if !plain {
+            out.push(n);
+            continue;
+        }
+        let name = n.name.clone().unwrap_or_default();
+        let (a, w, bias) = (&n.input[0], &n.input[1], &n.input[2]);
+        let (wt, product) = (format!("{name}/weight_t"), format!("{name}/product"));
+        out.push(node(
+            "Transpose",
+            &format!("{name}/transpose_weight"),
+            &[w],
+            &[&wt],
+            vec![onnx_writer::attr_ints("perm", &[1, 0])],
+        ));
+        out.push(node(
+            "MatMul",
+            &format!("{name}/matmul"),
+            &[a, &wt],
+            &[&product],
+            vec![],
+        ));
+        out.push(node(
+            "Add",
+            &format!("{name}/bias"),
+            &[&product, bias],
+            &[&n.output[0]],
+            vec![],
+        ));
+    }
+    out
+}
+
 /// Rewrites an FP32 graph in place; returns how many float initializers became FP16.
 pub(crate) fn convert_graph(
     model: &mut ModelProto,
@@ -93,6 +139,7 @@ pub(crate) fn convert_graph(
             ),
         ));
     }
+    graph.node = gemm_as_matmul(std::mem::take(&mut graph.node));
     let mut converted = 0;
     for t in graph.initializer.iter_mut() {
         if t.data_type == Some(F32) {

@@ -209,3 +209,37 @@ pub fn check_targets(dir: &Path, targets: &[Runtime]) -> CheckReport {
     }
     CheckReport { package, items }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onnx_writer::onnx::{GraphProto, TensorProto};
+
+    #[test]
+    fn an_fp16_gemm_is_refused_on_tract_only() {
+        let gemm = NodeProto {
+            op_type: Some("Gemm".into()),
+            input: vec!["x".into(), "w".into(), "b".into()],
+            output: vec!["y".into()],
+            ..Default::default()
+        };
+        let model = |dtype: PbType| ModelProto {
+            graph: Some(GraphProto {
+                node: vec![gemm.clone()],
+                initializer: vec![TensorProto {
+                    name: Some("w".into()),
+                    data_type: Some(dtype as i32),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let half = model(PbType::Float16);
+        assert!(refused(Runtime::Tract, &gemm, &half).is_some_and(|r| r.contains("FP16")));
+        for r in [Runtime::Web, Runtime::Openvino, Runtime::Ort] {
+            assert_eq!(refused(r, &gemm, &half), None);
+        }
+        assert_eq!(refused(Runtime::Tract, &gemm, &model(PbType::Float)), None);
+    }
+}

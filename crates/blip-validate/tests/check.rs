@@ -126,7 +126,8 @@ fn targets_report_what_each_runtime_runs_with_reasons() {
     let (_, why) = reason(&r, "package: OpenVINO precision");
     assert!(why.contains("INFERENCE_PRECISION_HINT=f32"), "{why}");
 
-    // FP16: tract refuses the LM head's FP16 Gemm and names it; the others run it.
+    // FP16: the LM head is written as MatMul + Add (tract fails on an FP16 Gemm), so every graph
+    // runs on tract too; the package is made for native ONNX Runtime, which check says.
     let fp16 = fp32.dir.path().join("fp16");
     let opts = QuantizeOptions {
         precision: Precision::Fp16,
@@ -135,18 +136,7 @@ fn targets_report_what_each_runtime_runs_with_reasons() {
     };
     quantize_package(&fp32.pkg.dir, &fp16, &opts).unwrap();
     let r = check_targets(&fp16, &[Runtime::Tract, Runtime::Web]);
-    let failures: Vec<_> = r
-        .failures()
-        .map(|i| (i.item.as_str(), i.reason.as_str()))
-        .collect();
-    assert_eq!(failures.len(), 1, "{failures:#?}");
-    assert_eq!(failures[0].0, "decoder: runs on tract");
-    assert!(
-        failures[0]
-            .1
-            .contains("tract fails on Gemm with FP16 weights"),
-        "{failures:?}"
-    );
+    assert!(r.passed(), "{:#?}", r.failures().collect::<Vec<_>>());
     let (pass, why) = reason(&r, "package: made for web");
     assert!(
         pass && why.starts_with("no, made for ort, node, ort-mobile"),
