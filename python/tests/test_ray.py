@@ -146,7 +146,11 @@ def _driver(cluster, packages, job_inputs, output: Path) -> subprocess.Popen:
 def _finish(proc: subprocess.Popen) -> Dict:
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-4000:]
-    return json.loads(out.strip().splitlines()[-1])
+    # Ray forwards its workers' and raylet's log lines to the driver's stdout, sometimes after the
+    # summary: the summary is the last JSON line, not necessarily the last line.
+    summary = [line for line in out.splitlines() if line.startswith("{")]
+    assert summary, out[-4000:]
+    return json.loads(summary[-1])
 
 
 def _shards(output: Path) -> List[Path]:
