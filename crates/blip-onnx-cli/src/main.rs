@@ -55,16 +55,6 @@ enum PrecisionArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum TargetArg {
-    /// Native ONNX Runtime (CLI, server, Python, onnxruntime-node, ORT mobile).
-    Native,
-    /// onnxruntime-web, wasm (the browser).
-    Web,
-    /// onnxruntime-web, WebGPU.
-    Webgpu,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
 enum WeightTypeArg {
     /// Signed int8 weights (fastest on x86 with VNNI).
     Qint8,
@@ -189,11 +179,11 @@ enum Command {
         package: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
-        /// Where the package will run: native ONNX Runtime; web (onnxruntime-web's wasm: INT8 on
-        /// every graph, QUInt8 weights); webgpu (FP16). Sets the defaults of the flags below and
-        /// the runtimes the manifest records.
-        #[arg(long, value_enum, default_value = "native")]
-        target: TargetArg,
+        /// Where the package will run: native (ONNX Runtime: CLI, server, Python, node, ORT mobile);
+        /// web (onnxruntime-web's wasm: INT8 on every graph, QUInt8 weights); webgpu (FP16). Sets
+        /// the defaults of the flags below and the runtimes the manifest records.
+        #[arg(long, default_value = "native")]
+        target: blip_quantize::Target,
         /// [default: int8; fp16 for --target webgpu]
         #[arg(long, value_enum)]
         precision: Option<PrecisionArg>,
@@ -480,25 +470,13 @@ fn run(cli: Cli) -> Result<u8> {
             keep_fp32,
             force,
         } => {
-            let target = match target {
-                TargetArg::Native => blip_quantize::Target::Native,
-                TargetArg::Web => blip_quantize::Target::Web,
-                TargetArg::Webgpu => blip_quantize::Target::Webgpu,
-            };
             let precision = match precision {
                 None => target.default_precision(),
                 Some(PrecisionArg::Int8) => blip_quantize::Precision::Int8,
-                Some(PrecisionArg::Int4) => blip_quantize::Precision::Int4 {
-                    block_size,
-                    accuracy_level: accuracy_level
-                        .unwrap_or_else(|| target.default_int4_accuracy_level()),
-                },
+                Some(PrecisionArg::Int4) => target.int4(block_size, accuracy_level),
                 Some(PrecisionArg::Fp16) => blip_quantize::Precision::Fp16,
             };
-            let policy = match policy.as_str() {
-                "default" => target.default_policy(&precision),
-                name => blip_quantize::Policy::parse(name, &precision),
-            };
+            let policy = blip_quantize::Policy::parse(&policy, &precision, target);
             let opts = blip_quantize::QuantizeOptions {
                 precision,
                 policy,

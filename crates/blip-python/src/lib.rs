@@ -717,10 +717,10 @@ fn quantize<'py>(
     let precision = match precision {
         None => target.default_precision(),
         Some("int8") => Precision::Int8,
-        Some("int4") => Precision::Int4 {
-            block_size: block_size.unwrap_or(blip_quantize::DEFAULT_INT4_BLOCK_SIZE),
-            accuracy_level: accuracy_level.unwrap_or_else(|| target.default_int4_accuracy_level()),
-        },
+        Some("int4") => target.int4(
+            block_size.unwrap_or(blip_quantize::DEFAULT_INT4_BLOCK_SIZE),
+            accuracy_level,
+        ),
         Some("fp16") => Precision::Fp16,
         Some(other) => {
             return Err(InputError::new_err(format!(
@@ -740,10 +740,7 @@ fn quantize<'py>(
         }
     };
     let opts = QuantizeOptions {
-        policy: match policy {
-            "default" => target.default_policy(&precision),
-            name => Policy::parse(name, &precision),
-        },
+        policy: Policy::parse(policy, &precision, target),
         precision,
         reduce_range: reduce_range.unwrap_or(defaults.reduce_range),
         weight_type,

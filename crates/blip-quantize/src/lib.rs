@@ -102,11 +102,11 @@ pub enum Policy {
 }
 
 impl Policy {
-    /// Parses a policy name: `default` (the precision's [`Precision::default_policy`]), `encoders`,
-    /// `decoder`, `all`, or comma-separated roles.
-    pub fn parse(name: &str, precision: &Precision) -> Policy {
+    /// Parses a policy name: `default` (the target's choice for the precision,
+    /// [`Target::default_policy`]), `encoders`, `decoder`, `all`, or comma-separated roles.
+    pub fn parse(name: &str, precision: &Precision, target: Target) -> Policy {
         match name {
-            "default" => precision.default_policy(),
+            "default" => target.default_policy(precision),
             "encoders" => Policy::Encoders,
             "decoder" => Policy::Decoder,
             "all" => Policy::All,

@@ -39,6 +39,14 @@ impl Target {
         }
     }
 
+    /// Weight-only INT4 with `block_size`; the accuracy level is the target's unless given.
+    pub fn int4(self, block_size: usize, accuracy_level: Option<i64>) -> Precision {
+        Precision::Int4 {
+            block_size,
+            accuracy_level: accuracy_level.unwrap_or_else(|| self.default_int4_accuracy_level()),
+        }
+    }
+
     pub fn default_precision(self) -> Precision {
         match self {
             Target::Native | Target::Web => Precision::Int8,
