@@ -310,8 +310,8 @@ impl Runtime {
             .map_err(|e| err(e.to_string()))?
             // On x86 without VNNI (AVX2-only EPYCs, for one) the u8 x s8 kernel sums pairs of
             // products in saturating int16: QInt8 packages lost accuracy there (ITC cosine 0.98
-            // against FP32, 0.9998 with VNNI). This has ORT use u8 x u8 on those CPUs only; with
-            // VNNI it changes nothing. Not for `write_optimized`, whose graph must stay portable.
+            // against FP32; the int8 tests' 0.99 bound held on VNNI machines). This has ORT use
+            // u8 x u8 on those CPUs only; with VNNI it changes nothing. Not for `write_optimized`, whose graph must stay portable.
             .with_config_entry("session.x64quantprecision", "1")
             .map_err(|e| err(e.to_string()))?;
         let threads = resolve_threads(opts.intra_threads);
