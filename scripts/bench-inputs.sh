@@ -2,11 +2,11 @@
 # The inputs of the serving and scale-out benchmarks, made in .cache/bench/ when missing: the random-weight
 # base checkpoints and packages (the same commands as scripts/bench-base.sh: FP32, INT8 with the default
 # policy and, for captions, the default quantized package "mixed": INT8 encoders + INT4 decoder) and
-# COUNT synthetic photos (tools/synth_images.py) in IMAGES.
-#   scripts/bench-inputs.sh PYTHON BIN [IMAGES COUNT]   (the reference environment's Python, blip-onnx)
+# COUNT synthetic photos (tools/synth_images.py) in IMAGES, of which DISTINCT differ (default: all).
+#   scripts/bench-inputs.sh PYTHON BIN [IMAGES COUNT [DISTINCT]]   (the reference environment's Python, blip-onnx)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-py="$1" bin="$2" images="${3:-}" count="${4:-0}" b=.cache/bench
+py="$1" bin="$2" images="${3:-}" count="${4:-0}" distinct="${5:-${4:-0}}" b=.cache/bench
 for head in caption retrieval; do
   [ -f "$b/base-$head/config.json" ] ||
     "$py" tools/reference/blip_reference.py checkpoint --size base --head "$head" -o "$b/base-$head"
@@ -17,6 +17,6 @@ done
   "$bin" quantize "$b/base-caption-int8" -o "$b/base-caption-mixed" --precision int4 --force >/dev/null
 if [ -n "$images" ] && [ ! -d "$images" ]; then
   rm -rf "$images.tmp" && mkdir -p "$images.tmp"
-  "$py" tools/synth_images.py "$images.tmp" "$count"
+  "$py" tools/synth_images.py "$images.tmp" "$count" "$distinct"
   mv "$images.tmp" "$images"
 fi

@@ -276,6 +276,12 @@ pub fn image_embedding_width(pkg: &Package) -> Result<usize> {
         .ok_or_else(none)
 }
 
+/// SHA-256 of a file's bytes: images with equal digests are embedded once.
+pub fn file_digest(path: &Path) -> Result<[u8; 32]> {
+    let bytes = std::fs::read(path).map_err(io("reading", path))?;
+    Ok(Sha256::digest(&bytes).into())
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder (fsync, then rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = partial_path(path);
@@ -442,6 +448,19 @@ impl Index {
         std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
         let name = Self::state_name(id);
         write_atomic(&dir.join(&name), &f16_bytes(hidden))?;
+        Ok(name)
+    }
+
+    /// Stores, for image `id`, a copy of the states already written under `from` (the file
+    /// name [`Index::write_state`] returned for an image with the same content); returns the
+    /// file name to put in its entry. Each entry keeps a file of its own, so removing one
+    /// never touches another's.
+    pub fn copy_state(&self, index_path: &Path, from: &str, id: &str) -> Result<String> {
+        let dir = Self::sidecar(index_path).join("states");
+        let source = dir.join(from);
+        let bytes = std::fs::read(&source).map_err(io("reading", &source))?;
+        let name = Self::state_name(id);
+        write_atomic(&dir.join(&name), &bytes)?;
         Ok(name)
     }
 

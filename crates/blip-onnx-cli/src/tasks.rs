@@ -1,5 +1,6 @@
 //! The task subcommands: caption, embed, itm, vqa, index, search.
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -585,21 +586,43 @@ pub fn index(common: &Common, dir: &Path, output: &Path) -> Result<u8> {
     let reused = idx.len();
     let bar = common.progress(todo.len(), "indexing");
     let mut failed = 0;
+    // Copies of one image (the same photo in several albums) are encoded once: later copies
+    // take the first one's embedding and a copy of its states.
+    let mut encoded: HashMap<[u8; 32], (Vec<f32>, String)> = HashMap::new();
+    let mut duplicates = 0;
     for (path, stamp) in &todo {
+        let id = path.display().to_string();
+        let entry = |state| IndexEntry {
+            id: id.clone(),
+            path: path.clone(),
+            stamp: stamp.clone(),
+            metadata: None,
+            state: Some(state),
+        };
+        let digest = match blip_index::file_digest(path) {
+            Ok(d) => d,
+            Err(e) => {
+                failed += 1;
+                eprintln!("skipping {}: {e}", path.display());
+                bar.inc(1);
+                continue;
+            }
+        };
+        if let Some((embedding, first)) = encoded.get(&digest) {
+            let state = idx.copy_state(output, first, &id)?;
+            idx.push(entry(state), embedding)?;
+            duplicates += 1;
+            bar.inc(1);
+            continue;
+        }
         // One image at a time keeps a bad file from failing its neighbours.
         match model.embed_images(&[ImageInput::Path(path.clone())]) {
             Ok((embeds, hidden)) => {
-                let id = path.display().to_string();
                 let flat: Vec<f32> = hidden.iter().copied().collect();
                 let state = idx.write_state(output, &id, &flat)?;
-                let entry = IndexEntry {
-                    id,
-                    path: path.clone(),
-                    stamp: stamp.clone(),
-                    metadata: None,
-                    state: Some(state),
-                };
-                idx.push(entry, &embeds.row(0).to_vec())?;
+                let embedding = embeds.row(0).to_vec();
+                idx.push(entry(state.clone()), &embedding)?;
+                encoded.insert(digest, (embedding, state));
             }
             Err(e) => {
                 failed += 1;
@@ -610,13 +633,14 @@ pub fn index(common: &Common, dir: &Path, output: &Path) -> Result<u8> {
     }
     bar.finish_and_clear();
     idx.write(output)?;
-    let summary = json!({"index": output, "images": idx.len(), "embedded": todo.len() - failed, "reused": reused, "failed": failed, "skipped": scan.skipped.len()});
+    let summary = json!({"index": output, "images": idx.len(), "embedded": todo.len() - failed - duplicates, "duplicates": duplicates, "reused": reused, "failed": failed, "skipped": scan.skipped.len()});
     emit(common.format, &[summary], |r| {
         format!(
-            "{} images in {} ({} embedded, {} unchanged, {} failed)",
+            "{} images in {} ({} embedded, {} copies of those, {} unchanged, {} failed)",
             r["images"],
             output.display(),
             r["embedded"],
+            r["duplicates"],
             r["reused"],
             r["failed"]
         )

@@ -155,6 +155,12 @@ fn index_reuses_unchanged_files_and_search_reranks() {
     for f in ["synthetic_a.png", "synthetic_b.png", "grace_hopper.jpg"] {
         std::fs::copy(fixture(&format!("images/{f}")), images.join(f)).unwrap();
     }
+    // A second copy of one image is encoded once and indexed twice.
+    std::fs::copy(
+        fixture("images/synthetic_a.png"),
+        images.join("copy_of_a.png"),
+    )
+    .unwrap();
     let idx = dir.path().join("idx.bin");
     let args = [
         "index",
@@ -170,8 +176,13 @@ fn index_reuses_unchanged_files_and_search_reranks() {
     assert!(ok, "{stderr}");
     let first: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
-        (first[0]["embedded"].as_u64(), first[0]["reused"].as_u64()),
-        (Some(3), Some(0))
+        (
+            first[0]["embedded"].as_u64(),
+            first[0]["duplicates"].as_u64(),
+            first[0]["reused"].as_u64(),
+            first[0]["images"].as_u64()
+        ),
+        (Some(3), Some(1), Some(0), Some(4))
     );
     std::fs::write(images.join("broken.png"), b"not an image").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_blip-onnx"))
@@ -186,23 +197,41 @@ fn index_reuses_unchanged_files_and_search_reranks() {
             second[0]["reused"].as_u64(),
             second[0]["failed"].as_u64()
         ),
-        (Some(0), Some(3), Some(1))
+        (Some(0), Some(4), Some(1))
     );
-    let (ok, stdout, stderr) = blip(&[
-        "search",
-        "-p",
-        pkg.to_str().unwrap(),
-        idx.to_str().unwrap(),
-        "a red circle",
-        "-k",
-        "3",
-        "--rerank",
-        "2",
-        "--format",
-        "json",
-    ]);
-    assert!(ok, "{stderr}");
-    let hits: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let search = |k: &str, rerank: &str| -> serde_json::Value {
+        let (ok, stdout, stderr) = blip(&[
+            "search",
+            "-p",
+            pkg.to_str().unwrap(),
+            idx.to_str().unwrap(),
+            "a red circle",
+            "-k",
+            k,
+            "--rerank",
+            rerank,
+            "--format",
+            "json",
+        ]);
+        assert!(ok, "{stderr}");
+        serde_json::from_str(&stdout).unwrap()
+    };
+    // The copy answers exactly as its original: same embedding, same stored rerank states.
+    let all = search("4", "4");
+    let hit = |name: &str| {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["image"].as_str().unwrap().ends_with(name))
+            .cloned()
+            .unwrap()
+    };
+    let (a, copy) = (hit("synthetic_a.png"), hit("copy_of_a.png"));
+    for key in ["itc", "itm"] {
+        let (x, y) = (a[key].as_f64().unwrap(), copy[key].as_f64().unwrap());
+        assert!((x - y).abs() < 1e-6, "{key}: {x} vs {y}");
+    }
+    let hits = search("3", "2");
     let hits = hits.as_array().unwrap();
     assert_eq!(hits.len(), 3);
     for h in &hits[..2] {
@@ -384,7 +413,7 @@ fn quantize_optimize_and_validate_gate_a_deployment() {
         serde_json::json!(["ort", "node", "web", "openvino", "ort-mobile"])
     );
     let web = manifest("web");
-    assert_eq!(web["runtimes"], serde_json::json!(["web"]));
+    assert_eq!(web["runtimes"], serde_json::json!(["web", "ort-mobile"]));
     for (role, g) in web["graphs"].as_object().unwrap() {
         assert_eq!(g["precision"], "int8", "{role}");
         assert!(
