@@ -175,12 +175,12 @@ for (const flavour of flavours) {
   });
 }
 
-test('the web INT8 site serves the web flavour: QUInt8 on every graph, made for onnxruntime-web', () => {
+test('the web INT8 site serves the web flavour: QUInt8 on every graph, made for onnxruntime-web (and ORT mobile)', () => {
   const packages = readdirSync(join(WEB_SITE, 'packages'));
   assert.equal(packages.length, 3);
   for (const p of packages) {
     const m = JSON.parse(readFileSync(join(WEB_SITE, 'packages', p, 'blip.json'), 'utf8'));
-    assert.deepEqual(m.runtimes, ['web'], p);
+    assert.deepEqual(m.runtimes, ['web', 'ort-mobile'], p);
     for (const [role, g] of Object.entries(m.graphs)) {
       assert.equal(g.precision, 'int8', `${p} ${role}`);
       assert.match(g.quantization, /QUInt8/, `${p} ${role}`);

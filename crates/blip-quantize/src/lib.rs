@@ -193,6 +193,16 @@ pub struct QuantizeOptions {
     pub force: bool,
 }
 
+impl QuantizeOptions {
+    /// Full-range QInt8 weights: their int16 pair sums saturate on x86 without VNNI unless the
+    /// session asks for precise products (see [`Target::narrow`]).
+    pub fn saturating_int8(&self) -> bool {
+        self.precision == Precision::Int8
+            && self.weight_type == WeightType::QInt8
+            && !self.reduce_range
+    }
+}
+
 impl Default for QuantizeOptions {
     fn default() -> Self {
         QuantizeOptions {
@@ -801,7 +811,10 @@ fn check_target(pkg: &Package, opts: &QuantizeOptions) -> Result<()> {
             reason,
         });
     }
-    if target.narrow(&pkg.manifest.runtimes).is_empty() {
+    if target
+        .narrow(&pkg.manifest.runtimes, opts.saturating_int8())
+        .is_empty()
+    {
         let names = |rs: &[blip_package::Runtime]| rs.iter().map(|r| r.to_string()).collect();
         return Err(QuantizeError::NoRuntime {
             package: pkg.dir.clone(),
@@ -1008,7 +1021,9 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
         "mixed".into()
     };
     manifest.graphs = graphs;
-    manifest.runtimes = opts.target.narrow(&pkg.manifest.runtimes);
+    manifest.runtimes = opts
+        .target
+        .narrow(&pkg.manifest.runtimes, opts.saturating_int8());
     manifest.save(dir)?;
     Ok(stats)
 }

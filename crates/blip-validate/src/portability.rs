@@ -43,6 +43,31 @@ fn fp16_gemm(n: &NodeProto, model: &ModelProto) -> bool {
         })
 }
 
+/// A dynamic-INT8 MatMul whose weight is a full-range QInt8 initializer: a value beyond 7 bits,
+/// or values this check cannot see (external data).
+fn saturating_int8_matmul(n: &NodeProto, model: &ModelProto) -> bool {
+    let op = n.op_type.as_deref().unwrap_or("");
+    if !matches!(
+        op,
+        "MatMulInteger" | "DynamicQuantizeMatMul" | "MatMulIntegerToFloat"
+    ) {
+        return false;
+    }
+    model.graph.as_ref().is_some_and(|g| {
+        g.initializer.iter().any(|t| {
+            t.data_type == Some(PbType::Int8 as i32)
+                && n.input.get(1).is_some_and(|b| t.name.as_deref() == Some(b))
+                && match &t.raw_data {
+                    Some(raw) => raw.iter().any(|&b| !(-64..=63).contains(&(b as i8))),
+                    None if !t.int32_data.is_empty() => {
+                        t.int32_data.iter().any(|v| !(-64..=63).contains(v))
+                    }
+                    None => true,
+                }
+        })
+    })
+}
+
 /// Why `target` cannot run `node`, if it cannot.
 fn refused(target: Runtime, node: &NodeProto, model: &ModelProto) -> Option<&'static str> {
     let op = node.op_type.as_deref().unwrap_or("");
@@ -56,6 +81,9 @@ fn refused(target: Runtime, node: &NodeProto, model: &ModelProto) -> Option<&'st
         Runtime::Tract if fp16_gemm(node, model) => {
             Some("tract fails on Gemm with FP16 weights (the LM head)")
         }
+        Runtime::OrtMobile if saturating_int8_matmul(node, model) => Some(
+            "full-range QInt8 weights: in the ORT format, ORT's x86 kernel sums u8 x s8 products in saturating int16 on CPUs without VNNI (session.x64quantprecision does not reach it); quantize --target web (QUInt8) or --reduce-range",
+        ),
         Runtime::Webgpu if attention_with_mask_or_past(node) => Some(
             "MultiHeadAttention with a mask or past key/value is not implemented in the WebGPU EP",
         ),
@@ -241,5 +269,38 @@ mod tests {
             assert_eq!(refused(r, &gemm, &half), None);
         }
         assert_eq!(refused(Runtime::Tract, &gemm, &model(PbType::Float)), None);
+    }
+
+    #[test]
+    fn full_range_qint8_weights_are_refused_on_ort_mobile_only() {
+        let matmul = NodeProto {
+            op_type: Some("MatMulInteger".into()),
+            input: vec!["x".into(), "w".into(), "xz".into(), "wz".into()],
+            output: vec!["y".into()],
+            ..Default::default()
+        };
+        let model = |dtype: PbType, raw: Vec<u8>| ModelProto {
+            graph: Some(GraphProto {
+                node: vec![matmul.clone()],
+                initializer: vec![TensorProto {
+                    name: Some("w".into()),
+                    data_type: Some(dtype as i32),
+                    raw_data: Some(raw),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let full = model(PbType::Int8, vec![3, (-100i8) as u8, 60]);
+        assert!(refused(Runtime::OrtMobile, &matmul, &full).is_some_and(|r| r.contains("QInt8")));
+        for r in [Runtime::Ort, Runtime::Node, Runtime::Web, Runtime::Openvino] {
+            assert_eq!(refused(r, &matmul, &full), None);
+        }
+        // 7-bit weights (--reduce-range) and QUInt8 weights (--target web) do not saturate.
+        let reduced = model(PbType::Int8, vec![3, (-63i8) as u8, 63]);
+        assert_eq!(refused(Runtime::OrtMobile, &matmul, &reduced), None);
+        let unsigned = model(PbType::Uint8, vec![0, 200, 255]);
+        assert_eq!(refused(Runtime::OrtMobile, &matmul, &unsigned), None);
     }
 }
