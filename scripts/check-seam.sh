@@ -2,7 +2,8 @@
 # The engine seam, checked cheaply (part of scripts/test.sh):
 # 1. only the engine crate (blip-runtime) depends on `ort` (normal and build edges; the converter's
 #    parity tests drive sessions directly as a dev-dependency);
-# 2. the engine-free crates build for the browser target, wasm32-unknown-unknown.
+# 2. the engine-free crates build for the browser target, wasm32-unknown-unknown (as dependencies
+#    of blip-web, built exactly as scripts/build-web.sh builds it, which then reuses the build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 engines="blip-runtime"
@@ -14,6 +15,5 @@ if [ "${direct% }" != "$engines" ]; then
 fi
 echo "check-seam: ort is named only by: $engines"
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-CARGO_TARGET_DIR=target/wasm32-check cargo check --quiet --target wasm32-unknown-unknown \
-  -p blip-package -p blip-preprocess -p blip-tasks -p blip-web
+cargo build --quiet --release --target wasm32-unknown-unknown -p blip-web
 echo "check-seam: blip-package, blip-preprocess, blip-tasks, blip-web build for wasm32-unknown-unknown"

@@ -12,16 +12,27 @@
 # 8. builds the Python wheel, installs it in a fresh venv and tests it against the CLI
 #    (captions, embeddings, Ray on a two-node loopback cluster),
 # 9. runs the browser build in headless Chromium (scripts/test-web.sh: wasm build, exported site,
-#    in-browser results equal the native CLI's).
+#    in-browser results equal the native CLI's),
+# 10. runs every graph of every package flavour on every runtime a package claims
+#    (scripts/test-portability.sh: onnxruntime-node/web, OpenVINO, tract, ORT mobile format).
+# Each step's wall time goes to stderr, and the total at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+start=$SECONDS
+step() {
+  local t=$SECONDS
+  "$@"
+  echo "test.sh: $* took $((SECONDS - t)) s" >&2
+}
 eval "$(scripts/fetch-onnxruntime.sh)"
-cargo fmt --all --check
-cargo clippy --workspace --all-targets --quiet -- -D warnings
-scripts/check-seam.sh
-cargo test --workspace
-scripts/onnx-checker.sh
-scripts/schemathesis.sh
-scripts/page-test.sh
-scripts/python-test.sh
-scripts/test-web.sh
+step cargo fmt --all --check
+step cargo clippy --workspace --all-targets --quiet -- -D warnings
+step scripts/check-seam.sh
+step cargo test --workspace
+step scripts/onnx-checker.sh
+step scripts/schemathesis.sh
+step scripts/page-test.sh
+step scripts/python-test.sh
+step scripts/test-web.sh
+step scripts/test-portability.sh
+echo "test.sh: passed in $((SECONDS - start)) s" >&2

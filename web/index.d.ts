@@ -6,6 +6,8 @@ export interface InitOptions {
   wasmPaths?: string;
   /** wasm threads; default: up to 4 when the page is cross-origin isolated, else 1. */
   numThreads?: number;
+  /** blip-onnx's wasm module where it cannot be fetched from next to index.js (Node: its bytes). */
+  wasm?: Uint8Array | ArrayBuffer | WebAssembly.Module | URL | string;
 }
 
 export interface Progress {

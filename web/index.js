@@ -12,13 +12,15 @@ function defaultThreads() {
   return Math.max(1, Math.min(4, globalThis.navigator?.hardwareConcurrency ?? 1));
 }
 
-/** Sets up onnxruntime-web and the wasm module once; later calls return the first setup. */
-export function init({ wasmPaths, numThreads } = {}) {
+/** Sets up onnxruntime-web and the wasm module once; later calls return the first setup.
+ *  `wasm`: blip-onnx's wasm module (bytes, a `WebAssembly.Module` or a URL) where it cannot be
+ *  fetched from next to this file (Node, whose fetch takes no file: URLs; some bundlers). */
+export function init({ wasmPaths, numThreads, wasm } = {}) {
   if (!ready) {
     ort.env.wasm.wasmPaths = wasmPaths ?? new URL('./dist/ort/', import.meta.url).href;
     ort.env.wasm.numThreads = numThreads ?? defaultThreads();
     ort.env.wasm.proxy = false;
-    ready = initWasm({ module_or_path: new URL('./dist/pkg/blip_web_bg.wasm', import.meta.url) }).then(() => ({
+    ready = initWasm({ module_or_path: wasm ?? new URL('./dist/pkg/blip_web_bg.wasm', import.meta.url) }).then(() => ({
       numThreads: ort.env.wasm.numThreads,
       crossOriginIsolated: Boolean(globalThis.crossOriginIsolated),
     }));
@@ -46,8 +48,8 @@ export class Blip {
   }
 
   /** Loads the package at `url` (a folder with blip.json): checks each graph's sha256, caches them. */
-  static async load(url, { onProgress, wasmPaths, numThreads } = {}) {
-    await init({ wasmPaths, numThreads });
+  static async load(url, { onProgress, wasmPaths, numThreads, wasm } = {}) {
+    await init({ wasmPaths, numThreads, wasm });
     const absolute = new URL(url, globalThis.location?.href).href;
     return new Blip(await WasmBlip.load(absolute, onProgress ?? null));
   }
