@@ -8,8 +8,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import onnx" 2>/dev/n
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet "onnx==1.23.2"
 fi
-cargo build --quiet -p blip-onnx-cli
-bin=target/debug/blip-onnx
+bin="$(scripts/debug-cli.sh)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 for head in caption retrieval vqa; do

@@ -7,8 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/fetch-onnxruntime.sh)"
 modules=$(scripts/setup-browser.sh)
-cargo build --quiet -p blip-onnx-cli
-bin=target/debug/blip-onnx
+bin="$(scripts/debug-cli.sh)"
 work=$(mktemp -d)
 server=""
 cleanup() {

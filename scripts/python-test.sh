@@ -11,8 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
 eval "$(scripts/fetch-onnxruntime.sh)"  # the CLI the tests compare against loads it from here
-cargo build --quiet -p blip-onnx-cli
-export BLIP_ONNX_CLI="$PWD/target/debug/blip-onnx"
+BLIP_ONNX_CLI="$(scripts/debug-cli.sh)"
+export BLIP_ONNX_CLI
 wheel="$(scripts/build-wheel.sh)"
 echo "python-test.sh: built $wheel in $((SECONDS - start)) s" >&2
 

@@ -7,8 +7,7 @@ cd "$(dirname "$0")/.."
 examples="${1:-30}"
 eval "$(scripts/fetch-onnxruntime.sh)"
 st=$(scripts/setup-schemathesis.sh)
-cargo build --quiet -p blip-onnx-cli
-bin=target/debug/blip-onnx
+bin="$(scripts/debug-cli.sh)"
 work=$(mktemp -d)
 server=""
 cleanup() {

@@ -14,9 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 eval "$(scripts/fetch-onnxruntime.sh)"
-cargo build --quiet -p blip-onnx-cli
+cli="$(scripts/debug-cli.sh)"
 scripts/build-web.sh >/dev/null
-cli="$PWD/${CARGO_TARGET_DIR:-target}/debug/blip-onnx"
 venv="${BLIP_ONNX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/blip-onnx}/portability-venv"
 if ! "$venv/bin/python" -c "import onnxruntime, openvino, tract" 2>/dev/null; then
   rm -rf "$venv" && python3 -m venv "$venv"

@@ -15,8 +15,7 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 eval "$(scripts/fetch-onnxruntime.sh)"
 scripts/build-web.sh
-cargo build --quiet -p blip-onnx-cli
-cli="${CARGO_TARGET_DIR:-target}/debug/blip-onnx"
+cli="$(scripts/debug-cli.sh)"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -29,6 +29,8 @@ step cargo fmt --all --check
 step cargo clippy --workspace --all-targets --quiet -- -D warnings
 step scripts/check-seam.sh
 step cargo test --workspace
+# The CLI binary those tests ran: the scripts below drive it (scripts/debug-cli.sh says why).
+export BLIP_TEST_CLI="$PWD/${CARGO_TARGET_DIR:-target}/debug/blip-onnx"
 step scripts/onnx-checker.sh
 step scripts/schemathesis.sh
 step scripts/page-test.sh
