@@ -119,6 +119,16 @@ fn notes(target: Runtime, model: &ModelProto) -> Vec<String> {
     if target == Runtime::Tract && !dynamic.is_empty() {
         notes.push("tract's dynamic INT8 ran 3.5x slower than its FP32".into());
     }
+    let half = model.graph.iter().any(|g| {
+        g.initializer
+            .iter()
+            .any(|t| t.data_type == Some(PbType::Float16 as i32))
+    });
+    if target == Runtime::Tract && half {
+        notes.push(
+            "FP16: tract computes in half precision throughout, where native ONNX Runtime accumulates in FP32 (the portability suite measured RMS distances to FP32 2-7x native's on the encoders); FP16 packages are not made for tract".into(),
+        );
+    }
     notes
 }
 

@@ -142,6 +142,11 @@ fn targets_report_what_each_runtime_runs_with_reasons() {
         pass && why.starts_with("no, made for ort, node, ort-mobile"),
         "{why}"
     );
+    // ... and its numbers there are tract's half-precision ones, which check says.
+    let (pass, why) = reason(&r, "vision_encoder: runs on tract");
+    assert!(pass && why.contains("half precision"), "{why}");
+    let (_, why) = reason(&r, "vision_encoder: runs on web");
+    assert!(!why.contains("half precision"), "{why}");
 
     // Native INT8 + INT4 at accuracy level 4: runs on the web, where level 4 does not take effect,
     // and on WebGPU the dynamic-INT8 ops fall back to wasm; both said, neither a failure.
