@@ -276,10 +276,9 @@ pub fn image_embedding_width(pkg: &Package) -> Result<usize> {
         .ok_or_else(none)
 }
 
-/// SHA-256 of a file's bytes: images with equal digests are embedded once.
-pub fn file_digest(path: &Path) -> Result<[u8; 32]> {
-    let bytes = std::fs::read(path).map_err(io("reading", path))?;
-    Ok(Sha256::digest(&bytes).into())
+/// SHA-256 of an image file's bytes: images with equal digests are embedded once.
+pub fn content_digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder (fsync, then rename).

@@ -599,7 +599,9 @@ pub fn index(common: &Common, dir: &Path, output: &Path) -> Result<u8> {
             metadata: None,
             state: Some(state),
         };
-        let digest = match blip_index::file_digest(path) {
+        // Read once (with the preprocessor's checks: a regular image file under the size limit),
+        // then both hashed and decoded.
+        let data = match model.images.read_path(path) {
             Ok(d) => d,
             Err(e) => {
                 failed += 1;
@@ -608,6 +610,7 @@ pub fn index(common: &Common, dir: &Path, output: &Path) -> Result<u8> {
                 continue;
             }
         };
+        let digest = blip_index::content_digest(&data);
         if let Some((embedding, first)) = encoded.get(&digest) {
             let state = idx.copy_state(output, first, &id)?;
             idx.push(entry(state), embedding)?;
@@ -616,7 +619,11 @@ pub fn index(common: &Common, dir: &Path, output: &Path) -> Result<u8> {
             continue;
         }
         // One image at a time keeps a bad file from failing its neighbours.
-        match model.embed_images(&[ImageInput::Path(path.clone())]) {
+        let image = ImageInput::Bytes {
+            name: id.clone(),
+            data,
+        };
+        match model.embed_images(&[image]) {
             Ok((embeds, hidden)) => {
                 let flat: Vec<f32> = hidden.iter().copied().collect();
                 let state = idx.write_state(output, &id, &flat)?;

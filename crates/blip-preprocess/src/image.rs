@@ -60,9 +60,16 @@ impl ImagePreprocessor {
     }
 
     /// Decodes a file (PNG, JPEG, WebP, GIF, BMP), applies its EXIF orientation, converts to RGB.
-    /// The file must be a regular file under `max_file_bytes` whose first bytes are an image
-    /// format's signature; it is read whole only after those checks.
+    /// The file is read by [`ImagePreprocessor::read_path`].
     pub fn load_path(&self, path: &Path) -> Result<RgbImage, PreprocessError> {
+        let bytes = self.read_path(path)?;
+        self.load_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// An image file's bytes, for [`ImagePreprocessor::load_bytes`]. The file must be a regular
+    /// file under `max_file_bytes` whose first bytes are an image format's signature; it is read
+    /// whole only after those checks.
+    pub fn read_path(&self, path: &Path) -> Result<Vec<u8>, PreprocessError> {
         let name = path.display().to_string();
         let err = |message: String| PreprocessError::Image {
             name: name.clone(),
@@ -88,7 +95,8 @@ impl ImagePreprocessor {
         file.take(self.max_file_bytes + 1 - bytes.len() as u64)
             .read_to_end(&mut bytes)
             .map_err(|e| err(e.to_string()))?;
-        self.load_bytes(&bytes, &name)
+        self.check_file_size(bytes.len() as u64, &name)?;
+        Ok(bytes)
     }
 
     fn check_file_size(&self, len: u64, name: &str) -> Result<(), PreprocessError> {
