@@ -26,15 +26,19 @@ function ortFormatModels() {
 
 const ortModels = ortFormatModels();
 // As blip-runtime: exact u8 x u8 products on x86 without VNNI (else QInt8 packages lose accuracy).
-const options = { executionProviders: ['cpu'], intraOpNumThreads: 2, extra: { session: { x64quantprecision: '1' } } };
+export const sessionOptions = {
+  executionProviders: ['cpu'],
+  intraOpNumThreads: 2,
+  extra: { session: { x64quantprecision: '1' } },
+};
 
 export const InferenceSession = {
   async create(model, { externalData } = {}) {
     if (externalData) throw new Error('the adapter loads graphs from bytes: external data is not supported');
-    if (!ortModels) return ortNode.InferenceSession.create(model, options);
+    if (!ortModels) return ortNode.InferenceSession.create(model, sessionOptions);
     const sha = createHash('sha256').update(model).digest('hex');
     const path = ortModels.get(sha);
     if (!path) throw new Error(`no ORT-format conversion of the graph with sha256 ${sha}`);
-    return ortNode.InferenceSession.create(path, options);
+    return ortNode.InferenceSession.create(path, sessionOptions);
   },
 };

@@ -26,13 +26,10 @@ function readTensor(path, dtype, dims) {
 
 async function session(c) {
   if (runtime === 'node') {
-    // onnxruntime-node finds external data next to the model file.
-    // As blip-runtime: exact u8 x u8 products on x86 without VNNI (else QInt8 packages lose accuracy).
-    return ort.InferenceSession.create(c.model, {
-      executionProviders: ['cpu'],
-      intraOpNumThreads: 2,
-      extra: { session: { x64quantprecision: '1' } },
-    });
+    // onnxruntime-node finds external data next to the model file; the options are the end-to-end
+    // adapter's (blip-runtime's settings).
+    const { sessionOptions } = await import('./ort-node-adapter.mjs');
+    return ort.InferenceSession.create(c.model, sessionOptions);
   }
   // onnxruntime-web does not find external data by itself: it is handed over by name.
   const options = { executionProviders: ['wasm'] };

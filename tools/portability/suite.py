@@ -220,20 +220,24 @@ def max_abs(a, b):
 
 
 def verdict(case, runtime, res, outs, native, fp32_native):
-    """One cell: (state, detail). state: pass | fail | declared (`check --target` said the runtime
-    cannot run the graph, or not accurately, and it did not; a declared graph that passes fails, so
-    check's rules stay measured)."""
+    """One cell: {state, detail, max_diff, declared, stale}. state: pass | fail | declared
+    (`check --target` said the runtime cannot run the graph, or not accurately, and it did not).
+    stale: check declares the graph but it passes, a failure anywhere, so check's rules stay
+    measured."""
     check = case["check"].get(runtime)
+    declared = check[1] if check and not check[0] else None
+    cell = {"detail": "native ONNX Runtime did not run it", "max_diff": None, "declared": declared, "stale": False}
     if native is None:
-        return "fail", "native ONNX Runtime did not run it"
-    ok, detail = gate(case, res, outs, native, fp32_native)
-    if check and not check[0]:
-        if ok and "without VNNI" in check[1] and host_has_vnni():
-            return "declared", f"check --target: {check[1]} (passes on this CPU, which has VNNI)"
-        if ok:
-            return "fail", f"passes, but check --target declares it cannot: {check[1]}"
-        return "declared", f"check --target: {check[1]} ({detail})"
-    return ("pass" if ok else "fail"), detail
+        return dict(cell, state="fail")
+    ok, cell["detail"], cell["max_diff"] = gate(case, res, outs, native, fp32_native)
+    if declared is None:
+        return dict(cell, state="pass" if ok else "fail")
+    if not ok:
+        return dict(cell, state="declared")
+    if "without VNNI" in declared and host_has_vnni():
+        return dict(cell, state="declared", detail=cell["detail"] + "; passes on this CPU, which has VNNI")
+    return dict(cell, state="fail", stale=True,
+                detail=f"passes ({cell['detail']}), but check --target declares it cannot: {declared}")
 
 
 def host_has_vnni():
@@ -245,18 +249,24 @@ def host_has_vnni():
 
 
 def gate(case, res, outs, native, fp32_native):
+    """(passes, detail, max |diff| from native or None)."""
     if outs is None:
-        return False, f"did not run: {res.get('error', '')}"
+        return False, f"did not run: {res.get('error', '')}", None
     if any(outs[n].shape != native[n].shape for n in outs):
-        return False, "output shapes differ from native"
+        return False, "output shapes differ from native", None
     diff = max_abs(outs, native)
     if case["precision"] == "fp32":
-        return diff <= FP32_TOL, f"max |diff| {diff:.1e} vs native"
+        return diff <= FP32_TOL, f"max |diff| {diff:.1e} vs native", diff
     if fp32_native is None:
-        return False, "no FP32 flavour of this model to measure against"
+        return False, "no FP32 flavour of this model to measure against", diff
     d_rt, d_nat = rms(outs, fp32_native), rms(native, fp32_native)
-    return d_rt <= QUANT_SLACK * d_nat + QUANT_FLOOR, (f"RMS to FP32 {d_rt:.1e} (native {d_nat:.1e}); "
-                                                       f"max |diff| {diff:.1e} vs native")
+    return (d_rt <= QUANT_SLACK * d_nat + QUANT_FLOOR,
+            f"RMS to FP32 {d_rt:.1e} (native {d_nat:.1e}); max |diff| {diff:.1e} vs native", diff)
+
+
+def counts(cell):
+    """A failed cell fails the suite on a runtime its package is made for; a stale one anywhere."""
+    return cell["state"] == "fail" and (cell["claimed"] or cell["stale"])
 
 
 def report(args):
@@ -270,13 +280,11 @@ def report(args):
         _, fp32_native = outputs_of(root, "native", dict(case, package=case["package"].split("--")[0]))
         for rt in RUNTIMES:
             res, outs = outputs_of(root, rt, case)
-            state, detail = verdict(case, rt, res, outs, native, fp32_native)
-            claimed = rt in case["runtimes"]
-            # check --target's rules must stay measured: a declared graph that runs fails anywhere.
-            if state == "fail" and (claimed or detail.startswith("passes, but")):
-                failed += 1
-            cells.append({"package": case["package"], "graph": case["graph"], "runtime": rt,
-                          "claimed": claimed, "state": state, "detail": detail})
+            cell = {"package": case["package"], "graph": case["graph"], "runtime": rt,
+                    "fp32": case["precision"] == "fp32", "claimed": rt in case["runtimes"],
+                    **verdict(case, rt, res, outs, native, fp32_native)}
+            failed += counts(cell)
+            cells.append(cell)
     report_ = {"gates": {"fp32_max_abs": FP32_TOL, "quantized_rms_slack": QUANT_SLACK,
                          "quantized_rms_floor": QUANT_FLOOR},
                "versions": versions(root), "cells": cells, "failed": failed}
@@ -288,7 +296,7 @@ def report(args):
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from readme_block import write_block
         write_block(args.readme, "portability", md)
-    for c in [c for c in cells if c["state"] == "fail" and (c["claimed"] or c["detail"].startswith("passes, but"))][:20]:
+    for c in [c for c in cells if counts(c)][:20]:
         print(f"FAIL {c['package']} {c['graph']} on {c['runtime']}: {c['detail'][:200]}", file=sys.stderr)
     print(f"portability: {len(cells)} cells, {failed} failed (on a runtime the package is made for, or "
           "running where check --target declares it cannot)")
@@ -341,10 +349,9 @@ def markdown(r):
               "running where `check --target` declares it cannot).", ""]
     worst = {}
     for c in r["cells"]:
-        if c["state"] == "pass" and "max |diff|" in c["detail"]:
-            v = float(c["detail"].split("max |diff| ")[1].split(" ")[0])
-            k = (c["runtime"], "fp32" if c["detail"].startswith("max") else "quantized")
-            worst[k] = max(worst.get(k, 0.0), v)
+        if c["state"] == "pass":
+            k = (c["runtime"], "fp32" if c["fp32"] else "quantized")
+            worst[k] = max(worst.get(k, 0.0), c["max_diff"])
     lines.append("Largest difference from native among passing cells: " + "; ".join(
         f"{rt} {kind} {v:.1e}" for (rt, kind), v in sorted(worst.items())) + ".")
     fails = [c for c in r["cells"] if c["state"] == "fail"]
@@ -356,8 +363,7 @@ def markdown(r):
     declared = {}
     for c in r["cells"]:
         if c["state"] == "declared":
-            key = (c["runtime"], c["detail"].split(" (")[0].removeprefix("check --target: "))
-            declared.setdefault(key, []).append(c)
+            declared.setdefault((c["runtime"], c["declared"]), []).append(c)
     if declared:
         lines += ["", "Declared by `check --target` (and confirmed):", "", "| runtime | graphs | reason |", "|---|---|---|"]
         for (rt, why), cs in sorted(declared.items()):
