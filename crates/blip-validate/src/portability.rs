@@ -132,35 +132,37 @@ fn notes(target: Runtime, model: &ModelProto) -> Vec<String> {
     notes
 }
 
-fn graph_item(pkg: &Package, role: &str, entry: &GraphEntry, target: Runtime) -> CheckItem {
+/// A graph file, read and decoded once for every target; the error names the file.
+fn load_graph(pkg: &Package, entry: &GraphEntry) -> Result<ModelProto, String> {
     let path = pkg.dir.join(&entry.file);
-    let name = format!("{role}: runs on {target}");
-    match std::fs::metadata(&path) {
-        Err(e) => return item(name, Err(format!("{}: {e}", entry.file))),
-        Ok(m) if m.len() > PROTOBUF_LIMIT => {
-            return item(
-                name,
-                Err(format!(
-                    "{} is {} bytes, over protobuf's 2 GB: convert with external data",
-                    entry.file,
-                    m.len()
-                )),
-            );
-        }
-        Ok(_) => {}
+    let len = std::fs::metadata(&path)
+        .map_err(|e| format!("{}: {e}", entry.file))?
+        .len();
+    if len > PROTOBUF_LIMIT {
+        return Err(format!(
+            "{} is {len} bytes, over protobuf's 2 GB: convert with external data",
+            entry.file
+        ));
     }
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) => return item(name, Err(format!("{}: {e}", entry.file))),
-    };
-    let model = match ModelProto::decode(bytes.as_slice()) {
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", entry.file))?;
+    ModelProto::decode(bytes.as_slice()).map_err(|e| format!("{}: {e}", entry.file))
+}
+
+fn graph_item(
+    role: &str,
+    entry: &GraphEntry,
+    model: &Result<ModelProto, String>,
+    target: Runtime,
+) -> CheckItem {
+    let name = format!("{role}: runs on {target}");
+    let model = match model {
         Ok(m) => m,
-        Err(e) => return item(name, Err(format!("{}: {e}", entry.file))),
+        Err(e) => return item(name, Err(e.clone())),
     };
     let mut refusals: Vec<String> = Vec::new();
     for node in model.graph.iter().flat_map(|g| g.node.iter()) {
         // Each reason names its op.
-        if let Some(why) = refused(target, node, &model)
+        if let Some(why) = refused(target, node, model)
             && !refusals.iter().any(|r| r == why)
         {
             refusals.push(why.to_string());
@@ -176,7 +178,7 @@ fn graph_item(pkg: &Package, role: &str, entry: &GraphEntry, target: Runtime) ->
     if entry.data_file.is_some() && matches!(target, Runtime::Web | Runtime::Webgpu) {
         reason += "; its external data must be handed to the session (blip-web does)";
     }
-    for note in notes(target, &model) {
+    for note in notes(target, model) {
         reason += "; ";
         reason += &note;
     }
@@ -238,14 +240,19 @@ pub fn check_targets(dir: &Path, targets: &[Runtime]) -> CheckReport {
             };
         }
     };
-    let mut items = Vec::new();
-    for &target in targets {
-        items.extend(package_items(&pkg, target));
-        for (role, entry) in &pkg.manifest.graphs {
-            items.push(graph_item(&pkg, role, entry, target));
+    // Items by target, each graph decoded once (one at a time: base graphs are hundreds of MB).
+    let mut by_target: Vec<Vec<CheckItem>> =
+        targets.iter().map(|&t| package_items(&pkg, t)).collect();
+    for (role, entry) in &pkg.manifest.graphs {
+        let model = load_graph(&pkg, entry);
+        for (items, &target) in by_target.iter_mut().zip(targets) {
+            items.push(graph_item(role, entry, &model, target));
         }
     }
-    CheckReport { package, items }
+    CheckReport {
+        package,
+        items: by_target.concat(),
+    }
 }
 
 #[cfg(test)]
