@@ -1,7 +1,8 @@
 """Load benchmark of `blip-onnx serve` (run by scripts/bench-serve.sh, which makes the packages, the
 index and the environment): wrk (tools/bench_serve.lua) at each client count against
 
-  caption:  blip-onnx serve with the caption package, then the FastAPI + transformers server
+  caption:  blip-onnx serve with the caption package (request-level batching, the default, then
+            continuous batching: --scheduler iteration), then the FastAPI + transformers server
             (tools/reference/blip_fastapi_server.py) on the same images, one after the other;
   search:   blip-onnx serve with the retrieval package and the index: text search, ITC top-k + ITM
             rerank, then a soak of --soak-requests cheap requests (search without rerank, text
@@ -44,6 +45,9 @@ QUERIES = ["a red circle on a blue background", "two green squares", "a picture 
            "a large purple rectangle", "small shapes on a white background", "an orange square and a circle",
            "a dark picture with one bright shape", "three circles", "a cyan rectangle at the top",
            "a pink ellipse next to a grey square"]
+
+
+CONTINUOUS = "blip-onnx serve --scheduler iteration"
 
 
 class Server:
@@ -229,6 +233,10 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
 def captions(args: argparse.Namespace, serve: List[str], work: Path, caption_req: Path, scenario: Any) -> None:
     onnx = Server(serve + ["--package", args.caption_package], None, {}, work / "caption.log")
     scenario("caption", "blip-onnx serve", onnx, caption_req, batched=True)
+    # Continuous batching, side by side: requests join one running decode batch at step boundaries.
+    iteration = Server(serve + ["--package", args.caption_package, "--scheduler", "iteration"], None, {},
+                       work / "caption-iteration.log")
+    scenario("caption", CONTINUOUS, iteration, caption_req, batched=True)
     port = free_port()
     fastapi = Server([args.python, str(HERE / "reference" / "blip_fastapi_server.py"), args.caption_checkpoint,
                       "--port", str(port), "--threads", str(args.threads)], port, {}, work / "fastapi.log")
@@ -318,6 +326,11 @@ def markdown(r: Dict[str, Any]) -> str:
         lines.append(f"Captions/s at {mid} clients: {ours['per_s'] / one['per_s']:.2f}× blip-onnx's own single-client "
                      f"rate, {ours['per_s'] / theirs['per_s']:.2f}× the FastAPI + PyTorch server's at {mid} clients "
                      "(targets: ≥ 1.5× and ≥ 5×).")
+    cont, cont1 = find(r, "caption", CONTINUOUS, mid), find(r, "caption", CONTINUOUS, 1)
+    if ours and cont and ours["per_s"] and cont1 and cont1["per_s"]:
+        lines.append(f"Continuous batching (`--scheduler iteration`) at {mid} clients: {cont['per_s']:.2f} captions/s, "
+                     f"{cont['per_s'] / ours['per_s']:.2f}× request-level batching's {ours['per_s']:.2f} "
+                     f"and {cont['per_s'] / cont1['per_s']:.2f}× its own single-client rate.")
     if search1:
         lines.append(f"Search with rerank 16 over the index, one client: p50 {search1['p50_ms']:.0f} ms (target ≤ 1 s). "
                      "The index holds 10 000 entries made from 1 000 distinct synthetic images, each under ten file "

@@ -29,13 +29,14 @@ QUANT_SLACK = 1.5
 QUANT_FLOOR = 1e-4
 RUNTIMES = ["node", "web", "openvino", "tract", "ort-mobile"]
 DTYPES = {"float32": np.float32, "int64": np.int64, "float16": np.float16}
-# Symbolic dims: two rows, a four-token step after three cached tokens.
-BATCH, SEQUENCE, PAST = 2, 4, 3
+# Symbolic dims: two rows, a four-token step after three cached tokens; the decoder's two rows
+# are two beams sharing one image's cross K/V.
+BATCH, SEQUENCE, PAST, IMAGES, GROUP = 2, 4, 3, 1, 2
 
 
 def dims_of(spec, manifest):
     sizes = {"batch": BATCH, "sequence": SEQUENCE, "past_sequence": PAST, "total_sequence": PAST + SEQUENCE,
-             "encoder_sequence": manifest["model"]["image_tokens"]}
+             "encoder_sequence": manifest["model"]["image_tokens"], "images": IMAGES, "group": GROUP}
     out = []
     for d in spec["dims"]:
         if isinstance(d, int):
@@ -51,6 +52,10 @@ def make_input(spec, manifest, rng):
     name, shape = spec["name"], dims_of(spec, manifest)
     if name == "input_ids":
         return rng.integers(0, manifest["model"]["vocab_size"], size=shape, dtype=np.int64)
+    if name == "cross_groups":
+        return np.arange(IMAGES * GROUP, dtype=np.int64).reshape(shape)
+    if name == "cross_slots":
+        return np.arange(BATCH, dtype=np.int64)
     if name == "position_ids":
         return np.broadcast_to(np.arange(PAST, PAST + shape[1], dtype=np.int64), shape).copy()
     if "attention_mask" in name:

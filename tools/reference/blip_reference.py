@@ -736,7 +736,10 @@ def cmd_parity(args) -> None:
         d = sess("decoder")
         feeds = {"input_ids": ids.numpy(), "position_ids": np.tile(np.arange(4), (enc.shape[0], 1)),
                  "attention_mask": np.ones((enc.shape[0], 4), np.int64),
-                 "encoder_attention_mask": np.ones(enc.shape[:2], np.int64)}
+                 "encoder_attention_mask": np.ones(enc.shape[:2], np.int64),
+                 # One image per row: each row reads its own cross K/V.
+                 "cross_groups": np.arange(enc.shape[0], dtype=np.int64)[:, None],
+                 "cross_slots": np.arange(enc.shape[0], dtype=np.int64)}
         heads = man["model"]["text_heads"]
         hd = man["model"]["text_hidden_size"] // heads
         for i in range(man["model"]["text_layers"]):

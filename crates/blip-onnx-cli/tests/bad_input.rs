@@ -928,6 +928,14 @@ fn damaged_and_hostile_packages_are_refused_at_open() {
             cap(&m("version", |v| v["format_version"] = 99.into())),
         )
         .says(&["format_version 99 is newer"]),
+        mk(
+            "older format (per-row cross K/V)",
+            cap(&m("old", |v| v["format_version"] = 1.into())),
+        )
+        .says(&[
+            "format_version 1 is older than this tool runs for a decoder",
+            "convert the checkpoint again",
+        ]),
         mk("tokenizer.json not a tokenizer", cap(&not_tok))
             .says(&["tokenizer.json", "valid JSON but not a tokenizer"]),
         mk(

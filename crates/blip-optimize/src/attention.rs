@@ -4,7 +4,7 @@
 //! matches exactly what `blip-convert` writes (scores `MatMul` → `Mul`/`Div` by a constant → optional
 //! additive mask → `Softmax` → `MatMul` with V, heads split by `Reshape` + `Transpose` and merged back
 //! the same way). It fuses attention whose keys and values are computed in the graph: the ViT's
-//! self-attention, the text encoders' self-attention and their cross-attention to image states; and
+//! self-attention and the text encoders' self-attention; and
 //! the decoder's self-attention over its KV cache (`Concat(past, new)` on the sequence axis): the
 //! cache goes in and out of the fused op, the padding mask under the converter's causal mask becomes
 //! its key padding mask and the kernel masks the future itself. On the base decoder that removes
@@ -12,7 +12,9 @@
 //! match through the unfused attention): the base INT4 step got 1.7–3.5 % faster in Python ORT A/B
 //! runs, and its speed-up over the FP32 step went from 3.40× to 3.58× in `blip-onnx bench`. The
 //! decoder's cross-attention to precomputed K/V stays as it is: the fused kernel repacks K every
-//! step, measured no faster than the plain GEMV.
+//! step, measured no faster than the plain GEMV. So does the encoders' cross-attention to image
+//! states, which the converter writes with the projections on the text side (fusing it would
+//! project every image token again).
 //!
 //! Works on any precision: only what follows the Q/K/V projections is rewritten.
 

@@ -22,7 +22,11 @@ pub use validation::HEADS;
 pub const MANIFEST_FILE: &str = "blip.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const FORMAT: &str = "blip-onnx-package";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the decoder takes cross K/V once per image, with the rows that share them
+/// ([`CROSS_GROUPS`], [`CROSS_SLOTS`]); version 1 took them once per decoder row.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format whose decoder this tool runs (packages without a decoder run from version 1).
+pub const OLDEST_DECODER_FORMAT_VERSION: u32 = 2;
 
 /// Graph roles, in the order a package lists them.
 pub const VISION_ENCODER: &str = "vision_encoder";
@@ -31,6 +35,12 @@ pub const ITM: &str = "itm";
 pub const VQA_QUESTION_ENCODER: &str = "vqa_question_encoder";
 pub const CROSS_KV: &str = "cross_kv";
 pub const DECODER: &str = "decoder";
+
+/// Decoder input `[images, group]`: the decoder rows that cross-attend to each image's K/V, side
+/// by side (a beam per column; a short group repeats one of its rows).
+pub const CROSS_GROUPS: &str = "cross_groups";
+/// Decoder input `[rows]`: each row's place in [`CROSS_GROUPS`], flattened (`image · group + j`).
+pub const CROSS_SLOTS: &str = "cross_slots";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
@@ -224,6 +234,16 @@ impl Manifest {
         if manifest.format_version > FORMAT_VERSION {
             return Err(bad(format!(
                 "format_version {} is newer than this tool understands ({FORMAT_VERSION})",
+                manifest.format_version
+            )));
+        }
+        if manifest.format_version < OLDEST_DECODER_FORMAT_VERSION
+            && manifest.graphs.contains_key(DECODER)
+        {
+            return Err(bad(format!(
+                "format_version {} is older than this tool runs for a decoder \
+                 ({OLDEST_DECODER_FORMAT_VERSION}: beams share their image's cross K/V); convert \
+                 the checkpoint again",
                 manifest.format_version
             )));
         }

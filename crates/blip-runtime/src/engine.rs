@@ -6,10 +6,11 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use blip_package::{
-    CROSS_KV, DECODER, ITM, Package, TEXT_ENCODER, VISION_ENCODER, VQA_QUESTION_ENCODER,
+    CROSS_GROUPS, CROSS_KV, CROSS_SLOTS, DECODER, ITM, Package, TEXT_ENCODER, VISION_ENCODER,
+    VQA_QUESTION_ENCODER,
 };
 use blip_preprocess::TextBatch;
-use blip_tasks::{DecoderFeed, Graphs, LogitPositions, TaskError, VisionOutput};
+use blip_tasks::{CrossRows, DecoderFeed, Graphs, LogitPositions, TaskError, VisionOutput};
 use ndarray::{Array2, Array3, ArrayView3};
 use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor, TensorRef};
@@ -60,24 +61,6 @@ fn to_array2(v: &DynValue, graph: &str) -> TaskResult<Array2<f32>> {
         .map_err(|e| shape_err(graph, e.to_string()))
 }
 
-/// Repeats every row (axis 0) of a float tensor `times` times (`repeat_interleave`).
-fn repeat_rows(v: &DynValue, times: usize) -> TaskResult<DynValue> {
-    let (shape, data) = v.try_extract_tensor::<f32>().map_err(infer_err(CROSS_KV))?;
-    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    let row: usize = dims[1..].iter().product();
-    let mut out = Vec::with_capacity(data.len() * times);
-    for r in data.chunks(row.max(1)) {
-        for _ in 0..times {
-            out.extend_from_slice(r);
-        }
-    }
-    let mut new_dims = dims.clone();
-    new_dims[0] *= times;
-    Ok(Tensor::from_array((new_dims, out))
-        .map_err(infer_err(CROSS_KV))?
-        .into_dyn())
-}
-
 /// Selects rows of a float tensor.
 fn gather_rows(v: &DynValue, rows: &[usize]) -> TaskResult<DynValue> {
     let (shape, data) = v.try_extract_tensor::<f32>().map_err(infer_err(DECODER))?;
@@ -118,11 +101,36 @@ impl DecoderShape {
     }
 }
 
-/// Cross-attention K/V (one row per decoder row) and the encoder mask, as ORT values.
+/// Cross-attention K/V and the encoder mask, once per image, as ORT values; `rows` says which
+/// image each decoder row reads.
 pub struct OrtCross {
     values: NamedValues,
+    /// `images × E`.
     enc_mask: Vec<i64>,
-    rows: usize,
+    rows: CrossRows,
+}
+
+impl OrtCross {
+    /// Which image each decoder row reads.
+    pub fn rows(&self) -> &CrossRows {
+        &self.rows
+    }
+
+    /// Entries held along the K/V's first axis (one per image, however many beams read it).
+    pub fn held(&self) -> usize {
+        self.values
+            .first()
+            .and_then(|(_, v)| v.shape().first().copied())
+            .map_or(0, |d| d as usize)
+    }
+
+    /// Bytes of K/V held.
+    pub fn bytes(&self) -> usize {
+        self.values
+            .iter()
+            .map(|(_, v)| v.shape().iter().product::<i64>() as usize * 4)
+            .sum()
+    }
 }
 
 /// The self-attention KV cache. Rows joined from different requests have different lengths: the
@@ -327,19 +335,15 @@ impl Graphs for OrtGraphs {
         repeat: usize,
     ) -> TaskResult<OrtCross> {
         let (n, e) = (states.shape()[0], states.shape()[1]);
-        let repeat = repeat.max(1);
         let enc_mask: Vec<i64> = match enc_mask {
-            Some(m) if m.len() == n * e => m
-                .chunks(e.max(1))
-                .flat_map(|r| std::iter::repeat_n(r, repeat).flatten().copied())
-                .collect(),
+            Some(m) if m.len() == n * e => m.to_vec(),
             Some(m) => {
                 return Err(TaskError::Input(format!(
                     "encoder mask has {} values for {n} × {e} states",
                     m.len()
                 )));
             }
-            None => vec![1; n * repeat * e],
+            None => vec![1; n * e],
         };
         let states = states.as_standard_layout().into_owned();
         let layers = self.shape.layers;
@@ -355,18 +359,13 @@ impl Graphs for OrtGraphs {
                 let v = out
                     .remove(&name)
                     .ok_or_else(|| shape_err(CROSS_KV, format!("no output {name}")))?;
-                let v = if repeat > 1 {
-                    repeat_rows(&v, repeat)?
-                } else {
-                    v
-                };
                 values.push((name, v));
             }
         }
         Ok(OrtCross {
             values,
             enc_mask,
-            rows: n * repeat,
+            rows: CrossRows::repeated(n, repeat),
         })
     }
 
@@ -434,7 +433,7 @@ impl Graphs for OrtGraphs {
     async fn join_cross(&mut self, parts: Vec<OrtCross>) -> TaskResult<OrtCross> {
         let lens: Vec<usize> = parts
             .iter()
-            .map(|c| c.enc_mask.len() / c.rows.max(1))
+            .map(|c| c.enc_mask.len() / c.rows.images().max(1))
             .collect();
         let enc_len = lens.iter().copied().max().unwrap_or(0);
         let mut values = Vec::with_capacity(2 * self.shape.layers);
@@ -449,7 +448,7 @@ impl Graphs for OrtGraphs {
         }
         let mut enc_mask = Vec::new();
         for (c, &e) in parts.iter().zip(&lens) {
-            for row in c.enc_mask.chunks(e.max(1)).take(c.rows) {
+            for row in c.enc_mask.chunks(e.max(1)).take(c.rows.images()) {
                 enc_mask.extend_from_slice(row);
                 enc_mask.extend(std::iter::repeat_n(0, enc_len - e));
             }
@@ -457,20 +456,27 @@ impl Graphs for OrtGraphs {
         Ok(OrtCross {
             values,
             enc_mask,
-            rows: parts.iter().map(|c| c.rows).sum(),
+            rows: CrossRows::joined(parts.iter().map(|c| &c.rows)),
         })
     }
 
     async fn select_cross_rows(&mut self, cross: OrtCross, rows: &[usize]) -> TaskResult<OrtCross> {
-        let enc_len = cross.enc_mask.len() / cross.rows.max(1);
+        let (left, kept) = cross.rows.select(rows)?;
+        if cross.rows.keeps_all(&kept) {
+            return Ok(OrtCross {
+                rows: left,
+                ..cross
+            });
+        }
+        let enc_len = cross.enc_mask.len() / cross.rows.images().max(1);
         let mut values = cross.values;
         for (_, v) in values.iter_mut() {
-            *v = gather_rows(v, rows)?;
+            *v = gather_rows(v, &kept)?;
         }
         Ok(OrtCross {
             values,
-            enc_mask: mask_rows(&cross.enc_mask, enc_len, rows),
-            rows: rows.len(),
+            enc_mask: mask_rows(&cross.enc_mask, enc_len, &kept),
+            rows: left,
         })
     }
 
@@ -481,11 +487,11 @@ impl Graphs for OrtGraphs {
         feed: DecoderFeed<'_>,
     ) -> TaskResult<Vec<f32>> {
         let (rows, t, past_len) = (cache.rows, feed.t, cache.past_len);
-        if cross.rows != rows || feed.tokens.len() != rows * t {
+        if cross.rows.rows() != rows || feed.tokens.len() != rows * t {
             return Err(TaskError::Input(format!(
                 "decoder feed of {} tokens × {t} for a cache of {rows} rows and cross K/V of {}",
                 feed.tokens.len(),
-                cross.rows
+                cross.rows.rows()
             )));
         }
         if let Some(src) = feed.reorder.filter(|s| !is_identity(s)) {
@@ -524,7 +530,9 @@ impl Graphs for OrtGraphs {
             .iter()
             .flat_map(|&len| (len..len + t).map(|p| p as i64))
             .collect();
-        let enc_len = cross.enc_mask.len() / rows.max(1);
+        let images = cross.rows.images();
+        let enc_len = cross.enc_mask.len() / images.max(1);
+        let shared = cross.rows.feed();
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
             (
                 "input_ids".into(),
@@ -546,7 +554,19 @@ impl Graphs for OrtGraphs {
             ),
             (
                 "encoder_attention_mask".into(),
-                TensorRef::from_array_view(([rows, enc_len], cross.enc_mask.as_slice()))
+                TensorRef::from_array_view(([images, enc_len], cross.enc_mask.as_slice()))
+                    .map_err(infer_err(DECODER))?
+                    .into(),
+            ),
+            (
+                CROSS_GROUPS.into(),
+                Tensor::from_array(([images, shared.group], shared.groups))
+                    .map_err(infer_err(DECODER))?
+                    .into(),
+            ),
+            (
+                CROSS_SLOTS.into(),
+                Tensor::from_array(([rows], shared.slots))
                     .map_err(infer_err(DECODER))?
                     .into(),
             ),

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use blip_package::Package;
+use blip_package::{CROSS_GROUPS, CROSS_SLOTS, Package};
 use ort::value::{DynValue, Tensor};
 
 use crate::engine::infer_err;
@@ -17,6 +17,9 @@ fn dim_value(name: &str, image_tokens: usize) -> usize {
         "past_sequence" => 3,
         "total_sequence" => 8,
         "encoder_sequence" => image_tokens,
+        // The decoder's two rows are two beams of one image, sharing its cross K/V.
+        "images" => 1,
+        "group" => 2,
         _ => 1,
     }
 }
@@ -58,6 +61,9 @@ pub fn run_graph(
                     .map(|i| {
                         if spec.name.contains("mask") {
                             1
+                        } else if spec.name == CROSS_GROUPS || spec.name == CROSS_SLOTS {
+                            // Row indices: `images · group` equals the batch of rows.
+                            i
                         } else {
                             (i % 7) + 1
                         }

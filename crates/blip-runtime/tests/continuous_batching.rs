@@ -64,6 +64,7 @@ fn batched(m: &mut BlipModel, requests: &[(Vec<ImageInput>, CaptionOptions)]) ->
     let mut batch = DecodeBatch::new();
     let mut done: Vec<Option<Generated>> = vec![None; requests.len()];
     let mut max_rows = 0;
+    let mut shared = false;
     for (r, (images, opts)) in requests.iter().enumerate() {
         let pixels: Vec<f32> = images
             .iter()
@@ -79,10 +80,19 @@ fn batched(m: &mut BlipModel, requests: &[(Vec<ImageInput>, CaptionOptions)]) ->
             done[tag] = Some(g);
         }
         max_rows = max_rows.max(batch.rows());
+        // Beams share their image's cross K/V: the batch holds it once per image.
+        let cross = batch.cross().unwrap();
+        assert_eq!(cross.rows().rows(), batch.rows());
+        assert_eq!(cross.held(), cross.rows().images());
+        shared |= cross.rows().images() < cross.rows().rows();
         for (tag, g) in ready(batch.step(&mut tasks.graphs)).unwrap() {
             done[tag] = Some(g);
         }
+        if let Some(cross) = batch.cross() {
+            assert_eq!(cross.held(), cross.rows().images());
+        }
     }
+    assert!(shared, "no image was read by several beams");
     while !batch.is_empty() {
         for (tag, g) in ready(batch.step(&mut m.tasks().graphs)).unwrap() {
             done[tag] = Some(g);

@@ -48,6 +48,11 @@ impl<G: Graphs, T> DecodeBatch<G, T> {
         self.entries.iter().map(|e| e.generation.rows()).sum()
     }
 
+    /// The running rows' cross K/V (`None` while empty).
+    pub fn cross(&self) -> Option<&G::Cross> {
+        self.cross.as_ref()
+    }
+
     /// Runs the first step of `generation` (its prompt) over `cross` (its rows' cross K/V, from
     /// [`Graphs::cross_kv`]) and adds it to the batch; returns it at once when that step ended it.
     /// On an error the request gets its tag back; when the error came from joining the running

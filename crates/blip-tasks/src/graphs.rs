@@ -44,8 +44,8 @@ pub struct DecoderFeed<'a> {
 
 /// The graphs of one package on one engine.
 ///
-/// `Cross` holds the decoder's cross-attention K/V (and encoder mask) of a set of rows; `Cache`
-/// the self-attention KV cache. Both stay inside the engine; reordering beams happens there too.
+/// `Cross` holds the decoder's cross-attention K/V (and encoder mask), once per image, for a set
+/// of rows; `Cache` the self-attention KV cache. Both stay inside the engine; reordering beams happens there too.
 // Engines run their futures on one thread (the native engine's are ready at once, the browser's
 // are not Send): no Send bound on the futures.
 #[allow(async_fn_in_trait)]
@@ -73,9 +73,9 @@ pub trait Graphs {
         image: ArrayView3<'_, f32>,
     ) -> Result<Array3<f32>>;
 
-    /// Cross-attention K/V of every decoder layer for `states` (`[n, E, D]`), each row used by
-    /// `repeat` decoder rows (one per beam); `enc_mask` (`n × E`) masks encoder positions
-    /// (`None`: attend to all).
+    /// Cross-attention K/V of every decoder layer for `states` (`[n, E, D]`), each row read by
+    /// `repeat` consecutive decoder rows (one per beam), which share it ([`crate::CrossRows`]);
+    /// `enc_mask` (`n × E`) masks encoder positions (`None`: attend to all).
     async fn cross_kv(
         &mut self,
         states: ArrayView3<'_, f32>,
@@ -104,14 +104,14 @@ pub trait Graphs {
         Err(not_batching("select_cache_rows"))
     }
 
-    /// One cross K/V holding the rows of `parts` in order (shorter encoder sequences padded and
-    /// masked).
+    /// One cross K/V holding the rows (and images) of `parts` in order (shorter encoder sequences
+    /// padded and masked).
     async fn join_cross(&mut self, parts: Vec<Self::Cross>) -> Result<Self::Cross> {
         let _ = parts;
         Err(not_batching("join_cross"))
     }
 
-    /// The cross K/V of `rows` only.
+    /// The cross K/V of `rows` only (images no row reads any more are dropped).
     async fn select_cross_rows(
         &mut self,
         cross: Self::Cross,

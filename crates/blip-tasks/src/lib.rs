@@ -5,6 +5,7 @@
 //! (`blip-runtime`) and the browser run the same code.
 
 mod batch;
+mod cross_rows;
 pub mod defaults;
 pub mod generate;
 mod graphs;
@@ -14,6 +15,7 @@ mod tasks;
 pub use batch::DecodeBatch;
 pub use blip_package::{Package, PackageError};
 pub use blip_preprocess::PreprocessError;
+pub use cross_rows::{CrossFeed, CrossRows};
 pub use generate::{Generated, Generation, GenerationConfig, StepInput, Strategy};
 pub use graphs::{DecoderFeed, Graphs, LogitPositions, VisionOutput, ready};
 pub use input::{ImageInput, unique_inputs};

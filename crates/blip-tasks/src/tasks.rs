@@ -654,7 +654,6 @@ impl<G: Graphs> Blip<G> {
             .questions(pixels, n, rows, questions, max_question_tokens)
             .await?;
         let nq = states.shape()[0];
-        let e = states.shape()[1];
         let k = k.clamp(1, answers.len());
         let ans = self
             .tokenizer
@@ -689,14 +688,8 @@ impl<G: Graphs> Blip<G> {
             .iter()
             .flat_map(|&a| ans.mask[a * ans.cols..(a + 1) * ans.cols].iter().copied())
             .collect();
-        let rep: Vec<usize> = (0..nq).flat_map(|q| std::iter::repeat_n(q, k)).collect();
-        let rep_states = states.select(Axis(0), &rep);
-        let rep_mask: Vec<i64> = rep
-            .iter()
-            .flat_map(|&q| q_mask[q * e..(q + 1) * e].iter().copied())
-            .collect();
         let logits = self
-            .decoder_logits(rep_states.view(), &rep_mask, &ids, &mask, ans.cols)
+            .shared_decoder_logits(states.view(), &q_mask, k, &ids, &mask, ans.cols)
             .await?;
         let mut out = Vec::with_capacity(nq);
         for (q, order) in per_q.iter().enumerate() {
@@ -739,8 +732,23 @@ impl<G: Graphs> Blip<G> {
         mask: &[i64],
         t: usize,
     ) -> Result<Array3<f32>> {
-        let rows = states.shape()[0];
-        let cross = self.graphs.cross_kv(states, Some(enc_mask), 1).await?;
+        self.shared_decoder_logits(states, enc_mask, 1, ids, mask, t)
+            .await
+    }
+
+    /// [`Blip::decoder_logits`] with each state read by `repeat` consecutive rows (which share its
+    /// cross K/V).
+    async fn shared_decoder_logits(
+        &mut self,
+        states: ArrayView3<'_, f32>,
+        enc_mask: &[i64],
+        repeat: usize,
+        ids: &[i64],
+        mask: &[i64],
+        t: usize,
+    ) -> Result<Array3<f32>> {
+        let rows = states.shape()[0] * repeat.max(1);
+        let cross = self.graphs.cross_kv(states, Some(enc_mask), repeat).await?;
         let mut cache = self.graphs.new_cache(rows).await?;
         let feed = DecoderFeed {
             tokens: ids,

@@ -108,6 +108,7 @@ fn expected_symbolic(name: &str) -> Vec<usize> {
         "pixel_values" | "image_embeds" | "text_embeds" | "itm_logits" => vec![0],
         n if n.starts_with("past_key_values.") || n.starts_with("present.") => vec![0, 2],
         n if n.starts_with("cross_key_values.") => vec![0, 2],
+        blip_package::CROSS_GROUPS => vec![0, 1],
         "last_hidden_state"
         | "encoder_hidden_states"
         | "input_ids"

@@ -43,18 +43,6 @@ function rowSize(t) {
   return t.dims.slice(1).reduce((a, b) => a * b, 1);
 }
 
-// Every row (axis 0) repeated `times` times (repeat_interleave): one image's cross K/V per beam.
-export function repeatRows(t, times) {
-  const row = rowSize(t);
-  const rows = t.dims[0];
-  const out = new Float32Array(t.data.length * times);
-  for (let r = 0; r < rows; r++) {
-    const src = t.data.subarray(r * row, (r + 1) * row);
-    for (let k = 0; k < times; k++) out.set(src, (r * times + k) * row);
-  }
-  return new ort.Tensor('float32', out, [rows * times, ...t.dims.slice(1)]);
-}
-
 // Row r of the result is row rows[r] of `t` (beam reorder of the KV cache).
 export function gatherRows(t, rows) {
   const row = rowSize(t);

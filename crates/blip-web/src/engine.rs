@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 
 use blip_package::{
-    CROSS_KV, DECODER, ITM, Package, TEXT_ENCODER, VISION_ENCODER, VQA_QUESTION_ENCODER,
+    CROSS_GROUPS, CROSS_KV, CROSS_SLOTS, DECODER, ITM, Package, TEXT_ENCODER, VISION_ENCODER,
+    VQA_QUESTION_ENCODER,
 };
 use blip_preprocess::TextBatch;
-use blip_tasks::{DecoderFeed, Graphs, LogitPositions, TaskError, VisionOutput};
+use blip_tasks::{CrossRows, DecoderFeed, Graphs, LogitPositions, TaskError, VisionOutput};
 use js_sys::{BigInt64Array, Float32Array, Object, Reflect};
 use ndarray::{Array2, Array3, ArrayView3};
 use wasm_bindgen::JsValue;
@@ -111,8 +112,9 @@ impl DecoderShape {
 /// Cross-attention K/V (one row per decoder row, `ort.Tensor`s) and the encoder mask.
 pub struct WebCross {
     values: Vec<(String, JsValue)>,
+    /// `images × E`.
     enc_mask: Vec<i64>,
-    rows: usize,
+    rows: CrossRows,
 }
 
 /// The self-attention KV cache (`ort.Tensor`s).
@@ -249,19 +251,15 @@ impl Graphs for WebGraphs {
         repeat: usize,
     ) -> Result<WebCross> {
         let (n, e) = (states.shape()[0], states.shape()[1]);
-        let repeat = repeat.max(1);
         let enc_mask: Vec<i64> = match enc_mask {
-            Some(m) if m.len() == n * e => m
-                .chunks(e.max(1))
-                .flat_map(|r| std::iter::repeat_n(r, repeat).flatten().copied())
-                .collect(),
+            Some(m) if m.len() == n * e => m.to_vec(),
             Some(m) => {
                 return Err(TaskError::Input(format!(
                     "encoder mask has {} values for {n} × {e} states",
                     m.len()
                 )));
             }
-            None => vec![1; n * repeat * e],
+            None => vec![1; n * e],
         };
         let states = states.as_standard_layout();
         let dims = states.shape().to_vec();
@@ -274,18 +272,13 @@ impl Graphs for WebGraphs {
             for kv in ["key", "value"] {
                 let name = format!("cross_key_values.{i}.{kv}");
                 let v = shim::output(&out, &name).map_err(engine_err(CROSS_KV))?;
-                let v = if repeat > 1 {
-                    shim::repeat_rows(&v, repeat as u32)
-                } else {
-                    v
-                };
                 values.push((name, v));
             }
         }
         Ok(WebCross {
             values,
             enc_mask,
-            rows: n * repeat,
+            rows: CrossRows::repeated(n, repeat),
         })
     }
 
@@ -312,11 +305,11 @@ impl Graphs for WebGraphs {
         feed: DecoderFeed<'_>,
     ) -> Result<Vec<f32>> {
         let (rows, t, past_len) = (cache.rows, feed.t, cache.past_len);
-        if cross.rows != rows || feed.tokens.len() != rows * t {
+        if cross.rows.rows() != rows || feed.tokens.len() != rows * t {
             return Err(TaskError::Input(format!(
                 "decoder feed of {} tokens × {t} for a cache of {rows} rows and cross K/V of {}",
                 feed.tokens.len(),
-                cross.rows
+                cross.rows.rows()
             )));
         }
         if let Some(src) = feed.reorder.filter(|s| !is_identity(s)) {
@@ -340,16 +333,22 @@ impl Graphs for WebGraphs {
         let positions: Vec<i64> = (0..rows)
             .flat_map(|_| (past_len..past_len + t).map(|p| p as i64))
             .collect();
-        let enc_len = cross.enc_mask.len() / rows.max(1);
+        let images = cross.rows.images();
+        let enc_len = cross.enc_mask.len() / images.max(1);
+        let shared = cross.rows.feed();
         let ids = i64_tensor(feed.tokens, &[rows, t]);
         let positions = i64_tensor(&positions, &[rows, t]);
         let mask = i64_tensor(&attention_mask, &[rows, past_len + t]);
-        let enc_mask = i64_tensor(&cross.enc_mask, &[rows, enc_len]);
+        let enc_mask = i64_tensor(&cross.enc_mask, &[images, enc_len]);
+        let groups = i64_tensor(&shared.groups, &[images, shared.group]);
+        let slots = i64_tensor(&shared.slots, &[rows]);
         let mut inputs: Vec<(&str, &JsValue)> = vec![
             ("input_ids", &ids),
             ("position_ids", &positions),
             ("attention_mask", &mask),
             ("encoder_attention_mask", &enc_mask),
+            (CROSS_GROUPS, &groups),
+            (CROSS_SLOTS, &slots),
         ];
         for (name, v) in cache.past.iter().chain(cross.values.iter()) {
             inputs.push((name.as_str(), v));

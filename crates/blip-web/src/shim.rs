@@ -30,9 +30,6 @@ extern "C" {
     #[wasm_bindgen(js_name = tensorDims)]
     pub fn tensor_dims(t: &JsValue) -> Uint32Array;
 
-    #[wasm_bindgen(js_name = repeatRows)]
-    pub fn repeat_rows(t: &JsValue, times: u32) -> JsValue;
-
     #[wasm_bindgen(catch, js_name = gatherRows)]
     pub fn gather_rows(t: &JsValue, rows: &[u32]) -> Result<JsValue, JsValue>;
 

@@ -110,6 +110,15 @@ impl Decoder {
                 "encoder_attention_mask".to_string(),
                 In::I(ones_i64(&[b, enc_len])),
             ),
+            // One image per row.
+            (
+                blip_package::CROSS_GROUPS.to_string(),
+                In::I(ArrayD::from_shape_fn(IxDyn(&[b, 1]), |ix| ix[0] as i64)),
+            ),
+            (
+                blip_package::CROSS_SLOTS.to_string(),
+                In::I(ArrayD::from_shape_fn(IxDyn(&[b]), |ix| ix[0] as i64)),
+            ),
         ];
         for (i, (k, v)) in past.iter().enumerate() {
             inputs.push((format!("past_key_values.{i}.key"), In::F(k.clone())));
