@@ -197,8 +197,13 @@ pub fn vision_encoder<'a>(
 
 /// Where a layer's cross-attention keys and values come from.
 enum Cross<'s> {
-    /// Project these encoder states `[B, E, Denc]` inside the layer (encoder graphs, no mask).
-    States(&'s str, usize),
+    /// Encoder states `[B, E, Denc]` and their transpose `[B, Denc, E]` (made once for every
+    /// layer), attended to with the projections on the text side (encoder graphs, no mask).
+    States {
+        states: &'s str,
+        states_t: String,
+        d_enc: usize,
+    },
     /// Precomputed per layer (decoder), once per image: `(k [I,H,E,hd], v [I,H,E,hd])`, with an
     /// additive mask `[I,1,1,E]`, read by the rows that `groups` gathers.
     Precomputed {
@@ -335,12 +340,20 @@ fn bert_layer(
     if let Some((cross, layer)) = cross {
         let c = format!("{prefix}.crossattention.self");
         let q = net.linear(&format!("{c}.query"), &x, d, d)?;
-        let ctx = match cross {
-            Cross::States(states, d_enc) => {
+        let merged = match cross {
+            Cross::States {
+                states,
+                states_t,
+                d_enc,
+            } => {
                 let q = net.split_heads(&format!("{c}.query"), &q, heads, hd);
-                cross_attention_to_states(net, &c, &q, states, *d_enc, t, scale)?
+                let ctx =
+                    cross_attention_to_states(net, &c, &q, (states, states_t), *d_enc, t, scale)?;
+                net.merge_heads(&c, &ctx, d)
             }
             Cross::Precomputed { kv, mask, groups } => {
+                // Each image's query rows side by side, attending to its K/V once, then back to
+                // their rows.
                 let (k, v) = &kv[layer];
                 let q = net.g.op(
                     "Gather",
@@ -349,19 +362,17 @@ fn bert_layer(
                     vec![attr_int("axis", 0)],
                 );
                 let q = net.op("Reshape", &c, &[&q, &groups.grouped_shape]);
-                net.attention_key_major(&c, &q, k, v, Some(mask), scale, heads, hd)
+                let ctx = net.attention_key_major(&c, &q, k, v, Some(mask), scale, heads, hd);
+                let merged = net.merge_heads(&c, &ctx, d);
+                let slots = net.op("Reshape", &c, &[&merged, &groups.slot_shape]);
+                net.g.op(
+                    "Gather",
+                    &c,
+                    &[&slots, CROSS_SLOTS],
+                    vec![attr_int("axis", 0)],
+                )
             }
         };
-        let mut merged = net.merge_heads(&c, &ctx, d);
-        if let Cross::Precomputed { groups, .. } = cross {
-            let slots = net.op("Reshape", &c, &[&merged, &groups.slot_shape]);
-            merged = net.g.op(
-                "Gather",
-                &c,
-                &[&slots, CROSS_SLOTS],
-                vec![attr_int("axis", 0)],
-            );
-        }
         x = dense_residual_norm(
             net,
             &format!("{prefix}.crossattention.output"),
@@ -396,13 +407,13 @@ fn bert_layer(
 /// every score of a query, which softmax ignores). Projecting E = 577 image tokens through Wk and
 /// Wv costs `2·E·D·Denc` per layer; this costs `2·L·D·Denc + 2·H·L·E·Denc`, less while `L·H < D`
 /// (texts of up to 35 tokens, 12 heads, D = 768): for a 12-token query, the cross-attention of an
-/// ITM rerank of 16 base candidates drops from about 131 G to about 27 G multiply-adds. Returns the
-/// context `[B,H,L,hd]`.
+/// ITM rerank of 16 base candidates drops from about 131 G to about 27 G multiply-adds. `states`:
+/// `S` and `Sᵀ`. Returns the context `[B,H,L,hd]`.
 fn cross_attention_to_states(
     net: &mut Net<'_>,
     c: &str,
     q: &str,
-    states: &str,
+    (states, states_t): (&str, &str),
     d_enc: usize,
     t: &TextConfig,
     scale: Scale,
@@ -430,27 +441,8 @@ fn cross_attention_to_states(
     let qk = net.op("MatMul", &format!("{c}.key"), &[q, &wk]);
     let rows_shape = net.ci64(&[0, -1, enc]);
     let qk = net.op("Reshape", &format!("{c}.key"), &[&qk, &rows_shape]);
-    let states_t = net.g.op(
-        "Transpose",
-        c,
-        &[states],
-        vec![attr_ints("perm", &[0, 2, 1])],
-    );
-    let scores = net.op("MatMul", c, &[&qk, &states_t]);
-    let scaled = match scale {
-        Scale::Mul(v) => {
-            let k = net.cf32(v);
-            net.op("Mul", c, &[&scores, &k])
-        }
-        Scale::Div(v) => {
-            let k = net.cf32(v);
-            net.op("Div", c, &[&scores, &k])
-        }
-    };
-    let probs = net
-        .g
-        .op("Softmax", c, &[&scaled], vec![attr_int("axis", -1)]);
-    let mixed = net.op("MatMul", c, &[&probs, states]);
+    // softmax(qk·Sᵀ · scale)·S: the attention's weighted sum of the states themselves.
+    let mixed = net.attention(c, &qk, states_t, states, None, scale);
     let heads_shape = net.ci64(&[0, heads, -1, enc]);
     let mixed = net.op("Reshape", c, &[&mixed, &heads_shape]);
     let ctx = net.op("MatMul", &format!("{c}.value"), &[&mixed, &wv]);
@@ -465,7 +457,16 @@ fn text_encoder_body(
 ) -> Result<String> {
     let mut h = text_embeddings(net, TEXT_ENCODER, t, "input_ids", None)?;
     let mask = net.additive_mask(&format!("{TEXT_ENCODER}.attention_mask"), "attention_mask");
-    let cross = image_states.map(|(s, d)| Cross::States(s, d));
+    let cross = image_states.map(|(states, d_enc)| Cross::States {
+        states,
+        states_t: net.g.op(
+            "Transpose",
+            &format!("{TEXT_ENCODER}.crossattention.states"),
+            &[states],
+            vec![attr_ints("perm", &[0, 2, 1])],
+        ),
+        d_enc,
+    });
     for i in 0..t.num_hidden_layers {
         let prefix = format!("{TEXT_ENCODER}.encoder.layer.{i}");
         h = bert_layer(
