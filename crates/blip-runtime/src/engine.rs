@@ -10,7 +10,9 @@ use blip_package::{
     VQA_QUESTION_ENCODER,
 };
 use blip_preprocess::TextBatch;
-use blip_tasks::{CrossRows, DecoderFeed, Graphs, LogitPositions, TaskError, VisionOutput};
+use blip_tasks::{
+    CrossRows, DecoderFeed, Graphs, LogitPositions, TaskError, VisionOutput, encoder_mask,
+};
 use ndarray::{Array2, Array3, ArrayView3};
 use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor, TensorRef};
@@ -122,14 +124,6 @@ impl OrtCross {
             .first()
             .and_then(|(_, v)| v.shape().first().copied())
             .map_or(0, |d| d as usize)
-    }
-
-    /// Bytes of K/V held.
-    pub fn bytes(&self) -> usize {
-        self.values
-            .iter()
-            .map(|(_, v)| v.shape().iter().product::<i64>() as usize * 4)
-            .sum()
     }
 }
 
@@ -335,16 +329,7 @@ impl Graphs for OrtGraphs {
         repeat: usize,
     ) -> TaskResult<OrtCross> {
         let (n, e) = (states.shape()[0], states.shape()[1]);
-        let enc_mask: Vec<i64> = match enc_mask {
-            Some(m) if m.len() == n * e => m.to_vec(),
-            Some(m) => {
-                return Err(TaskError::Input(format!(
-                    "encoder mask has {} values for {n} × {e} states",
-                    m.len()
-                )));
-            }
-            None => vec![1; n * e],
-        };
+        let enc_mask = encoder_mask(enc_mask, n, e)?;
         let states = states.as_standard_layout().into_owned();
         let layers = self.shape.layers;
         let session = self.session(CROSS_KV)?;

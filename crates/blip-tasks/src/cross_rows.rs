@@ -116,6 +116,19 @@ impl CrossRows {
     }
 }
 
+/// The encoder mask (`n × e`) that `Graphs::cross_kv` keeps beside its K/V: `mask` once checked,
+/// or every position attended to.
+pub fn encoder_mask(mask: Option<&[i64]>, n: usize, e: usize) -> Result<Vec<i64>> {
+    match mask {
+        Some(m) if m.len() == n * e => Ok(m.to_vec()),
+        Some(m) => Err(TaskError::Input(format!(
+            "encoder mask has {} values for {n} × {e} states",
+            m.len()
+        ))),
+        None => Ok(vec![1; n * e]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,7 +45,8 @@ pub struct DecoderFeed<'a> {
 /// The graphs of one package on one engine.
 ///
 /// `Cross` holds the decoder's cross-attention K/V (and encoder mask), once per image, for a set
-/// of rows; `Cache` the self-attention KV cache. Both stay inside the engine; reordering beams happens there too.
+/// of rows; `Cache` the self-attention KV cache. Both stay inside the engine; reordering beams
+/// happens there too.
 // Engines run their futures on one thread (the native engine's are ready at once, the browser's
 // are not Send): no Send bound on the futures.
 #[allow(async_fn_in_trait)]

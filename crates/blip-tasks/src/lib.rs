@@ -15,7 +15,7 @@ mod tasks;
 pub use batch::DecodeBatch;
 pub use blip_package::{Package, PackageError};
 pub use blip_preprocess::PreprocessError;
-pub use cross_rows::{CrossFeed, CrossRows};
+pub use cross_rows::{CrossFeed, CrossRows, encoder_mask};
 pub use generate::{Generated, Generation, GenerationConfig, StepInput, Strategy};
 pub use graphs::{DecoderFeed, Graphs, LogitPositions, VisionOutput, ready};
 pub use input::{ImageInput, unique_inputs};

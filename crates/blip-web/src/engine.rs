@@ -10,7 +10,9 @@ use blip_package::{
     VQA_QUESTION_ENCODER,
 };
 use blip_preprocess::TextBatch;
-use blip_tasks::{CrossRows, DecoderFeed, Graphs, LogitPositions, TaskError, VisionOutput};
+use blip_tasks::{
+    CrossRows, DecoderFeed, Graphs, LogitPositions, TaskError, VisionOutput, encoder_mask,
+};
 use js_sys::{BigInt64Array, Float32Array, Object, Reflect};
 use ndarray::{Array2, Array3, ArrayView3};
 use wasm_bindgen::JsValue;
@@ -109,7 +111,8 @@ impl DecoderShape {
     }
 }
 
-/// Cross-attention K/V (one row per decoder row, `ort.Tensor`s) and the encoder mask.
+/// Cross-attention K/V (`ort.Tensor`s) and the encoder mask, once per image; `rows` says which
+/// image each decoder row reads.
 pub struct WebCross {
     values: Vec<(String, JsValue)>,
     /// `images × E`.
@@ -251,16 +254,7 @@ impl Graphs for WebGraphs {
         repeat: usize,
     ) -> Result<WebCross> {
         let (n, e) = (states.shape()[0], states.shape()[1]);
-        let enc_mask: Vec<i64> = match enc_mask {
-            Some(m) if m.len() == n * e => m.to_vec(),
-            Some(m) => {
-                return Err(TaskError::Input(format!(
-                    "encoder mask has {} values for {n} × {e} states",
-                    m.len()
-                )));
-            }
-            None => vec![1; n * e],
-        };
+        let enc_mask = encoder_mask(enc_mask, n, e)?;
         let states = states.as_standard_layout();
         let dims = states.shape().to_vec();
         let input = f32_tensor(states.as_slice().unwrap_or_default(), &dims);
