@@ -7,8 +7,9 @@
 # package is made for, unless `blip-onnx check --target` declares it; fails too when a graph runs
 # that check declares. Writes the matrix to docs/portability.{json,md} and the README.
 # Then end to end (tools/portability/e2e.test.mjs): blip-onnx's browser module (the Rust task code as
-# wasm, scripts/build-web.sh) over onnxruntime-web, onnxruntime-node and the ORT-format conversions, on
-# every shapes flavour made for each: captions, VQA answers and search rankings equal the native CLI's.
+# wasm, scripts/build-web.sh) over onnxruntime-web, onnxruntime-node, the ORT-format conversions,
+# OpenVINO and tract, on every shapes flavour made for each: captions, VQA answers and search
+# rankings equal the native CLI's.
 #   scripts/test-portability.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ eval "$(scripts/fetch-onnxruntime.sh)"
 cli="$(scripts/debug-cli.sh)"
 scripts/build-web.sh >/dev/null
 venv="${BLIP_ONNX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/blip-onnx}/portability-venv"
-if ! "$venv/bin/python" -c "import onnxruntime, openvino, tract" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import onnx, onnxruntime, openvino, tract" 2>/dev/null; then
   rm -rf "$venv" && python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/portability/requirements.txt
 fi
@@ -44,8 +45,8 @@ for runtime in node web; do node tools/portability/run_node.mjs "$runtime" "$wor
 
 mkdir -p "$work/gallery"
 for i in 00000 00001 00002 00003 00004 00005; do cp fixtures/shapes/test/images/test_$i.png "$work/gallery/"; done
-for runtime in web node ort-mobile; do
-  BLIP_E2E_RUNTIME=$runtime BLIP_ONNX="$cli" BLIP_PACKAGES="$p" BLIP_GALLERY="$work/gallery" \
+for runtime in web node ort-mobile openvino tract; do
+  BLIP_E2E_RUNTIME=$runtime BLIP_PYTHON="$venv/bin/python" BLIP_ONNX="$cli" BLIP_PACKAGES="$p" BLIP_GALLERY="$work/gallery" \
   BLIP_ORT_MODELS="$([ $runtime = ort-mobile ] && echo "$work/out/ort-mobile-models")" \
   BLIP_VQA_QUESTIONS="$PWD/fixtures/shapes/test/vqa_questions.json" \
     node --import ./tools/portability/register.mjs --test --test-concurrency=1 tools/portability/e2e.test.mjs

@@ -1,6 +1,6 @@
 // Portability suite, end to end: blip-onnx's browser module (web/index.js: the Rust task code as
-// wasm) over another runtime (register.mjs picks it: BLIP_E2E_RUNTIME = web | node | ort-mobile),
-// on every shapes flavour whose manifest claims that runtime. Captions (greedy, beam 3), VQA
+// wasm) over another runtime (register.mjs picks it: BLIP_E2E_RUNTIME = web | node | ort-mobile |
+// openvino | tract), on every shapes flavour whose manifest claims that runtime. Captions (greedy, beam 3), VQA
 // answers and the search ranking must equal `blip-onnx caption/vqa/search` (native ONNX Runtime)
 // on the same package, token for token; search scores within SCORE_TOL on FP32 packages and
 // QUANT_SCORE_TOL on quantized ones (INT8/INT4 kernels round differently between runtimes and ORT

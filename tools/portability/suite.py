@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+import engine_worker  # how OpenVINO and tract run a graph, shared with the end-to-end suite
+
 FP32_TOL = 1e-4
 QUANT_SLACK = 1.5
 QUANT_FLOOR = 1e-4
@@ -150,26 +152,9 @@ def runner(runtime, case, work):
             raise RuntimeError(f"convert_onnx_models_to_ort wrote no {path.name}")
         s = native_session(path)
         return lambda feeds: dict(zip(case["outputs"], s.run(case["outputs"], feeds)))
-    if runtime == "openvino":
-        import openvino as ov
-        # Without the hint OpenVINO computes in bf16 on CPUs that have it (off by 0.1 on FP32 graphs).
-        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                           "INFERENCE_NUM_THREADS": 2})
-        req = compiled.create_infer_request()
-
-        def run(feeds):
-            res = req.infer(feeds)
-            by_name = {}
-            for port, value in res.items():
-                for n in port.get_names():
-                    by_name[n] = np.array(value)
-            return {n: by_name[n] for n in case["outputs"]}
-        return run
-    if runtime == "tract":
-        import tract
-        order = [s["name"] for s in case["inputs"]]
-        r = tract.onnx().load(model).into_model().into_runnable()
-        return lambda feeds: dict(zip(case["outputs"], (t.to_numpy() for t in r.run([feeds[n] for n in order]))))
+    if runtime in engine_worker.SESSIONS:
+        _, _, run = engine_worker.SESSIONS[runtime](model)
+        return lambda feeds: {n: v for n, v in run(feeds).items() if n in case["outputs"]}
     raise SystemExit(f"unknown runtime {runtime}")
 
 
