@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the browser assets into web/dist (what `blip-onnx export-web` copies into a site):
 #   web/dist/pkg/  blip-web compiled to wasm32 + its wasm-bindgen glue (and js/engine.js)
-#   web/dist/ort/  onnxruntime-web's wasm build (pinned in web/package.json), served with the page
+#   web/dist/ort/  onnxruntime-web's wasm and WebGPU builds (pinned in web/package.json), served with the page
 # Installs what it needs: the wasm32 target, wasm-bindgen-cli at Cargo.lock's wasm-bindgen version
 # (into the blip-onnx cache), and the pinned npm packages (npm ci from web/package-lock.json).
 #   scripts/build-web.sh
@@ -29,9 +29,11 @@ mkdir -p "$tmp/ort"
 "$WBG" --target web --out-dir "$tmp/pkg" --out-name blip_web \
   "$TARGET_DIR/wasm32-unknown-unknown/release/blip_web.wasm"
 ORT_DIST=web/node_modules/onnxruntime-web/dist
-# The wasm-only bundle (no WebGPU/WebGL) and its runtime: SIMD, threads when cross-origin isolated.
+# The wasm-only bundle (no WebGPU/WebGL) and its runtime: SIMD, threads when cross-origin isolated;
+# and the WebGPU bundle (wasm too; the native WebGPU EP) for sites with a package made for WebGPU.
 cp "$ORT_DIST/ort.wasm.min.mjs" "$ORT_DIST/ort-wasm-simd-threaded.mjs" \
-   "$ORT_DIST/ort-wasm-simd-threaded.wasm" "$tmp/ort/"
+   "$ORT_DIST/ort-wasm-simd-threaded.wasm" "$ORT_DIST/ort.webgpu.min.mjs" \
+   "$ORT_DIST/ort-wasm-simd-threaded.asyncify.mjs" "$ORT_DIST/ort-wasm-simd-threaded.asyncify.wasm" "$tmp/ort/"
 rm -rf web/dist
 mv "$tmp" web/dist
 echo "build-web.sh: web/dist ready ($(du -sh web/dist | cut -f1); wasm-bindgen $WBG_VERSION, onnxruntime-web $(node -p "require('./web/node_modules/onnxruntime-web/package.json').version"))"

@@ -2,7 +2,8 @@
 # blip-onnx in the browser, end to end (part of scripts/test.sh): builds the web assets
 # (scripts/build-web.sh), converts the shapes packages, exports the demo site with a gallery of
 # shapes test images, and drives it in headless Chromium (web/test/web.test.mjs: captions, VQA
-# and search equal the native CLI's; reload from Cache Storage; corrupt graph).
+# and search equal the native CLI's on wasm and on WebGPU (SwiftShader); execution provider
+# choice; reload from Cache Storage; corrupt graph).
 # Installs Debian's chromium when it is missing. The screenshot goes to docs/web/demo.png.
 #   scripts/test-web.sh
 set -euo pipefail
@@ -22,14 +23,20 @@ trap 'rm -rf "$work"' EXIT
 for head in caption retrieval vqa; do
   "$cli" convert fixtures/shapes/models/shapes-$head -o "$work/packages/shapes-$head" >/dev/null
   "$cli" quantize "$work/packages/shapes-$head" --target web -o "$work/packages/shapes-$head-web" >/dev/null
+  "$cli" quantize "$work/packages/shapes-$head" --target webgpu --precision int4 --policy all -o "$work/packages/shapes-$head-webgpu" >/dev/null
 done
+"$cli" quantize "$work/packages/shapes-caption" --target webgpu -o "$work/packages/shapes-caption-webgpu-fp16" >/dev/null
 mkdir -p "$work/gallery" "$work/packages"
 # Six test images: the search ranks them, captions and answers run on them.
 for i in 00000 00001 00002 00003 00004 00005; do cp fixtures/shapes/test/images/test_$i.png "$work/gallery/"; done
 "$cli" export-web "$work"/packages/shapes-{caption,retrieval,vqa} --gallery "$work/gallery" -o "$work/site" >/dev/null
 "$cli" export-web "$work"/packages/shapes-{caption,retrieval,vqa}-web --gallery "$work/gallery" -o "$work/site-web" >/dev/null
+"$cli" export-web "$work"/packages/shapes-{caption,retrieval,vqa}-webgpu --gallery "$work/gallery" -o "$work/site-webgpu" >/dev/null
+# An FP16 WebGPU package beside it, loaded by the test itself (the demo takes one package per head).
+cp -r "$work/packages/shapes-caption-webgpu-fp16" "$work/site-webgpu/packages/"
 
-BLIP_ONNX="$(realpath "$cli")" BLIP_SITE_DIR="$work/site" BLIP_WEB_SITE_DIR="$work/site-web" BLIP_PACKAGES="$work/packages" \
+BLIP_ONNX="$(realpath "$cli")" BLIP_SITE_DIR="$work/site" BLIP_WEB_SITE_DIR="$work/site-web" \
+BLIP_WEBGPU_SITE_DIR="$work/site-webgpu" BLIP_PACKAGES="$work/packages" \
 BLIP_GALLERY="$work/gallery" BLIP_VQA_QUESTIONS="$PWD/fixtures/shapes/test/vqa_questions.json" \
 BLIP_SCREENSHOT="$PWD/docs/web/demo.png" \
   node --test --test-concurrency=1 web/test/

@@ -20,6 +20,11 @@ export interface Progress {
 
 export interface LoadOptions extends InitOptions {
   onProgress?: (p: Progress) => void;
+  /** 'auto' (default): WebGPU when the package is made for it (its manifest's runtimes) and the
+   *  browser has an adapter (with shader-f16 for FP16 graphs), else wasm. 'webgpu': an error when
+   *  it cannot be had. The page must load an onnxruntime-web build with WebGPU (`export-web` does
+   *  when a package is made for it). */
+  executionProvider?: 'auto' | 'webgpu' | 'wasm';
 }
 
 export interface CaptionOptions {
@@ -96,6 +101,10 @@ export function init(options?: InitOptions): Promise<{ numThreads: number; cross
 export class Blip {
   static load(url: string, options?: LoadOptions): Promise<Blip>;
   readonly head: 'caption' | 'retrieval' | 'vqa';
+  /** The execution provider running this package. */
+  readonly executionProvider: 'webgpu' | 'wasm';
+  /** Why that provider, in words. */
+  readonly executionProviderReason: string;
   readonly manifest: Record<string, unknown>;
   caption(images: ImageBytes | ImageBytes[], options?: CaptionOptions): Promise<CaptionResult[]>;
   embedImages(images: ImageBytes | ImageBytes[]): Promise<number[][]>;

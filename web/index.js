@@ -47,16 +47,28 @@ export class Blip {
     this.#inner = inner;
   }
 
-  /** Loads the package at `url` (a folder with blip.json): checks each graph's sha256, caches them. */
-  static async load(url, { onProgress, wasmPaths, numThreads, wasm } = {}) {
+  /** Loads the package at `url` (a folder with blip.json): checks each graph's sha256, caches them.
+   *  `executionProvider`: 'auto' (WebGPU when the package is made for it and the browser has it,
+   *  else wasm), 'webgpu' (an error when it cannot be had) or 'wasm'. */
+  static async load(url, { onProgress, wasmPaths, numThreads, wasm, executionProvider } = {}) {
     await init({ wasmPaths, numThreads, wasm });
     const absolute = new URL(url, globalThis.location?.href).href;
-    return new Blip(await WasmBlip.load(absolute, onProgress ?? null));
+    return new Blip(await WasmBlip.load(absolute, onProgress ?? null, executionProvider ?? null));
   }
 
   /** caption | retrieval | vqa */
   get head() {
     return this.#inner.head;
+  }
+
+  /** The onnxruntime-web execution provider running this package: 'webgpu' | 'wasm'. */
+  get executionProvider() {
+    return this.#inner.executionProvider;
+  }
+
+  /** Why that provider, in words (e.g. "this browser offers no WebGPU adapter"). */
+  get executionProviderReason() {
+    return this.#inner.executionProviderReason;
   }
 
   get manifest() {

@@ -53,9 +53,9 @@ function captionOptions() {
 async function main() {
   const site = await (await fetch('site.json')).json();
   const runtime = await init();
-  $('runtime').textContent =
-    `onnxruntime-web wasm, ${runtime.numThreads} thread(s)` +
+  const threads = `${runtime.numThreads} thread(s)` +
     (runtime.crossOriginIsolated ? ' (cross-origin isolated)' : ' (not cross-origin isolated: one thread)');
+  $('runtime').textContent = `onnxruntime-web, ${threads}`;
   state.gallery = await Promise.all(site.gallery.map(async (url) => ({ url, name: url.split('/').pop(), bytes: await fetchBytes(url) })));
   for (const g of state.gallery) {
     const img = document.createElement('img');
@@ -82,6 +82,10 @@ async function main() {
       },
     });
   }
+  // Which execution provider runs each package, and why (hover).
+  const models = Object.entries(state.models);
+  $('runtime').textContent = `onnxruntime-web, ${threads}; ` + models.map(([head, m]) => `${head} on ${m.executionProvider}`).join(', ');
+  $('runtime').title = models.map(([head, m]) => `${head}: ${m.executionProviderReason}`).join('\n');
   const { caption, vqa, retrieval } = state.models;
   if (caption) {
     $('caption-section').hidden = false;

@@ -2,8 +2,10 @@
 // them up): in-browser captions (greedy, beam 3, seeded sampling), VQA answers (generated and
 // ranked), ITM and the search ranking equal `blip-onnx caption/vqa/itm/search --format json` on
 // the FP32 packages; captions (greedy, beam 3), VQA answers and the search ranking equal them on
-// the web INT8 flavour (`quantize --target web`) too; a reload downloads no graph again; a
-// corrupt graph on the server is a clear error on the page.
+// the web INT8 flavour (`quantize --target web`) too, and on WebGPU (Chromium's SwiftShader
+// adapter: the FP32 packages are made for WebGPU, so the page picks it); without an adapter the
+// same packages run on wasm and say why; a reload downloads no graph again; a corrupt graph on the
+// server is a clear error on the page.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
@@ -20,12 +22,15 @@ const env = (name) => {
 const CLI = env('BLIP_ONNX');
 const SITE = env('BLIP_SITE_DIR');
 const WEB_SITE = env('BLIP_WEB_SITE_DIR');
+const WEBGPU_SITE = env('BLIP_WEBGPU_SITE_DIR');
 const PACKAGES = env('BLIP_PACKAGES');
 const GALLERY = env('BLIP_GALLERY');
 const QUESTIONS = env('BLIP_VQA_QUESTIONS');
 const SCREENSHOT = process.env.BLIP_SCREENSHOT;
 const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
   '--disable-component-update', '--disable-sync', '--no-first-run'];
+// WebGPU without a GPU: Chromium's software Vulkan (SwiftShader, shipped in Debian's chromium).
+const WEBGPU_ARGS = [...ARGS, '--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader'];
 
 const galleryFiles = readdirSync(GALLERY).filter((f) => f.endsWith('.png')).sort();
 const pkg = (name, suffix = '') => join(PACKAGES, name + suffix);
@@ -49,10 +54,10 @@ function serve(dir) {
   });
 }
 
-async function browser() {
+async function browser(args = ARGS) {
   const dir = mkdtempSync(join(tmpdir(), 'blip-chromium-'));
   dirs.push(dir);
-  return chromium.launchPersistentContext(dir, { executablePath: '/usr/bin/chromium', headless: true, args: ARGS });
+  return chromium.launchPersistentContext(dir, { executablePath: '/usr/bin/chromium', headless: true, args });
 }
 
 // Opens the demo and waits until it is ready (or failed); returns the page and every request URL.
@@ -72,6 +77,10 @@ let site;
 let page;
 let firstRequests;
 let webPage;
+let webRequests;
+let gpuContext;
+let gpuPage;
+let webgpuFlavourPage;
 
 async function ready(p) {
   const error = await p.textContent('#error');
@@ -83,11 +92,17 @@ before(async () => {
   context = await browser();
   ({ page, requests: firstRequests } = await open(context, site));
   await ready(page);
-  ({ page: webPage } = await open(context, await serve(WEB_SITE)));
+  ({ page: webPage, requests: webRequests } = await open(context, await serve(WEB_SITE)));
   await ready(webPage);
+  gpuContext = await browser(WEBGPU_ARGS);
+  ({ page: gpuPage } = await open(gpuContext, site));
+  await ready(gpuPage);
+  ({ page: webgpuFlavourPage } = await open(gpuContext, await serve(WEBGPU_SITE)));
+  await ready(webgpuFlavourPage);
 });
 
 after(async () => {
+  await gpuContext?.close();
   await context?.close();
   for (const s of servers) s.kill();
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
@@ -117,8 +132,12 @@ const decodings = [
 ];
 // Each flavour's site, the suffix of its packages' folders, and the decodings it is checked with.
 const flavours = [
-  { label: 'FP32', page: () => page, suffix: '', decodings },
-  { label: 'web INT8', page: () => webPage, suffix: '-web', decodings: decodings.slice(0, 2) },
+  { label: 'FP32', page: () => page, suffix: '', decodings, tolerance: 1e-4 },
+  { label: 'web INT8', page: () => webPage, suffix: '-web', decodings: decodings.slice(0, 2), tolerance: 2e-2 },
+  { label: 'WebGPU FP32', page: () => gpuPage, suffix: '', decodings: decodings.slice(0, 2), tolerance: 1e-4 },
+  // MatMulNBits on SwiftShader takes ~10 s per image and task: greedy captions and VQA only (the
+  // FP32 packages check search on WebGPU).
+  { label: 'WebGPU INT4 (--target webgpu)', page: () => webgpuFlavourPage, suffix: '-webgpu', decodings: decodings.slice(0, 1), tolerance: 2e-2, search: false },
 ];
 
 for (const flavour of flavours) {
@@ -154,7 +173,7 @@ for (const flavour of flavours) {
     }
   });
 
-  test(`${flavour.label} search ranking equals blip-onnx search over the same gallery`, async () => {
+  if (flavour.search !== false) test(`${flavour.label} search ranking equals blip-onnx search over the same gallery`, async () => {
     const tmp = mkdtempSync(join(tmpdir(), 'blip-index-'));
     dirs.push(tmp);
     const index = join(tmp, 'index.json');
@@ -162,7 +181,7 @@ for (const flavour of flavours) {
     native(['index', '-p', retrieval, GALLERY, '-o', index]);
     // FP32 scores agree to float rounding; INT8 kernels differ between runtimes (dynamic activation
     // scales, deployment.md §3), so there the ranking is what must agree.
-    const tolerance = flavour.suffix ? 2e-2 : 1e-4;
+    const { tolerance } = flavour;
     for (const query of ['a red circle', 'two blue squares']) {
       const want = native(['search', '-p', retrieval, index, query, '-k', '100']);
       const got = await flavour.page().evaluate(async (query) => {
@@ -174,6 +193,58 @@ for (const flavour of flavours) {
     }
   });
 }
+
+test('each package runs on the execution provider it is made for, where the browser has it, and says why', async () => {
+  const providers = (p) => p.evaluate(() => Object.fromEntries(Object.entries(window.blipDemo.state.models)
+    .map(([head, m]) => [head, [m.executionProvider, m.executionProviderReason]])));
+  for (const p of [gpuPage, webgpuFlavourPage]) {
+    for (const [head, [ep, why]] of Object.entries(await providers(p))) {
+      assert.equal(ep, 'webgpu', head);
+      assert.match(why, /made for webgpu and the browser has a WebGPU adapter \(google swiftshader\)/, head);
+    }
+  }
+  // FP16 graphs need shader-f16, which SwiftShader's adapter lacks: auto falls back, webgpu refuses.
+  const fp16 = await webgpuFlavourPage.evaluate(async () => {
+    const { Blip } = await import('./blip/index.js');
+    const auto = await Blip.load('packages/shapes-caption-webgpu-fp16/');
+    const hasF16 = (await navigator.gpu.requestAdapter()).features.has('shader-f16');
+    try {
+      await Blip.load('packages/shapes-caption-webgpu-fp16/', { executionProvider: 'webgpu' });
+      return { auto: [auto.executionProvider, auto.executionProviderReason], hasF16, error: null };
+    } catch (e) {
+      return { auto: [auto.executionProvider, auto.executionProviderReason], hasF16, error: e.message };
+    }
+  });
+  assert.deepEqual(fp16, {
+    auto: ['wasm', 'the WebGPU adapter lacks shader-f16, which the FP16 graphs need'],
+    hasF16: false,
+    error: 'WebGPU was asked for, but the WebGPU adapter lacks shader-f16, which the FP16 graphs need',
+  });
+  for (const [head, [ep, why]] of Object.entries(await providers(page))) {
+    assert.deepEqual([ep, why], ['wasm', 'this browser offers no WebGPU adapter'], head);
+  }
+  for (const [head, [ep, why]] of Object.entries(await providers(webPage))) {
+    assert.deepEqual([ep, why], ['wasm', "the package is not made for webgpu (its manifest's runtimes)"], head);
+  }
+  assert.match(await gpuPage.textContent('#runtime'), /caption on webgpu, retrieval on webgpu, vqa on webgpu$/);
+  // Asked for explicitly, WebGPU that cannot be had is an error, not a silent fallback; wasm can be asked for.
+  const asked = await page.evaluate(async () => {
+    const { Blip } = await import('./blip/index.js');
+    const forced = await Blip.load('packages/shapes-caption/', { executionProvider: 'wasm' });
+    try {
+      await Blip.load('packages/shapes-caption/', { executionProvider: 'webgpu' });
+      return { forced: forced.executionProvider, error: null };
+    } catch (e) {
+      return { forced: forced.executionProvider, error: e.message };
+    }
+  });
+  assert.deepEqual(asked, { forced: 'wasm', error: 'WebGPU was asked for, but this browser offers no WebGPU adapter' });
+  // A site with a package made for WebGPU carries onnxruntime-web's WebGPU build; the web INT8 site
+  // the smaller wasm-only one.
+  assert.ok(firstRequests.some((u) => u.endsWith('/blip/dist/ort/ort.webgpu.min.mjs')), 'FP32 site: ort.webgpu.min.mjs');
+  assert.ok(webRequests.some((u) => u.endsWith('/blip/dist/ort/ort.wasm.min.mjs')), 'web site: ort.wasm.min.mjs');
+  assert.ok(!webRequests.some((u) => u.includes('asyncify')), 'web site: no WebGPU build');
+});
 
 test('the web INT8 site serves the web flavour: QUInt8 on every graph, made for onnxruntime-web (and ORT mobile)', () => {
   const packages = readdirSync(join(WEB_SITE, 'packages'));

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use blip_package::{MANIFEST_FILE, Package, PackageError};
+use blip_package::{MANIFEST_FILE, Package, PackageError, Runtime};
 use serde::Serialize;
 
 /// Files of the npm package (web/) the site carries, besides dist/.
@@ -17,7 +17,27 @@ const BUILT_FILES: &[&str] = &[
     "dist/ort/ort.wasm.min.mjs",
     "dist/ort/ort-wasm-simd-threaded.mjs",
     "dist/ort/ort-wasm-simd-threaded.wasm",
+    "dist/ort/ort.webgpu.min.mjs",
+    "dist/ort/ort-wasm-simd-threaded.asyncify.mjs",
+    "dist/ort/ort-wasm-simd-threaded.asyncify.wasm",
 ];
+/// onnxruntime-web's wasm-only build (its module, then its runtime): what a site gets when no
+/// package is made for WebGPU.
+const ORT_WASM_BUILD: [&str; 3] = [
+    "ort.wasm.min.mjs",
+    "ort-wasm-simd-threaded.mjs",
+    "ort-wasm-simd-threaded.wasm",
+];
+/// Its WebGPU build (wasm too; the native WebGPU EP, asyncify), for sites with a WebGPU package.
+/// Not the default build's JSEP kernels: on Chromium's SwiftShader adapter their MatMul of the
+/// cross K/V projection ([1,37,128]·[128,1024]) is wrong by 2.3, where this build is exact.
+const ORT_WEBGPU_BUILD: [&str; 3] = [
+    "ort.webgpu.min.mjs",
+    "ort-wasm-simd-threaded.asyncify.mjs",
+    "ort-wasm-simd-threaded.asyncify.wasm",
+];
+/// The import map entry of web/demo/index.html that export points at the chosen build.
+const ORT_IMPORT: &str = "./blip/dist/ort/ort.wasm.min.mjs";
 const DEMO_FILES: &[&str] = &["index.html", "demo.js", "demo.css"];
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp"];
 
@@ -88,6 +108,8 @@ pub struct SitePackage {
 pub struct SiteIndex {
     pub packages: Vec<SitePackage>,
     pub gallery: Vec<String>,
+    /// The site carries onnxruntime-web's WebGPU build (a package is made for WebGPU).
+    pub webgpu: bool,
 }
 
 fn copy(from: &Path, to: &Path) -> Result<u64> {
@@ -164,19 +186,36 @@ pub fn export(opts: &ExportOptions, out: &Path) -> Result<SiteIndex> {
         Some(dir) => gallery_images(dir)?,
         None => Vec::new(),
     };
+    let webgpu = packages
+        .iter()
+        .any(|(p, _)| Runtime::claimed(&p.manifest.runtimes).contains(&Runtime::Webgpu));
+    let ort_build = if webgpu {
+        ORT_WEBGPU_BUILD
+    } else {
+        ORT_WASM_BUILD
+    };
     let written = blip_package::write_staged(out, |tmp| -> Result<SiteIndex> {
         for f in DEMO_FILES {
             copy(&opts.web_dir.join("demo").join(f), &tmp.join(f))?;
         }
+        let page = tmp.join("index.html");
+        let html = std::fs::read_to_string(&page).map_err(io(&page))?;
+        let ort_module = format!("./blip/dist/ort/{}", ort_build[0]);
+        std::fs::write(&page, html.replace(ORT_IMPORT, &ort_module)).map_err(io(&page))?;
         for f in PACKAGE_FILES {
             copy(&opts.web_dir.join(f), &tmp.join("blip").join(f))?;
         }
-        for d in ["dist/pkg", "dist/ort"] {
-            copy_dir(&opts.web_dir.join(d), &tmp.join("blip").join(d))?;
+        copy_dir(&opts.web_dir.join("dist/pkg"), &tmp.join("blip/dist/pkg"))?;
+        for f in ort_build {
+            copy(
+                &opts.web_dir.join("dist/ort").join(f),
+                &tmp.join("blip/dist/ort").join(f),
+            )?;
         }
         let mut index = SiteIndex {
             packages: Vec::new(),
             gallery: Vec::new(),
+            webgpu,
         };
         for (package, name) in &packages {
             let dest = tmp.join("packages").join(name);

@@ -5,8 +5,41 @@ import * as ort from 'onnxruntime-web';
 
 const CACHE_NAME = 'blip-onnx-v1';
 
-export async function createSession(model, dataPath, data) {
-  const options = { executionProviders: ['wasm'], graphOptimizationLevel: 'all' };
+let adapter;
+
+async function webgpuAdapter() {
+  if (adapter === undefined) {
+    try {
+      adapter = (await globalThis.navigator?.gpu?.requestAdapter()) ?? null;
+    } catch {
+      adapter = null;
+    }
+  }
+  return adapter;
+}
+
+// Which execution provider runs a package: `preference` is auto | webgpu | wasm. Auto takes WebGPU
+// when the package is made for it and the browser has an adapter (with shader-f16 for FP16 graphs),
+// else wasm; an explicit webgpu that cannot be had is an error, not a silent fallback.
+// Returns [executionProvider, reason].
+export async function chooseExecutionProvider(preference, madeForWebgpu, needsF16) {
+  if (preference === 'wasm') return ['wasm', 'asked for wasm'];
+  if (preference !== 'auto' && preference !== 'webgpu') {
+    throw new Error(`executionProvider ${JSON.stringify(preference)}: expected auto, webgpu or wasm`);
+  }
+  let why = null;
+  const gpu = await webgpuAdapter();
+  if (!madeForWebgpu) why = 'the package is not made for webgpu (its manifest\'s runtimes)';
+  else if (!gpu) why = 'this browser offers no WebGPU adapter';
+  else if (needsF16 && !gpu.features.has('shader-f16')) why = 'the WebGPU adapter lacks shader-f16, which the FP16 graphs need';
+  if (why && preference === 'webgpu') throw new Error(`WebGPU was asked for, but ${why}`);
+  if (why) return ['wasm', why];
+  const name = [gpu.info?.vendor, gpu.info?.architecture].filter(Boolean).join(' ') || 'unnamed';
+  return ['webgpu', `the package is made for webgpu and the browser has a WebGPU adapter (${name})`];
+}
+
+export async function createSession(model, dataPath, data, executionProvider) {
+  const options = { executionProviders: [executionProvider], graphOptimizationLevel: 'all' };
   // onnxruntime-web does not find external data by itself: it must be handed over by name.
   if (dataPath) options.externalData = [{ path: dataPath, data }];
   return ort.InferenceSession.create(model, options);
@@ -30,6 +63,7 @@ export function hasOutput(results, name) {
   return results[name] !== undefined;
 }
 
+// Outputs are on the CPU with every execution provider (onnxruntime-web's default output location).
 export function tensorData(t) {
   if (t.type !== 'float32') throw new Error(`output is ${t.type}, expected float32`);
   return t.data;

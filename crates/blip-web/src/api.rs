@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::rc::Rc;
 
-use blip_package::{MANIFEST_FILE, Manifest, Package};
+use blip_package::{MANIFEST_FILE, Manifest, Package, Runtime};
 use blip_preprocess::BlipTokenizer;
 use blip_tasks::{CandidateStates, ImageInput};
 use js_sys::{Array, Uint8Array};
@@ -136,6 +136,27 @@ pub struct Blip {
     // a second concurrent call gets a clear "busy" error instead of a RefCell panic.
     model: Rc<RefCell<Option<Model>>>,
     head: String,
+    execution_provider: String,
+    execution_provider_reason: String,
+}
+
+/// The execution provider for `manifest` (`preference`: auto | webgpu | wasm) and why.
+async fn choose_execution_provider(
+    manifest: &Manifest,
+    preference: &str,
+) -> Result<(String, String), JsValue> {
+    let made_for_webgpu = Runtime::claimed(&manifest.runtimes).contains(&Runtime::Webgpu);
+    let needs_f16 = manifest.graphs.values().any(|g| g.precision == "fp16");
+    let chosen = shim::choose_execution_provider(preference, made_for_webgpu, needs_f16)
+        .await
+        .map_err(|e| js_err(shim::message(&e)))?;
+    let pair = Array::from(&chosen);
+    match (pair.get(0).as_string(), pair.get(1).as_string()) {
+        (Some(ep), Some(reason)) => Ok((ep, reason)),
+        _ => Err(js_err(
+            "chooseExecutionProvider returned no [provider, reason]. This is a bug.",
+        )),
+    }
 }
 
 struct Lease {
@@ -171,14 +192,22 @@ impl Drop for Lease {
 #[wasm_bindgen]
 impl Blip {
     /// Loads the package at `url` (a folder with blip.json). `on_progress` (optional) is called
-    /// with `{file, loaded, total, cached}` as files arrive.
-    pub async fn load(url: String, on_progress: JsValue) -> Result<Blip, JsValue> {
+    /// with `{file, loaded, total, cached}` as files arrive. `execution_provider`: auto (default:
+    /// WebGPU when the package is made for it and the browser has it, else wasm), webgpu or wasm.
+    pub async fn load(
+        url: String,
+        on_progress: JsValue,
+        execution_provider: Option<String>,
+    ) -> Result<Blip, JsValue> {
         let base = url.trim_end_matches('/').to_string();
         let manifest_url = verify::join(&base, MANIFEST_FILE);
         let text = download(&manifest_url, MANIFEST_FILE, 0, &on_progress).await?;
         let text = String::from_utf8(text.to_vec())
             .map_err(|e| js_err(format!("{manifest_url}: not UTF-8: {e}")))?;
         let manifest = Manifest::parse(&text, Path::new(&manifest_url)).map_err(js_err)?;
+        let (ep, ep_reason) =
+            choose_execution_provider(&manifest, execution_provider.as_deref().unwrap_or("auto"))
+                .await?;
         // The tokenizer has no checksum of its own: it is cached under the manifest's.
         let manifest_sha = verify::sha256_hex(text.as_bytes());
         let tok_url = verify::join(&base, &manifest.tokenizer);
@@ -223,11 +252,11 @@ impl Blip {
                 }
                 None => None,
             };
-            let session = shim::create_session(&bytes, graph.data_file.clone(), data)
+            let session = shim::create_session(&bytes, graph.data_file.clone(), data, &ep)
                 .await
                 .map_err(|e| {
                     js_err(format!(
-                        "loading graph {} ({url}): {}",
+                        "loading graph {} ({url}) on {ep}: {}",
                         graph.role,
                         shim::message(&e)
                     ))
@@ -243,7 +272,21 @@ impl Blip {
         Ok(Blip {
             model: Rc::new(RefCell::new(Some(Model::new(package, tokenizer, graphs)))),
             head,
+            execution_provider: ep,
+            execution_provider_reason: ep_reason,
         })
+    }
+
+    /// The onnxruntime-web execution provider that runs this package: webgpu | wasm.
+    #[wasm_bindgen(getter, js_name = executionProvider)]
+    pub fn execution_provider(&self) -> String {
+        self.execution_provider.clone()
+    }
+
+    /// Why that execution provider (e.g. "this browser offers no WebGPU adapter").
+    #[wasm_bindgen(getter, js_name = executionProviderReason)]
+    pub fn execution_provider_reason(&self) -> String {
+        self.execution_provider_reason.clone()
     }
 
     /// caption | retrieval | vqa

@@ -5,11 +5,20 @@ use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(module = "/js/engine.js")]
 extern "C" {
+    /// `[executionProvider, reason]` for a package: see engine.js.
+    #[wasm_bindgen(catch, js_name = chooseExecutionProvider)]
+    pub async fn choose_execution_provider(
+        preference: &str,
+        made_for_webgpu: bool,
+        needs_f16: bool,
+    ) -> Result<JsValue, JsValue>;
+
     #[wasm_bindgen(catch, js_name = createSession)]
     pub async fn create_session(
         model: &Uint8Array,
         data_path: Option<String>,
         data: Option<Uint8Array>,
+        execution_provider: &str,
     ) -> Result<JsValue, JsValue>;
 
     /// `new ort.Tensor(kind, data, dims)`.
