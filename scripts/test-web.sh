@@ -32,8 +32,11 @@ for i in 00000 00001 00002 00003 00004 00005; do cp fixtures/shapes/test/images/
 "$cli" export-web "$work"/packages/shapes-{caption,retrieval,vqa} --gallery "$work/gallery" -o "$work/site" >/dev/null
 "$cli" export-web "$work"/packages/shapes-{caption,retrieval,vqa}-web --gallery "$work/gallery" -o "$work/site-web" >/dev/null
 "$cli" export-web "$work"/packages/shapes-{caption,retrieval,vqa}-webgpu --gallery "$work/gallery" -o "$work/site-webgpu" >/dev/null
-# An FP16 WebGPU package beside it, loaded by the test itself (the demo takes one package per head).
-cp -r "$work/packages/shapes-caption-webgpu-fp16" "$work/site-webgpu/packages/"
+# Packages the test loads itself (the demo takes one per head): FP16 for WebGPU beside the WebGPU
+# site; FP32 (made for WebGPU) beside the web INT8 site, whose page has only the wasm build.
+mkdir -p "$work/site-webgpu/extra" "$work/site-web/extra"
+cp -r "$work/packages/shapes-caption-webgpu-fp16" "$work/site-webgpu/extra/"
+cp -r "$work/packages/shapes-caption" "$work/site-web/extra/"
 
 BLIP_ONNX="$(realpath "$cli")" BLIP_SITE_DIR="$work/site" BLIP_WEB_SITE_DIR="$work/site-web" \
 BLIP_WEBGPU_SITE_DIR="$work/site-webgpu" BLIP_PACKAGES="$work/packages" \

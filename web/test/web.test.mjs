@@ -9,7 +9,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, cpSync, writeFileSync, rmSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, cpSync, writeFileSync, rmSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, basename, dirname } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -80,6 +80,8 @@ let webPage;
 let webRequests;
 let gpuContext;
 let gpuPage;
+let gpuRequests;
+let gpuWebPage;
 let webgpuFlavourPage;
 
 async function ready(p) {
@@ -95,8 +97,10 @@ before(async () => {
   ({ page: webPage, requests: webRequests } = await open(context, await serve(WEB_SITE)));
   await ready(webPage);
   gpuContext = await browser(WEBGPU_ARGS);
-  ({ page: gpuPage } = await open(gpuContext, site));
+  ({ page: gpuPage, requests: gpuRequests } = await open(gpuContext, site));
   await ready(gpuPage);
+  ({ page: gpuWebPage } = await open(gpuContext, await serve(WEB_SITE)));
+  await ready(gpuWebPage);
   ({ page: webgpuFlavourPage } = await open(gpuContext, await serve(WEBGPU_SITE)));
   await ready(webgpuFlavourPage);
 });
@@ -206,10 +210,10 @@ test('each package runs on the execution provider it is made for, where the brow
   // FP16 graphs need shader-f16, which SwiftShader's adapter lacks: auto falls back, webgpu refuses.
   const fp16 = await webgpuFlavourPage.evaluate(async () => {
     const { Blip } = await import('./blip/index.js');
-    const auto = await Blip.load('packages/shapes-caption-webgpu-fp16/');
+    const auto = await Blip.load('extra/shapes-caption-webgpu-fp16/');
     const hasF16 = (await navigator.gpu.requestAdapter()).features.has('shader-f16');
     try {
-      await Blip.load('packages/shapes-caption-webgpu-fp16/', { executionProvider: 'webgpu' });
+      await Blip.load('extra/shapes-caption-webgpu-fp16/', { executionProvider: 'webgpu' });
       return { auto: [auto.executionProvider, auto.executionProviderReason], hasF16, error: null };
     } catch (e) {
       return { auto: [auto.executionProvider, auto.executionProviderReason], hasF16, error: e.message };
@@ -239,11 +243,33 @@ test('each package runs on the execution provider it is made for, where the brow
     }
   });
   assert.deepEqual(asked, { forced: 'wasm', error: 'WebGPU was asked for, but this browser offers no WebGPU adapter' });
-  // A site with a package made for WebGPU carries onnxruntime-web's WebGPU build; the web INT8 site
-  // the smaller wasm-only one.
-  assert.ok(firstRequests.some((u) => u.endsWith('/blip/dist/ort/ort.webgpu.min.mjs')), 'FP32 site: ort.webgpu.min.mjs');
-  assert.ok(webRequests.some((u) => u.endsWith('/blip/dist/ort/ort.wasm.min.mjs')), 'web site: ort.wasm.min.mjs');
-  assert.ok(!webRequests.some((u) => u.includes('asyncify')), 'web site: no WebGPU build');
+  // The page loads onnxruntime-web's WebGPU build only where it has a WebGPU package and an adapter;
+  // else the wasm-only build (faster wasm kernels). The web INT8 site carries no WebGPU build.
+  const ortFiles = (requests) => [...new Set(requests.filter((u) => u.includes('/blip/dist/ort/')).map((u) => u.split('/').pop()))].sort();
+  assert.deepEqual(ortFiles(gpuRequests), ['ort-wasm-simd-threaded.asyncify.mjs', 'ort-wasm-simd-threaded.asyncify.wasm', 'ort.webgpu.min.mjs']);
+  assert.deepEqual(ortFiles(firstRequests), ['ort-wasm-simd-threaded.mjs', 'ort-wasm-simd-threaded.wasm', 'ort.wasm.min.mjs']);
+  assert.deepEqual(ortFiles(webRequests), ['ort-wasm-simd-threaded.mjs', 'ort-wasm-simd-threaded.wasm', 'ort.wasm.min.mjs']);
+  assert.ok(existsSync(join(SITE, 'blip/dist/ort/ort.webgpu.min.mjs')) && !existsSync(join(WEB_SITE, 'blip/dist/ort/ort.webgpu.min.mjs')));
+  // A WebGPU package on a page with the wasm-only build, in a browser with an adapter: auto falls
+  // back to wasm and says why; webgpu asked for is an error naming the graph.
+  const wasmOnly = await gpuWebPage.evaluate(async () => {
+    const { Blip } = await import('./blip/index.js');
+    const auto = await Blip.load('extra/shapes-caption/');
+    const images = [new Uint8Array(await (await fetch('gallery/test_00000.png')).arrayBuffer())];
+    const [c] = await auto.caption(images, { beams: 1 });
+    let error = null;
+    try {
+      await Blip.load('extra/shapes-caption/', { executionProvider: 'webgpu' });
+    } catch (e) {
+      error = e.message;
+    }
+    return { ep: auto.executionProvider, why: auto.executionProviderReason, tokens: c.tokens, error };
+  });
+  assert.equal(wasmOnly.ep, 'wasm');
+  assert.match(wasmOnly.why, /^WebGPU failed, so wasm: loading graph \w+ \(.*\) on webgpu: .*backend/);
+  assert.match(wasmOnly.error ?? '', /^loading graph \w+ \(.*\) on webgpu: .*backend/);
+  const want = native(['caption', '-p', pkg('shapes-caption'), '--beams', '1', join(GALLERY, 'test_00000.png')]);
+  assert.deepEqual(wasmOnly.tokens, want[0].tokens);
 });
 
 test('the web INT8 site serves the web flavour: QUInt8 on every graph, made for onnxruntime-web (and ORT mobile)', () => {

@@ -28,17 +28,17 @@ const ORT_WASM_BUILD: [&str; 3] = [
     "ort-wasm-simd-threaded.mjs",
     "ort-wasm-simd-threaded.wasm",
 ];
-/// Its WebGPU build (wasm too; the native WebGPU EP, asyncify), for sites with a WebGPU package.
-/// Not the default build's JSEP kernels: on Chromium's SwiftShader adapter their MatMul of the
-/// cross K/V projection ([1,37,128]·[128,1024]) is wrong by 2.3, where this build is exact.
+/// Its WebGPU build (wasm too; the native WebGPU EP, asyncify), added for sites with a WebGPU
+/// package; the page (boot.js) loads it only where the browser offers an adapter, since its wasm
+/// kernels are slower. Not the default build's JSEP kernels: on Chromium's SwiftShader adapter
+/// their MatMul of the cross K/V projection ([1,37,128]·[128,1024]) is wrong by 2.3, where this
+/// build is exact.
 const ORT_WEBGPU_BUILD: [&str; 3] = [
     "ort.webgpu.min.mjs",
     "ort-wasm-simd-threaded.asyncify.mjs",
     "ort-wasm-simd-threaded.asyncify.wasm",
 ];
-/// The import map entry of web/demo/index.html that export points at the chosen build.
-const ORT_IMPORT: &str = "./blip/dist/ort/ort.wasm.min.mjs";
-const DEMO_FILES: &[&str] = &["index.html", "demo.js", "demo.css"];
+const DEMO_FILES: &[&str] = &["index.html", "boot.js", "demo.js", "demo.css"];
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp"];
 
 #[derive(Debug, thiserror::Error)]
@@ -189,24 +189,20 @@ pub fn export(opts: &ExportOptions, out: &Path) -> Result<SiteIndex> {
     let webgpu = packages
         .iter()
         .any(|(p, _)| Runtime::claimed(&p.manifest.runtimes).contains(&Runtime::Webgpu));
-    let ort_build = if webgpu {
-        ORT_WEBGPU_BUILD
+    let ort_builds: &[[&str; 3]] = if webgpu {
+        &[ORT_WASM_BUILD, ORT_WEBGPU_BUILD]
     } else {
-        ORT_WASM_BUILD
+        &[ORT_WASM_BUILD]
     };
     let written = blip_package::write_staged(out, |tmp| -> Result<SiteIndex> {
         for f in DEMO_FILES {
             copy(&opts.web_dir.join("demo").join(f), &tmp.join(f))?;
         }
-        let page = tmp.join("index.html");
-        let html = std::fs::read_to_string(&page).map_err(io(&page))?;
-        let ort_module = format!("./blip/dist/ort/{}", ort_build[0]);
-        std::fs::write(&page, html.replace(ORT_IMPORT, &ort_module)).map_err(io(&page))?;
         for f in PACKAGE_FILES {
             copy(&opts.web_dir.join(f), &tmp.join("blip").join(f))?;
         }
         copy_dir(&opts.web_dir.join("dist/pkg"), &tmp.join("blip/dist/pkg"))?;
-        for f in ort_build {
+        for f in ort_builds.iter().flatten() {
             copy(
                 &opts.web_dir.join("dist/ort").join(f),
                 &tmp.join("blip/dist/ort").join(f),

@@ -129,6 +129,30 @@ fn strings_of(json: &str, what: &str) -> Result<Vec<String>, JsValue> {
         .map_err(|e| js_err(format!("{what}: expected a JSON array of strings: {e}")))
 }
 
+/// A package's graphs (as fetched and checked), each with its URL, bytes and external data.
+type GraphFiles = Vec<(verify::GraphFile, String, Uint8Array, Option<Uint8Array>)>;
+
+/// One onnxruntime-web session per graph, on `ep`.
+async fn create_sessions(
+    files: &GraphFiles,
+    ep: &str,
+) -> Result<HashMap<String, JsValue>, JsValue> {
+    let mut sessions = HashMap::new();
+    for (graph, url, bytes, data) in files {
+        let session = shim::create_session(bytes, graph.data_file.clone(), data.clone(), ep)
+            .await
+            .map_err(|e| {
+                js_err(format!(
+                    "loading graph {} ({url}) on {ep}: {}",
+                    graph.role,
+                    shim::message(&e)
+                ))
+            })?;
+        sessions.insert(graph.role.clone(), session);
+    }
+    Ok(sessions)
+}
+
 /// A BLIP package loaded in the browser.
 #[wasm_bindgen]
 pub struct Blip {
@@ -205,9 +229,8 @@ impl Blip {
         let text = String::from_utf8(text.to_vec())
             .map_err(|e| js_err(format!("{manifest_url}: not UTF-8: {e}")))?;
         let manifest = Manifest::parse(&text, Path::new(&manifest_url)).map_err(js_err)?;
-        let (ep, ep_reason) =
-            choose_execution_provider(&manifest, execution_provider.as_deref().unwrap_or("auto"))
-                .await?;
+        let preference = execution_provider.as_deref().unwrap_or("auto");
+        let (mut ep, mut ep_reason) = choose_execution_provider(&manifest, preference).await?;
         // The tokenizer has no checksum of its own: it is cached under the manifest's.
         let manifest_sha = verify::sha256_hex(text.as_bytes());
         let tok_url = verify::join(&base, &manifest.tokenizer);
@@ -224,7 +247,7 @@ impl Blip {
         let tokenizer =
             BlipTokenizer::from_bytes(&tok_bytes.to_vec(), &tok_url, manifest.tokens.clone())
                 .map_err(js_err)?;
-        let mut sessions = HashMap::new();
+        let mut files = Vec::new();
         for graph in verify::graph_files(&manifest) {
             let url = verify::join(&base, &graph.file);
             let key = verify::cache_key(&url, &graph.sha256);
@@ -252,17 +275,18 @@ impl Blip {
                 }
                 None => None,
             };
-            let session = shim::create_session(&bytes, graph.data_file.clone(), data, &ep)
-                .await
-                .map_err(|e| {
-                    js_err(format!(
-                        "loading graph {} ({url}) on {ep}: {}",
-                        graph.role,
-                        shim::message(&e)
-                    ))
-                })?;
-            sessions.insert(graph.role.clone(), session);
+            files.push((graph, url, bytes, data));
         }
+        let sessions = match create_sessions(&files, &ep).await {
+            // Auto takes wasm when WebGPU cannot run the package after all (e.g. the page loaded
+            // onnxruntime-web's wasm-only build, which has no WebGPU backend).
+            Err(e) if ep == "webgpu" && preference == "auto" => {
+                ep = "wasm".into();
+                ep_reason = format!("WebGPU failed, so wasm: {}", shim::message(&e));
+                create_sessions(&files, &ep).await?
+            }
+            other => other?,
+        };
         let package = Package {
             dir: base.into(),
             manifest,
