@@ -106,16 +106,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def batch_sums(base: str) -> Dict[str, float]:
-    """blip_batch_size's _sum and _count over every label set (images per vision-encoder run)."""
+def metric_sums(base: str) -> Dict[str, float]:
+    """From /metrics: blip_batch_size's _sum and _count over every label set (images per
+    vision-encoder run), and blip_graph_duration_seconds' per graph ("GRAPH.sum", "GRAPH.count")."""
     with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
         text = r.read().decode()
-    sums = {"sum": 0.0, "count": 0.0}
+    sums: Dict[str, float] = {"sum": 0.0, "count": 0.0}
     for line in text.splitlines():
         m = re.match(r"blip_batch_size_(sum|count)(\{[^}]*\})? (\S+)", line)
         if m:
             sums[m.group(1)] += float(m.group(3))
+        m = re.match(r'blip_graph_duration_seconds_(sum|count)\{graph="([^"]+)"\} (\S+)', line)
+        if m:
+            sums[f"{m.group(2)}.{m.group(1)}"] = float(m.group(3))
     return sums
+
+
+def graph_times(before: Dict[str, float], after: Dict[str, float], answers: int) -> Dict[str, Dict[str, float]]:
+    """Per graph over a window: runs, mean ms per run, and graph seconds per answered request."""
+    out = {}
+    for key in after:
+        if not key.endswith(".count"):
+            continue
+        g = key[: -len(".count")]
+        runs = after[key] - before.get(key, 0.0)
+        secs = after[f"{g}.sum"] - before.get(f"{g}.sum", 0.0)
+        if runs > 0:
+            out[g] = {"runs": runs, "ms_per_run": secs / runs * 1e3,
+                      "s_per_answer": secs / answers if answers else None}
+    return out
 
 
 def wrk(base: str, requests: Path, clients: int, seconds: int) -> Dict[str, Any]:
@@ -151,12 +170,13 @@ def soak(server: Server, requests: Path, clients: int, count: int) -> Dict[str, 
 def load_levels(server: Server, requests: Path, clients: List[int], seconds: int, batched: bool) -> List[Dict]:
     rows = []
     for c in clients:
-        before = batch_sums(server.base) if batched else None
+        before = metric_sums(server.base) if batched else None
         row = wrk(server.base, requests, c, seconds)
         if before:
-            after = batch_sums(server.base)
+            after = metric_sums(server.base)
             runs = after["count"] - before["count"]
             row["mean_batch"] = (after["sum"] - before["sum"]) / runs if runs else None
+            row["graphs"] = graph_times(before, after, row["ok"])
         else:
             row["mean_batch"] = 1.0  # no batching across requests: one request's images per run
         row["clients"] = c
@@ -303,6 +323,24 @@ def markdown(r: Dict[str, Any]) -> str:
             lines.append(f"| {s['scenario']} | {s['engine']} | {row['clients']} | {row['per_s']:.2f} | "
                          f"{row['p50_ms']:.0f} | {row['p90_ms']:.0f} | {row['p99_ms']:.0f} | {mb} | {row['ok']} | "
                          f"{row['status_429']} | {errors} |")
+    graph_rows = [(s, row) for s in r["scenarios"] for row in s["rows"] if row.get("graphs")]
+    if graph_rows:
+        lines += ["", "Where the time goes, from the server's `/metrics` (`blip_graph_duration_seconds`, per graph run): "
+                  "mean ms per run, and graph seconds per answered request — on 2 cores, one request's graph seconds "
+                  "bound the rate at about 1 / that sum, whatever the batching.", "",
+                  "| scenario | server | clients | vision_encoder ms/run (images/run) | cross_kv ms/run | decoder ms/step (steps/answer) | other graphs ms/run | graph s per answer |",
+                  "|---|---|---:|---:|---:|---:|---|---:|"]
+        for s, row in graph_rows:
+            g = row["graphs"]
+            cell = lambda name: f"{g[name]['ms_per_run']:.0f}" if name in g else "—"  # noqa: E731
+            vision = f"{cell('vision_encoder')} ({row['mean_batch']:.1f})" if "vision_encoder" in g and row.get("mean_batch") else cell("vision_encoder")
+            dec = (f"{g['decoder']['ms_per_run']:.1f} ({g['decoder']['runs'] / row['ok']:.0f})"
+                   if "decoder" in g and row["ok"] else "—")
+            others = ", ".join(f"{n} {v['ms_per_run']:.0f}" for n, v in sorted(g.items())
+                               if n not in ("vision_encoder", "cross_kv", "decoder")) or "—"
+            total = sum(v["s_per_answer"] or 0.0 for v in g.values())
+            lines.append(f"| {s['scenario']} | {s['engine']} | {row['clients']} | {vision} | {cell('cross_kv')} | {dec} | "
+                         f"{others} | {total:.2f} |")
     lines += ["", "| scenario | server | requests between the readings | RSS before MB | RSS after MB | growth |",
               "|---|---|---:|---:|---:|---:|"]
     for s in r["scenarios"]:

@@ -31,6 +31,19 @@ pub(crate) fn infer_err(graph: &str) -> impl Fn(ort::Error) -> TaskError + '_ {
     }
 }
 
+/// Seconds per graph run, labelled `graph` (the package role). Recorded through the `metrics`
+/// facade: nothing unless the process installs a recorder, as `blip-onnx serve` does for `/metrics`.
+pub const GRAPH_DURATION: &str = "blip_graph_duration_seconds";
+
+/// Runs one graph, recording its duration under [`GRAPH_DURATION`].
+fn timed<T>(graph: &str, run: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    let out = run();
+    metrics::histogram!(GRAPH_DURATION, "graph" => graph.to_owned())
+        .record(start.elapsed().as_secs_f64());
+    out
+}
+
 fn shape_err(graph: &str, message: String) -> TaskError {
     TaskError::Engine {
         graph: graph.to_string(),
@@ -241,9 +254,12 @@ impl OrtGraphs {
         let mask =
             TensorRef::from_array_view((shape, batch.mask.as_slice())).map_err(infer_err(role))?;
         let states = Tensor::from_array(image).map_err(infer_err(role))?;
-        session
-            .run(ort::inputs!["input_ids" => ids, "attention_mask" => mask, "encoder_hidden_states" => states])
-            .map_err(infer_err(role))
+        timed(role, || {
+            session.run(
+                ort::inputs!["input_ids" => ids, "attention_mask" => mask, "encoder_hidden_states" => states],
+            )
+        })
+        .map_err(infer_err(role))
     }
 
     fn empty_past(&self, rows: usize) -> TaskResult<NamedValues> {
@@ -280,9 +296,10 @@ impl Graphs for OrtGraphs {
         let session = self.session(VISION_ENCODER)?;
         let input = TensorRef::from_array_view(([n, 3, s, s], pixels))
             .map_err(infer_err(VISION_ENCODER))?;
-        let outputs = session
-            .run(ort::inputs!["pixel_values" => input])
-            .map_err(infer_err(VISION_ENCODER))?;
+        let outputs = timed(VISION_ENCODER, || {
+            session.run(ort::inputs!["pixel_values" => input])
+        })
+        .map_err(infer_err(VISION_ENCODER))?;
         let hidden = to_array3(&outputs["last_hidden_state"], VISION_ENCODER)?;
         let embeds = match outputs.get("image_embeds") {
             Some(v) => Some(to_array2(v, VISION_ENCODER)?),
@@ -298,9 +315,10 @@ impl Graphs for OrtGraphs {
             .map_err(infer_err(TEXT_ENCODER))?;
         let mask = TensorRef::from_array_view((shape, batch.mask.as_slice()))
             .map_err(infer_err(TEXT_ENCODER))?;
-        let out = session
-            .run(ort::inputs!["input_ids" => ids, "attention_mask" => mask])
-            .map_err(infer_err(TEXT_ENCODER))?;
+        let out = timed(TEXT_ENCODER, || {
+            session.run(ort::inputs!["input_ids" => ids, "attention_mask" => mask])
+        })
+        .map_err(infer_err(TEXT_ENCODER))?;
         to_array2(&out["text_embeds"], TEXT_ENCODER)
     }
 
@@ -334,9 +352,10 @@ impl Graphs for OrtGraphs {
         let layers = self.shape.layers;
         let session = self.session(CROSS_KV)?;
         let input = Tensor::from_array(states).map_err(infer_err(CROSS_KV))?;
-        let mut out = session
-            .run(ort::inputs!["encoder_hidden_states" => input])
-            .map_err(infer_err(CROSS_KV))?;
+        let mut out = timed(CROSS_KV, || {
+            session.run(ort::inputs!["encoder_hidden_states" => input])
+        })
+        .map_err(infer_err(CROSS_KV))?;
         let mut values = Vec::with_capacity(2 * layers);
         for i in 0..layers {
             for kv in ["key", "value"] {
@@ -562,7 +581,7 @@ impl Graphs for OrtGraphs {
         let layers = self.shape.layers;
         let vocab = self.shape.vocab;
         let session = self.session(DECODER)?;
-        let mut out = session.run(inputs).map_err(infer_err(DECODER))?;
+        let mut out = timed(DECODER, || session.run(inputs)).map_err(infer_err(DECODER))?;
         let (shape, data) = out["logits"]
             .try_extract_tensor::<f32>()
             .map_err(infer_err(DECODER))?;

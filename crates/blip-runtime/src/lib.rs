@@ -22,7 +22,7 @@ pub use blip_tasks::{
     VqaOptions, ready, unique_inputs,
 };
 pub use blip_tasks::{defaults, generate};
-pub use engine::{DecoderShape, OrtCache, OrtCross, OrtGraphs};
+pub use engine::{DecoderShape, GRAPH_DURATION, OrtCache, OrtCross, OrtGraphs};
 pub use model::{BlipModel, CachedDecoder};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;

@@ -10,6 +10,8 @@ pub const REQUEST_DURATION: &str = "blip_request_duration_seconds";
 pub const QUEUE_DURATION: &str = "blip_queue_duration_seconds";
 pub const PREPROCESS_DURATION: &str = "blip_preprocess_duration_seconds";
 pub const INFERENCE_DURATION: &str = "blip_inference_duration_seconds";
+/// Seconds per graph run, by graph (vision_encoder, cross_kv, decoder, …): recorded by the engine.
+pub use blip_runtime::GRAPH_DURATION;
 /// Images per merged graph run.
 pub const BATCH_SIZE: &str = "blip_batch_size";
 /// Requests per merged graph run.

@@ -266,6 +266,23 @@ async fn caption_vqa_embed_and_itm_equal_the_library() {
     ] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }
+    // Each graph that ran has its own duration series, counted once per run.
+    for graph in [
+        "vision_encoder",
+        "cross_kv",
+        "decoder",
+        "itm",
+        "text_encoder",
+    ] {
+        let key = format!("blip_graph_duration_seconds_count{{graph=\"{graph}\"}} ");
+        let runs: f64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("{key}missing from /metrics"))
+            .parse()
+            .unwrap();
+        assert!(runs >= 1.0, "{key}{runs}");
+    }
 }
 
 /// Awaits futures concurrently on the current task.
