@@ -1,6 +1,7 @@
 // Picks onnxruntime-web's build before any module loads (an import map cannot change later): the
 // WebGPU build when the site carries it (a package is made for WebGPU) and the browser offers an
-// adapter; else the wasm-only build, whose wasm kernels run ~25% faster than the WebGPU build's.
+// adapter; else the wasm-only build, whose wasm kernels are faster (median 3.1 s
+// against 4.1 s for a base INT8 vision encoder at 1 thread).
 (async () => {
   let webgpu = false;
   try {
