@@ -10,17 +10,9 @@ use serde::Serialize;
 
 /// Files of the npm package (web/) the site carries, besides dist/.
 const PACKAGE_FILES: &[&str] = &["index.js", "index.d.ts", "package.json"];
-/// What scripts/build-web.sh writes into web/dist, and export needs.
-const BUILT_FILES: &[&str] = &[
-    "dist/pkg/blip_web.js",
-    "dist/pkg/blip_web_bg.wasm",
-    "dist/ort/ort.wasm.min.mjs",
-    "dist/ort/ort-wasm-simd-threaded.mjs",
-    "dist/ort/ort-wasm-simd-threaded.wasm",
-    "dist/ort/ort.webgpu.min.mjs",
-    "dist/ort/ort-wasm-simd-threaded.asyncify.mjs",
-    "dist/ort/ort-wasm-simd-threaded.asyncify.wasm",
-];
+/// What scripts/build-web.sh writes into web/dist/pkg (it also copies both onnxruntime-web
+/// builds below into web/dist/ort), and export needs.
+const BUILT_FILES: &[&str] = &["dist/pkg/blip_web.js", "dist/pkg/blip_web_bg.wasm"];
 /// onnxruntime-web's wasm-only build (its module, then its runtime): what a site gets when no
 /// package is made for WebGPU.
 const ORT_WASM_BUILD: [&str; 3] = [
@@ -155,8 +147,12 @@ pub fn export(opts: &ExportOptions, out: &Path) -> Result<SiteIndex> {
     if opts.packages.is_empty() {
         return Err(SiteError::NoPackage);
     }
-    for f in BUILT_FILES {
-        let p = opts.web_dir.join(f);
+    let ort_files = ORT_WASM_BUILD
+        .iter()
+        .chain(&ORT_WEBGPU_BUILD)
+        .map(|f| format!("dist/ort/{f}"));
+    for f in BUILT_FILES.iter().map(|f| f.to_string()).chain(ort_files) {
+        let p = opts.web_dir.join(&f);
         if !p.is_file() {
             return Err(SiteError::AssetsMissing { missing: p });
         }
