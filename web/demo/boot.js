@@ -1,7 +1,6 @@
 // Picks onnxruntime-web's build before any module loads (an import map cannot change later): the
 // WebGPU build when the site carries it (a package is made for WebGPU) and the browser offers an
-// adapter; else the wasm-only build, whose wasm kernels are faster (median 3.1 s
-// against 4.1 s for a base INT8 vision encoder at 1 thread).
+// adapter; else the wasm-only build, whose wasm kernels are faster.
 (async () => {
   let webgpu = false;
   try {

@@ -23,8 +23,8 @@ const ORT_WASM_BUILD: [&str; 3] = [
 /// Its WebGPU build (wasm too; the native WebGPU EP, asyncify), added for sites with a WebGPU
 /// package; the page (boot.js) loads it only where the browser offers an adapter, since its wasm
 /// kernels are slower. Not the default build's JSEP kernels: on Chromium's SwiftShader adapter
-/// their MatMul of the cross K/V projection ([1,37,128]·[128,1024]) is wrong by 2.3, where this
-/// build is exact.
+/// their MatMul of the cross K/V projection ([1,37,128]·[128,1024]) came out wrong, where this
+/// build agrees with wasm (scripts/test-web.sh asserts its captions equal the CLI's).
 const ORT_WEBGPU_BUILD: [&str; 3] = [
     "ort.webgpu.min.mjs",
     "ort-wasm-simd-threaded.asyncify.mjs",
