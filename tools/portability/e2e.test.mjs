@@ -4,7 +4,7 @@
 // answers and the search ranking must equal `blip-onnx caption/vqa/search` (native ONNX Runtime)
 // on the same package, token for token; search scores within SCORE_TOL on FP32 packages and
 // QUANT_SCORE_TOL on quantized ones (INT8/INT4 kernels round differently between runtimes and ORT
-// releases, and the ORT format fuses less: deployment.md §3), the ranking equal.
+// releases, and the ORT format fuses less: docs/runtimes.md), the ranking equal.
 // scripts/test-portability.sh sets the environment.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';

@@ -184,7 +184,7 @@ for (const flavour of flavours) {
     const retrieval = pkg('shapes-retrieval', flavour.suffix);
     native(['index', '-p', retrieval, GALLERY, '-o', index]);
     // FP32 scores agree to float rounding; INT8 kernels differ between runtimes (dynamic activation
-    // scales, deployment.md §3), so there the ranking is what must agree.
+    // scales, docs/runtimes.md), so there the ranking is what must agree.
     const { tolerance } = flavour;
     for (const query of ['a red circle', 'two blue squares']) {
       const want = native(['search', '-p', retrieval, index, query, '-k', '100']);

@@ -405,7 +405,7 @@ fn write_package(
         opset: OPSET,
         precision: "fp32".into(),
         tokenizer: blip_package::TOKENIZER_FILE.into(),
-        // Standard ops only: every runtime runs the converted graphs (deployment.md §3).
+        // Standard ops only: every runtime runs the converted graphs (docs/runtimes.md).
         runtimes: blip_package::Runtime::ALL.to_vec(),
         graphs: entries,
     };

@@ -191,9 +191,8 @@ enum Command {
         /// comma-separated roles
         #[arg(long, default_value = "default")]
         policy: String,
-        /// INT4 block size along K (16, 32, 64, 128, ...). 128, the usual group size of
-        /// weight-only INT4, made the base decoder step ~25 % faster than 32 at equal task quality
-        /// on the shapes models.
+        /// INT4 block size along K (16, 32, 64, 128, ...); 128 is the usual group size of
+        /// weight-only INT4.
         #[arg(long, default_value_t = blip_quantize::DEFAULT_INT4_BLOCK_SIZE)]
         block_size: usize,
         /// INT4 accuracy level: 4 multiplies in int8 (fastest on CPU, native only), 0 in float

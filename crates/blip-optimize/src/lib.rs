@@ -133,7 +133,7 @@ fn write_optimized(runtime: &Runtime, pkg: &Package, dir: &Path) -> Result<Vec<G
 
 /// The runtimes that run ORT's fused graphs: every one the source was made for except tract
 /// (no `MultiHeadAttention` with mask or past, no `DynamicQuantizeMatMul`) and WebGPU (its
-/// attention kernels lack mask and past; deployment.md §2–3).
+/// attention kernels lack mask and past; docs/runtimes.md).
 fn fused_runtimes(source: &[Target]) -> Vec<Target> {
     Target::claimed(source)
         .into_iter()

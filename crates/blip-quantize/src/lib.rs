@@ -139,8 +139,7 @@ pub enum Precision {
     Fp16,
 }
 
-/// INT4 block size along K: 128, the usual group size of weight-only INT4, made the base decoder
-/// step ~25 % faster than 32 at equal task quality on the shapes models.
+/// INT4 block size along K: 128, the usual group size of weight-only INT4.
 pub const DEFAULT_INT4_BLOCK_SIZE: usize = 128;
 /// INT4 accuracy level: 4 multiplies in int8 (fastest on CPU).
 pub const DEFAULT_INT4_ACCURACY_LEVEL: i64 = 4;

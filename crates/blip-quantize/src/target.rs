@@ -1,6 +1,6 @@
 //! Quantization targets: the flavour of a package that is fastest where it will run, and the
-//! runtimes its manifest then claims. The measurements behind each default are in
-//! `shared/docs/deployment.md` §2–3.
+//! runtimes its manifest then claims. What each default rests on, and how it is known, is in
+//! `docs/runtimes.md`.
 
 use blip_package::Runtime;
 
@@ -13,8 +13,8 @@ pub enum Target {
     /// type), INT4 at accuracy level 4 (int8 compute, native-only).
     #[default]
     Native,
-    /// onnxruntime-web's wasm EP: INT8 on every graph with QUInt8 weights (2.5–2.9x faster than
-    /// FP32 there, QInt8 only 1.7–2.0x); INT4 is slower than FP32 in wasm, so not the default.
+    /// onnxruntime-web's wasm EP: INT8 on every graph with QUInt8 weights (faster than QInt8
+    /// there, the reverse of native); INT4 is slower than FP32 in wasm, so not the default.
     Web,
     /// onnxruntime-web's WebGPU EP: FP16 (or weight-only INT4); it has no dynamic-INT8 kernels
     /// (they fall back to wasm).

@@ -1,6 +1,6 @@
 //! `check --target`: whether each graph of a package runs on another runtime, with reasons. The
 //! rules are what was measured on every flavour of the shapes and fixture packages
-//! (`shared/docs/deployment.md` §2–3; the portability suite re-measures them): op coverage, the
+//! (`docs/runtimes.md`; the portability suite re-measures them): op coverage, the
 //! 2 GB protobuf limit, wasm32's 4 GB memory, external data, and where a runtime computes
 //! differently from native ONNX Runtime.
 
