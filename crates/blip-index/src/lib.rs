@@ -296,6 +296,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// Whether `name` is a state file name this format makes (32 hex digits, `.f16`): an entry can
+/// name no other file, so a crafted index cannot point outside its `states/` folder.
+fn is_state_name(name: &str) -> bool {
+    name.strip_suffix(".f16").is_some_and(|stem| {
+        stem.len() == 32
+            && stem
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 fn partial_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(
         ".{}.partial",
@@ -432,6 +443,16 @@ impl Index {
     /// Stores the rerank states (`tokens × width` floats, kept as f16) of image `id` next to the
     /// index; returns the file name to put in its entry.
     pub fn write_state(&self, index_path: &Path, id: &str, hidden: &[f32]) -> Result<String> {
+        self.write_state_named(index_path, id, &Self::state_name(id), hidden)
+    }
+
+    fn write_state_named(
+        &self,
+        index_path: &Path,
+        id: &str,
+        name: &str,
+        hidden: &[f32],
+    ) -> Result<String> {
         let shape = self
             .states
             .ok_or_else(|| IndexError::NoStates { id: id.into() })?;
@@ -445,9 +466,24 @@ impl Index {
         }
         let dir = Self::sidecar(index_path).join("states");
         std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-        let name = Self::state_name(id);
-        write_atomic(&dir.join(&name), &f16_bytes(hidden))?;
-        Ok(name)
+        write_atomic(&dir.join(name), &f16_bytes(hidden))?;
+        Ok(name.to_string())
+    }
+
+    /// As [`Index::write_state`], under a file name no earlier write used: an image removed and
+    /// added again gets a new file, so a reader of the index from before the removal never reads
+    /// the new image's states as the old one's.
+    pub fn write_fresh_state(&self, index_path: &Path, id: &str, hidden: &[f32]) -> Result<String> {
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nonce = format!(
+            "{id}\0{}\0{}\0{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+            WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        self.write_state_named(index_path, id, &Self::state_name(&nonce), hidden)
     }
 
     /// Stores, for image `id`, a copy of the states already written under `from` (the file
@@ -630,10 +666,10 @@ impl Index {
                         "it names a state file but the index has no state shape".into(),
                     ));
                 }
-                if *name != Self::state_name(&e.id) {
+                if !is_state_name(name) {
                     return Err(bad(
                         &e.id,
-                        format!("state file {name:?} is not the one this index format names"),
+                        format!("state file {name:?} is not a name this index format makes"),
                     ));
                 }
             }
@@ -643,6 +679,15 @@ impl Index {
 
     /// Writes the index atomically, then removes state and image files no entry refers to.
     pub fn write(&self, path: &Path) -> Result<()> {
+        self.write_keeping_files(path)?;
+        self.sweep(path);
+        Ok(())
+    }
+
+    /// Writes the index atomically and leaves the sidecar's files alone: a reader of an earlier
+    /// version (a search in flight on the server) may still need the files that version names.
+    /// [`Index::sweep`] removes them once no such reader is left.
+    pub fn write_keeping_files(&self, path: &Path) -> Result<()> {
         let header = Header {
             package: self.package.clone(),
             dim: self.dim,
@@ -661,13 +706,18 @@ impl Index {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
         write_atomic(path, &bytes)?;
-        self.sweep(path);
+        // The rename is durable only once the folder is synced.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
         Ok(())
     }
 
     /// Best effort: files under the sidecar that no entry names (left by removed or re-indexed
     /// images, or by a run that was killed) are deleted.
-    fn sweep(&self, path: &Path) {
+    pub fn sweep(&self, path: &Path) {
         let side = Self::sidecar(path);
         let states: std::collections::HashSet<&str> = self
             .entries

@@ -503,7 +503,7 @@ impl Model {
                 Image::Encoded(input) => model.answer(&vec![input.clone(); qs.len()], &qs, &opts),
                 Image::Pixels { .. } => image
                     .model_pixels(&model)
-                    .and_then(|p| model.answer_pixels(&p.repeat(qs.len()), qs.len(), &qs, &opts)),
+                    .and_then(|p| model.answer_pixels_of(&p, 1, &vec![0; qs.len()], &qs, &opts)),
             }
             .map_err(runtime_err)?;
             Ok(answers.into_iter().map(|a| (a.text, a.ids)).collect())
@@ -533,7 +533,7 @@ impl Model {
                     model.rank_answers(&vec![input.clone(); n], &qs, &list, k, max_tokens)
                 }
                 Image::Pixels { .. } => image.model_pixels(&model).and_then(|p| {
-                    model.rank_answers_pixels(&p.repeat(n), n, &qs, &list, k, max_tokens)
+                    model.rank_answers_pixels_of(&p, 1, &vec![0; n], &qs, &list, k, max_tokens)
                 }),
             }
             .map_err(runtime_err)?;

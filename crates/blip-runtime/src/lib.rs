@@ -21,7 +21,7 @@ pub use blip_tasks::{
     GenerationConfig, Graphs, Hit, ImageInput, RankedAnswers, Strategy, TaskError, VisionOutput,
     VqaOptions, ready, unique_inputs,
 };
-pub use blip_tasks::{defaults, generate};
+pub use blip_tasks::{defaults, generate, request};
 pub use engine::{DecoderShape, GRAPH_DURATION, OrtCache, OrtCross, OrtGraphs};
 pub use model::{BlipModel, CachedDecoder};
 use ort::session::Session;

@@ -161,6 +161,46 @@ impl BlipModel {
         Ok(ready(self.0.answer_pixels(pixels, n, questions, opts))?)
     }
 
+    /// Generated answers for (image `image_of[i]`, question i) pairs, each image encoded once
+    /// ([`Blip::answer_pixels_of`]).
+    pub fn answer_pixels_of(
+        &mut self,
+        pixels: &[f32],
+        n: usize,
+        image_of: &[usize],
+        questions: &[&str],
+        opts: &VqaOptions,
+    ) -> Result<Vec<Answer>> {
+        Ok(ready(
+            self.0
+                .answer_pixels_of(pixels, n, image_of, questions, opts),
+        )?)
+    }
+
+    /// Rank mode for (image `image_of[i]`, question i) pairs, each image encoded once
+    /// ([`Blip::rank_answers_pixels_of`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rank_answers_pixels_of(
+        &mut self,
+        pixels: &[f32],
+        n: usize,
+        image_of: &[usize],
+        questions: &[&str],
+        answers: &[&str],
+        k: usize,
+        max_question_tokens: usize,
+    ) -> Result<Vec<RankedAnswers>> {
+        Ok(ready(self.0.rank_answers_pixels_of(
+            pixels,
+            n,
+            image_of,
+            questions,
+            answers,
+            k,
+            max_question_tokens,
+        ))?)
+    }
+
     /// LAVIS rank mode over an answer list ([`Blip::rank_answers`]).
     pub fn rank_answers(
         &mut self,

@@ -48,6 +48,16 @@ pub struct ServeArgs {
     /// Seconds a request may take, queue included (then 504).
     #[arg(long, default_value_t = 30.0, env = "BLIP_REQUEST_TIMEOUT")]
     pub request_timeout: f64,
+    /// Seconds a client has to send a request's headers, from the connection's first byte or, on
+    /// a kept-alive connection, from its previous response (slow clients are cut off).
+    #[arg(long, default_value_t = 10.0, env = "BLIP_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: f64,
+    /// Seconds a client has to send a request's whole body once its headers are in (then 408).
+    #[arg(long, default_value_t = 30.0, env = "BLIP_BODY_READ_TIMEOUT")]
+    pub body_read_timeout: f64,
+    /// Seconds a connection may stay open with no request in flight and no bytes either way.
+    #[arg(long, default_value_t = 60.0, env = "BLIP_IDLE_TIMEOUT")]
+    pub idle_timeout: f64,
     /// Bearer token required on /v1/* (health, metrics, docs and the page stay open).
     #[arg(long, env = "BLIP_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -91,6 +101,18 @@ impl ServeArgs {
 
     pub fn shutdown_grace(&self) -> Duration {
         secs(self.shutdown_grace)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        secs(self.header_read_timeout)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        secs(self.body_read_timeout)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        secs(self.idle_timeout)
     }
 
     pub fn max_batch_wait(&self) -> Duration {

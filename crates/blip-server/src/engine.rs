@@ -220,14 +220,13 @@ impl Models {
                 mode,
             } => {
                 let qs: Vec<&str> = questions.iter().map(String::as_str).collect();
-                // One image per question: the image is repeated row-wise.
-                let per = pixels.data.len() / pixels.n.max(1);
-                let data: Vec<f32> = (0..qs.len())
-                    .flat_map(|_| pixels.data[..per].iter().copied())
-                    .collect();
+                // Every question asks about the one image, which is encoded once.
+                let image_of = vec![0; qs.len()];
+                let data = &pixels.data;
                 match mode {
                     VqaMode::Generate(opts) => {
-                        let answers = model.answer_pixels(&data, qs.len(), &qs, &opts)?;
+                        let answers =
+                            model.answer_pixels_of(data, pixels.n, &image_of, &qs, &opts)?;
                         let tokens: usize = answers.iter().map(|a| a.ids.len()).sum();
                         metrics::counter!(m::GENERATED_TOKENS, "head" => head.name())
                             .increment(tokens as u64);
@@ -239,9 +238,10 @@ impl Models {
                         max_question_tokens,
                     } => {
                         let list: Vec<&str> = answers.iter().map(String::as_str).collect();
-                        Done::Ranked(model.rank_answers_pixels(
-                            &data,
-                            qs.len(),
+                        Done::Ranked(model.rank_answers_pixels_of(
+                            data,
+                            pixels.n,
+                            &image_of,
                             &qs,
                             &list,
                             k,

@@ -12,7 +12,8 @@ pub struct ErrorBody {
     /// What went wrong, naming the field and the item.
     pub error: String,
     /// Machine-readable class: empty_input, unauthorized, not_found, payload_too_large,
-    /// unsupported_media_type, validation, overloaded, not_ready, deadline, inference.
+    /// unsupported_media_type, validation, overloaded, not_ready, deadline, inference,
+    /// request_timeout, method_not_allowed, bad_request.
     pub error_type: String,
 }
 
@@ -25,14 +26,64 @@ pub struct ApiError {
     pub retry_after: Option<u32>,
 }
 
+/// Longest error message answered: a message that quotes the request (a serde error quoting a
+/// string value, a text) is cut to this many bytes, so an error never echoes a large input back.
+pub const MAX_ERROR_MESSAGE: usize = 300;
+
+/// `message`, cut at a character boundary to [`MAX_ERROR_MESSAGE`] bytes, saying how much was cut.
+pub fn excerpt(message: String) -> String {
+    if message.len() <= MAX_ERROR_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_ERROR_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} bytes of message cut)",
+        &message[..end],
+        message.len() - end
+    )
+}
+
 impl ApiError {
     fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             error_type,
-            message: message.into(),
+            message: excerpt(message.into()),
             retry_after: None,
         }
+    }
+
+    /// An error of `status` with the class every route gives that status (path, protocol and
+    /// body errors raised outside the handlers are answered in the same shape).
+    pub fn with_status(status: StatusCode, message: impl Into<String>) -> ApiError {
+        let error_type = match status.as_u16() {
+            400 => "bad_request",
+            401 => "unauthorized",
+            404 => "not_found",
+            405 => "method_not_allowed",
+            408 => "request_timeout",
+            413 => "payload_too_large",
+            415 => "unsupported_media_type",
+            422 => "validation",
+            429 => "overloaded",
+            503 => "not_ready",
+            504 => "deadline",
+            s if s >= 500 => "internal",
+            _ => "bad_request",
+        };
+        Self::new(status, error_type, message)
+    }
+
+    /// The body did not arrive in time (--body-read-timeout).
+    pub fn body_timeout(seconds: f64) -> ApiError {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {seconds} s (--body-read-timeout)"),
+        )
     }
 
     pub fn empty(message: impl Into<String>) -> ApiError {
@@ -132,6 +183,13 @@ impl ApiError {
     }
 }
 
+impl From<blip_runtime::request::RequestError> for ApiError {
+    /// A request option that cannot be taken: 422 naming the field and the rule.
+    fn from(e: blip_runtime::request::RequestError) -> ApiError {
+        ApiError::validation(e.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.status, axum::Json(self.body())).into_response();
@@ -184,7 +242,15 @@ pub enum TaskErrors {
         description = "Body over --payload-limit, image over --max-image-pixels, or more images than --max-queue"
     )]
     TooLarge(ErrorBody),
-    #[response(status = 415, description = "Not JSON or multipart, or not an image")]
+    #[response(
+        status = 408,
+        description = "The body did not arrive within --body-read-timeout"
+    )]
+    BodyTimeout(ErrorBody),
+    #[response(
+        status = 415,
+        description = "Not JSON or multipart, not an image, or a Content-Encoding other than identity"
+    )]
     Unsupported(ErrorBody),
     #[response(
         status = 422,

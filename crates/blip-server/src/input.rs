@@ -48,14 +48,34 @@ pub async fn read<T: DeserializeOwned>(req: Request) -> Result<(T, Vec<RawImage>
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::empty("the request body is empty"));
     }
-    let value: T = serde_json::from_slice(&bytes).map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
-            ApiError::bad_request(format!("the body is not valid JSON: {e}"))
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("the body is not valid JSON: {inner}"))
         } else {
-            ApiError::validation(format!("invalid request: {e}"))
+            field_error(e.path(), &inner.to_string())
         }
     })?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
     Ok((value, Vec::new()))
+}
+
+/// A body that parsed but does not fit the request type: 422 naming the field
+/// (`beams: invalid type: string "3", expected usize`).
+fn field_error(path: &serde_path_to_error::Path, message: &str) -> ApiError {
+    // serde_json appends where in the body it was; the field's name says more.
+    let message = match message.rfind(" at line ") {
+        Some(i) if message[i..].contains(" column ") => &message[..i],
+        _ => message,
+    };
+    let path = path.to_string();
+    if path == "." || path.is_empty() {
+        ApiError::validation(format!("invalid request: {message}"))
+    } else {
+        ApiError::validation(format!("{path}: {message}"))
+    }
 }
 
 fn rejection(status: axum::http::StatusCode, text: String) -> ApiError {
@@ -115,8 +135,8 @@ async fn read_multipart<T: DeserializeOwned>(req: Request) -> Result<(T, Vec<Raw
             fields.insert(name, value);
         }
     }
-    let value: T = serde_json::from_value(serde_json::Value::Object(fields))
-        .map_err(|e| ApiError::validation(format!("invalid request: {e}")))?;
+    let value: T = serde_path_to_error::deserialize(serde_json::Value::Object(fields))
+        .map_err(|e| field_error(e.path(), &e.inner().to_string()))?;
     Ok((value, files))
 }
 

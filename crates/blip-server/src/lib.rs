@@ -2,13 +2,14 @@
 //! indexed search), with dynamic batching on an engine thread, admission control, deadlines,
 //! Prometheus metrics, an OpenAPI document and the retrieval demo page.
 //!
-//! Layout: [`config`] (flags), [`engine`] (the thread that owns the models, its batcher and the
+//! Layout: [`config`] (flags), [`conn`] (the accept loop and its connection timeouts), [`engine`] (the thread that owns the models, its batcher and the
 //! swappable scheduler), [`routes`] (axum handlers and the OpenAPI document), [`input`] (bodies,
 //! images, preprocessing off the runtime), [`error`] (`{"error", "error_type"}`), [`state`]
 //! (admission, readiness, the served index).
 
 pub mod api;
 pub mod config;
+pub mod conn;
 pub mod engine;
 pub mod error;
 pub mod input;
@@ -156,28 +157,16 @@ pub async fn start(args: ServeArgs) -> Result<Running, ServerError> {
     })?;
     state::AppState::start_engine(&state, &args)?;
     let app = routes::router(state.clone(), &args);
-    let (tx, mut rx) = watch::channel(false);
+    let (tx, rx) = watch::channel(false);
     let grace = args.shutdown_grace();
+    let timeouts = conn::Timeouts {
+        header_read: args.header_read_timeout(),
+        idle: args.idle_timeout(),
+    };
     let task = tokio::spawn(async move {
-        let mut stop = rx.clone();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await.map(|_| ());
-        });
-        let serve = async move { serve.await.map_err(ServerError::Serve) };
-        tokio::pin!(serve);
-        tokio::select! {
-            r = &mut serve => r,
-            _ = async { rx.wait_for(|s| *s).await.map(|_| ()) } => {
-                // Stop accepting at once; in-flight requests get the grace period.
-                match tokio::time::timeout(grace, &mut serve).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tracing::warn!("shutdown grace passed with requests in flight; stopping");
-                        Ok(())
-                    }
-                }
-            }
-        }
+        conn::serve(listener, app, timeouts, rx, grace)
+            .await
+            .map_err(ServerError::Serve)
     });
     Ok(Running {
         addr: local,

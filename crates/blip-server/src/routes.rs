@@ -12,7 +12,8 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use blip_checkpoint::Head;
 use blip_index::{Entry, Stamp};
-use blip_runtime::{CaptionOptions, Strategy, VqaOptions, defaults};
+use blip_runtime::request::{self, limits};
+use blip_runtime::{CaptionOptions, VqaOptions};
 use utoipa::OpenApi;
 
 use crate::api::*;
@@ -79,6 +80,7 @@ pub fn router(state: Arc<AppState>, args: &ServeArgs) -> Router {
         .route("/v1/images/{id}", get(get_image))
         .route("/v1/index", post(index_add))
         .route("/v1/index/{id}", delete(index_delete))
+        .route_layer(middleware::from_fn_with_state(state.clone(), read_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     // Swagger UI (vendored assets) reading our /openapi.json; no validator badge from outside.
     let docs = utoipa_swagger_ui::SwaggerUi::new("/docs")
@@ -103,6 +105,7 @@ pub fn router(state: Arc<AppState>, args: &ServeArgs) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::extract::DefaultBodyLimit::max(args.payload_limit))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(count_requests))
         .with_state(state);
     if let Some(origin) = &args.cors_origin {
@@ -141,6 +144,93 @@ async fn count_requests(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Reads a request's whole body before its handler runs, so that every bound on it is applied in
+/// one place: a `Content-Encoding` other than identity is refused (415, naming it), a declared
+/// `Content-Length` over --payload-limit is refused before any byte is read (413), a body that does
+/// not arrive within --body-read-timeout is answered 408, and one that grows past the limit 413.
+async fn read_body(State(state): St, req: Request, next: Next) -> Response {
+    let limit = state.args.payload_limit;
+    if let Some(encoding) = req.headers().get(header::CONTENT_ENCODING) {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes())
+            .trim()
+            .to_string();
+        if !encoding.eq_ignore_ascii_case("identity") {
+            return ApiError::unsupported_media(format!(
+                "Content-Encoding {encoding:?} is not taken: send the body uncompressed"
+            ))
+            .into_response();
+        }
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(n) = declared
+        && n > limit as u64
+    {
+        return ApiError::too_large(format!(
+            "the body declares {n} bytes; at most {limit} (--payload-limit)"
+        ))
+        .into_response();
+    }
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, limit);
+    let read = http_body_util::BodyExt::collect(limited);
+    let bytes = match tokio::time::timeout(state.args.body_read_timeout(), read).await {
+        Err(_) => return ApiError::body_timeout(state.args.body_read_timeout).into_response(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return ApiError::too_large(format!(
+                "the body is over {limit} bytes (--payload-limit)"
+            ))
+            .into_response();
+        }
+        Ok(Err(e)) => {
+            return ApiError::bad_request(format!("reading the body: {e}")).into_response();
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+/// Every error answers `{"error", "error_type"}`: responses of status 400 and above that are not
+/// JSON already (axum's path and body rejections, the router's own) are rewritten in that shape,
+/// their text kept as the message.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text =
+        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, 4096)).await {
+            Ok(c) => String::from_utf8_lossy(&c.to_bytes()).trim().to_string(),
+            Err(_) => String::new(),
+        };
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_string()
+    } else {
+        text
+    };
+    let mut fixed = ApiError::with_status(status, message).into_response();
+    for name in [header::RETRY_AFTER, header::WWW_AUTHENTICATE, header::ALLOW] {
+        if let Some(v) = parts.headers.get(&name) {
+            fixed.headers_mut().insert(name, v.clone());
+        }
+    }
+    fixed
+}
+
 /// Bearer key on /v1/* when --api-key is set (compared in constant time).
 async fn auth(State(state): St, req: Request, next: Next) -> Response {
     if let Some(key) = &state.args.api_key {
@@ -148,7 +238,7 @@ async fn auth(State(state): St, req: Request, next: Next) -> Response {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or("");
         let same = given.len() == key.len()
             && given
@@ -161,6 +251,15 @@ async fn auth(State(state): St, req: Request, next: Next) -> Response {
         }
     }
     next.run(req).await
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110 §11.1), so `bearer` and `BEARER` are taken too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
 }
 
 /// Checks and preprocesses a request's images for `head`: per image its pixels or its error.
@@ -212,96 +311,42 @@ fn single_image(
     }
 }
 
+/// The request layer's rule for a list of texts (count, blank items, bytes per text).
 fn texts_check(field: &str, texts: &[String], max: usize) -> Result<(), ApiError> {
-    for (i, t) in texts.iter().enumerate() {
-        if t.trim().is_empty() {
-            return Err(ApiError::validation(format!("{field}[{i}] is empty")));
-        }
-    }
-    if texts.len() > max {
-        return Err(ApiError::too_large(format!(
-            "{} {field}; at most {max} in one request (--max-queue)",
-            texts.len()
-        )));
-    }
-    Ok(())
+    request::check_texts(field, texts, max).map_err(ApiError::from)
 }
 
-/// Decoding settings from a request: the library's defaults for anything left out.
+/// Decoding settings from a request, resolved by the request layer (defaults and rules there).
 fn caption_options(r: &CaptionRequest, state: &AppState) -> Result<CaptionOptions, ApiError> {
-    let d = CaptionOptions::default();
-    let (beams, length_penalty) = match &d.strategy {
-        Strategy::Beam {
-            num_beams,
-            length_penalty,
-            ..
-        } => (*num_beams, *length_penalty),
-        _ => (1, 1.0),
-    };
-    let beams = r.beams.unwrap_or(beams);
-    let length_penalty = r.length_penalty.unwrap_or(length_penalty);
-    let positions = state
+    let model = request::ModelLimits::of(&state.served(Head::Caption)?.package);
+    let options = request::CaptionRequest {
+        prompt: r.prompt.clone(),
+        beams: r.beams,
+        sample: r.sample,
+        top_p: r.top_p,
+        top_k: r.top_k,
+        temperature: r.temperature,
+        seed: r.seed,
+        max_length: r.max_length,
+        min_length: r.min_length,
+        length_penalty: r.length_penalty,
+        repetition_penalty: r.repetition_penalty,
+    }
+    .resolve(model)?;
+    // The prompt's tokens must leave room for the caption: refused here, before any graph runs.
+    let prompt_tokens = state
         .served(Head::Caption)?
-        .package
-        .manifest
-        .model
-        .max_position_embeddings;
-    let finite = |name: &str, v: f32, ok: bool| {
-        if v.is_finite() && ok {
-            Ok(v)
-        } else {
-            Err(ApiError::validation(format!(
-                "{name} = {v} is out of range"
-            )))
-        }
-    };
-    let strategy = if r.sample.unwrap_or(false) {
-        let top_p = r.top_p.unwrap_or(defaults::SAMPLE_TOP_P);
-        let temperature = r.temperature.unwrap_or(defaults::SAMPLE_TEMPERATURE);
-        Strategy::Sample {
-            temperature: finite("temperature", temperature, temperature > 0.0)?,
-            top_k: r.top_k.unwrap_or(defaults::SAMPLE_TOP_K),
-            top_p: finite("top_p", top_p, top_p > 0.0 && top_p <= 1.0)?,
-            seed: r.seed.unwrap_or(defaults::SAMPLE_SEED),
-        }
-    } else if beams == 1 {
-        Strategy::Greedy
-    } else if (2..=16).contains(&beams) {
-        Strategy::Beam {
-            num_beams: beams,
-            length_penalty: finite("length_penalty", length_penalty, true)?,
-            early_stopping: false,
-        }
-    } else {
+        .tokenizer
+        .prompt_ids(&options.prompt)
+        .map_err(|e| ApiError::validation(format!("prompt: {e}")))?
+        .len();
+    if prompt_tokens >= options.max_length {
         return Err(ApiError::validation(format!(
-            "beams = {beams}: must be 1 (greedy) to 16"
-        )));
-    };
-    let max_length = r.max_length.unwrap_or(d.max_length);
-    if max_length < 2 || max_length > positions {
-        return Err(ApiError::validation(format!(
-            "max_length = {max_length}: must be 2 to {positions} (the model's positions)"
+            "prompt: {prompt_tokens} tokens, not shorter than max_length {}",
+            options.max_length
         )));
     }
-    let min_length = r.min_length.unwrap_or(d.min_length);
-    if min_length > max_length {
-        return Err(ApiError::validation(format!(
-            "min_length = {min_length} is over max_length = {max_length}"
-        )));
-    }
-    let repetition_penalty = r.repetition_penalty.unwrap_or(d.repetition_penalty);
-    Ok(CaptionOptions {
-        prompt: r.prompt.clone().unwrap_or(d.prompt),
-        strategy,
-        max_length,
-        min_length,
-        repetition_penalty: finite(
-            "repetition_penalty",
-            repetition_penalty,
-            repetition_penalty > 0.0,
-        )?,
-        no_cache: false,
-    })
+    Ok(options)
 }
 
 #[utoipa::path(post, path = "/v1/caption", tag = "tasks",
@@ -395,14 +440,16 @@ async fn embed(State(state): St, req: Request) -> AppResult<EmbedResponse> {
     if images.is_empty() && body.texts.is_empty() {
         return Err(ApiError::empty("give `images` and/or `texts`"));
     }
-    texts_check("texts", &body.texts, state.max_units)?;
+    if !body.texts.is_empty() {
+        texts_check("texts", &body.texts, limits::MAX_TEXTS)?;
+    }
     let single = images.len() == 1 && body.texts.is_empty();
     let _permit = state.admit(images.len() + usize::from(!body.texts.is_empty()))?;
     let items = prepare(&state, Head::Retrieval, images).await?;
     let (pixels, slots) = stack(items);
     let image_job = async {
         if pixels.n == 0 {
-            return Ok(None);
+            return Ok::<_, ApiError>(None);
         }
         match state
             .run(Head::Retrieval, Work::EmbedImages { pixels }, deadline)
@@ -481,7 +528,7 @@ async fn itm(State(state): St, req: Request) -> AppResult<ItmResponse> {
     if body.texts.is_empty() {
         return Err(ApiError::empty("no texts: give `texts`"));
     }
-    texts_check("texts", &body.texts, state.max_units)?;
+    texts_check("texts", &body.texts, limits::MAX_TEXTS)?;
     let _permit = state.admit(1)?;
     let mut items = prepare(&state, Head::Retrieval, vec![Ok(image)]).await?;
     let pixels = items.remove(0)?;
@@ -529,45 +576,38 @@ async fn vqa(State(state): St, req: Request) -> AppResult<VqaResponse> {
     if body.questions.is_empty() {
         return Err(ApiError::empty("no questions: give `questions`"));
     }
-    texts_check("questions", &body.questions, state.max_units)?;
-    let defaults = VqaOptions::default();
-    let mode = match &body.answers {
-        Some(list) => {
-            if list.is_empty() {
-                return Err(ApiError::empty("`answers` is an empty list"));
-            }
-            for (i, a) in list.iter().enumerate() {
-                if a.trim().is_empty() {
-                    return Err(ApiError::validation(format!("answers[{i}] is empty")));
-                }
+    let resolved = request::VqaRequest {
+        questions: body.questions.clone(),
+        answers: body.answers.clone(),
+        k: body.k,
+        mask_question_padding: body.mask_question_padding,
+    }
+    .resolve()?;
+    let tokens_of = |text: &str| {
+        served
+            .tokenizer
+            .encode_batch(&[text], blip_preprocess::FirstToken::Dec, None)
+            .map(|b| b.row_len(0))
+    };
+    let mode = match resolved {
+        request::VqaMode::Generate(opts) => VqaMode::Generate(opts),
+        request::VqaMode::Rank { answers, k } => {
+            for (i, a) in answers.iter().enumerate() {
                 // Answer tokens run through the decoder: longer ones would pass its positions.
-                let tokens = served
-                    .tokenizer
-                    .encode_batch(&[a.as_str()], blip_preprocess::FirstToken::Dec, None)
-                    .map_err(|e| ApiError::validation(format!("answers[{i}]: {e}")))?
-                    .row_len(0);
+                let tokens =
+                    tokens_of(a).map_err(|e| ApiError::validation(format!("answers[{i}]: {e}")))?;
                 if tokens > positions {
                     return Err(ApiError::validation(format!(
-                        "answers[{i}] is {tokens} tokens, over the decoder's {positions} positions"
+                        "answers[{i}]: {tokens} tokens, over the decoder's {positions} positions"
                     )));
                 }
             }
-            let k = body.k.unwrap_or(defaults::VQA_RANK_K);
-            if k == 0 {
-                return Err(ApiError::validation("k must be at least 1"));
-            }
             VqaMode::Rank {
-                answers: list.clone(),
+                answers,
                 k,
-                max_question_tokens: defaults.max_question_tokens,
+                max_question_tokens: VqaOptions::default().max_question_tokens,
             }
         }
-        None => VqaMode::Generate(VqaOptions {
-            mask_question_padding: body
-                .mask_question_padding
-                .unwrap_or(defaults.mask_question_padding),
-            ..defaults
-        }),
     };
     let _permit = state.admit(body.questions.len())?;
     let mut items = prepare(&state, Head::Vqa, vec![Ok(image)]).await?;
@@ -630,16 +670,12 @@ async fn search(State(state): St, req: Request) -> AppResult<SearchResponse> {
     if body.text.trim().is_empty() {
         return Err(ApiError::empty("`text` is empty"));
     }
-    let k = body.k.unwrap_or(defaults::SEARCH_K);
-    let rerank = body.rerank.unwrap_or(defaults::RERANK);
-    if k == 0 || k > 1000 {
-        return Err(ApiError::validation(format!("k = {k}: must be 1 to 1000")));
+    let request::SearchOptions { k, rerank } = request::SearchRequest {
+        text: body.text.clone(),
+        k: body.k,
+        rerank: body.rerank,
     }
-    if rerank > 256 {
-        return Err(ApiError::validation(format!(
-            "rerank = {rerank}: at most 256 candidates"
-        )));
-    }
+    .resolve()?;
     let index = store.snapshot();
     if index.is_empty() {
         return Ok(Json(SearchResponse {
@@ -812,6 +848,7 @@ async fn index_add(State(state): St, req: Request) -> AppResult<IndexAddResponse
     let _guard = store.write.lock().await;
     let path = store.path.clone();
     let base = (*store.snapshot()).clone();
+    let store_ref = state.clone();
     let plan: Vec<Planned> = ids
         .into_iter()
         .zip(metas)
@@ -819,9 +856,20 @@ async fn index_add(State(state): St, req: Request) -> AppResult<IndexAddResponse
         .map(|((id, meta), (slot, bytes))| (id, meta, slot.map(|s| (s, bytes.unwrap_or_default()))))
         .collect();
     let written = tokio::task::spawn_blocking(move || {
+        if let Some(s) = store_ref.index.as_ref() {
+            s.sweep_unused();
+        }
         let mut idx = base;
         let mut results = Vec::new();
-        for (id, metadata, slot) in plan {
+        for (i, (id, metadata, slot)) in plan.into_iter().enumerate() {
+            // Checked again under the write lock: a concurrent add of the same id may have been
+            // written since the first check; nothing of this one is written then.
+            let slot = slot.and_then(|s| match idx.position(&id) {
+                Some(_) => Err(ApiError::validation(format!(
+                    "images[{i}]: id {id:?} is already in the index"
+                ))),
+                None => Ok(s),
+            });
             let outcome = slot.and_then(|(row, bytes)| {
                 let (Some(e), Some(h)) = (embeds.as_ref(), hidden.as_ref()) else {
                     return Err(ApiError::validation("no embedding came back"));
@@ -834,7 +882,7 @@ async fn index_add(State(state): St, req: Request) -> AppResult<IndexAddResponse
                     .iter()
                     .copied()
                     .collect();
-                let state_file = idx.write_state(&path, &id, &states).map_err(to_api)?;
+                let state_file = idx.write_fresh_state(&path, &id, &states).map_err(to_api)?;
                 let entry = Entry {
                     id: id.clone(),
                     stamp: Stamp::of(&file).map_err(to_api)?,
@@ -859,7 +907,7 @@ async fn index_add(State(state): St, req: Request) -> AppResult<IndexAddResponse
             });
         }
         let write = if results.iter().any(|r| r.added) {
-            idx.write(&path)
+            idx.write_keeping_files(&path)
         } else {
             Ok(())
         };
@@ -894,8 +942,12 @@ async fn index_delete(
         )));
     }
     let path = store.path.clone();
+    let store_ref = state.clone();
     let (idx, write) = tokio::task::spawn_blocking(move || {
-        let w = idx.write(&path);
+        if let Some(s) = store_ref.index.as_ref() {
+            s.sweep_unused();
+        }
+        let w = idx.write_keeping_files(&path);
         (idx, w)
     })
     .await

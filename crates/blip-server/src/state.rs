@@ -34,6 +34,9 @@ pub struct IndexStore {
     pub current: RwLock<Arc<Index>>,
     /// Serialises changes (read, modify, write, swap).
     pub write: tokio::sync::Mutex<()>,
+    /// Versions replaced while a reader (a search, an image read) may still hold them: the files
+    /// only they name are swept once none is held any more.
+    retired: std::sync::Mutex<Vec<Arc<Index>>>,
 }
 
 impl IndexStore {
@@ -44,11 +47,30 @@ impl IndexStore {
         }
     }
 
+    /// Makes `idx` the served version (call with `write` held); the one it replaces is retired.
     pub fn replace(&self, idx: Index) {
         let idx = Arc::new(idx);
-        match self.current.write() {
-            Ok(mut g) => *g = idx,
-            Err(p) => *p.into_inner() = idx,
+        let old = match self.current.write() {
+            Ok(mut g) => std::mem::replace(&mut *g, idx),
+            Err(p) => std::mem::replace(&mut *p.into_inner(), idx),
+        };
+        self.retired_versions().push(old);
+    }
+
+    fn retired_versions(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Index>>> {
+        match self.retired.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Removes the sidecar files that no version still held names (call with `write` held, off
+    /// the async runtime): while a reader holds an older version its files stay.
+    pub fn sweep_unused(&self) {
+        let mut retired = self.retired_versions();
+        retired.retain(|v| Arc::strong_count(v) > 1);
+        if retired.is_empty() {
+            self.snapshot().sweep(&self.path);
         }
     }
 }
@@ -155,6 +177,7 @@ impl AppState {
                     path,
                     current: RwLock::new(Arc::new(idx)),
                     write: tokio::sync::Mutex::new(()),
+                    retired: std::sync::Mutex::new(Vec::new()),
                 })
             }
         };

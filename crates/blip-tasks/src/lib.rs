@@ -10,6 +10,7 @@ pub mod defaults;
 pub mod generate;
 mod graphs;
 mod input;
+pub mod request;
 mod tasks;
 
 pub use batch::DecodeBatch;
@@ -19,6 +20,7 @@ pub use cross_rows::{CrossFeed, CrossRows, encoder_mask};
 pub use generate::{Generated, Generation, GenerationConfig, StepInput, Strategy};
 pub use graphs::{DecoderFeed, Graphs, LogitPositions, VisionOutput, ready};
 pub use input::{ImageInput, unique_inputs};
+pub use request::{ModelLimits, RequestError};
 pub use tasks::{
     Answer, Blip, CandidateStates, Caption, CaptionOptions, Hit, RankedAnswers, VqaOptions,
 };

@@ -530,6 +530,19 @@ impl<G: Graphs> Blip<G> {
         self.answer_rows(pixels, n, &rows, questions, opts).await
     }
 
+    /// Generated answers for (image `image_of[i]`, question i) pairs from `n` preprocessed images:
+    /// each image is encoded once, however many questions ask about it.
+    pub async fn answer_pixels_of(
+        &mut self,
+        pixels: &[f32],
+        n: usize,
+        image_of: &[usize],
+        questions: &[&str],
+        opts: &VqaOptions,
+    ) -> Result<Vec<Answer>> {
+        self.answer_rows(pixels, n, image_of, questions, opts).await
+    }
+
     /// The answer decoding of (image i, question i) pairs from `n` preprocessed images (not
     /// started), with the question states it cross-attends to and their mask (`None`: attend to
     /// every position, as BLIP and HF do).
@@ -634,6 +647,31 @@ impl<G: Graphs> Blip<G> {
         let rows: Vec<usize> = (0..n).collect();
         self.rank_rows(pixels, n, &rows, questions, answers, k, max_question_tokens)
             .await
+    }
+
+    /// Rank mode for (image `image_of[i]`, question i) pairs from `n` preprocessed images: each
+    /// image is encoded once, however many questions ask about it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn rank_answers_pixels_of(
+        &mut self,
+        pixels: &[f32],
+        n: usize,
+        image_of: &[usize],
+        questions: &[&str],
+        answers: &[&str],
+        k: usize,
+        max_question_tokens: usize,
+    ) -> Result<Vec<RankedAnswers>> {
+        self.rank_rows(
+            pixels,
+            n,
+            image_of,
+            questions,
+            answers,
+            k,
+            max_question_tokens,
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
