@@ -307,14 +307,73 @@ fn the_stamp_is_trusted_only_for_unchanged_files() {
     );
     m.save(dir.path()).unwrap();
     Package::open(dir.path()).unwrap();
-    // A read-only package still opens (verified every time, no stamp written).
-    std::fs::remove_file(dir.path().join(VERIFIED_STAMP)).unwrap();
+    // A read-only package still opens (verified every time, no stamp written), also as root.
+    let stamp = dir.path().join(VERIFIED_STAMP);
+    std::fs::remove_file(&stamp).unwrap();
     let mut perms = std::fs::metadata(dir.path()).unwrap().permissions();
     perms.set_readonly(true);
     std::fs::set_permissions(dir.path(), perms.clone()).unwrap();
-    let opened = Package::open(dir.path());
+    let (writable, opened) = without_permission_override(|| {
+        let probe = std::fs::write(dir.path().join("probe"), b"").is_ok();
+        (probe, Package::open(dir.path()).map(|_| ()))
+    });
     #[allow(clippy::permissions_set_readonly_false)]
     perms.set_readonly(false);
     std::fs::set_permissions(dir.path(), perms).unwrap();
+    assert!(!writable, "the read-only folder took a new file");
     opened.unwrap();
+    assert!(
+        !stamp.exists(),
+        "a stamp was written into a read-only package"
+    );
+    // Writable again: the next open stamps it.
+    Package::open(dir.path()).unwrap();
+    assert!(stamp.is_file());
+}
+
+/// Runs `f` on a thread without the capabilities that let root ignore file permissions
+/// (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER), so that a read-only folder is read-only
+/// to it when the tests run as root. Capabilities belong to a thread on Linux: the rest of the
+/// process keeps them. For a user without them it changes nothing.
+fn without_permission_override<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // _LINUX_CAPABILITY_VERSION_3 (two Data words); pid 0: the calling thread.
+            let mut header = Header {
+                version: 0x2008_0522,
+                pid: 0,
+            };
+            let mut data = [Data::default(); 2];
+            // SAFETY: capget/capset with a valid header and two data words, as the ABI asks.
+            let got = unsafe {
+                libc::syscall(
+                    libc::SYS_capget,
+                    &mut header as *mut Header,
+                    data.as_mut_ptr(),
+                )
+            };
+            assert_eq!(got, 0, "capget: {}", std::io::Error::last_os_error());
+            data[0].effective &= !((1 << 1) | (1 << 2) | (1 << 3));
+            // SAFETY: as above; only this thread's effective set shrinks.
+            let set = unsafe {
+                libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr())
+            };
+            assert_eq!(set, 0, "capset: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    })
 }

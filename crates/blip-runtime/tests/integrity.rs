@@ -72,6 +72,11 @@ fn lengths_past_the_models_positions_are_refused_before_inference() {
         prompt: long_prompt,
         ..Default::default()
     };
-    assert!(m.caption(&[image], &opts).is_err());
+    let err = m.caption(&[image], &opts).unwrap_err().to_string();
+    assert!(
+        err.contains("prompt \"a a a")
+            && err.contains(&format!("over the model's {positions} positions")),
+        "{err}"
+    );
     assert_eq!(m.images_encoded(), 0, "inference ran on refused input");
 }
