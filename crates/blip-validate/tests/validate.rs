@@ -101,9 +101,9 @@ fn fp32_retrieval_and_vqa_packages_pass_and_agree_with_themselves() {
     );
 }
 
-/// Adds `delta` to every value of the float initializer `name` of `role`'s graph, and updates the
-/// manifest's checksum so only the numbers are wrong.
-fn perturb(pkg: &Path, role: &str, name: &str, delta: f32) {
+/// Maps every value of the float initializer `name` of `role`'s graph through `edit`, and updates
+/// the manifest's checksum so only the numbers are wrong.
+fn perturb(pkg: &Path, role: &str, name: &str, edit: impl Fn(f32) -> f32) {
     let manifest_path = pkg.join("blip.json");
     let mut manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
@@ -119,7 +119,7 @@ fn perturb(pkg: &Path, role: &str, name: &str, delta: f32) {
         .unwrap_or_else(|| panic!("no initializer {name}"));
     let raw = t.raw_data.as_mut().unwrap();
     for c in raw.chunks_exact_mut(4) {
-        let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) + delta;
+        let v = edit(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
         c.copy_from_slice(&v.to_le_bytes());
     }
     std::fs::write(&file, model.encode_to_vec()).unwrap();
@@ -142,7 +142,7 @@ fn a_perturbed_package_passes_check_but_fails_validate() {
         &bad.pkg.dir,
         "vision_encoder",
         "vision_model.post_layernorm.bias",
-        0.01,
+        |v| v + 0.01,
     );
     assert!(blip_validate::check(&bad.pkg.dir, true).passed());
     let opts = ValidateOptions {
@@ -175,6 +175,47 @@ fn a_perturbed_package_passes_check_but_fails_validate() {
             .iter()
             .any(|g| g.name.starts_with("edge: ") && g.pass == Some(true))
     );
+}
+
+#[test]
+fn a_retrieval_package_with_flipped_text_embeddings_fails_the_against_gates() {
+    // The text projection negated (weight and bias): every text embedding is the original's
+    // opposite, so its cosine with the original is -1 and every text ranks the images backwards.
+    // The vision side is untouched.
+    let good = convert_fixture(
+        &fixture("models/tiny-retrieval"),
+        &ConvertOptions::default(),
+    );
+    let bad = convert_fixture(
+        &fixture("models/tiny-retrieval"),
+        &ConvertOptions::default(),
+    );
+    for name in ["text_proj.weight", "text_proj.bias"] {
+        perturb(&bad.pkg.dir, "text_encoder", name, |v| -v);
+    }
+    assert!(blip_validate::check(&bad.pkg.dir, true).passed());
+    let opts = ValidateOptions {
+        against: Some(good.pkg.dir.clone()),
+        max_batch: 0,
+        long_run: 0,
+        ..against_goldens("tiny-retrieval")
+    };
+    let report = validate(&bad.pkg.dir, &opts).unwrap();
+    let gate = |name: &str| {
+        report
+            .gates
+            .iter()
+            .find(|g| g.name == name)
+            .unwrap_or_else(|| panic!("no gate {name:?}"))
+    };
+    let top1 = gate("against: ITC top-1 agreement");
+    assert_eq!((top1.pass, top1.value), (Some(false), 0.0), "{top1:?}");
+    let text = gate("against: text embedding cosine (min)");
+    assert_eq!(text.pass, Some(false), "{text:?}");
+    assert!((text.value + 1.0).abs() < 1e-4, "{text:?}");
+    let image = gate("against: image embedding cosine (min)");
+    assert_eq!(image.pass, Some(true), "{image:?}");
+    assert!(!report.passed());
 }
 
 #[test]
