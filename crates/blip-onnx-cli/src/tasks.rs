@@ -5,9 +5,8 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use blip_runtime::{
-    BlipModel, CaptionOptions, Device, ImageInput, SessionOptions, Strategy, VqaOptions,
-};
+use blip_runtime::request;
+use blip_runtime::{BlipModel, CaptionOptions, Device, ImageInput, SessionOptions};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -86,72 +85,73 @@ impl Common {
     }
 }
 
-/// Decoding options of `caption`.
+/// Decoding options of `caption`: each one left out takes the library's default, and the request
+/// layer (`blip_runtime::request::CaptionRequest::resolve`) checks them, as at every other door.
 #[derive(Args, Clone)]
 pub struct Decoding {
-    /// Prompt the caption starts with (stripped from the output); "" for none.
-    #[arg(long, default_value = "a picture of ")]
-    pub prompt: String,
-    /// Beam search width (BLIP's evaluation uses 3); 1 means greedy.
-    #[arg(long, default_value_t = 3)]
-    pub beams: usize,
+    /// Prompt the caption starts with (stripped from the output); "" for none [default: "a picture of "].
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Beam search width (BLIP's evaluation uses 3); 1 means greedy [default: 3].
+    #[arg(long)]
+    pub beams: Option<usize>,
     /// Nucleus sampling instead of beam search.
     #[arg(long)]
     pub sample: bool,
-    #[arg(long, default_value_t = blip_runtime::defaults::SAMPLE_TOP_P)]
-    pub top_p: f32,
-    /// 0 disables top-k.
-    #[arg(long, default_value_t = blip_runtime::defaults::SAMPLE_TOP_K)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = blip_runtime::defaults::SAMPLE_TEMPERATURE)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = blip_runtime::defaults::SAMPLE_SEED)]
-    pub seed: u64,
-    /// Maximum length in tokens, prompt included.
-    #[arg(long, default_value_t = 20)]
-    pub max_length: usize,
-    /// Minimum length in tokens, prompt included.
-    #[arg(long, default_value_t = 5)]
-    pub min_length: usize,
-    #[arg(long, default_value_t = 1.0)]
-    pub length_penalty: f32,
-    /// Repetition penalty (BLIP's sampling mode uses 1.1).
-    #[arg(long, default_value_t = 1.0)]
-    pub repetition_penalty: f32,
+    /// Nucleus sampling's top-p [default: 0.9].
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Sampling's top-k; 0 disables it [default: 0].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sampling temperature [default: 1].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Sampling seed [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Maximum length in tokens, prompt included [default: 20].
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Minimum length in tokens, prompt included [default: 5].
+    #[arg(long)]
+    pub min_length: Option<usize>,
+    /// Beam search's length penalty [default: 1].
+    #[arg(long)]
+    pub length_penalty: Option<f32>,
+    /// Repetition penalty (BLIP's sampling mode uses 1.1) [default: 1].
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
 }
 
 impl Decoding {
-    fn options(&self) -> Result<CaptionOptions> {
-        let strategy = if self.sample {
-            Strategy::Sample {
-                temperature: self.temperature,
-                top_k: self.top_k,
-                top_p: self.top_p,
-                seed: self.seed,
-            }
-        } else if self.beams > 1 {
-            Strategy::Beam {
-                num_beams: self.beams,
-                length_penalty: self.length_penalty,
-                early_stopping: false,
-            }
-        } else if self.beams == 1 {
-            Strategy::Greedy
-        } else {
-            bail!("--beams must be at least 1");
-        };
-        if self.max_length < 2 {
-            bail!("--max-length must be at least 2 tokens");
-        }
-        Ok(CaptionOptions {
+    /// The flags as a request for the request layer (no defaults or checks here).
+    pub fn request(&self) -> request::CaptionRequest {
+        request::CaptionRequest {
             prompt: self.prompt.clone(),
-            strategy,
+            beams: self.beams,
+            sample: self.sample.then_some(true),
+            top_p: self.top_p,
+            top_k: self.top_k,
+            temperature: self.temperature,
+            seed: self.seed,
             max_length: self.max_length,
             min_length: self.min_length,
+            length_penalty: self.length_penalty,
             repetition_penalty: self.repetition_penalty,
-            no_cache: false,
-        })
+        }
     }
+
+    fn options(&self, package: &blip_runtime::Package) -> Result<CaptionOptions> {
+        self.request()
+            .resolve(request::ModelLimits::of(package))
+            .map_err(flag_error)
+    }
+}
+
+/// A request-layer error in the CLI's spelling: the field as its flag (`--top-p`).
+pub(crate) fn flag_error(e: request::RequestError) -> anyhow::Error {
+    anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.problem)
 }
 
 fn emit(
@@ -216,7 +216,6 @@ pub fn caption(
     images: &[PathBuf],
     output: Option<&Path>,
 ) -> Result<u8> {
-    let opts = decoding.options()?;
     match (common.format, output) {
         (Format::Parquet, None) => bail!("--format parquet needs --output FILE.parquet"),
         (Format::Parquet, Some(_)) => {}
@@ -227,13 +226,7 @@ pub fn caption(
     let images: Vec<PathBuf> = named.iter().map(|(_, p)| p.clone()).collect();
     let images = images.as_slice();
     let mut model = common.model()?;
-    let positions = model.package.manifest.model.max_position_embeddings;
-    if decoding.max_length > positions {
-        bail!(
-            "--max-length {} is over the model's {positions} positions (max_position_embeddings)",
-            decoding.max_length
-        );
-    }
+    let opts = decoding.options(&model.package)?;
     let bar = common.progress(images.len(), "captioning");
     let mut results = Vec::with_capacity(images.len());
     for chunk in images.chunks(common.batch_size.max(1)) {
@@ -418,36 +411,45 @@ pub fn vqa(
     k: usize,
     mask_question_padding: bool,
 ) -> Result<u8> {
+    let answers = match answers_file {
+        None => None,
+        Some(path) => {
+            let list = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let list: Vec<String> = list
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            if list.is_empty() {
+                bail!("{}: no answers in the file (one per line)", path.display());
+            }
+            Some(list)
+        }
+    };
+    let mode = request::VqaRequest {
+        questions: questions.to_vec(),
+        answers,
+        k: Some(k),
+        mask_question_padding: Some(mask_question_padding),
+    }
+    .resolve()
+    .map_err(flag_error)?;
     let mut model = common.model()?;
     let images = vec![ImageInput::Path(image.to_path_buf()); questions.len()];
     let qs: Vec<&str> = questions.iter().map(String::as_str).collect();
     let mut records = Vec::new();
-    match answers_file {
-        None => {
-            for (q, a) in questions.iter().zip(model.answer(
-                &images,
-                &qs,
-                &VqaOptions {
-                    mask_question_padding,
-                    ..Default::default()
-                },
-            )?) {
+    match mode {
+        request::VqaMode::Generate(opts) => {
+            for (q, a) in questions.iter().zip(model.answer(&images, &qs, &opts)?) {
                 records.push(
                     json!({"image": image, "question": q, "answer": a.text, "tokens": a.ids}),
                 );
             }
         }
-        Some(path) => {
-            let list = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let list: Vec<&str> = list
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
-            if list.is_empty() {
-                bail!("{}: no answers in the file (one per line)", path.display());
-            }
+        request::VqaMode::Rank { answers, k } => {
+            let list: Vec<&str> = answers.iter().map(String::as_str).collect();
             let max_question = model.package.manifest.tokens.max_text_tokens;
             let ranked = model.rank_answers(&images, &qs, &list, k, max_question)?;
             for (q, r) in questions.iter().zip(ranked) {
@@ -656,6 +658,13 @@ pub fn index(common: &Common, dir: &Path, output: &Path) -> Result<u8> {
 }
 
 pub fn search(common: &Common, index: &Path, query: &str, k: usize, rerank: usize) -> Result<u8> {
+    let request::SearchOptions { k, rerank } = request::SearchRequest {
+        text: query.to_string(),
+        k: Some(k),
+        rerank: Some(rerank),
+    }
+    .resolve()
+    .map_err(flag_error)?;
     let mut model = common.model()?;
     let idx = Index::read(index)?;
     idx.check_package(index, &model.package)?;

@@ -13,6 +13,7 @@ use blip_checkpoint::Head;
 use blip_convert::{ConvertError as LibConvertError, ConvertOptions, ExternalData};
 use blip_preprocess::{ImagePreprocessor, RgbImage};
 use blip_quantize::{Policy, Precision, QuantizeError as LibQuantizeError, QuantizeOptions};
+use blip_runtime::request;
 use blip_runtime::{
     BlipModel, CandidateStates, CaptionOptions, Device, ImageInput, PreprocessError, Runtime,
     RuntimeError, SessionOptions, Strategy, VqaOptions,
@@ -237,9 +238,10 @@ fn parse_device(device: &str) -> PyResult<Device> {
     }
 }
 
-/// Captioning options: each one not given keeps the library default ([`CaptionOptions::default`]).
+/// Captioning keyword arguments as a request for the request layer, which applies the defaults
+/// and the checks ([`request::CaptionRequest::resolve`]), as at every other door.
 #[allow(clippy::too_many_arguments)]
-fn caption_options(
+fn caption_request(
     prompt: Option<String>,
     beams: Option<usize>,
     sample: bool,
@@ -251,46 +253,25 @@ fn caption_options(
     min_length: Option<usize>,
     length_penalty: Option<f32>,
     repetition_penalty: Option<f32>,
-) -> PyResult<CaptionOptions> {
-    let defaults = CaptionOptions::default();
-    let (default_beams, default_length_penalty) = match defaults.strategy {
-        Strategy::Beam {
-            num_beams,
-            length_penalty,
-            ..
-        } => (num_beams, length_penalty),
-        Strategy::Greedy | Strategy::Sample { .. } => (1, 1.0),
-    };
-    let strategy = if sample {
-        Strategy::Sample {
-            temperature: temperature.unwrap_or(SAMPLE_TEMPERATURE),
-            top_k: top_k.unwrap_or(SAMPLE_TOP_K),
-            top_p: top_p.unwrap_or(blip_runtime::defaults::SAMPLE_TOP_P),
-            seed: seed.unwrap_or(SAMPLE_SEED),
-        }
-    } else {
-        match beams.unwrap_or(default_beams) {
-            0 => return Err(InputError::new_err("beams must be at least 1")),
-            1 => Strategy::Greedy,
-            num_beams => Strategy::Beam {
-                num_beams,
-                length_penalty: length_penalty.unwrap_or(default_length_penalty),
-                early_stopping: false,
-            },
-        }
-    };
-    let max_length = max_length.unwrap_or(defaults.max_length);
-    if max_length < 2 {
-        return Err(InputError::new_err("max_length must be at least 2 tokens"));
-    }
-    Ok(CaptionOptions {
-        prompt: prompt.unwrap_or(defaults.prompt),
-        strategy,
+) -> request::CaptionRequest {
+    request::CaptionRequest {
+        prompt,
+        beams,
+        sample: sample.then_some(true),
+        top_p,
+        top_k,
+        temperature,
+        seed,
         max_length,
-        min_length: min_length.unwrap_or(defaults.min_length),
-        repetition_penalty: repetition_penalty.unwrap_or(defaults.repetition_penalty),
-        no_cache: false,
-    })
+        min_length,
+        length_penalty,
+        repetition_penalty,
+    }
+}
+
+/// A request-layer error as Python's `InputError`, naming the keyword argument.
+fn request_err(e: request::RequestError) -> PyErr {
+    InputError::new_err(e.to_string())
 }
 
 /// A loaded package (`blip_onnx.BlipModel` wraps it).
@@ -378,7 +359,8 @@ impl Model {
         length_penalty: Option<f32>,
         repetition_penalty: Option<f32>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let opts = caption_options(
+        let limits = request::ModelLimits::of(&self.lock()?.package);
+        let opts = caption_request(
             prompt,
             beams,
             sample,
@@ -390,7 +372,9 @@ impl Model {
             min_length,
             length_penalty,
             repetition_penalty,
-        )?;
+        )
+        .resolve(limits)
+        .map_err(request_err)?;
         let images = Image::all(&images, names)?;
         let results = py.detach(|| -> PyResult<_> {
             let mut model = self.lock()?;

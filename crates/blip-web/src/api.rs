@@ -18,9 +18,7 @@ use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
 
 use crate::engine::WebGraphs;
-use crate::options::{
-    self, AnswerRequest, CaptionRequest, CaptionResult, RankAnswersRequest, RankImagesRequest,
-};
+use crate::options::{self, AnswerRequest, CaptionResult, RankAnswersRequest, RankImagesRequest};
 use crate::shim;
 use crate::verify::{self, ChecksumMismatch};
 
@@ -331,12 +329,14 @@ impl Blip {
     /// topP, seed, maxLength, minLength, lengthPenalty, repetitionPenalty. Returns, per image,
     /// `{caption, tokens, score}` or `{error}`.
     pub async fn caption(&self, images: Array, options: String) -> Result<String, JsValue> {
-        let opts = options::parse::<CaptionRequest>(&options)
-            .and_then(|r| r.options())
-            .map_err(js_err)?;
+        let req = options::caption_request(&options).map_err(js_err)?;
         let inputs = images_of(&images)?;
         let mut lease = Lease::take(&self.model)?;
-        let results = lease.get().caption(&inputs, &opts).await.map_err(js_err)?;
+        let model = lease.get();
+        let opts = req
+            .resolve(blip_tasks::ModelLimits::of(&model.package))
+            .map_err(|e| js_err(options::request_error(e)))?;
+        let results = model.caption(&inputs, &opts).await.map_err(js_err)?;
         let out: Vec<CaptionResult> = results.into_iter().map(CaptionResult::from).collect();
         to_json(&out)
     }

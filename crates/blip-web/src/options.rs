@@ -1,31 +1,9 @@
 //! What JS passes and gets back, as JSON: options objects mapped onto blip-tasks' options (unknown
 //! or invalid fields are errors naming the field), and results in camelCase.
 
-use blip_tasks::{
-    Answer, Caption, CaptionOptions, Hit, RankedAnswers, Strategy, VqaOptions, defaults,
-};
+use blip_tasks::request;
+use blip_tasks::{Answer, Caption, Hit, RankedAnswers, Strategy, VqaOptions, defaults};
 use serde::{Deserialize, Serialize};
-
-/// `caption()`'s options. Unset fields keep blip-tasks' defaults (BLIP's COCO evaluation).
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CaptionRequest {
-    pub prompt: Option<String>,
-    /// Beam width; 1 is greedy.
-    pub beams: Option<usize>,
-    /// Sampling instead of beam search.
-    #[serde(default)]
-    pub sample: bool,
-    pub temperature: Option<f32>,
-    /// 0 disables top-k.
-    pub top_k: Option<usize>,
-    pub top_p: Option<f32>,
-    pub seed: Option<u64>,
-    pub max_length: Option<usize>,
-    pub min_length: Option<usize>,
-    pub length_penalty: Option<f32>,
-    pub repetition_penalty: Option<f32>,
-}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{0}")]
@@ -37,6 +15,76 @@ pub fn parse<T: for<'de> Deserialize<'de> + Default>(json: &str) -> Result<T, Op
         return Ok(T::default());
     }
     serde_json::from_str(json).map_err(|e| OptionError(format!("invalid options: {e}")))
+}
+
+/// `topP` → `top_p`: JS spells the request layer's fields in camelCase.
+fn snake_case(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    for c in key.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `top_p` → `topP`, `texts[1]` unchanged: a request field as JS spells it.
+pub fn camel_case(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut upper = false;
+    for c in field.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Every snake_case field name in `message` in its camelCase spelling.
+fn camel_message(message: &str) -> String {
+    let mut out = message.to_string();
+    for f in request::CAPTION_FIELDS {
+        out = out.replace(&format!("`{f}`"), &format!("`{}`", camel_case(f)));
+    }
+    out
+}
+
+/// `caption()`'s options object (camelCase) as a request for the request layer, which applies the
+/// defaults and the checks (`resolve`), as at every other door. Errors name the option as JS
+/// spells it.
+pub fn caption_request(json: &str) -> Result<request::CaptionRequest, OptionError> {
+    if json.trim().is_empty() || json.trim() == "null" {
+        return Ok(request::CaptionRequest::default());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| OptionError(format!("invalid options: {e}")))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(OptionError("invalid options: expected an object".into()));
+    };
+    let snake: serde_json::Map<String, serde_json::Value> =
+        map.into_iter().map(|(k, v)| (snake_case(&k), v)).collect();
+    serde_path_to_error::deserialize(serde_json::Value::Object(snake)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = camel_message(&e.inner().to_string());
+        if path == "." || path.is_empty() {
+            OptionError(format!("invalid options: {inner}"))
+        } else {
+            OptionError(format!("{}: {inner}", camel_case(&path)))
+        }
+    })
+}
+
+/// A request-layer error naming the option as JS spells it.
+pub fn request_error(e: request::RequestError) -> OptionError {
+    OptionError(format!("{}: {}", camel_case(&e.field), e.problem))
 }
 
 fn strategy(
@@ -60,46 +108,6 @@ fn strategy(
             length_penalty: length_penalty.unwrap_or(default_penalty),
             early_stopping: false,
         }),
-    }
-}
-
-impl CaptionRequest {
-    pub fn options(&self) -> Result<CaptionOptions, OptionError> {
-        let d = CaptionOptions::default();
-        let strategy = if self.sample {
-            let temperature = self.temperature.unwrap_or(defaults::SAMPLE_TEMPERATURE);
-            if temperature <= 0.0 || !temperature.is_finite() {
-                return Err(OptionError(format!(
-                    "temperature must be positive, got {temperature}"
-                )));
-            }
-            let top_p = self.top_p.unwrap_or(defaults::SAMPLE_TOP_P);
-            if !(top_p > 0.0 && top_p <= 1.0) {
-                return Err(OptionError(format!("topP must be in (0, 1], got {top_p}")));
-            }
-            Strategy::Sample {
-                temperature,
-                top_k: self.top_k.unwrap_or(defaults::SAMPLE_TOP_K),
-                top_p,
-                seed: self.seed.unwrap_or(defaults::SAMPLE_SEED),
-            }
-        } else {
-            strategy(self.beams, self.length_penalty, &d.strategy)?
-        };
-        let max_length = self.max_length.unwrap_or(d.max_length);
-        if max_length < 2 {
-            return Err(OptionError(
-                "maxLength must be at least 2 tokens".to_string(),
-            ));
-        }
-        Ok(CaptionOptions {
-            prompt: self.prompt.clone().unwrap_or(d.prompt),
-            strategy,
-            max_length,
-            min_length: self.min_length.unwrap_or(d.min_length),
-            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
-            no_cache: false,
-        })
     }
 }
 
@@ -302,10 +310,16 @@ pub fn match_probability(no: f32, yes: f32) -> f32 {
 mod tests {
     use super::*;
 
+    const MODEL: request::ModelLimits = request::ModelLimits { positions: 40 };
+
+    fn resolve(json: &str) -> Result<blip_tasks::CaptionOptions, OptionError> {
+        caption_request(json)?.resolve(MODEL).map_err(request_error)
+    }
+
     #[test]
     fn empty_options_are_blip_defaults() {
-        let o = parse::<CaptionRequest>("").unwrap().options().unwrap();
-        let d = CaptionOptions::default();
+        let o = resolve("").unwrap();
+        let d = blip_tasks::CaptionOptions::default();
         assert_eq!(o.strategy, d.strategy);
         assert_eq!((o.max_length, o.min_length), (d.max_length, d.min_length));
         assert_eq!(o.prompt, d.prompt);
@@ -313,20 +327,20 @@ mod tests {
 
     #[test]
     fn every_decoding_option_maps() {
-        let r: CaptionRequest =
-            parse(r#"{"beams":1,"maxLength":9,"minLength":3,"prompt":"","repetitionPenalty":1.5}"#)
-                .unwrap();
-        let o = r.options().unwrap();
+        let o = resolve(
+            r#"{"beams":1,"maxLength":9,"minLength":3,"prompt":"","repetitionPenalty":1.5}"#,
+        )
+        .unwrap();
         assert_eq!(o.strategy, Strategy::Greedy);
         assert_eq!(
             (o.max_length, o.min_length, o.repetition_penalty),
             (9, 3, 1.5)
         );
         assert_eq!(o.prompt, "");
-        let r: CaptionRequest =
-            parse(r#"{"sample":true,"temperature":0.7,"topK":5,"topP":0.8,"seed":42}"#).unwrap();
+        let o =
+            resolve(r#"{"sample":true,"temperature":0.7,"topK":5,"topP":0.8,"seed":42}"#).unwrap();
         assert_eq!(
-            r.options().unwrap().strategy,
+            o.strategy,
             Strategy::Sample {
                 temperature: 0.7,
                 top_k: 5,
@@ -334,9 +348,9 @@ mod tests {
                 seed: 42
             }
         );
-        let r: CaptionRequest = parse(r#"{"beams":5,"lengthPenalty":0.5}"#).unwrap();
+        let o = resolve(r#"{"beams":5,"lengthPenalty":0.5}"#).unwrap();
         assert_eq!(
-            r.options().unwrap().strategy,
+            o.strategy,
             Strategy::Beam {
                 num_beams: 5,
                 length_penalty: 0.5,
@@ -346,19 +360,18 @@ mod tests {
     }
 
     #[test]
-    fn bad_options_name_the_field() {
-        let e = parse::<CaptionRequest>(r#"{"beam":3}"#).unwrap_err();
+    fn bad_options_name_the_field_as_js_spells_it() {
+        let e = resolve(r#"{"beam":3}"#).unwrap_err();
         assert!(e.0.contains("unknown field `beam`"), "{e}");
-        let e = parse::<CaptionRequest>(r#"{"beams":0}"#)
-            .unwrap()
-            .options()
-            .unwrap_err();
-        assert!(e.0.contains("beams"), "{e}");
-        let e = parse::<CaptionRequest>(r#"{"sample":true,"temperature":0}"#)
-            .unwrap()
-            .options()
-            .unwrap_err();
-        assert!(e.0.contains("temperature"), "{e}");
+        assert!(e.0.contains("`topP`"), "{e}");
+        let e = resolve(r#"{"beams":0}"#).unwrap_err();
+        assert!(e.0.starts_with("beams: 0 is out of range"), "{e}");
+        let e = resolve(r#"{"sample":true,"temperature":0}"#).unwrap_err();
+        assert!(e.0.starts_with("temperature:"), "{e}");
+        let e = resolve(r#"{"sample":true,"topP":7}"#).unwrap_err();
+        assert!(e.0.starts_with("topP: 7 is out of range"), "{e}");
+        let e = resolve(r#"{"maxLength":"3"}"#).unwrap_err();
+        assert!(e.0.starts_with("maxLength: invalid type"), "{e}");
     }
 
     #[test]
