@@ -1,6 +1,7 @@
 // Portability suite, end to end: blip-onnx's browser module (web/index.js: the Rust task code as
 // wasm) over another runtime (register.mjs picks it: BLIP_E2E_RUNTIME = web | node | ort-mobile |
-// openvino | tract), on every shapes flavour whose manifest claims that runtime. Captions (greedy, beam 3), VQA
+// openvino | tract), on every shapes flavour made for that runtime (MADE_FOR, pinned below; the
+// manifests must claim exactly those, and an unexpected skip fails). Captions (greedy, beam 3), VQA
 // answers and the search ranking must equal `blip-onnx caption/vqa/search` (native ONNX Runtime)
 // on the same package, token for token; search scores within SCORE_TOL on FP32 packages and
 // QUANT_SCORE_TOL on quantized ones (INT8/INT4 kernels round differently between runtimes and ORT
@@ -59,18 +60,47 @@ after(() => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
+// The runtimes of this suite each flavour's packages are made for (scripts/test-portability.sh makes
+// the flavours; `quantize --target` and `optimize` write the manifests' `runtimes`). Pinned here, not
+// read from the manifests: a manifest that stopped claiming a runtime would otherwise turn its whole
+// run into skips that pass. A flavour runs on exactly these; any other skip fails.
+const RUNTIMES = ['web', 'node', 'ort-mobile', 'openvino', 'tract'];
+const MADE_FOR = {
+  fp32: ['web', 'node', 'ort-mobile', 'openvino', 'tract'],
+  int8: ['node'], // full-range QInt8: not ORT mobile (check --target ort-mobile says why)
+  int4: ['node', 'ort-mobile'],
+  fp16: ['node', 'ort-mobile'],
+  web: ['web', 'ort-mobile'],
+  opt: ['web', 'node', 'ort-mobile', 'openvino'], // fused attention: not tract
+  'opt-int8': ['node'],
+};
+assert.ok(RUNTIMES.includes(RUNTIME), `BLIP_E2E_RUNTIME=${RUNTIME} is none of ${RUNTIMES.join(', ')}`);
+
 // Flavours: the shapes packages' suffixes ('' is the converted FP32 package).
 const flavours = readdirSync(PACKAGES)
   .filter((p) => p.startsWith('shapes-caption'))
   .map((p) => p.slice('shapes-caption'.length))
   .sort();
+const flavourName = (flavour) => (flavour ? flavour.slice(2) : 'fp32');
+
+test('the packages are the pinned flavours, and each claims exactly its pinned runtimes', () => {
+  assert.deepEqual(flavours.map(flavourName).sort(), Object.keys(MADE_FOR).sort());
+  for (const flavour of flavours) {
+    for (const head of ['caption', 'retrieval', 'vqa']) {
+      const pkg = `shapes-${head}${flavour}`;
+      const claimed = RUNTIMES.filter((r) => manifest(pkg).runtimes.includes(r));
+      assert.deepEqual(claimed, MADE_FOR[flavourName(flavour)], `${pkg}'s manifest runtimes`);
+    }
+  }
+});
 
 for (const flavour of flavours) {
   const pkgs = ['caption', 'retrieval', 'vqa'].map((h) => `shapes-${h}${flavour}`);
-  const claimed = pkgs.every((p) => manifest(p).runtimes.includes(RUNTIME));
-  const name = flavour ? flavour.slice(2) : 'fp32';
+  const name = flavourName(flavour);
+  const madeFor = MADE_FOR[name]?.includes(RUNTIME);
   test(`${RUNTIME}, ${name}: captions, VQA answers and the search ranking equal the native CLI's`,
-    { skip: !claimed && `the ${name} packages are not made for ${RUNTIME}` }, async () => {
+    { skip: madeFor === false && `the ${name} packages are not made for ${RUNTIME}` }, async () => {
+      assert.ok(madeFor, `no pinned runtimes for the ${name} flavour`);
       const [caption, retrieval, vqa] = await Promise.all(pkgs.map((p) => Blip.load(`${base}${p}/`, { wasm })));
       const [capPkg, retPkg, vqaPkg] = pkgs.map((p) => join(PACKAGES, p));
 
