@@ -380,17 +380,11 @@ pub fn embed(common: &Common, images: &[PathBuf], texts: &[String]) -> Result<u8
 
 pub fn itm(common: &Common, image: &Path, texts: &[String]) -> Result<u8> {
     let mut model = common.model()?;
-    let (embeds, hidden) = model.embed_images(&[ImageInput::Path(image.to_path_buf())])?;
+    let pixels = model.pixel_values(&ImageInput::Path(image.to_path_buf()))?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let rows: Vec<usize> = vec![0; texts.len()];
-    let logits = model.itm_pairs(hidden.select(ndarray::Axis(0), &rows).view(), &refs)?;
-    let text_embeds = model.embed_texts(&refs)?;
     let mut records = Vec::new();
-    for (i, t) in texts.iter().enumerate() {
-        let (l0, l1) = (logits[[i, 0]], logits[[i, 1]]);
-        let p = blip_server::match_probability([l0, l1]);
-        let itc = embeds.row(0).dot(&text_embeds.row(i));
-        records.push(json!({"image": image, "text": t, "match_probability": p, "itm_logits": [l0, l1], "itc_similarity": itc}));
+    for (t, s) in texts.iter().zip(model.itm(&pixels, &refs)?) {
+        records.push(json!({"image": image, "text": t, "match_probability": s.match_probability, "itm_logits": s.logits, "itc_similarity": s.itc}));
     }
     emit(common.format, &records, |r| {
         format!(

@@ -18,7 +18,7 @@ use blip_runtime::{
     BlipModel, CandidateStates, CaptionOptions, Device, ImageInput, PreprocessError, Runtime,
     RuntimeError, SessionOptions, Strategy, VqaOptions,
 };
-use ndarray::{Array1, Array2, Axis};
+use ndarray::{Array1, Array2};
 use numpy::{IntoPyArray, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArrayMethods};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
@@ -451,12 +451,10 @@ impl Model {
             let mut model = self.lock()?;
             let run = |model: &mut BlipModel| -> blip_runtime::Result<_> {
                 let pixels = image.model_pixels(model)?;
-                let vision = model.vision(&pixels, 1)?;
-                let embeds = vision.embeds.ok_or_else(|| no_embeddings(model))?;
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                let rows = vec![0; texts.len()];
-                let logits = model.itm_pairs(vision.hidden.select(Axis(0), &rows).view(), &refs)?;
-                let itc = model.embed_texts(&refs)?.dot(&embeds.row(0));
+                let scores = model.itm(&pixels, &refs)?;
+                let logits = Array2::from_shape_fn((scores.len(), 2), |(i, j)| scores[i].logits[j]);
+                let itc = scores.iter().map(|s| s.itc).collect::<Array1<f32>>();
                 Ok((logits, itc))
             };
             run(&mut model).map_err(runtime_err)

@@ -18,8 +18,8 @@ pub use blip_package::{Package, PackageError};
 pub use blip_preprocess::PreprocessError;
 pub use blip_tasks::{
     Answer, Blip, CandidateStates, Caption, CaptionOptions, DecodeBatch, Generated, Generation,
-    GenerationConfig, Graphs, Hit, ImageInput, RankedAnswers, Strategy, TaskError, VisionOutput,
-    VqaOptions, ready, unique_inputs,
+    GenerationConfig, Graphs, Hit, ImageInput, ItmScore, RankedAnswers, Strategy, TaskError,
+    VisionOutput, VqaOptions, match_probability, ready, unique_inputs,
 };
 pub use blip_tasks::{defaults, generate, request};
 pub use engine::{DecoderShape, GRAPH_DURATION, OrtCache, OrtCross, OrtGraphs};

@@ -10,7 +10,7 @@ use blip_preprocess::{BlipTokenizer, TextBatch};
 use blip_tasks::generate::Step;
 use blip_tasks::{
     Answer, Blip, CandidateStates, Caption, CaptionOptions, DecoderFeed, Graphs, Hit, ImageInput,
-    LogitPositions, RankedAnswers, VisionOutput, VqaOptions, ready,
+    ItmScore, LogitPositions, RankedAnswers, VisionOutput, VqaOptions, ready,
 };
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 
@@ -159,6 +159,11 @@ impl BlipModel {
         opts: &VqaOptions,
     ) -> Result<Vec<Answer>> {
         Ok(ready(self.0.answer_pixels(pixels, n, questions, opts))?)
+    }
+
+    /// Image-text matching of one preprocessed image with each text ([`Blip::itm`]).
+    pub fn itm(&mut self, pixels: &[f32], texts: &[&str]) -> Result<Vec<ItmScore>> {
+        Ok(ready(self.0.itm(pixels, texts))?)
     }
 
     /// Generated answers for (image `image_of[i]`, question i) pairs, each image encoded once

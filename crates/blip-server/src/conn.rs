@@ -41,6 +41,9 @@ enum Phase {
 struct Clock {
     phase: Mutex<Phase>,
     timeouts: Timeouts,
+    /// The task last waiting to read: woken when a request ends, so that the idle timer starts
+    /// even if hyper polled the read side while the request was in flight.
+    reader: Mutex<Option<std::task::Waker>>,
 }
 
 impl Clock {
@@ -120,6 +123,13 @@ impl Drop for InFlight {
                 first: false,
             },
         });
+        let waker = match self.0.reader.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 }
 
@@ -145,6 +155,10 @@ impl AsyncRead for TimedStream {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
+                match self.clock.reader.lock() {
+                    Ok(mut g) => *g = Some(cx.waker().clone()),
+                    Err(p) => *p.into_inner() = Some(cx.waker().clone()),
+                }
                 if let Some((deadline, why)) = self.clock.deadline() {
                     self.sleep.as_mut().reset(deadline.into());
                     if self.sleep.as_mut().poll(cx).is_ready() {
@@ -212,6 +226,7 @@ pub async fn serve(
                 first: true,
             }),
             timeouts,
+            reader: Mutex::new(None),
         });
         let io = TimedStream {
             io: stream,

@@ -110,10 +110,7 @@ pub enum Done {
         hidden: Array3<f32>,
     },
     TextEmbeds(Array2<f32>),
-    Itm {
-        logits: Array2<f32>,
-        itc: Vec<f32>,
-    },
+    Itm(Vec<blip_runtime::ItmScore>),
     Answers(Vec<Answer>),
     Ranked(Vec<RankedAnswers>),
     Hits(Vec<Hit>),
@@ -203,16 +200,8 @@ impl Models {
                 Done::TextEmbeds(model.embed_texts(&refs)?)
             }
             Work::Itm { pixels, texts } => {
-                let v = model.vision(&pixels.data, pixels.n)?;
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                let rows = vec![0; texts.len()];
-                let logits = model.itm_pairs(v.hidden.select(Axis(0), &rows).view(), &refs)?;
-                let text = model.embed_texts(&refs)?;
-                let itc = match &v.embeds {
-                    Some(e) => text.rows().into_iter().map(|t| e.row(0).dot(&t)).collect(),
-                    None => Vec::new(),
-                };
-                Done::Itm { logits, itc }
+                Done::Itm(model.itm(&pixels.data, &refs)?)
             }
             Work::Vqa {
                 pixels,

@@ -49,13 +49,6 @@ pub enum ServerError {
     Serve(#[source] std::io::Error),
 }
 
-/// Probability that a text matches an image: softmax of the ITM logits `[no match, match]`.
-pub fn match_probability(logits: [f32; 2]) -> f32 {
-    let m = logits[0].max(logits[1]);
-    let (a, b) = ((logits[0] - m).exp(), (logits[1] - m).exp());
-    b / (a + b)
-}
-
 /// Ranks an index's images for a text with the library's rule (`rank_images`: ITC top-k, ITM
 /// rerank of `rerank` candidates). The candidates' vision states come from the index when it
 /// stores them (no vision run); an index without them (format 1) re-encodes the candidates' files.

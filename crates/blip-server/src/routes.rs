@@ -21,7 +21,6 @@ use crate::config::ServeArgs;
 use crate::engine::{Done, Pixels, VqaMode, Work};
 use crate::error::{ApiError, ErrorBody, ItemError, TaskErrors};
 use crate::input::{self, RawImage};
-use crate::match_probability;
 use crate::metrics as m;
 use crate::state::AppState;
 
@@ -536,21 +535,18 @@ async fn itm(State(state): St, req: Request) -> AppResult<ItmResponse> {
         pixels: Pixels { data: pixels, n: 1 },
         texts: body.texts.clone(),
     };
-    let Done::Itm { logits, itc } = state.run(Head::Retrieval, work, deadline).await? else {
+    let Done::Itm(scores) = state.run(Head::Retrieval, work, deadline).await? else {
         return Err(ApiError::validation("no ITM result came back"));
     };
     let results = body
         .texts
         .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let l = [logits[[i, 0]], logits[[i, 1]]];
-            ItmResult {
-                text: t.clone(),
-                match_probability: match_probability(l),
-                itm_logits: l,
-                itc_similarity: itc.get(i).copied().unwrap_or(f32::NAN),
-            }
+        .zip(scores)
+        .map(|(t, s)| ItmResult {
+            text: t.clone(),
+            match_probability: s.match_probability,
+            itm_logits: s.logits,
+            itc_similarity: s.itc,
         })
         .collect();
     Ok(Json(ItmResponse { results }))

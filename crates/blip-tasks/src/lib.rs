@@ -22,7 +22,8 @@ pub use graphs::{DecoderFeed, Graphs, LogitPositions, VisionOutput, ready};
 pub use input::{ImageInput, unique_inputs};
 pub use request::{ModelLimits, RequestError};
 pub use tasks::{
-    Answer, Blip, CandidateStates, Caption, CaptionOptions, Hit, RankedAnswers, VqaOptions,
+    Answer, Blip, CandidateStates, Caption, CaptionOptions, Hit, ItmScore, RankedAnswers,
+    VqaOptions, match_probability,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -93,6 +93,24 @@ pub struct RankedAnswers {
     pub candidates: Vec<(usize, f32)>,
 }
 
+/// One image-text pair scored by [`Blip::itm`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ItmScore {
+    /// ITM logits `[no match, match]`.
+    pub logits: [f32; 2],
+    /// Softmax of the logits: the probability that the text matches the image.
+    pub match_probability: f32,
+    /// ITC similarity (dot product of the L2-normalised embeddings).
+    pub itc: f32,
+}
+
+/// Probability that a text matches an image: softmax of the ITM logits `[no match, match]`.
+pub fn match_probability(logits: [f32; 2]) -> f32 {
+    let m = logits[0].max(logits[1]);
+    let (a, b) = ((logits[0] - m).exp(), (logits[1] - m).exp());
+    b / (a + b)
+}
+
 /// One retrieval hit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
@@ -398,6 +416,33 @@ impl<G: Graphs> Blip<G> {
             .tokenizer
             .encode_batch(texts, FirstToken::Enc, Some(max))?;
         self.graphs.itm_logits(&batch, image_hidden).await
+    }
+
+    /// Image-text matching of one preprocessed image (`3 × S × S`) with each text: the ITM logits,
+    /// the match probability and the ITC similarity per text. The image is encoded once.
+    pub async fn itm(&mut self, pixels: &[f32], texts: &[&str]) -> Result<Vec<ItmScore>> {
+        let vision = self.vision(pixels, 1).await?;
+        let embeds = vision.embeds.ok_or_else(|| {
+            TaskError::Input(format!(
+                "package head {} has no image embeddings (ITM needs a retrieval package)",
+                self.package.manifest.head
+            ))
+        })?;
+        let rows = vec![0; texts.len()];
+        let logits = self
+            .itm_pairs(vision.hidden.select(Axis(0), &rows).view(), texts)
+            .await?;
+        let text = self.embed_texts(texts).await?;
+        Ok((0..texts.len())
+            .map(|i| {
+                let logits = [logits[[i, 0]], logits[[i, 1]]];
+                ItmScore {
+                    logits,
+                    match_probability: match_probability(logits),
+                    itc: embeds.row(0).dot(&text.row(i)),
+                }
+            })
+            .collect())
     }
 
     /// Ranks images for one text: ITC top-`k` by similarity, then ITM rerank of those `k`

@@ -12,7 +12,7 @@ use blip_package::{MANIFEST_FILE, Manifest, Package, Runtime};
 use blip_preprocess::BlipTokenizer;
 use blip_tasks::{CandidateStates, ImageInput};
 use js_sys::{Array, Uint8Array};
-use ndarray::{Array2, Axis};
+use ndarray::Array2;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
@@ -370,24 +370,16 @@ impl Blip {
         };
         let mut lease = Lease::take(&self.model)?;
         let model = lease.get();
-        let (embeds, hidden) = model.embed_images(&[input]).await.map_err(js_err)?;
-        let same = vec![0; refs.len()];
-        let logits = model
-            .itm_pairs(hidden.select(Axis(0), &same).view(), &refs)
-            .await
-            .map_err(js_err)?;
-        let text_embeds = model.embed_texts(&refs).await.map_err(js_err)?;
+        let pixels = model.pixel_values(&input).map_err(js_err)?;
+        let scores = model.itm(&pixels, &refs).await.map_err(js_err)?;
         let out: Vec<options::ItmResult> = refs
             .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let (no, yes) = (logits[[i, 0]], logits[[i, 1]]);
-                options::ItmResult {
-                    text: t.to_string(),
-                    match_probability: options::match_probability(no, yes),
-                    itm_logits: [no, yes],
-                    itc_similarity: embeds.row(0).dot(&text_embeds.row(i)),
-                }
+            .zip(scores)
+            .map(|(t, s)| options::ItmResult {
+                text: t.to_string(),
+                match_probability: s.match_probability,
+                itm_logits: s.logits,
+                itc_similarity: s.itc,
             })
             .collect();
         to_json(&out)

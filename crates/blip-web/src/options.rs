@@ -300,12 +300,6 @@ pub struct ItmResult {
     pub itc_similarity: f32,
 }
 
-/// P(match) from the two ITM logits (softmax, stable).
-pub fn match_probability(no: f32, yes: f32) -> f32 {
-    let m = no.max(yes);
-    (yes - m).exp() / ((no - m).exp() + (yes - m).exp())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,12 +375,5 @@ mod tests {
         let r = parse::<RankAnswersRequest>(r#"{"k":4}"#).unwrap();
         assert_eq!((r.k, r.max_question_tokens), (4, 35));
         assert_eq!(parse::<RankImagesRequest>("{}").unwrap().rerank, 16);
-    }
-
-    #[test]
-    fn match_probability_is_the_softmax() {
-        assert!((match_probability(0.0, 0.0) - 0.5).abs() < 1e-7);
-        let p = match_probability(1.0, 3.0);
-        assert!((p - 1.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-6);
     }
 }
