@@ -249,73 +249,177 @@ fn index_reuses_unchanged_files_and_search_reranks() {
     assert!(hits[0]["score"].as_f64() >= hits[1]["score"].as_f64());
 }
 
+/// Asserts `got` (a JSON array of numbers) is within 1e-4 of `want`, element by element.
+#[track_caller]
+fn assert_floats(what: &str, got: &serde_json::Value, want: &[f32]) {
+    let got: Vec<f64> = serde_json::from_value(got.clone()).unwrap();
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g - f64::from(*w)).abs() <= 1e-4,
+            "{what}: {got:?} vs {want:?}"
+        );
+    }
+}
+
+/// The golden's `pixel_values[i]` written back as a PNG of the model's size: BLIP's preprocessing
+/// of it (no resize at that size, then rescale and normalise) gives the golden's pixels exactly,
+/// so what the binary prints can be compared with transformers' outputs at 1e-4. (From the
+/// original file, the resize is within one level of Pillow's, which moves the tiny random
+/// model's answers.)
+fn golden_png(g: &blip_testkit::Goldens, i: usize, out: &std::path::Path) -> PathBuf {
+    let px = g
+        .f("pixel_values")
+        .index_axis(ndarray::Axis(0), i)
+        .to_owned();
+    let (h, w) = (px.shape()[1], px.shape()[2]);
+    let pre = blip_preprocess::ImagePreprocessor::new(&blip_package::Preprocess::blip(w));
+    let mut rgb = vec![0u8; h * w * 3];
+    for ((c, y, x), v) in px.indexed_iter().map(|(ix, v)| ((ix[0], ix[1], ix[2]), *v)) {
+        let level = (v * pre.std[c] + pre.mean[c]) * 255.0;
+        assert!(
+            (level - level.round()).abs() < 1e-3,
+            "pixel {c},{y},{x}: {level}"
+        );
+        rgb[(y * w + x) * 3 + c] = level.round() as u8;
+    }
+    let path = out.join(format!("golden-{i}.png"));
+    image::RgbImage::from_raw(w as u32, h as u32, rgb)
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    path
+}
+
+/// Row `i` of the golden float tensor `key`.
+fn golden_row(g: &blip_testkit::Goldens, key: &str, i: usize) -> Vec<f32> {
+    g.f(key)
+        .index_axis(ndarray::Axis(0), i)
+        .iter()
+        .copied()
+        .collect()
+}
+
 #[test]
 fn vqa_generates_and_ranks_and_embed_and_itm_print_numbers() {
+    // Every number against the transformers goldens for synthetic_a.png (its golden pixels as a
+    // PNG): the VQA golden's first question, the retrieval golden's second text (image-major
+    // pairs: image 0, text 1).
     let dir = tempfile::tempdir().unwrap();
     let vqa = convert_to(dir.path(), "vqa");
-    let img = fixture("images/synthetic_a.png");
-    let (ok, stdout, stderr) = blip(&[
-        "vqa",
-        "-p",
-        vqa.to_str().unwrap(),
-        img.to_str().unwrap(),
-        "what color is the circle?",
-    ]);
-    assert!(ok, "{stderr}");
-    assert!(
-        stdout.starts_with("what color is the circle?\t"),
-        "{stdout}"
+    let g = blip_testkit::Goldens::load("tiny-vqa");
+    assert_eq!(g.meta["images"][0], "synthetic_a.png");
+    let img = golden_png(&g, 0, dir.path());
+    let questions: Vec<String> = serde_json::from_value(g.meta["questions"].clone()).unwrap();
+    let q = questions[0].as_str();
+    let vqa_args = |qs: &[&str], extra: &[&str]| {
+        let mut a = vec!["vqa", "-p", vqa.to_str().unwrap(), img.to_str().unwrap()];
+        a.extend(qs);
+        a.extend(extra);
+        blip(&a)
+    };
+    // Generated: the default decoding is the golden's (beam 3, at most 10 tokens, at least 1).
+    // transformers generated the three questions as one batch, padded to the longest, the decoder
+    // attending to the padding too (as BLIP's code): the binary gets the same three questions, and
+    // its first answer is the golden's first pair (this image, the first question).
+    assert_eq!(
+        g.settings("beam3"),
+        &serde_json::json!({"num_beams": 3, "max_length": 10, "min_length": 1})
     );
-    let answers = dir.path().join("answers.txt");
-    std::fs::write(&answers, "red\nblue\ntwo\n\n").unwrap();
-    let (ok, stdout, stderr) = blip(&[
-        "vqa",
-        "-p",
-        vqa.to_str().unwrap(),
-        img.to_str().unwrap(),
-        "what color?",
-        "--answers",
-        answers.to_str().unwrap(),
-        "-k",
-        "2",
-        "--format",
-        "json",
-    ]);
+    let all: Vec<&str> = questions.iter().map(String::as_str).collect();
+    let (ok, stdout, stderr) = vqa_args(&all, &["--format", "json"]);
     assert!(ok, "{stderr}");
     let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(r[0]["candidates"].as_array().unwrap().len(), 2);
-    assert!(["red", "blue", "two"].contains(&r[0]["answer"].as_str().unwrap()));
+    assert_eq!(r[0]["question"], q);
+    let want = &g.ids("beam3")[0];
+    let mut tokens: Vec<i64> = serde_json::from_value(r[0]["tokens"].clone()).unwrap();
+    assert!(tokens.len() <= want.len(), "{tokens:?}");
+    tokens.resize(want.len(), 102); // transformers pads finished beams with [SEP]
+    assert_eq!(&tokens, want, "generated answer tokens");
+    let answer = r[0]["answer"].as_str().unwrap();
+    let (ok, stdout, stderr) = vqa_args(&all, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout.lines().next(),
+        Some(format!("{q}\t{answer}").as_str())
+    );
+    // Rank mode over the golden's answer list: its first-token top-k, scores and best answer.
+    let rank = &g.meta["rank"];
+    let list: Vec<String> = serde_json::from_value(rank["answers"].clone()).unwrap();
+    let answers = dir.path().join("answers.txt");
+    std::fs::write(&answers, format!("{}\n\n", list.join("\n"))).unwrap();
+    let k = rank["k"].to_string();
+    // Each question was encoded alone there (no padding): one question here too.
+    let (ok, stdout, stderr) = vqa_args(
+        &[q],
+        &[
+            "--answers",
+            answers.to_str().unwrap(),
+            "-k",
+            &k,
+            "--format",
+            "json",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let topk: Vec<usize> = serde_json::from_value(rank["first_token_topk_ids"][0].clone()).unwrap();
+    let scores: Vec<f32> = serde_json::from_value(rank["scores"][0].clone()).unwrap();
+    let cands = r[0]["candidates"].as_array().unwrap();
+    let names: Vec<&str> = cands
+        .iter()
+        .map(|c| c["answer"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = topk.iter().map(|&i| list[i].as_str()).collect();
+    assert_eq!(names, want, "first-token top-k");
+    let got: Vec<serde_json::Value> = cands.iter().map(|c| c["score"].clone()).collect();
+    assert_floats("rank scores", &serde_json::json!(got), &scores);
+    assert_eq!(r[0]["answer"], rank["best_answers"][0]);
+
     let ret = convert_to(dir.path(), "retrieval");
+    let g = blip_testkit::Goldens::load("tiny-retrieval");
+    let text = g.meta["texts"][1].as_str().unwrap();
+    assert_eq!(g.meta["images"][0], "synthetic_a.png");
+    let img = golden_png(&g, 0, dir.path());
     let (ok, stdout, stderr) = blip(&[
         "embed",
         "-p",
         ret.to_str().unwrap(),
         "--text",
-        "a red circle",
+        text,
         "--format",
         "json",
     ]);
     assert!(ok, "{stderr}");
     let e: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let v: Vec<f64> = serde_json::from_value(e[0]["embedding"].clone()).unwrap();
-    assert_eq!(v.len(), 24);
-    assert!(
-        (v.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-4,
-        "normalised"
-    );
+    let want = golden_row(&g, "text.text_embeds", 1);
+    assert_floats("text embedding", &e[0]["embedding"], &want);
     let (ok, stdout, stderr) = blip(&[
         "itm",
         "-p",
         ret.to_str().unwrap(),
         img.to_str().unwrap(),
-        "a red circle",
+        text,
         "--format",
         "json",
     ]);
     assert!(ok, "{stderr}");
     let m: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let p = m[0]["match_probability"].as_f64().unwrap();
-    assert!(p > 0.0 && p < 1.0);
+    let logits = golden_row(&g, "itm.logits", 1);
+    assert_floats("ITM logits", &m[0]["itm_logits"], &logits);
+    let itc = g.f("itc.similarity")[[0, 1]];
+    assert_floats(
+        "ITC similarity",
+        &serde_json::json!([m[0]["itc_similarity"]]),
+        &[itc],
+    );
+    // Softmax over (no match, match), written out.
+    let p = 1.0 / (1.0 + (logits[0] - logits[1]).exp());
+    assert_floats(
+        "match probability",
+        &serde_json::json!([m[0]["match_probability"]]),
+        &[p],
+    );
     let (ok, _, stderr) = blip(&["embed", "-p", ret.to_str().unwrap(), "--text", "  "]);
     assert!(!ok && stderr.contains("empty text"), "{stderr}");
 }
