@@ -12,6 +12,8 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use blip_package::Package;
+use blip_tasks::{Blip, CandidateStates, Graphs, Hit, ImageInput, TaskError};
+use ndarray::{Array3, ArrayView2};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -743,6 +745,64 @@ impl Index {
                     let _ = std::fs::remove_file(&p);
                 }
             }
+        }
+    }
+}
+
+/// Ranks an index's images for a text with the library's rule ([`Blip::rank_images`]: ITC top-k,
+/// ITM rerank of `rerank` candidates), over any engine. The candidates' vision states come from
+/// the index when it stores them (no vision run); an index without them (format 1) re-encodes
+/// the candidates' files. `blip-onnx search` and the server's /v1/search both call this.
+pub async fn rank<G: Graphs>(
+    blip: &mut Blip<G>,
+    idx: &Index,
+    index_path: &Path,
+    query: &str,
+    rerank: usize,
+) -> std::result::Result<Vec<Hit>, TaskError> {
+    let input = |e: IndexError| TaskError::Input(e.to_string());
+    let width = image_embedding_width(&blip.package).map_err(input)?;
+    if idx.dim != width && !idx.is_empty() {
+        return Err(input(IndexError::WidthMismatch {
+            path: index_path.to_path_buf(),
+            package: blip.package.dir.clone(),
+            index: idx.dim,
+            expected: width,
+        }));
+    }
+    let embeds = ArrayView2::from_shape((idx.len(), idx.dim), idx.embeddings())
+        .map_err(|e| TaskError::Input(format!("{}: {e}", index_path.display())))?;
+    let dims = &blip.package.manifest.model;
+    let stored = idx
+        .has_states()
+        .then_some(idx.states)
+        .flatten()
+        .filter(|s| s.tokens == dims.image_tokens && s.width == dims.vision_hidden_size);
+    match stored {
+        Some(shape) => {
+            let mut states_of = |cand: &[usize]| {
+                let flat = idx
+                    .read_states(index_path, cand)
+                    .map_err(|e| TaskError::Input(e.to_string()))?;
+                Array3::from_shape_vec((cand.len(), shape.tokens, shape.width), flat)
+                    .map_err(|e| TaskError::Input(e.to_string()))
+            };
+            blip.rank_images(
+                query,
+                embeds,
+                rerank,
+                CandidateStates::Stored(&mut states_of),
+            )
+            .await
+        }
+        None => {
+            let images: Vec<ImageInput> = idx
+                .entries()
+                .iter()
+                .map(|e| ImageInput::Path(e.path.clone()))
+                .collect();
+            blip.rank_images(query, embeds, rerank, CandidateStates::Encode(&images))
+                .await
         }
     }
 }

@@ -665,7 +665,8 @@ pub fn search(common: &Common, index: &Path, query: &str, k: usize, rerank: usiz
     if idx.is_empty() {
         bail!("{} holds no images", index.display());
     }
-    let hits = blip_server::rank_index(&mut model, &idx, index, query, rerank)?;
+    let hits = blip_runtime::ready(blip_index::rank(&mut model, &idx, index, query, rerank))
+        .map_err(blip_runtime::RuntimeError::from)?;
     let records: Vec<_> = hits
         .iter()
         .take(k)

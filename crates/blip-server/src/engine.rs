@@ -244,13 +244,16 @@ impl Models {
                 rerank,
                 index,
                 index_path,
-            } => Done::Hits(crate::rank_index(
-                model,
-                &index,
-                &index_path,
-                &text,
-                rerank,
-            )?),
+            } => Done::Hits(
+                ready(blip_index::rank(
+                    &mut **model,
+                    &index,
+                    &index_path,
+                    &text,
+                    rerank,
+                ))
+                .map_err(RuntimeError::from)?,
+            ),
             Work::Probe => {
                 probe(model)?;
                 Done::Probed

@@ -18,12 +18,8 @@ pub mod routes;
 pub mod state;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
-use blip_index::Index;
-use blip_runtime::{BlipModel, CandidateStates, Hit, ImageInput, RuntimeError};
-use ndarray::{Array3, ArrayView2};
 use tokio::sync::watch;
 
 pub use config::ServeArgs;
@@ -47,62 +43,6 @@ pub enum ServerError {
     Engine(String),
     #[error("serving: {0}")]
     Serve(#[source] std::io::Error),
-}
-
-/// Ranks an index's images for a text with the library's rule (`rank_images`: ITC top-k, ITM
-/// rerank of `rerank` candidates). The candidates' vision states come from the index when it
-/// stores them (no vision run); an index without them (format 1) re-encodes the candidates' files.
-pub fn rank_index(
-    model: &mut BlipModel,
-    idx: &Index,
-    index_path: &Path,
-    query: &str,
-    rerank: usize,
-) -> Result<Vec<Hit>, RuntimeError> {
-    let input = |e: blip_index::IndexError| RuntimeError::Input(e.to_string());
-    let width = blip_index::image_embedding_width(&model.package).map_err(input)?;
-    if idx.dim != width && !idx.is_empty() {
-        return Err(input(blip_index::IndexError::WidthMismatch {
-            path: index_path.to_path_buf(),
-            package: model.package.dir.clone(),
-            index: idx.dim,
-            expected: width,
-        }));
-    }
-    let embeds = ArrayView2::from_shape((idx.len(), idx.dim), idx.embeddings())
-        .map_err(|e| RuntimeError::Input(format!("{}: {e}", index_path.display())))?;
-    let dims = &model.package.manifest.model;
-    let stored = idx.has_states()
-        && idx
-            .states
-            .is_some_and(|s| s.tokens == dims.image_tokens && s.width == dims.vision_hidden_size);
-    if stored {
-        let shape = idx.states.unwrap_or(blip_index::StateShape {
-            tokens: 0,
-            width: 0,
-        });
-        let mut states_of = |cand: &[usize]| {
-            let task_input = |m: String| blip_runtime::TaskError::Input(m);
-            let flat = idx
-                .read_states(index_path, cand)
-                .map_err(|e| task_input(e.to_string()))?;
-            Array3::from_shape_vec((cand.len(), shape.tokens, shape.width), flat)
-                .map_err(|e| task_input(e.to_string()))
-        };
-        model.rank_images(
-            query,
-            embeds,
-            rerank,
-            CandidateStates::Stored(&mut states_of),
-        )
-    } else {
-        let images: Vec<ImageInput> = idx
-            .entries()
-            .iter()
-            .map(|e| ImageInput::Path(e.path.clone()))
-            .collect();
-        model.rank_images(query, embeds, rerank, CandidateStates::Encode(&images))
-    }
 }
 
 /// A started server: its address, and a way to stop it.
