@@ -383,7 +383,9 @@ async fn index_add_search_get_and_delete_persist_and_rank_as_the_library() {
     let idx = blip_index::Index::read(&index).unwrap();
     assert!(idx.has_states());
     let mut ret = model("retrieval");
-    let want = blip_server::rank_index(&mut ret, &idx, &index, "a purple triangle", 4).unwrap();
+    let want =
+        blip_runtime::ready(blip_index::rank(&mut ret, &idx, &index, "a purple triangle", 4))
+            .unwrap();
     assert_eq!(ret.images_encoded(), 0, "rerank ran the vision encoder");
     for (h, w) in hits.iter().zip(&want) {
         assert_eq!(h["id"], idx.entries()[w.index].id.as_str());
