@@ -123,16 +123,29 @@ impl TestServer {
     }
 }
 
-/// The value of one sample line in Prometheus text (0 when absent).
-pub fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name_and_labels).then(|| v.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+/// The value of one sample line in Prometheus text, `None` when the series is absent.
+pub fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == name_and_labels).then(|| v.parse().ok()).flatten()
+    })
 }
+
+/// The value of one sample line in Prometheus text (0 when absent: a counter not yet counted).
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    sample(text, name_and_labels).unwrap_or(0.0)
+}
+
+/// The value of a series that must be there (a renamed metric or label fails, rather than
+/// reading 0 on both sides of a comparison).
+#[track_caller]
+pub fn series(text: &str, name_and_labels: &str) -> f64 {
+    sample(text, name_and_labels)
+        .unwrap_or_else(|| panic!("{name_and_labels} missing from /metrics:\n{text}"))
+}
+
+/// Runs of the vision encoder in this process; the start-up probe creates the series.
+pub const VISION_RUNS: &str = "blip_graph_duration_seconds_count{graph=\"vision_encoder\"}";
 
 /// Asserts an error body `{"error", "error_type"}` with the given status and class.
 #[track_caller]
