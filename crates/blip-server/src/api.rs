@@ -250,7 +250,16 @@ pub struct PackageInfo {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Limits {
+    /// Images per vision batch: --max-batch-images, lowered to fit half of the memory budget.
     pub max_batch_images: usize,
+    /// --memory-budget in bytes: one batch's working set and the admitted inputs, half each
+    /// (the process's memory beyond its loaded packages).
+    pub memory_budget: u64,
+    /// The engine's estimated working set per batched image (BLIP's default decoding).
+    pub working_bytes_per_image: u64,
+    pub header_read_timeout_s: f64,
+    pub body_read_timeout_s: f64,
+    pub idle_timeout_s: f64,
     pub max_batch_wait_ms: u64,
     pub max_concurrent_requests: usize,
     pub max_queue: usize,

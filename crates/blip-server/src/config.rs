@@ -48,6 +48,11 @@ pub struct ServeArgs {
     /// Seconds a request may take, queue included (then 504).
     #[arg(long, default_value_t = 30.0, env = "BLIP_REQUEST_TIMEOUT")]
     pub request_timeout: f64,
+    /// Bytes of working memory the server plans for beyond its loaded packages: half for one
+    /// engine batch (which caps the vision batch below --max-batch-images), half for the inputs that
+    /// admitted requests hold (beyond it: 429). Default: half of this machine's memory.
+    #[arg(long, env = "BLIP_MEMORY_BUDGET")]
+    pub memory_budget: Option<u64>,
     /// Seconds a client has to send a request's headers, from the connection's first byte or, on
     /// a kept-alive connection, from its previous response (slow clients are cut off).
     #[arg(long, default_value_t = 10.0, env = "BLIP_HEADER_READ_TIMEOUT")]
@@ -101,6 +106,11 @@ impl ServeArgs {
 
     pub fn shutdown_grace(&self) -> Duration {
         secs(self.shutdown_grace)
+    }
+
+    pub fn memory_budget(&self) -> u64 {
+        self.memory_budget
+            .unwrap_or_else(crate::admission::default_memory_budget)
     }
 
     pub fn header_read_timeout(&self) -> Duration {

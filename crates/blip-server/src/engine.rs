@@ -22,6 +22,7 @@ use blip_runtime::{
 use ndarray::{Array2, Array3, Axis};
 use tokio::sync::oneshot;
 
+use crate::admission;
 use crate::metrics as m;
 
 /// Preprocessed images laid end to end (`n × 3 × S × S`).
@@ -84,6 +85,32 @@ impl Work {
             Work::Vqa { .. } => "vqa",
             Work::Search { .. } => "search",
             Work::Probe => "probe",
+        }
+    }
+
+    /// This work in its task's units (the rates admission estimates with).
+    pub fn units(&self) -> admission::Units {
+        match self {
+            Work::Caption { pixels, opts } => admission::units(
+                "caption",
+                pixels.n,
+                decoder_rows(&opts.strategy),
+                opts.max_length,
+            ),
+            Work::EmbedImages { pixels } => admission::units("embed_images", pixels.n, 0, 0),
+            Work::EmbedTexts { texts } => admission::units("embed_texts", texts.len(), 0, 0),
+            Work::Itm { texts, .. } => admission::units("itm", texts.len(), 0, 0),
+            Work::Vqa {
+                questions, mode, ..
+            } => {
+                let rows = match mode {
+                    VqaMode::Generate(_) => 1,
+                    VqaMode::Rank { k, .. } => *k,
+                };
+                admission::units("vqa", questions.len(), rows, 0)
+            }
+            Work::Search { rerank, .. } => admission::units("search", 1, *rerank, 0),
+            Work::Probe => admission::units("probe", 1, 0, 0),
         }
     }
 
@@ -151,6 +178,16 @@ impl Job {
 /// The loaded packages, one per head.
 pub struct Models {
     models: Vec<(Head, BlipModel)>,
+    /// Seconds per unit of each task, learned from these runs (admission reads them).
+    rates: Arc<admission::Rates>,
+}
+
+/// Decoder rows per image of a decoding strategy (beams; 1 for greedy and sampling).
+pub fn decoder_rows(strategy: &blip_runtime::Strategy) -> usize {
+    match strategy {
+        blip_runtime::Strategy::Beam { num_beams, .. } => *num_beams,
+        _ => 1,
+    }
 }
 
 impl Models {
@@ -165,6 +202,7 @@ impl Models {
     fn run(&mut self, head: Head, work: Work) -> Reply {
         let model = self.get(head)?;
         let task = work.task();
+        let units = work.units();
         let start = Instant::now();
         let done = match work {
             Work::Caption { pixels, opts } => {
@@ -259,8 +297,10 @@ impl Models {
                 Done::Probed
             }
         };
+        let seconds = start.elapsed().as_secs_f64();
         metrics::histogram!(m::INFERENCE_DURATION, "head" => head.name(), "task" => task)
-            .record(start.elapsed().as_secs_f64());
+            .record(seconds);
+        self.rates.observe(head, units, seconds);
         Ok(done)
     }
 }
@@ -760,6 +800,7 @@ pub fn start(
     opts: SessionOptions,
     batcher: Batcher,
     mut scheduler: Box<dyn Scheduler>,
+    rates: Arc<admission::Rates>,
     loaded: oneshot::Sender<Result<(), String>>,
 ) -> std::io::Result<(EngineHandle, EngineThread)> {
     let (tx, rx) = mpsc::channel::<Job>();
@@ -769,7 +810,10 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("blip-engine".into())
         .spawn(move || {
-            let mut models = Models { models: Vec::new() };
+            let mut models = Models {
+                models: Vec::new(),
+                rates,
+            };
             for (head, dir) in packages {
                 if stopped() {
                     return;

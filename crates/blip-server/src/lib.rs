@@ -7,6 +7,7 @@
 //! images, preprocessing off the runtime), [`error`] (`{"error", "error_type"}`), [`state`]
 //! (admission, readiness, the served index).
 
+pub mod admission;
 pub mod api;
 pub mod config;
 pub mod conn;

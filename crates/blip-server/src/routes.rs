@@ -16,9 +16,10 @@ use blip_runtime::request::{self, limits};
 use blip_runtime::{CaptionOptions, VqaOptions};
 use utoipa::OpenApi;
 
+use crate::admission;
 use crate::api::*;
 use crate::config::ServeArgs;
-use crate::engine::{Done, Pixels, VqaMode, Work};
+use crate::engine::{self, Done, Pixels, VqaMode, Work};
 use crate::error::{ApiError, ErrorBody, ItemError, TaskErrors};
 use crate::input::{self, RawImage};
 use crate::metrics as m;
@@ -310,6 +311,16 @@ fn single_image(
     }
 }
 
+/// Input bytes an image of `head`'s package holds while its request is in flight.
+fn image_bytes(state: &AppState, head: Head) -> Result<u64, ApiError> {
+    let size = state.served(head)?.package.manifest.preprocess.image_size;
+    Ok(admission::input_bytes_per_image(size))
+}
+
+fn text_bytes(texts: &[String]) -> u64 {
+    texts.iter().map(|t| t.len() as u64).sum()
+}
+
 /// The request layer's rule for a list of texts (count, blank items, bytes per text).
 fn texts_check(field: &str, texts: &[String], max: usize) -> Result<(), ApiError> {
     request::check_texts(field, texts, max).map_err(ApiError::from)
@@ -370,7 +381,14 @@ async fn caption(State(state): St, req: Request) -> AppResult<CaptionResponse> {
             "no images: give `images` (base64) or upload files",
         ));
     }
-    let _permit = state.admit(images.len())?;
+    let cost = admission::units(
+        "caption",
+        images.len(),
+        engine::decoder_rows(&opts.strategy),
+        opts.max_length,
+    );
+    let held = images.len() as u64 * image_bytes(&state, Head::Caption)?;
+    let _permit = state.admit(images.len(), Head::Caption, cost, held)?;
     let single = images.len() == 1;
     let items = prepare(&state, Head::Caption, images).await?;
     let (pixels, slots) = stack(items);
@@ -443,7 +461,19 @@ async fn embed(State(state): St, req: Request) -> AppResult<EmbedResponse> {
         texts_check("texts", &body.texts, limits::MAX_TEXTS)?;
     }
     let single = images.len() == 1 && body.texts.is_empty();
-    let _permit = state.admit(images.len() + usize::from(!body.texts.is_empty()))?;
+    let cost = if images.is_empty() {
+        admission::units("embed_texts", body.texts.len(), 0, 0)
+    } else {
+        admission::units("embed_images", images.len(), 0, 0)
+    };
+    let held =
+        images.len() as u64 * image_bytes(&state, Head::Retrieval)? + text_bytes(&body.texts);
+    let _permit = state.admit(
+        images.len() + usize::from(!body.texts.is_empty()),
+        Head::Retrieval,
+        cost,
+        held,
+    )?;
     let items = prepare(&state, Head::Retrieval, images).await?;
     let (pixels, slots) = stack(items);
     let image_job = async {
@@ -528,7 +558,9 @@ async fn itm(State(state): St, req: Request) -> AppResult<ItmResponse> {
         return Err(ApiError::empty("no texts: give `texts`"));
     }
     texts_check("texts", &body.texts, limits::MAX_TEXTS)?;
-    let _permit = state.admit(1)?;
+    let cost = admission::units("itm", body.texts.len(), 0, 0);
+    let held = image_bytes(&state, Head::Retrieval)? + text_bytes(&body.texts);
+    let _permit = state.admit(1, Head::Retrieval, cost, held)?;
     let mut items = prepare(&state, Head::Retrieval, vec![Ok(image)]).await?;
     let pixels = items.remove(0)?;
     let work = Work::Itm {
@@ -605,7 +637,15 @@ async fn vqa(State(state): St, req: Request) -> AppResult<VqaResponse> {
             }
         }
     };
-    let _permit = state.admit(body.questions.len())?;
+    let rows = match &mode {
+        VqaMode::Generate(_) => 1,
+        VqaMode::Rank { k, .. } => *k,
+    };
+    let cost = admission::units("vqa", body.questions.len(), rows, 0);
+    let held = image_bytes(&state, Head::Vqa)?
+        + text_bytes(&body.questions)
+        + body.answers.as_deref().map_or(0, text_bytes);
+    let _permit = state.admit(body.questions.len(), Head::Vqa, cost, held)?;
     let mut items = prepare(&state, Head::Vqa, vec![Ok(image)]).await?;
     let pixels = items.remove(0)?;
     let work = Work::Vqa {
@@ -679,7 +719,8 @@ async fn search(State(state): St, req: Request) -> AppResult<SearchResponse> {
             images: 0,
         }));
     }
-    let _permit = state.admit(1)?;
+    let cost = admission::units("search", 1, rerank, 0);
+    let _permit = state.admit(1, Head::Retrieval, cost, body.text.len() as u64)?;
     let work = Work::Search {
         text: body.text.clone(),
         rerank,
@@ -806,7 +847,9 @@ async fn index_add(State(state): St, req: Request) -> AppResult<IndexAddResponse
     if ids.is_empty() {
         return Err(ApiError::empty("no images to add"));
     }
-    let _permit = state.admit(ids.len())?;
+    let cost = admission::units("embed_images", ids.len(), 0, 0);
+    let held = ids.len() as u64 * image_bytes(&state, Head::Retrieval)?;
+    let _permit = state.admit(ids.len(), Head::Retrieval, cost, held)?;
     let current = store.snapshot();
     // Per image: refuse bad or repeated ids before any work.
     let mut checked: Vec<Result<RawImage, ApiError>> = Vec::with_capacity(ids.len());
@@ -1022,7 +1065,12 @@ async fn info(State(state): St) -> Json<Info> {
         threads: blip_runtime::resolve_threads(a.threads),
         api_key_required: a.api_key.is_some(),
         limits: Limits {
-            max_batch_images: a.max_batch_images,
+            max_batch_images: state.batch_images,
+            memory_budget: a.memory_budget(),
+            working_bytes_per_image: state.working_bytes_per_image,
+            header_read_timeout_s: a.header_read_timeout,
+            body_read_timeout_s: a.body_read_timeout,
+            idle_timeout_s: a.idle_timeout,
             max_batch_wait_ms: a.max_batch_wait_ms,
             max_concurrent_requests: a.max_concurrent_requests,
             max_queue: a.max_queue,

@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::ServerError;
+use crate::admission;
 use crate::config::ServeArgs;
 use crate::engine::{self, Done, EngineError, EngineHandle, Reply, Work};
 use crate::error::ApiError;
@@ -89,6 +90,15 @@ pub struct AppState {
     requests: Arc<Semaphore>,
     units: Arc<Semaphore>,
     pub max_units: usize,
+    /// Seconds per unit of work, learned by the engine.
+    pub rates: Arc<admission::Rates>,
+    /// Estimated work and input bytes of the admitted requests.
+    pub ledger: Arc<admission::Ledger>,
+    /// Images per vision batch: --max-batch-images, lowered so one batch's working set fits half
+    /// of --memory-budget.
+    pub batch_images: usize,
+    /// The engine's estimated working set per batched image (largest package).
+    pub working_bytes_per_image: u64,
     pub metrics: PrometheusHandle,
     pub args: ServeArgs,
 }
@@ -97,6 +107,7 @@ pub struct AppState {
 pub struct Permit {
     _request: OwnedSemaphorePermit,
     _units: OwnedSemaphorePermit,
+    _ticket: admission::Ticket,
     units: Arc<Semaphore>,
     max: usize,
     held: usize,
@@ -184,6 +195,16 @@ impl AppState {
         // Semaphores take at most u32::MAX permits at once (and refuse more than usize::MAX >> 3).
         let cap = |n: usize| n.clamp(1, u32::MAX as usize);
         let max_units = cap(args.max_queue);
+        let budget = args.memory_budget();
+        // BLIP's default decoding (3 beams, 20 tokens) sizes a caption image's working set.
+        let working_bytes_per_image = served
+            .iter()
+            .map(|s| admission::working_bytes_per_image(&s.package.manifest.model, 3, 20))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let by_memory = usize::try_from(budget / 2 / working_bytes_per_image).unwrap_or(usize::MAX);
+        let batch_images = args.max_batch_images.clamp(1, by_memory.max(1));
         Ok(AppState {
             served,
             index,
@@ -195,6 +216,10 @@ impl AppState {
             requests: Arc::new(Semaphore::new(cap(args.max_concurrent_requests))),
             units: Arc::new(Semaphore::new(max_units)),
             max_units,
+            rates: Arc::new(admission::Rates::default()),
+            ledger: Arc::new(admission::Ledger::new(budget / 2)),
+            batch_images,
+            working_bytes_per_image,
             metrics,
             args: args.clone(),
         })
@@ -213,12 +238,18 @@ impl AppState {
             ..Default::default()
         };
         let batcher = engine::Batcher {
-            max_images: args.max_batch_images.max(1),
+            max_images: state.batch_images,
             max_wait: args.max_batch_wait(),
         };
-        let (handle, thread) =
-            engine::start(packages, opts, batcher, args.scheduler.build(), loaded_tx)
-                .map_err(|e| ServerError::Engine(format!("starting the engine thread: {e}")))?;
+        let (handle, thread) = engine::start(
+            packages,
+            opts,
+            batcher,
+            args.scheduler.build(),
+            state.rates.clone(),
+            loaded_tx,
+        )
+        .map_err(|e| ServerError::Engine(format!("starting the engine thread: {e}")))?;
         if let Ok(mut g) = state.engine.write() {
             *g = Some(handle);
         }
@@ -305,8 +336,17 @@ impl AppState {
         Err(ApiError::not_ready(format!("not ready: {why}")))
     }
 
-    /// Admits a request of `units` work items, or answers 429 at once.
-    pub fn admit(&self, units: usize) -> Result<Permit, ApiError> {
+    /// Admits a request of `units` work items (images, or one per text-only request) on `head`,
+    /// costing `work` and holding `bytes` of inputs until answered, or answers 429 at once
+    /// (queue or concurrency at its limit, its estimated finish past its deadline, or its inputs
+    /// past the memory budget).
+    pub fn admit(
+        &self,
+        units: usize,
+        head: Head,
+        work: admission::Units,
+        bytes: u64,
+    ) -> Result<Permit, ApiError> {
         let units = units.max(1);
         if units > self.max_units {
             return Err(ApiError::too_large(format!(
@@ -328,11 +368,18 @@ impl AppState {
             .clone()
             .try_acquire_many_owned(units as u32)
             .map_err(|_| overloaded("--max-queue (images in flight)"))?;
+        let ticket = admission::Ledger::admit(
+            &self.ledger,
+            self.rates.estimate(head, work),
+            bytes,
+            self.args.request_timeout(),
+        )?;
         metrics::gauge!(m::IMAGES_IN_FLIGHT)
             .set((self.max_units - self.units.available_permits()) as f64);
         Ok(Permit {
             _request: request,
             _units: u,
+            _ticket: ticket,
             units: self.units.clone(),
             max: self.max_units,
             held: units,

@@ -486,3 +486,61 @@ async fn futures_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn work_that_cannot_finish_by_its_deadline_is_refused_at_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut a = args(&["caption"]);
+    a.request_timeout = 2.0;
+    a.max_batch_images = 4;
+    let server = TestServer::start(a).await;
+    let body =
+        json!({"images": [b64(&test_image(2))], "beams": 8, "max_length": 40, "min_length": 40});
+    // One request alone teaches the engine what such a caption costs.
+    let (status, first) = server.post("/v1/caption", body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let started = Instant::now();
+    let calls: Vec<_> = (0..48)
+        .map(|_| {
+            let client = server.client.clone();
+            let url = server.url("/v1/caption");
+            let body = body.clone();
+            tokio::spawn(async move {
+                let r = client.post(url).json(&body).send().await.unwrap();
+                let status = r.status().as_u16();
+                let retry = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_string());
+                let v: serde_json::Value = r.json().await.unwrap();
+                (status, retry, v)
+            })
+        })
+        .collect();
+    let (mut ok, mut refused, mut late) = (0, 0, 0);
+    for c in calls {
+        let (status, retry, v) = c.await.unwrap();
+        match status {
+            200 => {
+                ok += 1;
+                assert_eq!(v["results"][0]["caption"], first["results"][0]["caption"]);
+            }
+            429 => {
+                refused += 1;
+                assert_eq!(v["error_type"], "overloaded", "{v}");
+                assert!(retry.is_some(), "429 without Retry-After");
+                if v["error"].as_str().unwrap().contains("--request-timeout") {
+                    late += 1;
+                }
+            }
+            other => panic!("status {other}: {v}"),
+        }
+    }
+    eprintln!(
+        "48 requests in {:.1} s: {ok} answered, {refused} refused ({late} by deadline)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(ok >= 1, "none answered");
+    assert!(late >= 1, "nothing was refused for its deadline");
+    assert_eq!(ok + refused, 48);
+}
