@@ -4,10 +4,17 @@
 # shapes test images, and drives it in headless Chromium (web/test/web.test.mjs: captions, VQA
 # and search equal the native CLI's on wasm and on WebGPU (SwiftShader); execution provider
 # choice; reload from Cache Storage; corrupt graph).
-# Installs Debian's chromium when it is missing. The screenshot goes to docs/web/demo.png.
-#   scripts/test-web.sh
+# Installs Debian's chromium when it is missing. With --bless the screenshot goes to
+# docs/web/demo.png (committed files are rewritten only when asked).
+#   scripts/test-web.sh [--bless]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+screenshot=""
+case "${1:-}" in
+  --bless) screenshot="$PWD/docs/web/demo.png" ;;
+  "") ;;
+  *) echo "usage: scripts/test-web.sh [--bless]" >&2; exit 2 ;;
+esac
 start=$(date +%s)
 if [ ! -x /usr/bin/chromium ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
@@ -41,6 +48,6 @@ cp -r "$work/packages/shapes-caption" "$work/site-web/extra/"
 BLIP_ONNX="$(realpath "$cli")" BLIP_SITE_DIR="$work/site" BLIP_WEB_SITE_DIR="$work/site-web" \
 BLIP_WEBGPU_SITE_DIR="$work/site-webgpu" BLIP_PACKAGES="$work/packages" \
 BLIP_GALLERY="$work/gallery" BLIP_VQA_QUESTIONS="$PWD/fixtures/shapes/test/vqa_questions.json" \
-BLIP_SCREENSHOT="$PWD/docs/web/demo.png" \
+BLIP_SCREENSHOT="$screenshot" \
   node --test --test-concurrency=1 web/test/
 echo "test-web.sh: passed in $(( $(date +%s) - start )) s"

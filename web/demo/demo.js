@@ -111,6 +111,9 @@ async function main() {
       const hits = await retrieval.rankImages($('query').value, state.gallery.map((g) => g.bytes), { embeddings: state.embeddings });
       $('search-out').replaceChildren(...hits.slice(0, 5).map((h) => {
         const li = document.createElement('li');
+        // The unrounded hit, for the tests (the text shows three decimals).
+        li.dataset.image = state.gallery[h.index].name;
+        li.dataset.score = String(h.score);
         const img = document.createElement('img');
         img.src = state.gallery[h.index].url;
         li.append(img, document.createElement('br'), `${state.gallery[h.index].name} ${h.score.toFixed(3)}`);

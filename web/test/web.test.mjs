@@ -4,8 +4,9 @@
 // the FP32 packages; captions (greedy, beam 3), VQA answers and the search ranking equal them on
 // the web INT8 flavour (`quantize --target web`) too, and on WebGPU (Chromium's SwiftShader
 // adapter: the FP32 packages are made for WebGPU, so the page picks it); without an adapter the
-// same packages run on wasm and say why; a reload downloads no graph again; a corrupt graph on the
-// server is a clear error on the page.
+// same packages run on wasm and say why; the page's own buttons show the CLI's caption, answer and
+// top five; a reload downloads no graph again; a corrupt graph on the server is a clear error on the
+// page.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
@@ -312,16 +313,43 @@ test('VQA rank mode and ITM equal the native CLI\'s', async () => {
   }
 });
 
-test('the page\'s own controls caption, answer and search (screenshot)', async () => {
-  const want = native(['caption', '-p', pkg('shapes-caption'), join(GALLERY, galleryFiles[0])]);
-  await page.click('#caption-run');
-  await page.waitForFunction(() => !['', '…'].includes(document.querySelector('#caption-out').textContent));
+test('the page\'s own controls caption, answer and search as the native CLI does (screenshot)', async () => {
+  // Presses a button and waits until its run has finished (the page disables it meanwhile); a
+  // failed run shows its error, which fails here.
+  const press = async (button) => {
+    await page.click(button);
+    await page.waitForFunction((b) => !document.querySelector(b).disabled, button);
+    assert.equal(await page.isHidden('#error'), true, `${button}: ${await page.textContent('#error')}`);
+  };
+  const picked = await page.textContent('#picked-name');
+  assert.ok(galleryFiles.includes(picked), picked);
+  const image = join(GALLERY, picked);
+  const want = native(['caption', '-p', pkg('shapes-caption'), image]);
+  await press('#caption-run');
   assert.equal(await page.textContent('#caption-out'), want[0].caption);
-  await page.fill('#question', 'what shape is the purple object?');
-  await page.click('#vqa-run');
-  await page.waitForFunction(() => !['', '…'].includes(document.querySelector('#vqa-out').textContent));
-  await page.click('#search-run');
-  await page.waitForFunction(() => document.querySelectorAll('#search-out li').length > 0);
+
+  const question = 'what shape is the purple object?';
+  const [wantAnswer] = native(['vqa', '-p', pkg('shapes-vqa'), image, question]);
+  await page.fill('#question', question);
+  await press('#vqa-run');
+  assert.equal(await page.textContent('#vqa-out'), wantAnswer.answer);
+
+  // The page shows its top five over the gallery it indexed itself; blip-onnx ranks the same files.
+  const tmp = mkdtempSync(join(tmpdir(), 'blip-index-'));
+  dirs.push(tmp);
+  const index = join(tmp, 'index.json');
+  const query = 'two blue squares';
+  native(['index', '-p', pkg('shapes-retrieval'), GALLERY, '-o', index]);
+  const wantHits = native(['search', '-p', pkg('shapes-retrieval'), index, query, '-k', '5']);
+  await page.fill('#query', query);
+  await press('#search-run');
+  const hits = await page.$$eval('#search-out li', (lis) => lis.map((li) =>
+    ({ image: li.dataset.image, score: Number(li.dataset.score), text: li.textContent })));
+  assert.deepEqual(hits.map((h) => h.image), wantHits.map((h) => basename(h.image)), query);
+  for (const [i, w] of wantHits.entries()) {
+    assert.ok(Math.abs(hits[i].score - w.score) <= 1e-4, `${query} #${i + 1}: ${hits[i].score} vs ${w.score}`);
+    assert.equal(hits[i].text, `${hits[i].image} ${hits[i].score.toFixed(3)}`);
+  }
   if (SCREENSHOT) {
     mkdirSync(dirname(SCREENSHOT), { recursive: true });
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
