@@ -286,6 +286,37 @@ test('the web INT8 site serves the web flavour: QUInt8 on every graph, made for 
   }
 });
 
+// One option table for every door (the CLI, the server and Python read it too): each bad row is
+// refused naming its option as JS spells it (topP), each good row gives the CLI's tokens.
+test('the shared caption option table through the browser module', async () => {
+  const table = JSON.parse(readFileSync(new URL('../../fixtures/requests/caption-options.json', import.meta.url), 'utf8'));
+  const camel = (k) => k.replace(/_([a-z])/g, (_, c) => c.toUpperCase());
+  const js = (o) => Object.fromEntries(Object.entries(o).map(([k, v]) => [camel(k), v]));
+  const file = galleryFiles[0];
+  const caption = (options) => page.evaluate(async ({ file, options }) => {
+    const m = window.blipDemo.state.models.caption;
+    const image = new Uint8Array(await (await fetch(`gallery/${file}`)).arrayBuffer());
+    try {
+      return { ok: await m.caption([image], options) };
+    } catch (e) {
+      return { error: String(e?.message ?? e) };
+    }
+  }, { file, options });
+  for (const row of table.bad) {
+    const got = await caption(js(row.options));
+    assert.ok(got.error, `${JSON.stringify(row.options)} was taken`);
+    assert.ok(got.error.includes(`${camel(row.field)}: `), `${JSON.stringify(row.options)}: ${got.error}`);
+  }
+  for (const options of table.good) {
+    const flags = Object.entries(options).map(([k, v]) => (v === true ? `--${k.replaceAll('_', '-')}` : `--${k.replaceAll('_', '-')}=${v}`));
+    const [want] = native(['caption', '-p', pkg('shapes-caption'), ...flags, join(GALLERY, file)]);
+    const got = await caption(js(options));
+    assert.ok(got.ok, `${JSON.stringify(options)}: ${got.error}`);
+    assert.deepEqual(got.ok[0].tokens, want.tokens, JSON.stringify(options));
+    assert.equal(got.ok[0].caption, want.caption);
+  }
+});
+
 test('VQA rank mode and ITM equal the native CLI\'s', async () => {
   const tmp = mkdtempSync(join(tmpdir(), 'blip-answers-'));
   dirs.push(tmp);

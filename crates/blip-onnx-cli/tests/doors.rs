@@ -59,7 +59,11 @@ fn the_shared_option_table_through_the_cli() {
         .arg(&package)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let image = fixture("shapes/test/images/test_00003.png");
     let table = table();
 
@@ -67,7 +71,10 @@ fn the_shared_option_table_through_the_cli() {
         let (ok, _, stderr) = caption(&package, &row["options"], &image);
         let flag = format!("--{}:", row["field"].as_str().unwrap().replace('_', "-"));
         assert!(!ok, "{row} was taken");
-        assert!(stderr.contains(&flag), "{row}: {flag} not named in {stderr:?}");
+        assert!(
+            stderr.contains(&flag),
+            "{row}: {flag} not named in {stderr:?}"
+        );
     }
 
     let mut model = BlipModel::open(

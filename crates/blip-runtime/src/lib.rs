@@ -225,8 +225,7 @@ impl Runtime {
     ///
     /// One pool instead of one per session because a package runs several graphs in turn (vision,
     /// cross K/V, decoder steps): with a pool each, the idle pools' threads keep spinning for a while
-    /// after their graph finishes and take the cores from the next graph. On two cores that made a
-    /// base caption ~25 % slower than the same graphs run with one pool.
+    /// after their graph finishes and take the cores from the next graph.
     ///
     /// A runtime already loaded in this process (by [`Runtime::init_from_library`]) is returned as is.
     pub fn init_with_threads(threads: usize) -> Result<Runtime> {

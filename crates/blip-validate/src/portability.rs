@@ -140,9 +140,6 @@ fn notes(target: Runtime, model: &ModelProto) -> Vec<String> {
             dynamic.join(", ")
         ));
     }
-    if target == Runtime::Tract && !dynamic.is_empty() {
-        notes.push("tract's dynamic INT8 ran 3.5x slower than its FP32".into());
-    }
     if target == Runtime::Tract && half_precision(model) {
         notes.push(
             "FP16: tract computes in half precision, where native ONNX Runtime accumulates in FP32 (a graph without normalisation or attention, such as the cross K/V projection, stays within the portability suite's gate); FP16 packages are not made for tract".into(),
