@@ -452,6 +452,8 @@ fn bad_texts_and_options_are_named() {
     let empty_answers = dir.path().join("answers.txt");
     std::fs::write(&empty_answers, "\n  \n").unwrap();
     let long = "a dog on a beach ".repeat(2000);
+    // Under the request layer's 2048-byte bound, over the model's 64 positions.
+    let long_prompt = "a dog on a beach ".repeat(20);
     let long_answers = dir.path().join("long-answers.txt");
     std::fs::write(
         &long_answers,
@@ -484,7 +486,7 @@ fn bad_texts_and_options_are_named() {
             "vqa: an empty question",
             &["vqa", "-p", &v, &good, "what is it?", ""],
         )
-        .says(&["text 2 of 2", "empty text"]),
+        .says(&["--questions[1]: is empty"]),
         case(
             "vqa: an answer list with no answers",
             &[
@@ -526,9 +528,9 @@ fn bad_texts_and_options_are_named() {
         .says(&["text 3 of 3", "102 tokens, over the model's 64 positions"]),
         case(
             "caption: a prompt over the model's positions",
-            &["caption", "-p", &c, "--prompt", &long, &good],
+            &["caption", "-p", &c, "--prompt", &long_prompt, &good],
         )
-        .says(&["prompt", "over the model's 64 positions"]),
+        .says(&["prompt", "101 tokens, over the model's 64 positions"]),
         case(
             "caption: --max-length over the model's positions",
             &["caption", "-p", &c, "--max-length", "65", &good],
