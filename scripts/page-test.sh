@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # The page at / in real headless Chromium (tests-browser/page.test.mjs): an uploaded shapes image is
 # captioned as the CLI captions it, "how many shapes are there?" gets the CLI's answer, and a test
-# caption's image ranks first in search; the screenshot goes to docs/serve-page.png.
-#   scripts/page-test.sh
+# caption's image ranks first in search. With --bless the screenshot goes to docs/serve-page.png
+# (committed files are rewritten only when asked); else to a temporary folder.
+#   scripts/page-test.sh [--bless]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bless=""
+case "${1:-}" in
+  "") ;;
+  --bless) bless=1 ;;
+  *) echo "usage: scripts/page-test.sh [--bless]" >&2; exit 2 ;;
+esac
 eval "$(scripts/fetch-onnxruntime.sh)"
 modules=$(scripts/setup-browser.sh)
 bin="$(scripts/debug-cli.sh)"
@@ -45,5 +52,7 @@ for _ in $(seq 1 200); do
   sleep 0.1
 done
 export BASE="http://$addr" IMAGE="$PWD/$image" QUESTION="$question" QUERY="$query"
-export SCREENSHOT="$PWD/docs/serve-page.png" PROFILE="$work/profile"
+screenshot="$work/serve-page.png"
+[ -n "$bless" ] && screenshot="$PWD/docs/serve-page.png"
+export SCREENSHOT="$screenshot" PROFILE="$work/profile"
 NODE_PATH="$modules/node_modules" node tests-browser/page.test.mjs

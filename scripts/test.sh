@@ -37,4 +37,12 @@ step scripts/page-test.sh
 step scripts/python-test.sh
 step scripts/test-web.sh
 step scripts/test-portability.sh
+# A green run leaves the checkout as it found it: committed docs, screenshots and matrices are
+# rewritten only by an explicit --bless (scripts/page-test.sh, test-web.sh, test-portability.sh,
+# soak-serve.sh, BLIP_UPDATE_OPENAPI outside CI).
+if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  echo "test.sh: the run changed committed files:" >&2
+  git status --porcelain --untracked-files=no >&2
+  exit 1
+fi
 echo "test.sh: passed in $((SECONDS - start)) s" >&2
