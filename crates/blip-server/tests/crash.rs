@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use blip_runtime::{BlipModel, ImageInput, SessionOptions};
+use blip_runtime::{BlipModel, SessionOptions};
 use blip_server::ServeArgs;
 use common::*;
 use serde_json::json;
@@ -122,14 +122,6 @@ async fn add(client: &reqwest::Client, base: &str, id: &str, image: usize) -> Op
     Some(v["results"][0]["added"] == true)
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn index_changes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
@@ -227,13 +219,7 @@ async fn index_changes_survive_sigkill() {
         },
     )
     .unwrap();
-    let states: Vec<Vec<f32>> = (0..8)
-        .map(|i| {
-            let input = ImageInput::Path(test_image(i));
-            let (_, hidden) = model.embed_images(&[input]).unwrap();
-            hidden.iter().copied().collect()
-        })
-        .collect();
+    let states: Vec<Vec<f32>> = (0..8).map(|i| library_states(&mut model, i)).collect();
     let fates = fates.lock().unwrap().clone();
     let added = fates
         .values()
@@ -255,7 +241,7 @@ async fn index_changes_survive_sigkill() {
             }
             (Fate::Added(image), Some(row)) => {
                 let stored = idx.read_states(&index, &[row]).unwrap();
-                let own = max_diff(&stored, &states[*image]);
+                let own = max_abs_diff(&stored, &states[*image]);
                 assert!(own < 0.05, "{id}: stored states are {own} from its image's");
                 let bytes = std::fs::read(&idx.entries()[row].path).unwrap();
                 assert_eq!(bytes, std::fs::read(test_image(*image)).unwrap(), "{id}");

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use blip_runtime::request::limits;
-use blip_runtime::{BlipModel, ImageInput, SessionOptions};
+use blip_runtime::{BlipModel, SessionOptions};
 use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -329,24 +329,6 @@ async fn work_per_request_is_bounded_before_any_graph_runs() {
     );
 }
 
-/// The vision states of one image, as the library computes them (for comparing stored states).
-fn states_of(model: &mut BlipModel, i: usize) -> Vec<f32> {
-    let input = ImageInput::Bytes {
-        name: format!("test_{i}"),
-        data: std::fs::read(test_image(i)).unwrap(),
-    };
-    let (_, hidden) = model.embed_images(&[input]).unwrap();
-    hidden.iter().copied().collect()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_index_changes_keep_each_entry_its_own() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -363,7 +345,7 @@ async fn concurrent_index_changes_keep_each_entry_its_own() {
         },
     )
     .unwrap();
-    let states: Vec<Vec<f32>> = (0..4).map(|i| states_of(&mut model, i)).collect();
+    let states: Vec<Vec<f32>> = (0..4).map(|i| library_states(&mut model, i)).collect();
 
     // Two clients add the same id with different images at once, five rounds: exactly one is
     // acknowledged, and the entry holds that one's image and states.
@@ -388,8 +370,8 @@ async fn concurrent_index_changes_keep_each_entry_its_own() {
         let idx = blip_index::Index::read(&path).unwrap();
         let row = idx.position(&id).expect("acknowledged id is in the index");
         let stored = idx.read_states(&path, &[row]).unwrap();
-        let own = max_diff(&stored, &states[kept]);
-        let foreign = max_diff(&stored, &states[other]);
+        let own = max_abs_diff(&stored, &states[kept]);
+        let foreign = max_abs_diff(&stored, &states[other]);
         assert!(
             own < 0.05 && own * 10.0 < foreign,
             "round {round}: stored states are {own} from the acknowledged image's, {foreign} from the refused one's"

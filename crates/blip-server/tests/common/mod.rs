@@ -171,3 +171,19 @@ pub fn assert_error_naming(
     let message = got.1["error"].as_str().unwrap_or("");
     assert!(message.contains(what), "{what:?} not named in {message:?}");
 }
+
+/// The vision states of test image `i` as the library computes them (to compare stored states).
+pub fn library_states(model: &mut blip_runtime::BlipModel, i: usize) -> Vec<f32> {
+    let input = blip_runtime::ImageInput::Path(test_image(i));
+    let (_, hidden) = model.embed_images(&[input]).expect("embed");
+    hidden.iter().copied().collect()
+}
+
+/// The largest absolute difference between two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
