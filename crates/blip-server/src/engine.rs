@@ -180,6 +180,8 @@ pub struct Models {
     models: Vec<(Head, BlipModel)>,
     /// Seconds per unit of each task, learned from these runs (admission reads them).
     rates: Arc<admission::Rates>,
+    /// Seconds per image of merged runs by batch size (the batcher reads them).
+    batch_costs: Arc<BatchCosts>,
 }
 
 /// Decoder rows per image of a decoding strategy (beams; 1 for greedy and sampling).
@@ -633,7 +635,11 @@ fn run_merged(
     metrics::histogram!(m::BATCH_REQUESTS, "head" => head.name(), "task" => task)
         .record(jobs.len() as f64);
     let work = make(&jobs, Pixels { data, n });
+    let start = Instant::now();
     let result = models.run(head, work);
+    if result.is_ok() {
+        models.batch_costs.observe(n, start.elapsed().as_secs_f64());
+    }
     let mut offset = 0;
     match result {
         Ok(Done::Captions(all)) => {
@@ -693,10 +699,67 @@ fn live(job: Job) -> Option<Job> {
     Some(job)
 }
 
-/// Assembles batches from the queue.
+/// Seconds per image of merged runs, by batch size (powers of two), learned from the runs: the
+/// batcher makes batches only as large as they pay. Until a size has been measured, batches
+/// grow to the configured bound; once sizes are measured, the batch is capped at the cheapest
+/// per image (a larger size must be 5 % cheaper to win), one size up is tried while it has not
+/// been measured, and every 32nd batch may grow to the bound again, so the table follows the
+/// machine's load.
+#[derive(Default)]
+pub struct BatchCosts {
+    per_image: std::sync::Mutex<std::collections::BTreeMap<usize, f64>>,
+    batches: std::sync::atomic::AtomicU64,
+}
+
+impl BatchCosts {
+    fn table(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<usize, f64>> {
+        match self.per_image.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Records a merged run of `images` that took `seconds` (exponential average per size).
+    pub fn observe(&self, images: usize, seconds: f64) {
+        if images == 0 || !seconds.is_finite() {
+            return;
+        }
+        let per = seconds / images as f64;
+        self.table()
+            .entry(images.next_power_of_two())
+            .and_modify(|c| *c = 0.7 * *c + 0.3 * per)
+            .or_insert(per);
+    }
+
+    /// Images the next batch may take, at most `max`.
+    pub fn limit(&self, max: usize) -> usize {
+        let n = self.batches.fetch_add(1, Ordering::Relaxed);
+        let table = self.table();
+        if table.is_empty() || n % 32 == 31 {
+            return max;
+        }
+        let mut best = (0usize, f64::INFINITY);
+        for (&size, &cost) in table.iter() {
+            // Sizes ascend: a larger one wins only when clearly cheaper per image.
+            if cost < best.1 * 0.95 || best.0 == 0 {
+                best = (size, cost);
+            }
+        }
+        let up = best.0 * 2;
+        let limit = if up <= max.next_power_of_two() && !table.contains_key(&up) {
+            up
+        } else {
+            best.0
+        };
+        limit.clamp(1, max.max(1))
+    }
+}
+
+/// Assembles batches from the queue, oldest first.
 pub struct Batcher {
     pub max_images: usize,
     pub max_wait: Duration,
+    pub costs: Arc<BatchCosts>,
 }
 
 impl Batcher {
@@ -707,7 +770,9 @@ impl Batcher {
         let wait = first.work.batchable();
         let mut batch = vec![first];
         let until = Instant::now() + self.max_wait;
-        while images < self.max_images {
+        let limit = self.costs.limit(self.max_images);
+        metrics::gauge!(m::BATCH_LIMIT).set(limit as f64);
+        while images < limit {
             let next = if wait {
                 let left = until.saturating_duration_since(Instant::now());
                 rx.recv_timeout(left).ok()
@@ -804,6 +869,7 @@ pub fn start(
     loaded: oneshot::Sender<Result<(), String>>,
 ) -> std::io::Result<(EngineHandle, EngineThread)> {
     let (tx, rx) = mpsc::channel::<Job>();
+    let batch_costs = batcher.costs.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = stop.clone();
     let stopped = move || stopping.load(Ordering::SeqCst);
@@ -813,6 +879,7 @@ pub fn start(
             let mut models = Models {
                 models: Vec::new(),
                 rates,
+                batch_costs,
             };
             for (head, dir) in packages {
                 if stopped() {
@@ -852,4 +919,38 @@ pub fn start(
             }
         })?;
     Ok((EngineHandle { tx }, EngineThread { thread, stop }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_grow_only_where_they_pay() {
+        let c = BatchCosts::default();
+        // Nothing measured: the configured bound.
+        assert_eq!(c.limit(16), 16);
+        // Per image, 1 costs 1.0 s, 2 cost 0.9 s: try 4.
+        c.observe(1, 1.0);
+        c.observe(2, 1.8);
+        assert_eq!(c.limit(16), 4);
+        // 4 cost 1.2 s per image: 2 is the cheapest, 4 is measured, so 2.
+        c.observe(4, 4.8);
+        assert_eq!(c.limit(16), 2);
+        // A size only 2 % cheaper does not win over a smaller one.
+        let d = BatchCosts::default();
+        d.observe(1, 1.0);
+        d.observe(2, 1.96);
+        assert_eq!(d.limit(2), 1);
+        // Compute-bound (no size cheaper): one image at a time, never above the bound.
+        let e = BatchCosts::default();
+        for n in [1, 2, 4, 8, 16] {
+            e.observe(n, n as f64);
+        }
+        assert_eq!(e.limit(16), 1);
+        assert_eq!(e.limit(0), 1);
+        // Every 32nd batch may grow to the bound again (the table follows the load).
+        let limits: Vec<usize> = (0..40).map(|_| e.limit(16)).collect();
+        assert_eq!(limits.iter().filter(|&&l| l == 16).count(), 1, "{limits:?}");
+    }
 }

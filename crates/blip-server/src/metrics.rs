@@ -17,6 +17,8 @@ pub const BATCH_SIZE: &str = "blip_batch_size";
 /// Requests per merged graph run.
 pub const BATCH_REQUESTS: &str = "blip_batch_requests";
 pub const QUEUE_SIZE: &str = "blip_queue_size";
+/// Images the batcher let the last batch take (from the measured cost per image of each size).
+pub const BATCH_LIMIT: &str = "blip_batch_limit_images";
 pub const IMAGES_IN_FLIGHT: &str = "blip_images_in_flight";
 pub const GENERATED_TOKENS: &str = "blip_generated_tokens_total";
 /// Queue entries dropped before inference, by reason (disconnected, deadline).

@@ -240,6 +240,7 @@ impl AppState {
         let batcher = engine::Batcher {
             max_images: state.batch_images,
             max_wait: args.max_batch_wait(),
+            costs: Arc::new(engine::BatchCosts::default()),
         };
         let (handle, thread) = engine::start(
             packages,
