@@ -720,14 +720,20 @@ impl Index {
     /// Best effort: files under the sidecar that no entry names (left by removed or re-indexed
     /// images, or by a run that was killed) are deleted.
     pub fn sweep(&self, path: &Path) {
+        self.sweep_keeping(path, &[]);
+    }
+
+    /// As [`Index::sweep`], keeping too the files that the entries of `also` name (earlier
+    /// versions of this index that readers still hold).
+    pub fn sweep_keeping(&self, path: &Path, also: &[&Index]) {
         let side = Self::sidecar(path);
-        let states: std::collections::HashSet<&str> = self
-            .entries
-            .iter()
-            .filter_map(|e| e.state.as_deref())
+        let versions = || std::iter::once(self).chain(also.iter().copied());
+        let states: std::collections::HashSet<&str> = versions()
+            .flat_map(|v| v.entries.iter().filter_map(|e| e.state.as_deref()))
             .collect();
-        let images: std::collections::HashSet<&Path> =
-            self.entries.iter().map(|e| e.path.as_path()).collect();
+        let images: std::collections::HashSet<&Path> = versions()
+            .flat_map(|v| v.entries.iter().map(|e| e.path.as_path()))
+            .collect();
         let keep_state = |p: &Path| {
             p.file_name()
                 .and_then(|n| n.to_str())
@@ -865,6 +871,22 @@ mod tests {
             .count();
         assert_eq!(states, 2);
         assert!(!dir.path().join(".idx.bin.partial").exists());
+
+        // A version a reader still holds keeps its files through a sweep; the rest go.
+        let held = idx.clone();
+        let mut next = idx.clone();
+        next.remove("a").unwrap();
+        next.write_keeping_files(&path).unwrap();
+        next.sweep_keeping(&path, &[&held]);
+        let count = || {
+            std::fs::read_dir(Index::sidecar(&path).join("states"))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(count(), 2, "a's file went while a reader held it");
+        assert!(held.read_states(&path, &[0]).is_ok());
+        next.sweep_keeping(&path, &[]);
+        assert_eq!(count(), 1, "a's file stayed once no reader held it");
     }
 
     /// An index file whose header is `header` (JSON) followed by `embeddings`.

@@ -66,13 +66,13 @@ impl IndexStore {
     }
 
     /// Removes the sidecar files that no version still held names (call with `write` held, off
-    /// the async runtime): while a reader holds an older version its files stay.
+    /// the async runtime): while a reader holds an older version, the files it names stay; the
+    /// others go at once, so a server never idle still removes what deletes left.
     pub fn sweep_unused(&self) {
         let mut retired = self.retired_versions();
         retired.retain(|v| Arc::strong_count(v) > 1);
-        if retired.is_empty() {
-            self.snapshot().sweep(&self.path);
-        }
+        let held: Vec<&Index> = retired.iter().map(|v| v.as_ref()).collect();
+        self.snapshot().sweep_keeping(&self.path, &held);
     }
 }
 

@@ -435,6 +435,25 @@ async fn concurrent_index_changes_keep_each_entry_its_own() {
     assert_eq!(answered, vec![15, 15]);
     let idx = blip_index::Index::read(&path).unwrap();
     assert_eq!(idx.len(), 5, "the five same-id entries, no churn left");
+    // The churn's files were swept even though searches held older versions meanwhile: after one
+    // more change with no reader left, the states folder holds exactly the entries' files.
+    let (s, b) = server
+        .post(
+            "/v1/index",
+            json!({"images": [{"id": "last", "image": b64(&test_image(0))}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let idx = blip_index::Index::read(&path).unwrap();
+    let states = std::fs::read_dir(blip_index::Index::sidecar(&path).join("states"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        states,
+        idx.len(),
+        "state files left behind: {states} for {} entries",
+        idx.len()
+    );
 }
 
 /// Runs futures concurrently and collects their outputs in order.
