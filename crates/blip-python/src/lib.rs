@@ -280,6 +280,9 @@ struct Model {
     inner: Mutex<BlipModel>,
     head: String,
     package: PathBuf,
+    /// What the request layer checks options against, read once at open: resolving options
+    /// must not wait for the model lock while holding the GIL.
+    limits: request::ModelLimits,
 }
 
 type Embeddings<'py> = Bound<'py, numpy::PyArray2<f32>>;
@@ -322,6 +325,7 @@ impl Model {
             .map_err(runtime_err)?;
         Ok(Model {
             head: model.head().to_string(),
+            limits: request::ModelLimits::of(&model.package),
             inner: Mutex::new(model),
             package: path,
         })
@@ -359,7 +363,6 @@ impl Model {
         length_penalty: Option<f32>,
         repetition_penalty: Option<f32>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let limits = request::ModelLimits::of(&self.lock()?.package);
         let opts = caption_request(
             prompt,
             beams,
@@ -373,7 +376,7 @@ impl Model {
             length_penalty,
             repetition_penalty,
         )
-        .resolve(limits)
+        .resolve(self.limits)
         .map_err(request_err)?;
         let images = Image::all(&images, names)?;
         let results = py.detach(|| -> PyResult<_> {
