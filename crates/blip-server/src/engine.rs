@@ -32,14 +32,8 @@ pub struct Pixels {
     pub n: usize,
 }
 
-pub enum VqaMode {
-    Generate(VqaOptions),
-    Rank {
-        answers: Vec<String>,
-        k: usize,
-        max_question_tokens: usize,
-    },
-}
+/// The request layer's VQA modes are the engine's jobs as they are.
+pub use blip_runtime::request::VqaMode;
 
 /// What a job asks of the engine.
 pub enum Work {
@@ -102,13 +96,7 @@ impl Work {
             Work::Itm { texts, .. } => admission::units("itm", texts.len(), 0, 0),
             Work::Vqa {
                 questions, mode, ..
-            } => {
-                let rows = match mode {
-                    VqaMode::Generate(_) => 1,
-                    VqaMode::Rank { k, .. } => *k,
-                };
-                admission::units("vqa", questions.len(), rows, 0)
-            }
+            } => admission::units("vqa", questions.len(), mode.decoder_rows(), 0),
             Work::Search { rerank, .. } => admission::units("search", 1, *rerank, 0),
             Work::Probe => admission::units("probe", 1, 0, 0),
         }
@@ -261,11 +249,7 @@ impl Models {
                             .increment(tokens as u64);
                         Done::Answers(answers)
                     }
-                    VqaMode::Rank {
-                        answers,
-                        k,
-                        max_question_tokens,
-                    } => {
+                    VqaMode::Rank { answers, k } => {
                         let list: Vec<&str> = answers.iter().map(String::as_str).collect();
                         Done::Ranked(model.rank_answers_pixels_of(
                             data,
@@ -274,7 +258,7 @@ impl Models {
                             &qs,
                             &list,
                             k,
-                            max_question_tokens,
+                            VqaOptions::default().max_question_tokens,
                         )?)
                     }
                 }

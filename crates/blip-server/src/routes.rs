@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use blip_checkpoint::Head;
 use blip_index::{Entry, Stamp};
+use blip_runtime::CaptionOptions;
 use blip_runtime::request::{self, limits};
-use blip_runtime::{CaptionOptions, VqaOptions};
 use utoipa::OpenApi;
 
 use crate::admission;
@@ -604,44 +604,29 @@ async fn vqa(State(state): St, req: Request) -> AppResult<VqaResponse> {
     if body.questions.is_empty() {
         return Err(ApiError::empty("no questions: give `questions`"));
     }
-    let resolved = request::VqaRequest {
+    let mode = request::VqaRequest {
         questions: body.questions.clone(),
         answers: body.answers.clone(),
         k: body.k,
         mask_question_padding: body.mask_question_padding,
     }
     .resolve()?;
-    let tokens_of = |text: &str| {
-        served
-            .tokenizer
-            .encode_batch(&[text], blip_preprocess::FirstToken::Dec, None)
-            .map(|b| b.row_len(0))
-    };
-    let mode = match resolved {
-        request::VqaMode::Generate(opts) => VqaMode::Generate(opts),
-        request::VqaMode::Rank { answers, k } => {
-            for (i, a) in answers.iter().enumerate() {
-                // Answer tokens run through the decoder: longer ones would pass its positions.
-                let tokens =
-                    tokens_of(a).map_err(|e| ApiError::validation(format!("answers[{i}]: {e}")))?;
-                if tokens > positions {
-                    return Err(ApiError::validation(format!(
-                        "answers[{i}]: {tokens} tokens, over the decoder's {positions} positions"
-                    )));
-                }
-            }
-            VqaMode::Rank {
-                answers,
-                k,
-                max_question_tokens: VqaOptions::default().max_question_tokens,
+    if let VqaMode::Rank { answers, .. } = &mode {
+        for (i, a) in answers.iter().enumerate() {
+            // Answer tokens run through the decoder: longer ones would pass its positions.
+            let tokens = served
+                .tokenizer
+                .encode_batch(&[a.as_str()], blip_preprocess::FirstToken::Dec, None)
+                .map(|b| b.row_len(0))
+                .map_err(|e| ApiError::validation(format!("answers[{i}]: {e}")))?;
+            if tokens > positions {
+                return Err(ApiError::validation(format!(
+                    "answers[{i}]: {tokens} tokens, over the decoder's {positions} positions"
+                )));
             }
         }
-    };
-    let rows = match &mode {
-        VqaMode::Generate(_) => 1,
-        VqaMode::Rank { k, .. } => *k,
-    };
-    let cost = admission::units("vqa", body.questions.len(), rows, 0);
+    }
+    let cost = admission::units("vqa", body.questions.len(), mode.decoder_rows(), 0);
     let held = image_bytes(&state, Head::Vqa)?
         + text_bytes(&body.questions)
         + body.answers.as_deref().map_or(0, text_bytes);

@@ -279,6 +279,16 @@ pub enum VqaMode {
     },
 }
 
+impl VqaMode {
+    /// Decoder rows per question: one generated answer, or a pass per kept answer.
+    pub fn decoder_rows(&self) -> usize {
+        match self {
+            VqaMode::Generate(_) => 1,
+            VqaMode::Rank { k, .. } => *k,
+        }
+    }
+}
+
 impl VqaRequest {
     pub fn resolve(&self) -> Result<VqaMode, RequestError> {
         check_texts("questions", &self.questions, limits::MAX_QUESTIONS)?;
