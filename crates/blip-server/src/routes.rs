@@ -350,12 +350,7 @@ fn caption_options(r: &CaptionRequest, state: &AppState) -> Result<CaptionOption
         .prompt_ids(&options.prompt)
         .map_err(|e| ApiError::validation(format!("prompt: {e}")))?
         .len();
-    if prompt_tokens >= options.max_length {
-        return Err(ApiError::validation(format!(
-            "prompt: {prompt_tokens} tokens, not shorter than max_length {}",
-            options.max_length
-        )));
-    }
+    request::check_prompt_tokens(prompt_tokens, options.max_length)?;
     Ok(options)
 }
 

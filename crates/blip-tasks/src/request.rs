@@ -221,6 +221,17 @@ impl CaptionRequest {
     }
 }
 
+/// A prompt of `tokens` tokens must leave room for the caption: fewer than `max_length`.
+pub fn check_prompt_tokens(tokens: usize, max_length: usize) -> Result<(), RequestError> {
+    if tokens >= max_length {
+        return Err(RequestError::new(
+            "prompt",
+            format!("{tokens} tokens, not shorter than max_length {max_length}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a list of texts: `1..=max` items, each non-empty and at most
 /// [`limits::MAX_TEXT_BYTES`]. `field` names the list (`texts`, `questions`, `answers`).
 pub fn check_texts(field: &str, texts: &[String], max: usize) -> Result<(), RequestError> {

@@ -271,13 +271,8 @@ impl<G: Graphs> Blip<G> {
     ) -> Result<(Generation, Vec<i64>)> {
         self.check_max_length("max_length", opts.max_length)?;
         let prompt = self.tokenizer.prompt_ids(&opts.prompt)?;
-        if prompt.len() >= opts.max_length {
-            return Err(TaskError::Input(format!(
-                "the prompt is {} tokens, not shorter than max_length {}",
-                prompt.len(),
-                opts.max_length
-            )));
-        }
+        crate::request::check_prompt_tokens(prompt.len(), opts.max_length)
+            .map_err(|e| TaskError::Input(e.to_string()))?;
         let cfg = self.generation_config(
             &opts.strategy,
             opts.max_length,
