@@ -7,6 +7,7 @@
 mod bench;
 mod benchmark;
 mod eval;
+mod hub;
 mod inspect;
 mod tasks;
 mod validate;
@@ -72,7 +73,8 @@ enum Command {
     /// The package is a folder with blip.json (manifest), tokenizer.json and one ONNX graph per role.
     /// It is written to a temporary folder and renamed into place only when complete.
     Convert {
-        /// Hugging Face folder (config.json + model.safetensors / pytorch_model.bin) or a .pth file.
+        /// Hugging Face folder (config.json + model.safetensors / pytorch_model.bin), a .pth file, or
+        /// a hub model id ORG/NAME[@REVISION] (downloaded and converted once into $HF_HOME/blip-onnx).
         checkpoint: PathBuf,
         /// Output package folder.
         #[arg(short, long)]
@@ -274,7 +276,7 @@ enum Command {
     ///
     /// Images of concurrent requests are batched into one vision-encoder run; beyond the admission
     /// bounds the server answers 429 at once; SIGTERM / ctrl-c drain within --shutdown-grace.
-    Serve(blip_server::ServeArgs),
+    Serve(hub::ServeCmd),
     /// Search an index with a text: ITC top-k, then ITM rerank of the best candidates.
     Search {
         #[command(flatten)]
@@ -379,6 +381,21 @@ fn run(cli: Cli) -> Result<u8> {
             force,
             json,
         } => {
+            // A hub id (not an existing path): with the converter's defaults the package cache
+            // serves it; other options convert the downloaded checkpoint folder.
+            let checkpoint = match hub::id_of(&checkpoint) {
+                Some(id)
+                    if image_size.is_none()
+                        && config.is_none()
+                        && tokenizer.is_none()
+                        && head.is_none()
+                        && matches!(external_data, ExternalArg::Auto) =>
+                {
+                    return hub::convert(&id, &output, force, json);
+                }
+                Some(id) => hub::snapshot(&id)?,
+                None => checkpoint,
+            };
             let opts = ConvertOptions {
                 image_size,
                 config,
@@ -600,7 +617,8 @@ fn run(cli: Cli) -> Result<u8> {
             k,
             rerank,
         } => tasks::search(&common, &index, &query, k, rerank),
-        Command::Serve(args) => {
+        Command::Serve(cmd) => {
+            let args = hub::serve_args(cmd)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
