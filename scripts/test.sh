@@ -28,6 +28,7 @@ eval "$(scripts/fetch-onnxruntime.sh)"
 step cargo fmt --all --check
 step cargo clippy --workspace --all-targets --quiet -- -D warnings
 step scripts/check-seam.sh
+step scripts/setup-exiftool.sh
 step cargo test --workspace
 # The CLI binary those tests ran: the scripts below drive it (scripts/debug-cli.sh says why).
 export BLIP_TEST_CLI="$PWD/${CARGO_TARGET_DIR:-target}/debug/blip-onnx"

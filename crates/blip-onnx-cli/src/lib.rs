@@ -9,6 +9,7 @@ mod benchmark;
 mod eval;
 mod hub;
 mod inspect;
+mod sidecar;
 mod tasks;
 mod validate;
 
@@ -123,6 +124,17 @@ enum Command {
         /// With --format parquet: the shard to write (written to a temporary name, then renamed).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Also write a sidecar next to each image: photo.txt (the caption, one line), photo.json
+        /// (caption, model, decoding options) or photo.xmp (XMP, caption as dc:description).
+        /// An existing sidecar is an error unless --skip-existing or --overwrite.
+        #[arg(long, value_enum, conflicts_with = "output")]
+        write: Option<sidecar::Kind>,
+        /// Leave existing sidecars and do not caption their images (resume a run).
+        #[arg(long, requires = "write", conflicts_with = "overwrite")]
+        skip_existing: bool,
+        /// Replace existing sidecars.
+        #[arg(long, requires = "write")]
+        overwrite: bool,
     },
     /// ITC embeddings (projected, L2-normalised) of images or texts (retrieval package).
     Embed {
@@ -456,7 +468,22 @@ fn run(cli: Cli) -> Result<u8> {
             decoding,
             images,
             output,
-        } => tasks::caption(&common, &decoding, &images, output.as_deref()),
+            write,
+            skip_existing,
+            overwrite,
+        } => {
+            let write = write.map(|kind| sidecar::WriteSpec {
+                kind,
+                existing: if skip_existing {
+                    sidecar::Existing::Skip
+                } else if overwrite {
+                    sidecar::Existing::Overwrite
+                } else {
+                    sidecar::Existing::Refuse
+                },
+            });
+            tasks::caption(&common, &decoding, &images, output.as_deref(), write)
+        }
         Command::Embed {
             common,
             images,

@@ -13,6 +13,8 @@ use serde_json::json;
 
 use blip_index::{Entry as IndexEntry, Index, Stamp, StateShape};
 
+use crate::sidecar;
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Format {
     Text,
@@ -215,6 +217,7 @@ pub fn caption(
     decoding: &Decoding,
     images: &[PathBuf],
     output: Option<&Path>,
+    write: Option<sidecar::WriteSpec>,
 ) -> Result<u8> {
     match (common.format, output) {
         (Format::Parquet, None) => bail!("--format parquet needs --output FILE.parquet"),
@@ -223,23 +226,67 @@ pub fn caption(
         _ => {}
     }
     let named = expand_images(images)?;
+    // Sidecars are planned before the model loads: an existing one refused, or skipped (resume).
+    let (named, sidecars, skipped): (Vec<_>, Vec<Option<PathBuf>>, usize) = match write {
+        None => {
+            let n = named.len();
+            (named, vec![None; n], 0)
+        }
+        Some(spec) => {
+            let (plan, skipped) = sidecar::plan(named, spec)?;
+            let (named, sidecars) = plan.into_iter().map(|(i, p, s)| ((i, p), s)).unzip();
+            (named, sidecars, skipped)
+        }
+    };
+    if named.is_empty() && skipped > 0 {
+        eprintln!("every image has its sidecar ({skipped} skipped); nothing to caption");
+        return Ok(0);
+    }
     let images: Vec<PathBuf> = named.iter().map(|(_, p)| p.clone()).collect();
     let images = images.as_slice();
     let mut model = common.model()?;
     let opts = decoding.options(&model.package)?;
+    // The JSON sidecar's "model": the package folder's name.
+    let package_name = std::fs::canonicalize(&common.package)
+        .unwrap_or_else(|_| common.package.clone())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let bar = common.progress(images.len(), "captioning");
     let mut results = Vec::with_capacity(images.len());
-    for chunk in images.chunks(common.batch_size.max(1)) {
+    let mut written = 0;
+    let batch = common.batch_size.max(1);
+    for (chunk, chunk_sidecars) in images.chunks(batch).zip(sidecars.chunks(batch)) {
         let inputs: Vec<ImageInput> = chunk.iter().map(|p| ImageInput::Path(p.clone())).collect();
-        for result in model.caption(&inputs, &opts)? {
-            if let Err(e) = &result {
-                eprintln!("error: {e}");
+        for (result, sidecar_path) in model
+            .caption(&inputs, &opts)?
+            .into_iter()
+            .zip(chunk_sidecars)
+        {
+            let mut result = result.map_err(|e| e.to_string());
+            // Written as each batch ends, so an interrupted run resumes with --skip-existing.
+            if let (Ok(c), Some(path), Some(spec)) = (&result, sidecar_path, write) {
+                let text = spec.kind.render(&c.text, &package_name, &opts);
+                match sidecar::write_atomic(path, text.as_bytes()) {
+                    Ok(()) => written += 1,
+                    Err(e) => result = Err(format!("writing {}: {e}", path.display())),
+                }
             }
-            results.push(result.map_err(|e| e.to_string()));
+            if let Err(e) = &result {
+                bar.suspend(|| eprintln!("error: {e}"));
+            }
+            results.push(result);
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
+    if let Some(spec) = write {
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        eprintln!(
+            "{written} .{} sidecars written, {skipped} skipped (already there), {failed} failed",
+            spec.kind.extension()
+        );
+    }
     let failed = results.iter().filter(|r| r.is_err()).count();
     if let Some(output) = output {
         let rows: Vec<blip_shards::CaptionRow> = named
