@@ -20,7 +20,7 @@ TEST_VENV=target/python-test-venv
 rm -rf "$TEST_VENV"
 python3 -m venv "$TEST_VENV"
 "$TEST_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "$wheel" -r python/requirements-test.txt -r python/requirements-ray.txt
+    "$wheel" -r python/requirements-test.txt -r python/requirements-ray.txt -r python/requirements-clients.txt
 export BLIP_ONNX_REQUIRE_RAY=1  # the Ray cluster tests must run, not skip
 # From the repository root, so `blip_onnx` is the installed wheel, not the python/ source folder.
 "$TEST_VENV/bin/python" -m pytest -q -p no:cacheprovider python/tests "$@"

@@ -165,7 +165,7 @@ impl ChatRequest {
         let beams = match (self.num_beams, self.temperature) {
             (Some(b), _) => Some(b),
             // temperature 0 asks for the most likely tokens: greedy.
-            (None, Some(t)) if t == 0.0 => Some(1),
+            (None, Some(0.0)) => Some(1),
             _ => None,
         };
         let n = self.n.unwrap_or(1);

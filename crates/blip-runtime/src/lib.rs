@@ -19,7 +19,7 @@ pub use blip_preprocess::PreprocessError;
 pub use blip_tasks::{
     Answer, Blip, CandidateStates, Caption, CaptionOptions, DecodeBatch, Generated, Generation,
     GenerationConfig, Graphs, Hit, ImageInput, ItmScore, RankedAnswers, Strategy, TaskError,
-    VisionOutput, VqaOptions, match_probability, ready, unique_inputs,
+    VisionOutput, VqaOptions, caption_text, match_probability, ready, unique_inputs,
 };
 pub use blip_tasks::{defaults, generate, request};
 pub use engine::{DecoderShape, GRAPH_DURATION, OrtCache, OrtCross, OrtGraphs};

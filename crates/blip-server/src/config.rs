@@ -78,6 +78,25 @@ pub struct ServeArgs {
     /// the side-by-side measurement (docs/bench/serve-schedulers-shapes.md).
     #[arg(long, value_enum, default_value_t = crate::engine::SchedulerKind::Request, env = "BLIP_SCHEDULER")]
     pub scheduler: crate::engine::SchedulerKind,
+    /// The model id each package answers to on the OpenAI-compatible routes, in --package order
+    /// (default: the package folder's name).
+    #[arg(long = "served-model-name")]
+    pub served_model_names: Vec<String>,
+    /// Hosts `image_url`s may be fetched from (OpenAI-compatible routes): `photos.example.com`,
+    /// or `*.example.com` for its subdomains. None: only data: URIs are taken.
+    #[arg(
+        long = "allow-image-url-host",
+        env = "BLIP_ALLOW_IMAGE_URL_HOST",
+        value_delimiter = ','
+    )]
+    pub allow_image_url_hosts: Vec<String>,
+    /// Let allowed hosts resolve to private, loopback and link-local addresses (an intranet
+    /// image store). Off: such addresses are refused at connect time, redirects included.
+    #[arg(long, env = "BLIP_ALLOW_PRIVATE_IMAGE_URLS")]
+    pub allow_private_image_urls: bool,
+    /// Seconds an image URL may take to answer in full.
+    #[arg(long, default_value_t = 10.0, env = "BLIP_IMAGE_URL_TIMEOUT")]
+    pub image_url_timeout: f64,
 }
 
 impl ServeArgs {

@@ -24,7 +24,14 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for `Retry-After` (429, 503).
     pub retry_after: Option<u32>,
+    /// The request field at fault, where one is (the OpenAI-compatible routes answer it as
+    /// `param`).
+    pub param: Option<String>,
 }
+
+/// The field an error response names, kept on the response for the OpenAI error shape.
+#[derive(Debug, Clone)]
+pub struct ErrorParam(pub String);
 
 /// Longest error message answered: a message that quotes the request (a serde error quoting a
 /// string value, a text) is cut to this many bytes, so an error never echoes a large input back.
@@ -53,6 +60,7 @@ impl ApiError {
             error_type,
             message: excerpt(message.into()),
             retry_after: None,
+            param: None,
         }
     }
 
@@ -186,7 +194,10 @@ impl ApiError {
 impl From<blip_runtime::request::RequestError> for ApiError {
     /// A request option that cannot be taken: 422 naming the field and the rule.
     fn from(e: blip_runtime::request::RequestError) -> ApiError {
-        ApiError::validation(e.to_string())
+        ApiError {
+            param: Some(e.field.clone()),
+            ..ApiError::validation(e.to_string())
+        }
     }
 }
 
@@ -200,6 +211,9 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(p) = self.param {
+            r.extensions_mut().insert(ErrorParam(p));
         }
         r
     }

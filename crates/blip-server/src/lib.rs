@@ -5,7 +5,8 @@
 //! Layout: [`config`] (flags), [`conn`] (the accept loop and its connection timeouts), [`engine`] (the thread that owns the models, its batcher and the
 //! swappable scheduler), [`routes`] (axum handlers and the OpenAPI document), [`input`] (bodies,
 //! images, preprocessing off the runtime), [`error`] (`{"error", "error_type"}`), [`state`]
-//! (admission, readiness, the served index).
+//! (admission, readiness, the served index), [`openai`] (the OpenAI-compatible routes) and
+//! [`image_url`] (fetching their image URLs under the operator's rules).
 
 pub mod admission;
 pub mod api;
@@ -13,8 +14,10 @@ pub mod config;
 pub mod conn;
 pub mod engine;
 pub mod error;
+pub mod image_url;
 pub mod input;
 pub mod metrics;
+pub mod openai;
 pub mod routes;
 pub mod state;
 

@@ -25,8 +25,8 @@ use crate::input::{self, RawImage};
 use crate::metrics as m;
 use crate::state::AppState;
 
-type AppResult<T> = Result<Json<T>, ApiError>;
-type St = State<Arc<AppState>>;
+pub(crate) type AppResult<T> = Result<Json<T>, ApiError>;
+pub(crate) type St = State<Arc<AppState>>;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -82,11 +82,17 @@ pub fn router(state: Arc<AppState>, args: &ServeArgs) -> Router {
         .route("/v1/index/{id}", delete(index_delete))
         .route_layer(middleware::from_fn_with_state(state.clone(), read_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    // OpenAI's dialect beside ours: the same body bounds and key; errors in OpenAI's shape.
+    let openai = crate::openai::router()
+        .route_layer(middleware::from_fn_with_state(state.clone(), read_body))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth))
+        .route_layer(middleware::from_fn(crate::openai::openai_errors));
     // Swagger UI (vendored assets) reading our /openapi.json; no validator badge from outside.
     let docs = utoipa_swagger_ui::SwaggerUi::new("/docs")
         .config(utoipa_swagger_ui::Config::from("/openapi.json").validator_url("none"));
     let mut app = Router::new()
         .merge(v1)
+        .merge(openai)
         .merge(docs)
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
@@ -148,7 +154,7 @@ async fn count_requests(req: Request, next: Next) -> Response {
 /// one place: a `Content-Encoding` other than identity is refused (415, naming it), a declared
 /// `Content-Length` over --payload-limit is refused before any byte is read (413), a body that does
 /// not arrive within --body-read-timeout is answered 408, and one that grows past the limit 413.
-async fn read_body(State(state): St, req: Request, next: Next) -> Response {
+pub(crate) async fn read_body(State(state): St, req: Request, next: Next) -> Response {
     let limit = state.args.payload_limit;
     if let Some(encoding) = req.headers().get(header::CONTENT_ENCODING) {
         let encoding = String::from_utf8_lossy(encoding.as_bytes())
@@ -232,7 +238,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
 }
 
 /// Bearer key on /v1/* when --api-key is set (compared in constant time).
-async fn auth(State(state): St, req: Request, next: Next) -> Response {
+pub(crate) async fn auth(State(state): St, req: Request, next: Next) -> Response {
     if let Some(key) = &state.args.api_key {
         let given = req
             .headers()
@@ -263,7 +269,7 @@ fn bearer_token(value: &str) -> Option<&str> {
 }
 
 /// Checks and preprocesses a request's images for `head`: per image its pixels or its error.
-async fn prepare(
+pub(crate) async fn prepare(
     state: &AppState,
     head: Head,
     images: Vec<Result<RawImage, ApiError>>,
@@ -273,7 +279,9 @@ async fn prepare(
 }
 
 /// The pixels of the images that decoded, laid end to end, and per image its slot or error.
-fn stack(items: Vec<Result<Vec<f32>, ApiError>>) -> (Pixels, Vec<Result<usize, ApiError>>) {
+pub(crate) fn stack(
+    items: Vec<Result<Vec<f32>, ApiError>>,
+) -> (Pixels, Vec<Result<usize, ApiError>>) {
     let mut data = Vec::new();
     let mut n = 0;
     let slots = items
@@ -312,12 +320,12 @@ fn single_image(
 }
 
 /// Input bytes an image of `head`'s package holds while its request is in flight.
-fn image_bytes(state: &AppState, head: Head) -> Result<u64, ApiError> {
+pub(crate) fn image_bytes(state: &AppState, head: Head) -> Result<u64, ApiError> {
     let size = state.served(head)?.package.manifest.preprocess.image_size;
     Ok(admission::input_bytes_per_image(size))
 }
 
-fn text_bytes(texts: &[String]) -> u64 {
+pub(crate) fn text_bytes(texts: &[String]) -> u64 {
     texts.iter().map(|t| t.len() as u64).sum()
 }
 

@@ -100,6 +100,8 @@ pub struct AppState {
     /// The engine's estimated working set per batched image (largest package).
     pub working_bytes_per_image: u64,
     pub metrics: PrometheusHandle,
+    /// Fetches `image_url`s under --allow-image-url-host's rules (OpenAI-compatible routes).
+    pub image_urls: crate::image_url::UrlFetcher,
     pub args: ServeArgs,
 }
 
@@ -206,6 +208,7 @@ impl AppState {
         let by_memory = usize::try_from(budget / 2 / working_bytes_per_image).unwrap_or(usize::MAX);
         let batch_images = args.max_batch_images.clamp(1, by_memory.max(1));
         Ok(AppState {
+            image_urls: crate::image_url::UrlFetcher::new(args).map_err(ServerError::Config)?,
             served,
             index,
             engine: RwLock::new(None),

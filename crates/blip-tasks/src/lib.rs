@@ -23,7 +23,7 @@ pub use input::{ImageInput, unique_inputs};
 pub use request::{ModelLimits, RequestError};
 pub use tasks::{
     Answer, Blip, CandidateStates, Caption, CaptionOptions, Hit, ItmScore, RankedAnswers,
-    VqaOptions, match_probability,
+    VqaOptions, caption_text, match_probability,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -93,6 +93,27 @@ pub struct RankedAnswers {
     pub candidates: Vec<(usize, f32)>,
 }
 
+/// The caption text of a generated sequence `ids` that began with a prompt of `prompt_len`
+/// tokens: BLIP strips the prompt from the decoded text (`caption[len(prompt):]`). Also the text
+/// of a partial sequence (the streamed pieces of a caption).
+pub fn caption_text(
+    tokenizer: &blip_preprocess::BlipTokenizer,
+    ids: &[i64],
+    prompt_len: usize,
+    prompt: &str,
+) -> Result<String> {
+    let full = tokenizer.decode(ids)?;
+    let p = prompt.trim();
+    Ok(match full.strip_prefix(p) {
+        Some(rest) if !p.is_empty() => rest.trim().to_string(),
+        _ if p.is_empty() => full.trim().to_string(),
+        _ => tokenizer
+            .decode(&ids[prompt_len.min(ids.len())..])?
+            .trim()
+            .to_string(),
+    })
+}
+
 /// One image-text pair scored by [`Blip::itm`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ItmScore {
@@ -307,20 +328,8 @@ impl<G: Graphs> Blip<G> {
     ) -> Result<Vec<Caption>> {
         let mut out = Vec::with_capacity(generated.sequences.len());
         for (i, ids) in generated.sequences.iter().enumerate() {
-            let full = self.tokenizer.decode(ids)?;
-            // BLIP strips the prompt from the decoded text (`caption[len(prompt):]`).
-            let p = opts.prompt.trim();
-            let text = match full.strip_prefix(p) {
-                Some(rest) if !p.is_empty() => rest.trim().to_string(),
-                _ if p.is_empty() => full.trim().to_string(),
-                _ => self
-                    .tokenizer
-                    .decode(&ids[prompt.len().min(ids.len())..])?
-                    .trim()
-                    .to_string(),
-            };
             out.push(Caption {
-                text,
+                text: caption_text(&self.tokenizer, ids, prompt.len(), &opts.prompt)?,
                 ids: ids.clone(),
                 score: generated.scores.as_ref().map(|s| s[i]),
             });
