@@ -145,6 +145,23 @@ enum Command {
         #[arg(long = "text", num_args = 1..)]
         texts: Vec<String>,
     },
+    /// Zero-shot tags (retrieval package): each label scored by the ITC similarity of the image to
+    /// "a photo of {label}"; one JSON line per image, tags by score (ties by label).
+    Tag {
+        #[command(flatten)]
+        common: tasks::Common,
+        /// Labels, one per line (blank lines ignored).
+        #[arg(long)]
+        labels: PathBuf,
+        /// Keep the K best labels [default: 5].
+        #[arg(long, conflicts_with = "threshold")]
+        top_k: Option<usize>,
+        /// Keep the labels scoring at least T (a cosine, -1 to 1).
+        #[arg(long, allow_hyphen_values = true)]
+        threshold: Option<f32>,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Image-text matching: ITM match probability (and ITC similarity) of an image with each text.
     Itm {
         #[command(flatten)]
@@ -494,6 +511,13 @@ fn run(cli: Cli) -> Result<u8> {
             }
             tasks::embed(&common, &images, &texts)
         }
+        Command::Tag {
+            common,
+            labels,
+            top_k,
+            threshold,
+            images,
+        } => tasks::tag(&common, &images, &labels, top_k, threshold),
         Command::Itm {
             common,
             image,

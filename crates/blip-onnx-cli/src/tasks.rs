@@ -425,6 +425,114 @@ pub fn embed(common: &Common, images: &[PathBuf], texts: &[String]) -> Result<u8
     Ok(if failed > 0 { EXIT_PARTIAL } else { 0 })
 }
 
+/// `tag`: zero-shot labels of each image, by ITC similarity to each label embedded as
+/// `blip_runtime::tag::TAG_PROMPT`. JSON lines (`--format json`: one array); a bad image is an
+/// error record and exit 3.
+pub fn tag(
+    common: &Common,
+    images: &[PathBuf],
+    labels_file: &Path,
+    top_k: Option<usize>,
+    threshold: Option<f32>,
+) -> Result<u8> {
+    let text = std::fs::read_to_string(labels_file)
+        .with_context(|| format!("reading {}", labels_file.display()))?;
+    // Blank lines are skipped; errors name the line a label came from.
+    let (lines, labels): (Vec<usize>, Vec<String>) = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| (n + 1, l.trim().to_string()))
+        .unzip();
+    let request = request::TagRequest {
+        labels,
+        top_k,
+        threshold,
+    };
+    // Checked before the model loads.
+    let options = request.resolve().map_err(|e| {
+        // `labels[i]` (the request layer's item) as the file's line number.
+        let line = |item: &str| {
+            item.strip_prefix("labels[")
+                .and_then(|i| i.strip_suffix(']'))
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| lines.get(i).copied())
+        };
+        match (e.field.as_str(), line(&e.field)) {
+            (_, Some(n)) => {
+                let problem = match e.problem.strip_prefix("repeats ").and_then(line) {
+                    Some(first) => format!("repeats line {first}"),
+                    None => e.problem.clone(),
+                };
+                anyhow::anyhow!("{} line {n}: {problem}", labels_file.display())
+            }
+            ("labels", None) => anyhow::anyhow!("{}: labels {}", labels_file.display(), e.problem),
+            _ => flag_error(e),
+        }
+    })?;
+    let labels = request.labels;
+    let mut model = common.model()?;
+    let prompts: Vec<String> = labels
+        .iter()
+        .map(|l| blip_runtime::tag::tag_prompt(l))
+        .collect();
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let label_embeds = model.embed_texts(&refs)?;
+    let mut records = Vec::with_capacity(images.len());
+    let mut failed = 0;
+    let bar = common.progress(images.len(), "tagging");
+    for chunk in images.chunks(common.batch_size.max(1)) {
+        // Decoded one by one so that a bad file fails alone, encoded together.
+        let mut pixels = Vec::new();
+        let mut good = Vec::new();
+        let mut slots = Vec::with_capacity(chunk.len());
+        for p in chunk {
+            match model.pixel_values(&ImageInput::Path(p.clone())) {
+                Ok(px) => {
+                    pixels.extend(px);
+                    slots.push(Ok(good.len()));
+                    good.push(p);
+                }
+                Err(e) => slots.push(Err(e.to_string())),
+            }
+        }
+        let tags = if good.is_empty() {
+            Vec::new()
+        } else {
+            let embeds = model.vision(&pixels, good.len())?.embeds.with_context(|| {
+                format!("package head {} has no image embeddings", model.head())
+            })?;
+            blip_runtime::tag::zero_shot_tags(embeds.view(), label_embeds.view(), &labels, options)
+                .map_err(blip_runtime::RuntimeError::from)?
+        };
+        for (p, slot) in chunk.iter().zip(slots) {
+            records.push(match slot {
+                Ok(i) => {
+                    let list: Vec<_> = tags[i]
+                        .iter()
+                        .map(|t| json!({"label": t.label, "score": t.score}))
+                        .collect();
+                    json!({"image": p, "tags": list})
+                }
+                Err(e) => {
+                    failed += 1;
+                    bar.suspend(|| eprintln!("error: {e}"));
+                    json!({"image": p, "error": e})
+                }
+            });
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    // JSON lines are the text form of this command.
+    let format = match common.format {
+        Format::Text => Format::Jsonl,
+        f => f,
+    };
+    emit(format, &records, |r| r.to_string())?;
+    Ok(if failed > 0 { EXIT_PARTIAL } else { 0 })
+}
+
 pub fn itm(common: &Common, image: &Path, texts: &[String]) -> Result<u8> {
     let mut model = common.model()?;
     let pixels = model.pixel_values(&ImageInput::Path(image.to_path_buf()))?;

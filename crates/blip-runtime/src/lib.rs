@@ -21,7 +21,7 @@ pub use blip_tasks::{
     GenerationConfig, Graphs, Hit, ImageInput, ItmScore, RankedAnswers, Strategy, TaskError,
     VisionOutput, VqaOptions, caption_text, match_probability, ready, unique_inputs,
 };
-pub use blip_tasks::{defaults, generate, request};
+pub use blip_tasks::{defaults, generate, request, tag};
 pub use engine::{DecoderShape, GRAPH_DURATION, OrtCache, OrtCross, OrtGraphs};
 pub use model::{BlipModel, CachedDecoder};
 use ort::session::Session;

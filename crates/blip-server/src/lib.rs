@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod openai;
 pub mod routes;
 pub mod state;
+pub mod tag;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

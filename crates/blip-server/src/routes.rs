@@ -36,7 +36,7 @@ pub(crate) type St = State<Arc<AppState>>;
     ),
     paths(
         caption, embed, itm, vqa, search, get_image, index_add, index_delete, live, ready, info,
-        metrics_text
+        metrics_text, crate::tag::tag
     ),
     components(schemas(ErrorBody, ItemError)),
     modifiers(&BearerAuth)
@@ -76,6 +76,7 @@ pub fn router(state: Arc<AppState>, args: &ServeArgs) -> Router {
         .route("/v1/embed", post(embed))
         .route("/v1/itm", post(itm))
         .route("/v1/vqa", post(vqa))
+        .route("/v1/tag", post(crate::tag::tag))
         .route("/v1/search", post(search))
         .route("/v1/images/{id}", get(get_image))
         .route("/v1/index", post(index_add))

@@ -13,3 +13,5 @@ pub const SEARCH_K: usize = 10;
 pub const RERANK: usize = 16;
 /// VQA rank mode: answers kept after the first-token ranking (LAVIS: 128).
 pub const VQA_RANK_K: usize = 128;
+/// Zero-shot tagging: labels kept per image when neither `top_k` nor `threshold` is given.
+pub const TAG_TOP_K: usize = 5;

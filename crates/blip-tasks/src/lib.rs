@@ -11,6 +11,7 @@ pub mod generate;
 mod graphs;
 mod input;
 pub mod request;
+pub mod tag;
 mod tasks;
 
 pub use batch::DecodeBatch;
@@ -21,6 +22,7 @@ pub use generate::{Generated, Generation, GenerationConfig, StepInput, Strategy}
 pub use graphs::{DecoderFeed, Graphs, LogitPositions, VisionOutput, ready};
 pub use input::{ImageInput, unique_inputs};
 pub use request::{ModelLimits, RequestError};
+pub use tag::{TAG_PROMPT, Tag, TagOptions, tag_prompt, zero_shot_tags};
 pub use tasks::{
     Answer, Blip, CandidateStates, Caption, CaptionOptions, Hit, ItmScore, RankedAnswers,
     VqaOptions, caption_text, match_probability,

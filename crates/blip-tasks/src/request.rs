@@ -35,6 +35,8 @@ pub mod limits {
     pub const MAX_SEARCH_K: usize = 1000;
     /// Candidates one search reranks with ITM.
     pub const MAX_RERANK: usize = 256;
+    /// Labels of one zero-shot tagging request (each is one text embedding).
+    pub const MAX_LABELS: usize = 1024;
 }
 
 /// A request option that cannot be taken: which field (and item), and what it must be.
@@ -383,6 +385,56 @@ impl SearchRequest {
     }
 }
 
+/// Zero-shot tagging as a request gives it: the labels, and the `top_k` best or those scoring at
+/// least `threshold` (one or the other; neither: the [`defaults::TAG_TOP_K`] best).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagRequest {
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub top_k: Option<usize>,
+    /// ITC similarity (a cosine): -1 to 1.
+    pub threshold: Option<f32>,
+}
+
+impl TagRequest {
+    pub fn resolve(&self) -> Result<crate::tag::TagOptions, RequestError> {
+        check_texts("labels", &self.labels, limits::MAX_LABELS)?;
+        // A repeated label would be scored twice and shown twice.
+        let mut seen = std::collections::HashMap::new();
+        for (i, l) in self.labels.iter().enumerate() {
+            if let Some(first) = seen.insert(l.trim(), i) {
+                return Err(RequestError::new(
+                    format!("labels[{i}]"),
+                    format!("repeats labels[{first}]"),
+                ));
+            }
+        }
+        match (self.top_k, self.threshold) {
+            (Some(_), Some(_)) => Err(RequestError::new(
+                "threshold",
+                "give top_k or threshold, not both",
+            )),
+            (_, Some(t)) => Ok(crate::tag::TagOptions::Threshold(in_range(
+                "threshold",
+                t,
+                (-1.0..=1.0).contains(&t),
+                "from -1 to 1 (a cosine similarity)",
+            )?)),
+            (k, None) => {
+                let k = k.unwrap_or(defaults::TAG_TOP_K);
+                if k == 0 || k > limits::MAX_LABELS {
+                    return Err(RequestError::new(
+                        "top_k",
+                        format!("{k} is out of range: 1 to {}", limits::MAX_LABELS),
+                    ));
+                }
+                Ok(crate::tag::TagOptions::TopK(k.min(self.labels.len())))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,5 +629,71 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert_eq!(e.field, "rerank");
+    }
+
+    #[test]
+    fn tag_requests_name_the_field() {
+        let labels = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let field = |r: TagRequest| r.resolve().expect_err("refused").field;
+        assert_eq!(field(TagRequest::default()), "labels");
+        assert_eq!(
+            field(TagRequest {
+                labels: labels(&["cat", " "]),
+                ..Default::default()
+            }),
+            "labels[1]"
+        );
+        assert_eq!(
+            field(TagRequest {
+                labels: labels(&["cat", "dog", "cat"]),
+                ..Default::default()
+            }),
+            "labels[2]"
+        );
+        assert_eq!(
+            field(TagRequest {
+                labels: vec!["x".into(); limits::MAX_LABELS + 1],
+                ..Default::default()
+            }),
+            "labels"
+        );
+        for k in [0, limits::MAX_LABELS + 1] {
+            assert_eq!(
+                field(TagRequest {
+                    labels: labels(&["cat"]),
+                    top_k: Some(k),
+                    ..Default::default()
+                }),
+                "top_k"
+            );
+        }
+        for t in [1.5, -1.01, f32::NAN] {
+            assert_eq!(
+                field(TagRequest {
+                    labels: labels(&["cat"]),
+                    threshold: Some(t),
+                    ..Default::default()
+                }),
+                "threshold"
+            );
+        }
+        assert_eq!(
+            field(TagRequest {
+                labels: labels(&["cat"]),
+                top_k: Some(1),
+                threshold: Some(0.2),
+            }),
+            "threshold"
+        );
+        // The default keeps at most the labels given.
+        assert_eq!(
+            TagRequest {
+                labels: labels(&["cat", "dog"]),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap(),
+            crate::tag::TagOptions::TopK(2)
+        );
     }
 }
