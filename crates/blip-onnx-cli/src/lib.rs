@@ -4,6 +4,7 @@
 //! (`src/main.rs`) and the Python package's `blip-onnx` console script (the same subcommands,
 //! the same exit codes).
 
+mod batch;
 mod bench;
 mod benchmark;
 mod eval;
@@ -306,6 +307,10 @@ enum Command {
     /// Images of concurrent requests are batched into one vision-encoder run; beyond the admission
     /// bounds the server answers 429 at once; SIGTERM / ctrl-c drain within --shutdown-grace.
     Serve(hub::ServeCmd),
+    /// Answer an OpenAI Batch API file (JSONL of /v1/chat/completions requests) offline, with the
+    /// server's own route in process: one result line per input line, in order; bad lines get
+    /// error lines (exit 3), the rest are answered.
+    Batch(batch::BatchCmd),
     /// Search an index with a text: ITC top-k, then ITM rerank of the best candidates.
     Search {
         #[command(flatten)]
@@ -668,6 +673,7 @@ fn run(cli: Cli) -> Result<u8> {
             k,
             rerank,
         } => tasks::search(&common, &index, &query, k, rerank),
+        Command::Batch(cmd) => batch::run(cmd),
         Command::Serve(cmd) => {
             let args = hub::serve_args(cmd)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -4,7 +4,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::chat::ChatRequest;
 use crate::error::OpenAiError;
 
 /// The routes a batch line may name.
@@ -19,11 +18,12 @@ pub struct BatchLine {
     pub body: Value,
 }
 
-/// A line that can be answered: its id and its chat request.
+/// A line that can be answered: its id and the body for its route (the route reads and checks
+/// the body, so a bad body is answered as the route answers it).
 #[derive(Debug, Clone)]
 pub struct BatchItem {
     pub custom_id: String,
-    pub chat: ChatRequest,
+    pub body: Value,
 }
 
 /// Reads line `number` (1-based) of a batch file: the request, or the error line to write (with
@@ -62,11 +62,16 @@ pub fn read_line(number: usize, line: &str) -> Result<BatchItem, (Option<String>
             ),
         ));
     }
-    let chat: ChatRequest = serde_json::from_value(parsed.body)
-        .map_err(|e| bad(id.clone(), "body", format!("body: {e}")))?;
+    if parsed.body.get("stream").and_then(Value::as_bool) == Some(true) {
+        return Err(bad(
+            id,
+            "body.stream",
+            "body.stream: a batch answers whole completions, not streams".into(),
+        ));
+    }
     Ok(BatchItem {
         custom_id: parsed.custom_id,
-        chat,
+        body: parsed.body,
     })
 }
 

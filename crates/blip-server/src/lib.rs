@@ -114,6 +114,36 @@ pub async fn start(args: ServeArgs) -> Result<Running, ServerError> {
     })
 }
 
+/// The server without a socket: its router (every route, admission, the engine) for requests
+/// made in this process — `blip-onnx batch` answers Batch API lines through it, so a line gets
+/// exactly the answer `POST` to a running server would. Call [`InProcess::stop`] when done.
+pub struct InProcess {
+    pub router: axum::Router,
+    pub state: Arc<state::AppState>,
+}
+
+impl InProcess {
+    /// Loads the packages and waits until they have answered their warm-up pass.
+    pub async fn start(args: ServeArgs) -> Result<InProcess, ServerError> {
+        let metrics = metrics::install().map_err(ServerError::Config)?;
+        let state = Arc::new(state::AppState::new(&args, metrics)?);
+        state::AppState::start_engine(&state, &args)?;
+        let router = routes::router(state.clone(), &args);
+        while !state.is_ready() {
+            if let Some(e) = state.load_error.read().ok().and_then(|g| g.clone()) {
+                return Err(ServerError::Engine(e));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(InProcess { router, state })
+    }
+
+    pub async fn stop(self) -> Result<(), ServerError> {
+        let bound = self.state.args.shutdown_grace() + std::time::Duration::from_secs(30);
+        self.state.stop_engine(bound).await
+    }
+}
+
 /// Runs the server until SIGTERM or ctrl-c, then drains within the grace period.
 pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     // Signal handlers first: a SIGTERM right after "listening" must drain, not kill.
