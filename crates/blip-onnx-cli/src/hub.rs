@@ -133,6 +133,20 @@ pub fn serve_args(cmd: ServeCmd) -> Result<blip_server::ServeArgs> {
             resolved.commit,
             resolved.dir.display()
         );
+        // The OpenAI-compatible routes name a --model package by its hub id (as vLLM does),
+        // unless --served-model-name named them all.
+        if args.served_model_names.len() <= args.packages.len() {
+            while args.served_model_names.len() < args.packages.len() {
+                let folder = &args.packages[args.served_model_names.len()];
+                args.served_model_names.push(
+                    folder
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                );
+            }
+            args.served_model_names.push(id.repo.clone());
+        }
         args.packages.push(resolved.dir);
     }
     Ok(args)

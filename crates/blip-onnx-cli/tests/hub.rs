@@ -276,6 +276,8 @@ fn serve_a_model_id_resolves_it_to_the_cached_package() {
         seen.push(line);
     };
     let info = http_get(&addr, "/info");
+    // The OpenAI-compatible routes name the package by its hub id.
+    let models = http_get(&addr, "/v1/models");
     let _ = child.kill();
     let _ = child.wait();
     let pkg = home
@@ -288,6 +290,7 @@ fn serve_a_model_id_resolves_it_to_the_cached_package() {
         info.contains("200 OK") && info.contains("caption"),
         "{info}"
     );
+    assert!(models.contains("\"id\":\"acme/shapes\""), "{models}");
     // The int8 package is what `blip-onnx quantize` makes of the converted folder.
     let out = tempfile::tempdir().unwrap();
     let local = out.path().join("fp32");
