@@ -2,7 +2,7 @@
 # The README's benchmark tables on random-weight base packages, from scratch: makes the checkpoints
 # with the reference environment (tools/reference/setup.sh) when they are missing, converts, quantizes
 # and optimizes every package into .cache/bench/, then runs `blip-onnx bench` with PyTorch and the
-# guide's ORT-Python rows, several rounds in turn, into docs/bench/bench-base[-retrieval].* and README.md.
+# guide's ORT-Python rows, several rounds in turn, into docs/bench/bench-base[-retrieval].*, README.md and docs/benchmarks.md.
 #   scripts/bench-base.sh [ROUNDS] [HEAD...]      (default: 3 rounds; caption retrieval)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +54,7 @@ retrieval() {
   "$bin" bench "$b/base-retrieval-pkg" "$b/base-retrieval-opt" "$b/base-retrieval-int8" \
     "$b/base-retrieval-int8-opt" "$b/base-retrieval-int4all" "$b/base-retrieval-fp16" \
     --image fixtures/images/grace_hopper.jpg --reps 10 --rounds "$rounds" --threads 2 \
-    --python "$py" --checkpoint "$b/base-retrieval" -o docs/bench/bench-base-retrieval --readme README.md
+    --python "$py" --checkpoint "$b/base-retrieval" -o docs/bench/bench-base-retrieval --readme docs/benchmarks.md
 }
 
 for head in "$@"; do

@@ -28,4 +28,4 @@ wheel="$(scripts/build-wheel.sh)"
 RAY_worker_niceness=0 RAY_AUTH_MODE=disabled "$py" tools/bench_ray.py --images "$images" --cli "$bin" \
   --caption-package "$b/base-caption-mixed" --caption-checkpoint "$b/base-caption" \
   --embed-package "$b/base-retrieval-int8" --embed-checkpoint "$b/base-retrieval" \
-  --threads 2 --rounds "$rounds" --shards 4 -o docs/bench/ray-base --readme README.md
+  --threads 2 --rounds "$rounds" --shards 4 -o docs/bench/ray-base --readme docs/benchmarks.md

@@ -40,4 +40,4 @@ wheel="$(scripts/build-wheel.sh)"
 "$py" tools/bench_serve.py --cli "$bin" --threads 2 --seconds "$seconds" --clients "$clients" \
   --caption-package "$b/base-caption-mixed" --caption-checkpoint "$b/base-caption" \
   --retrieval-package "$b/base-retrieval-int8" --index "$b/serve-index-10000.idx" --images "$images" \
-  --soak-caption-package "$b/shapes-caption" --soak-requests 10000 --scenarios "$scenarios" -o docs/bench/serve-base --readme README.md
+  --soak-caption-package "$b/shapes-caption" --soak-requests 10000 --scenarios "$scenarios" -o docs/bench/serve-base --readme docs/benchmarks.md

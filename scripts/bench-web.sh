@@ -27,4 +27,4 @@ scripts/bench-inputs.sh "$py" "$bin"
 "$bin" export-web "$b"/{shapes-caption,shapes-caption-web,base-caption-web} -o "$b/web-site" --force >/dev/null
 node web/bench/bench.mjs --cli "$bin" --site "$b/web-site" --image fixtures/images/grace_hopper.jpg \
   --reps "$reps" --sizes "$b/base-caption-pkg,$b/base-caption-int8,$b/base-caption-mixed" \
-  -o docs/bench/web-base --readme README.md
+  -o docs/bench/web-base --readme docs/browser.md

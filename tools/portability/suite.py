@@ -295,7 +295,7 @@ def report(args):
     if args.bless:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from readme_block import write_block
-        write_block(str(repo / "README.md"), "portability", md)
+        write_block(str(repo / "docs" / "portability-suite.md"), "portability", md)
     for c in [c for c in cells if counts(c)][:20]:
         print(f"FAIL {c['package']} {c['graph']} on {c['runtime']}: {c['detail'][:200]}", file=sys.stderr)
     print(f"portability: {len(cells)} cells, {failed} failed (the measurement disagrees with check --target); "

@@ -700,11 +700,14 @@ def cmd_bench_convert(args) -> None:
 
 def update_readme(marker: str, text: str) -> None:
     """Replaces the README block between <!-- marker --> and <!-- /marker --> with text."""
-    readme = REPO / "README.md"
-    body = readme.read_text()
     start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
-    if start not in body or end not in body:
-        print(f"README has no {start} block; not updated", file=sys.stderr)
+    # The headline tables are in the README, the rest in docs/benchmarks.md.
+    for readme in (REPO / "README.md", REPO / "docs" / "benchmarks.md"):
+        body = readme.read_text()
+        if start in body and end in body:
+            break
+    else:
+        print(f"no {start} block in README.md or docs/benchmarks.md; not updated", file=sys.stderr)
         return
     head, rest = body.split(start, 1)
     _, tail = rest.split(end, 1)
