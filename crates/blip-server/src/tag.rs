@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::admission;
-use crate::engine::{Done, Pixels, Work};
+use crate::engine::{Done, Work};
 use crate::error::{ApiError, ItemError, TaskErrors};
 use crate::input;
 use crate::state::AppState;
@@ -89,32 +89,16 @@ pub async fn tag(
         ));
     }
     let single = images.len() == 1;
-    let size = served.package.manifest.preprocess.image_size;
-    let held = images.len() as u64 * admission::input_bytes_per_image(size)
-        + labels.iter().map(|l| l.len() as u64).sum::<u64>();
+    let held = images.len() as u64 * crate::routes::image_bytes(&state, Head::Retrieval)?
+        + crate::routes::text_bytes(&labels);
     let _permit = state.admit(
         images.len() + 1,
         Head::Retrieval,
         admission::units("embed_images", images.len(), 0, 0),
         held,
     )?;
-    let pre = served.preprocessor.clone();
-    let items = input::preprocess(pre, Head::Retrieval.name(), images).await;
-    // The decoded images end to end, and per image its row or its error.
-    let mut pixels = Pixels {
-        data: Vec::new(),
-        n: 0,
-    };
-    let slots: Vec<Result<usize, ApiError>> = items
-        .into_iter()
-        .map(|r| {
-            r.map(|p| {
-                pixels.data.extend_from_slice(&p);
-                pixels.n += 1;
-                pixels.n - 1
-            })
-        })
-        .collect();
+    let items = crate::routes::prepare(&state, Head::Retrieval, images).await?;
+    let (pixels, slots) = crate::routes::stack(items);
     let image_job = async {
         if pixels.n == 0 {
             return Ok::<_, ApiError>(None);
