@@ -118,7 +118,7 @@ enum Command {
         #[command(flatten)]
         common: tasks::Common,
         #[command(flatten)]
-        decoding: tasks::Decoding,
+        decoding: tasks::DecodingFlags,
         /// Image files (PNG, JPEG, WebP, GIF, BMP), or folders of them (recursively).
         #[arg(required = true)]
         images: Vec<PathBuf>,

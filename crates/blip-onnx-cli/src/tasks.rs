@@ -90,7 +90,7 @@ impl Common {
 /// Decoding options of `caption`: each one left out takes the library's default, and the request
 /// layer (`blip_runtime::request::CaptionRequest::resolve`) checks them, as at every other door.
 #[derive(Args, Clone)]
-pub struct Decoding {
+pub struct DecodingFlags {
     /// Prompt the caption starts with (stripped from the output); "" for none [default: "a picture of "].
     #[arg(long)]
     pub prompt: Option<String>,
@@ -126,7 +126,7 @@ pub struct Decoding {
     pub repetition_penalty: Option<f32>,
 }
 
-impl Decoding {
+impl DecodingFlags {
     /// The flags as a request for the request layer (no defaults or checks here).
     pub fn request(&self) -> request::CaptionRequest {
         request::CaptionRequest {
@@ -214,7 +214,7 @@ pub const EXIT_PARTIAL: u8 = 3;
 
 pub fn caption(
     common: &Common,
-    decoding: &Decoding,
+    decoding: &DecodingFlags,
     images: &[PathBuf],
     output: Option<&Path>,
     write: Option<sidecar::WriteSpec>,

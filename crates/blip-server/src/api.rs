@@ -11,7 +11,7 @@ use crate::error::ItemError;
 /// nucleus sampling.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CaptionRequest {
+pub struct CaptionBody {
     /// Images as base64 or `data:image/...;base64,` URIs (multipart: file parts).
     #[serde(default)]
     pub images: Vec<String>,
@@ -68,7 +68,7 @@ pub enum Encoding {
 /// ITC embeddings of images and/or texts (retrieval package).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct EmbedRequest {
+pub struct EmbedBody {
     #[serde(default)]
     pub images: Vec<String>,
     #[serde(default)]
@@ -106,7 +106,7 @@ pub struct EmbedResponse {
 /// One image against several texts.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ItmRequest {
+pub struct ItmBody {
     /// The image (base64 / data URI; multipart: a file part).
     pub image: Option<String>,
     #[serde(default)]
@@ -114,7 +114,7 @@ pub struct ItmRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ItmResult {
+pub struct ItmItem {
     pub text: String,
     /// Softmax of the ITM logits: probability that the text matches the image.
     pub match_probability: f32,
@@ -124,13 +124,13 @@ pub struct ItmResult {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ItmResponse {
-    pub results: Vec<ItmResult>,
+    pub results: Vec<ItmItem>,
 }
 
 /// Questions about one image: generated answers, or rank mode over `answers`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct VqaRequest {
+pub struct VqaBody {
     pub image: Option<String>,
     #[serde(default)]
     pub questions: Vec<String>,
@@ -165,7 +165,7 @@ pub struct VqaResponse {
 /// Text search over the served index.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SearchRequest {
+pub struct SearchBody {
     pub text: String,
     /// Hits returned (default 10).
     pub k: Option<usize>,

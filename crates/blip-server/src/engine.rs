@@ -349,7 +349,7 @@ impl SchedulerKind {
 }
 
 /// A caption request decoding in a running batch.
-struct Decoding {
+struct RunningCaption {
     job: Job,
     opts: CaptionOptions,
     prompt: Vec<i64>,
@@ -361,7 +361,7 @@ struct Decoding {
 /// finish. Everything else runs as in [`RequestLevel`].
 #[derive(Default)]
 pub struct IterationLevel {
-    running: Vec<(Head, DecodeBatch<OrtGraphs, Decoding>)>,
+    running: Vec<(Head, DecodeBatch<OrtGraphs, RunningCaption>)>,
 }
 
 impl Scheduler for IterationLevel {
@@ -495,7 +495,7 @@ impl IterationLevel {
                     continue;
                 }
             };
-            let d = Decoding { job, opts, prompt };
+            let d = RunningCaption { job, opts, prompt };
             match ready(batch.join(&mut tasks.graphs, d, generation, cross)) {
                 Ok(Some((d, generated))) => answer_captions(tasks, head, d, generated),
                 Ok(None) => {}
@@ -517,7 +517,12 @@ impl IterationLevel {
 }
 
 /// Answers a finished caption request.
-fn answer_captions(tasks: &mut Blip<OrtGraphs>, head: Head, d: Decoding, generated: Generated) {
+fn answer_captions(
+    tasks: &mut Blip<OrtGraphs>,
+    head: Head,
+    d: RunningCaption,
+    generated: Generated,
+) {
     let tokens: usize = generated
         .sequences
         .iter()

@@ -336,7 +336,7 @@ fn texts_check(field: &str, texts: &[String], max: usize) -> Result<(), ApiError
 }
 
 /// Decoding settings from a request, resolved by the request layer (defaults and rules there).
-fn caption_options(r: &CaptionRequest, state: &AppState) -> Result<CaptionOptions, ApiError> {
+fn caption_options(r: &CaptionBody, state: &AppState) -> Result<CaptionOptions, ApiError> {
     let model = request::ModelLimits::of(&state.served(Head::Caption)?.package);
     let options = request::CaptionRequest {
         prompt: r.prompt.clone(),
@@ -365,8 +365,8 @@ fn caption_options(r: &CaptionRequest, state: &AppState) -> Result<CaptionOption
 
 #[utoipa::path(post, path = "/v1/caption", tag = "tasks",
     request_body(content(
-        (CaptionRequest = "application/json"),
-        (CaptionRequest = "multipart/form-data")
+        (CaptionBody = "application/json"),
+        (CaptionBody = "multipart/form-data")
     )),
     responses(
         (status = 200, body = CaptionResponse, description = "One result per image; a bad image is a per-item error"),
@@ -377,7 +377,7 @@ async fn caption(State(state): St, req: Request) -> AppResult<CaptionResponse> {
     state.served(Head::Caption)?;
     state.check_ready()?;
     let deadline = state.deadline();
-    let (body, files): (CaptionRequest, _) = input::read(req).await?;
+    let (body, files): (CaptionBody, _) = input::read(req).await?;
     let opts = caption_options(&body, &state)?;
     let images = input::gather("images", &body.images, files);
     if images.is_empty() {
@@ -441,8 +441,8 @@ fn encode_embedding(v: &[f32], encoding: Encoding) -> Embedding {
 
 #[utoipa::path(post, path = "/v1/embed", tag = "tasks",
     request_body(content(
-        (EmbedRequest = "application/json"),
-        (EmbedRequest = "multipart/form-data")
+        (EmbedBody = "application/json"),
+        (EmbedBody = "multipart/form-data")
     )),
     responses(
         (status = 200, body = EmbedResponse, description = "ITC embeddings (L2-normalised), images then texts"),
@@ -455,7 +455,7 @@ async fn embed(State(state): St, req: Request) -> AppResult<EmbedResponse> {
         .map_err(|e| ApiError::validation(e.to_string()))?;
     state.check_ready()?;
     let deadline = state.deadline();
-    let (body, files): (EmbedRequest, _) = input::read(req).await?;
+    let (body, files): (EmbedBody, _) = input::read(req).await?;
     let encoding = body.encoding.unwrap_or_default();
     let images = input::gather("images", &body.images, files);
     if images.is_empty() && body.texts.is_empty() {
@@ -544,8 +544,8 @@ async fn embed(State(state): St, req: Request) -> AppResult<EmbedResponse> {
 
 #[utoipa::path(post, path = "/v1/itm", tag = "tasks",
     request_body(content(
-        (ItmRequest = "application/json"),
-        (ItmRequest = "multipart/form-data")
+        (ItmBody = "application/json"),
+        (ItmBody = "multipart/form-data")
     )),
     responses(
         (status = 200, body = ItmResponse, description = "Match probability and ITC similarity per text"),
@@ -556,7 +556,7 @@ async fn itm(State(state): St, req: Request) -> AppResult<ItmResponse> {
     state.served(Head::Retrieval)?;
     state.check_ready()?;
     let deadline = state.deadline();
-    let (body, files): (ItmRequest, _) = input::read(req).await?;
+    let (body, files): (ItmBody, _) = input::read(req).await?;
     let image = single_image("image", body.image.as_ref(), files)?;
     if body.texts.is_empty() {
         return Err(ApiError::empty("no texts: give `texts`"));
@@ -578,7 +578,7 @@ async fn itm(State(state): St, req: Request) -> AppResult<ItmResponse> {
         .texts
         .iter()
         .zip(scores)
-        .map(|(t, s)| ItmResult {
+        .map(|(t, s)| ItmItem {
             text: t.clone(),
             match_probability: s.match_probability,
             itm_logits: s.logits,
@@ -590,8 +590,8 @@ async fn itm(State(state): St, req: Request) -> AppResult<ItmResponse> {
 
 #[utoipa::path(post, path = "/v1/vqa", tag = "tasks",
     request_body(content(
-        (VqaRequest = "application/json"),
-        (VqaRequest = "multipart/form-data")
+        (VqaBody = "application/json"),
+        (VqaBody = "multipart/form-data")
     )),
     responses(
         (status = 200, body = VqaResponse, description = "One answer per question"),
@@ -603,7 +603,7 @@ async fn vqa(State(state): St, req: Request) -> AppResult<VqaResponse> {
     let positions = served.package.manifest.model.max_position_embeddings;
     state.check_ready()?;
     let deadline = state.deadline();
-    let (body, files): (VqaRequest, _) = input::read(req).await?;
+    let (body, files): (VqaBody, _) = input::read(req).await?;
     let image = single_image("image", body.image.as_ref(), files)?;
     if body.questions.is_empty() {
         return Err(ApiError::empty("no questions: give `questions`"));
@@ -680,7 +680,7 @@ async fn vqa(State(state): St, req: Request) -> AppResult<VqaResponse> {
 }
 
 #[utoipa::path(post, path = "/v1/search", tag = "index",
-    request_body(content((SearchRequest = "application/json"), (SearchRequest = "multipart/form-data"))),
+    request_body(content((SearchBody = "application/json"), (SearchBody = "multipart/form-data"))),
     responses(
         (status = 200, body = SearchResponse, description = "Hits, best first"),
         TaskErrors
@@ -691,7 +691,7 @@ async fn search(State(state): St, req: Request) -> AppResult<SearchResponse> {
     let store = state.index()?;
     state.check_ready()?;
     let deadline = state.deadline();
-    let (body, _files): (SearchRequest, _) = input::read(req).await?;
+    let (body, _files): (SearchBody, _) = input::read(req).await?;
     if body.text.trim().is_empty() {
         return Err(ApiError::empty("`text` is empty"));
     }

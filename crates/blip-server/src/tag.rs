@@ -19,7 +19,7 @@ use crate::state::AppState;
 /// Zero-shot tags: each label scored by the ITC similarity of the image to "a photo of {label}".
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TagRequest {
+pub struct TagBody {
     /// Images as base64 or `data:image/...;base64,` URIs.
     #[serde(default)]
     pub images: Vec<String>,
@@ -59,7 +59,7 @@ pub struct TagResponse {
 }
 
 #[utoipa::path(post, path = "/v1/tag", tag = "tasks",
-    request_body(content((TagRequest = "application/json"))),
+    request_body(content((TagBody = "application/json"))),
     responses(
         (status = 200, body = TagResponse, description = "Tags per image; a bad image is a per-item error"),
         TaskErrors
@@ -74,7 +74,7 @@ pub async fn tag(
         .map_err(|e| ApiError::validation(e.to_string()))?;
     state.check_ready()?;
     let deadline = state.deadline();
-    let (body, files): (TagRequest, _) = input::read(req).await?;
+    let (body, files): (TagBody, _) = input::read(req).await?;
     let r = request::TagRequest {
         labels: body.labels,
         top_k: body.top_k,

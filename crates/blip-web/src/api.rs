@@ -152,8 +152,8 @@ async fn create_sessions(
 }
 
 /// A BLIP package loaded in the browser.
-#[wasm_bindgen]
-pub struct Blip {
+#[wasm_bindgen(js_name = Blip)]
+pub struct BrowserBlip {
     // Taken out for the duration of a call (calls are async and JS may start another meanwhile):
     // a second concurrent call gets a clear "busy" error instead of a RefCell panic.
     model: Rc<RefCell<Option<Model>>>,
@@ -211,8 +211,8 @@ impl Drop for Lease {
     }
 }
 
-#[wasm_bindgen]
-impl Blip {
+#[wasm_bindgen(js_class = Blip)]
+impl BrowserBlip {
     /// Loads the package at `url` (a folder with blip.json). `on_progress` (optional) is called
     /// with `{file, loaded, total, cached}` as files arrive. `execution_provider`: auto (default:
     /// WebGPU when the package is made for it and the browser has it, else wasm), webgpu or wasm.
@@ -220,7 +220,7 @@ impl Blip {
         url: String,
         on_progress: JsValue,
         execution_provider: Option<String>,
-    ) -> Result<Blip, JsValue> {
+    ) -> Result<BrowserBlip, JsValue> {
         let base = url.trim_end_matches('/').to_string();
         let manifest_url = verify::join(&base, MANIFEST_FILE);
         let text = download(&manifest_url, MANIFEST_FILE, 0, &on_progress).await?;
@@ -291,7 +291,7 @@ impl Blip {
         };
         let head = package.manifest.head.clone();
         let graphs = WebGraphs::new(&package, sessions);
-        Ok(Blip {
+        Ok(BrowserBlip {
             model: Rc::new(RefCell::new(Some(Model::new(package, tokenizer, graphs)))),
             head,
             execution_provider: ep,
