@@ -444,7 +444,11 @@ fn interleaved_markdown(steps: &[InterleavedStep]) -> String {
 }
 
 fn child(args: &BenchArgs, pkg: &Path, device: &str) -> Result<Engine> {
-    let exe = std::env::current_exe()?;
+    // BLIP_ONNX_EXE: the pip console script, whose process's own executable is Python.
+    let exe = match std::env::var_os("BLIP_ONNX_EXE") {
+        Some(exe) => PathBuf::from(exe),
+        None => std::env::current_exe()?,
+    };
     let out = Command::new(exe)
         .arg("bench")
         .arg(pkg)

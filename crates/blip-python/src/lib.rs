@@ -751,6 +751,20 @@ fn quantize<'py>(
     Ok(out)
 }
 
+/// Runs the `blip-onnx` command line with `argv` (argv[0] the program name) and returns its exit
+/// code: the wheel's console script (`blip_onnx._cli`). The GIL is released for the whole run, so a
+/// long `serve` or `convert` does not stop other Python threads.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<std::ffi::OsString>) -> u8 {
+    py.detach(|| {
+        let code = blip_onnx_cli::main_with_args(argv);
+        // The native binary's std flushes stdout on exit; a host process (Python) does not, so a
+        // last line without a newline would be lost.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        code
+    })
+}
+
 /// Library defaults of the options `caption` leaves unset, for docs and `repr`.
 #[pyfunction]
 fn caption_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
@@ -783,6 +797,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(convert, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(caption_defaults, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add("ORT_VERSION", blip_runtime::ORT_VERSION)?;
     m.add("ORT_MIN_MINOR", blip_runtime::ORT_MIN_MINOR)?;
     m.add("BlipError", py.get_type::<BlipError>())?;
