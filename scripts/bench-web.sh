@@ -24,7 +24,7 @@ scripts/bench-inputs.sh "$py" "$bin"
   "$bin" convert fixtures/shapes/models/shapes-caption -o "$b/shapes-caption" --force >/dev/null
 [ -f "$b/shapes-caption-web/blip.json" ] ||
   "$bin" quantize "$b/shapes-caption" --target web -o "$b/shapes-caption-web" --force >/dev/null
-"$bin" export-web "$b"/{shapes-caption,shapes-caption-web,base-caption-web} -o "$b/web-site" --force >/dev/null
+"$bin" export-web --web-dir web "$b"/{shapes-caption,shapes-caption-web,base-caption-web} -o "$b/web-site" --force >/dev/null
 node web/bench/bench.mjs --cli "$bin" --site "$b/web-site" --image fixtures/images/grace_hopper.jpg \
   --reps "$reps" --sizes "$b/base-caption-pkg,$b/base-caption-int8,$b/base-caption-mixed" \
   -o docs/bench/web-base --readme docs/browser.md

@@ -336,7 +336,8 @@ enum Command {
         /// Images for the page's gallery (the folder's images, sorted by name).
         #[arg(long)]
         gallery: Option<PathBuf>,
-        /// The npm package folder with the built dist/ (default: this source tree's web/).
+        /// A web/ folder where scripts/build-web.sh ran (default: the copy built into this binary;
+        /// a release build or BLIP_ONNX_EMBED_WEB=1 made after scripts/build-web.sh carries one).
         #[arg(long, env = "BLIP_ONNX_WEB_DIR")]
         web_dir: Option<PathBuf>,
         #[arg(long)]
@@ -693,7 +694,14 @@ fn run(cli: Cli) -> Result<u8> {
             let opts = blip_site::ExportOptions {
                 packages,
                 gallery,
-                web_dir: web_dir.unwrap_or_else(blip_site::default_web_dir),
+                web: web_dir
+                    .map(blip_site::WebAssets::Dir)
+                    .or_else(blip_site::WebAssets::embedded)
+                    .context(
+                        "this blip-onnx carries no browser assets: pass --web-dir to a web/ folder \
+                         where scripts/build-web.sh ran, or build the binary after it \
+                         (scripts/build-web.sh && cargo install --path crates/blip-onnx-cli)",
+                    )?,
                 force,
             };
             let site = blip_site::export(&opts, &output)

@@ -31,6 +31,76 @@ const ORT_WEBGPU_BUILD: [&str; 3] = [
     "ort-wasm-simd-threaded.asyncify.wasm",
 ];
 const DEMO_FILES: &[&str] = &["index.html", "boot.js", "demo.js", "demo.css"];
+
+// EMBEDDED: the web/ files this binary carries (build.rs; empty unless built with them).
+include!(concat!(env!("OUT_DIR"), "/embedded_web.rs"));
+
+/// Where `export` takes the browser assets (the demo page, the npm package, web/dist) from.
+#[derive(Debug, Clone)]
+pub enum WebAssets {
+    /// A web/ folder where scripts/build-web.sh ran.
+    Dir(PathBuf),
+    /// The copy built into this binary (release builds, or BLIP_ONNX_EMBED_WEB=1, made after
+    /// scripts/build-web.sh): an installed binary needs no checkout.
+    Embedded,
+}
+
+impl WebAssets {
+    /// The assets built into this binary, if it carries them.
+    pub fn embedded() -> Option<WebAssets> {
+        (!EMBEDDED.is_empty()).then_some(WebAssets::Embedded)
+    }
+
+    fn find(rel: &str) -> Option<&'static [u8]> {
+        EMBEDDED.iter().find(|(p, _)| *p == rel).map(|(_, b)| *b)
+    }
+
+    fn has(&self, rel: &str) -> bool {
+        match self {
+            WebAssets::Dir(d) => d.join(rel).is_file(),
+            WebAssets::Embedded => Self::find(rel).is_some(),
+        }
+    }
+
+    /// What a missing file is called in the error.
+    fn name(&self, rel: &str) -> PathBuf {
+        match self {
+            WebAssets::Dir(d) => d.join(rel),
+            WebAssets::Embedded => PathBuf::from(format!("(built into this binary) web/{rel}")),
+        }
+    }
+
+    fn copy(&self, rel: &str, to: &Path) -> Result<u64> {
+        match self {
+            WebAssets::Dir(d) => copy(&d.join(rel), to),
+            WebAssets::Embedded => {
+                let bytes = Self::find(rel).ok_or_else(|| SiteError::AssetsMissing {
+                    missing: self.name(rel),
+                })?;
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent).map_err(io(parent))?;
+                }
+                std::fs::write(to, bytes).map_err(io(to))?;
+                Ok(bytes.len() as u64)
+            }
+        }
+    }
+
+    /// Copies the folder `rel` (recursively) to `to`.
+    fn copy_tree(&self, rel: &str, to: &Path) -> Result<u64> {
+        match self {
+            WebAssets::Dir(d) => copy_dir(&d.join(rel), to),
+            WebAssets::Embedded => {
+                let prefix = format!("{rel}/");
+                let mut bytes = 0;
+                for (p, _) in EMBEDDED.iter().filter(|(p, _)| p.starts_with(&prefix)) {
+                    bytes += self.copy(p, &to.join(&p[prefix.len()..]))?;
+                }
+                Ok(bytes)
+            }
+        }
+    }
+}
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp"];
 
 #[derive(Debug, thiserror::Error)]
@@ -76,14 +146,10 @@ pub struct ExportOptions {
     pub packages: Vec<PathBuf>,
     /// Images the page shows and indexes for search (the folder's images, sorted by name).
     pub gallery: Option<PathBuf>,
-    /// The npm package folder with a built dist/ (scripts/build-web.sh).
-    pub web_dir: PathBuf,
+    /// The browser assets: a web/ folder with a built dist/ (scripts/build-web.sh), or the
+    /// binary's own copy.
+    pub web: WebAssets,
     pub force: bool,
-}
-
-/// The web/ folder of this source tree (where scripts/build-web.sh writes dist/).
-pub fn default_web_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web")
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -152,9 +218,10 @@ pub fn export(opts: &ExportOptions, out: &Path) -> Result<SiteIndex> {
         .chain(&ORT_WEBGPU_BUILD)
         .map(|f| format!("dist/ort/{f}"));
     for f in BUILT_FILES.iter().map(|f| f.to_string()).chain(ort_files) {
-        let p = opts.web_dir.join(&f);
-        if !p.is_file() {
-            return Err(SiteError::AssetsMissing { missing: p });
+        if !opts.web.has(&f) {
+            return Err(SiteError::AssetsMissing {
+                missing: opts.web.name(&f),
+            });
         }
     }
     if out.exists() && !opts.force {
@@ -192,17 +259,15 @@ pub fn export(opts: &ExportOptions, out: &Path) -> Result<SiteIndex> {
     };
     let written = blip_package::write_staged(out, |tmp| -> Result<SiteIndex> {
         for f in DEMO_FILES {
-            copy(&opts.web_dir.join("demo").join(f), &tmp.join(f))?;
+            opts.web.copy(&format!("demo/{f}"), &tmp.join(f))?;
         }
         for f in PACKAGE_FILES {
-            copy(&opts.web_dir.join(f), &tmp.join("blip").join(f))?;
+            opts.web.copy(f, &tmp.join("blip").join(f))?;
         }
-        copy_dir(&opts.web_dir.join("dist/pkg"), &tmp.join("blip/dist/pkg"))?;
+        opts.web.copy_tree("dist/pkg", &tmp.join("blip/dist/pkg"))?;
         for f in ort_builds.iter().flatten() {
-            copy(
-                &opts.web_dir.join("dist/ort").join(f),
-                &tmp.join("blip/dist/ort").join(f),
-            )?;
+            opts.web
+                .copy(&format!("dist/ort/{f}"), &tmp.join("blip/dist/ort").join(f))?;
         }
         let mut index = SiteIndex {
             packages: Vec::new(),
@@ -343,7 +408,7 @@ mod tests {
         let opts = ExportOptions {
             packages: vec![web.path().to_path_buf()],
             gallery: None,
-            web_dir: web.path().to_path_buf(),
+            web: WebAssets::Dir(web.path().to_path_buf()),
             force: false,
         };
         let e = export(&opts, &out).unwrap_err().to_string();
