@@ -4,6 +4,10 @@
 //! error (naming the line or the field) while the others are answered; nothing is written when
 //! the packages cannot be loaded.
 
+mod common;
+
+use common::{blip, shapes_package};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -14,34 +18,8 @@ use serde_json::{Value, json};
 fn packages() -> &'static [PathBuf; 2] {
     static PACKAGES: OnceLock<[PathBuf; 2]> = OnceLock::new();
     PACKAGES.get_or_init(|| {
-        ["caption", "vqa"].map(|head| {
-            let out =
-                PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("batch-shapes-{head}"));
-            let (code, _, stderr) = blip(&[
-                "convert",
-                blip_testkit::fixture(&format!("shapes/models/shapes-{head}"))
-                    .to_str()
-                    .unwrap(),
-                "-o",
-                out.to_str().unwrap(),
-                "--force",
-            ]);
-            assert_eq!(code, Some(0), "{stderr}");
-            out
-        })
+        ["caption", "vqa"].map(|head| shapes_package(head, &format!("batch-shapes-{head}")))
     })
-}
-
-fn blip(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_blip-onnx"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn image() -> PathBuf {

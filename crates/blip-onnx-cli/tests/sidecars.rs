@@ -3,6 +3,10 @@
 //! the XMP sidecar's caption back, `--skip-existing` resumes, an existing sidecar without a flag
 //! is refused before any work, and a bad image fails alone.
 
+mod common;
+
+use common::{blip, shapes_package};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,32 +17,7 @@ use blip_runtime::request::{CaptionRequest, ModelLimits};
 /// The shapes caption package, converted once per test run.
 fn package() -> &'static Path {
     static PACKAGE: OnceLock<PathBuf> = OnceLock::new();
-    PACKAGE.get_or_init(|| {
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sidecars-shapes-caption");
-        let (code, _, stderr) = blip(&[
-            "convert",
-            blip_testkit::fixture("shapes/models/shapes-caption")
-                .to_str()
-                .unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--force",
-        ]);
-        assert_eq!(code, Some(0), "{stderr}");
-        out
-    })
-}
-
-fn blip(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_blip-onnx"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    PACKAGE.get_or_init(|| shapes_package("caption", "sidecars-shapes-caption"))
 }
 
 /// `caption DIR --write KIND extra...` on the shapes package.

@@ -2,6 +2,10 @@
 //! the cosine of the `embed` outputs of the image and of the label's prompt, the server's tags
 //! equal the CLI's, and bad requests name their field at both doors.
 
+mod common;
+
+use common::{blip, shapes_package};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,31 +21,7 @@ const LABELS: [&str; 5] = [
 
 fn package() -> &'static Path {
     static PACKAGE: OnceLock<PathBuf> = OnceLock::new();
-    PACKAGE.get_or_init(|| {
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tag-shapes-retrieval");
-        let ck = blip_testkit::fixture("shapes/models/shapes-retrieval");
-        let (code, _, stderr) = blip(&[
-            "convert",
-            ck.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--force",
-        ]);
-        assert_eq!(code, Some(0), "{stderr}");
-        out
-    })
-}
-
-fn blip(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_blip-onnx"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    PACKAGE.get_or_init(|| shapes_package("retrieval", "tag-shapes-retrieval"))
 }
 
 fn images() -> Vec<String> {
