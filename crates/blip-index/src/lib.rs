@@ -1,6 +1,10 @@
 //! The image index that `blip-onnx index` writes and `search` / `blip-onnx serve` read.
 //!
-//! One file holds a JSON header (package fingerprint, embedding width, per image: id, path, size and
+//! Format 3 ([`Store`]) is what is written now: a SQLite database of entries with an ANN graph
+//! over their ITC vectors (see `store.rs`). Formats 1 and 2, below, are read to be migrated
+//! ([`migrate`]) and to keep [`Index`] — the whole index in memory — for small tools and tests.
+//!
+//! Format 2: one file holds a JSON header (package fingerprint, embedding width, per image: id, path, size and
 //! modification time, optional metadata) followed by the f32 ITC embeddings. Next to it, the folder
 //! `<index>.d/` holds what ITM rerank needs — each image's vision hidden states as f16
 //! (`states/<name>.f16`) — so a reranked search never runs the vision encoder on its candidates,
@@ -16,6 +20,12 @@ use blip_tasks::{Blip, CandidateStates, Graphs, Hit, ImageInput, TaskError};
 use ndarray::{Array3, ArrayView2};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+mod store;
+pub use store::{
+    AnnStorage, EXACT_BELOW, Near, NewEntry, RerankStates, Store, StoreOptions, Stored,
+    decode_states, encode_states, is_store,
+};
 
 /// Format 2: entries with ids, metadata and f16 rerank states.
 const MAGIC: &[u8; 8] = b"BLIPIDX2";
@@ -80,6 +90,16 @@ pub enum IndexError {
         id: String,
         problem: String,
     },
+    #[error("{path}: {message}")]
+    Database { path: PathBuf, message: String },
+    #[error("{path} already exists")]
+    Exists { path: PathBuf },
+    #[error("{path} is opened read-only")]
+    ReadOnly { path: PathBuf },
+    #[error(
+        "{path} is a format-2 index (one file rewritten per change); open it once with `blip-onnx serve --index` or re-run `blip-onnx index` to migrate it to format 3 (the old file is kept as <index>.format2)"
+    )]
+    OldFormat { path: PathBuf },
 }
 
 pub type Result<T> = std::result::Result<T, IndexError>;
@@ -96,7 +116,7 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> In
 }
 
 /// What identifies an unchanged file: size and modification time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Stamp {
     pub size: u64,
     pub mtime_ns: u128,
@@ -170,6 +190,8 @@ pub struct Index {
     pub states: Option<StateShape>,
     entries: Vec<Entry>,
     embeddings: Vec<f32>,
+    /// Read from a format-3 database: states are read from it, by id.
+    from_store: bool,
 }
 
 /// What [`scan_images`] found under a folder.
@@ -333,6 +355,7 @@ impl Index {
             states,
             entries: Vec::new(),
             embeddings: Vec::new(),
+            from_store: false,
         }
     }
 
@@ -503,6 +526,10 @@ impl Index {
 
     /// Rerank states of the entries at `rows`, as f32 `rows.len() × tokens × width`.
     pub fn read_states(&self, index_path: &Path, rows: &[usize]) -> Result<Vec<f32>> {
+        if self.from_store {
+            let ids: Vec<&str> = rows.iter().map(|&r| self.entries[r].id.as_str()).collect();
+            return Store::open_entries(index_path)?.read_states(&ids);
+        }
         let dir = Self::sidecar(index_path).join("states");
         let mut out = Vec::new();
         for &r in rows {
@@ -546,7 +573,20 @@ impl Index {
         Ok(path)
     }
 
+    /// The whole index in memory: format 1 and 2 files as they are, a format-3 database
+    /// materialised (each entry with its first vector).
     pub fn read(path: &Path) -> Result<Index> {
+        if is_store(path) {
+            let store = Store::open_entries(path)?;
+            let mut idx = Index::new(store.package.clone(), store.dim, store.states);
+            idx.from_store = true;
+            store.for_each(|s| {
+                idx.entries.push(s.entry);
+                idx.embeddings.extend_from_slice(&s.vectors[..store.dim]);
+                Ok(())
+            })?;
+            return Ok(idx);
+        }
         let mut f = std::fs::File::open(path).map_err(io("reading index", path))?;
         let meta = f.metadata().map_err(io("reading index", path))?;
         if !meta.is_file() {
@@ -624,6 +664,7 @@ impl Index {
             states: header.states,
             entries: header.entries,
             embeddings,
+            from_store: false,
         };
         index.check_entries(path)?;
         Ok(index)
@@ -753,6 +794,159 @@ impl Index {
             }
         }
     }
+}
+
+/// Converts a format-1/2 index at `path` to format 3 in place: the entries, embeddings and f16
+/// states go into a new database (built beside it, then renamed over it); the old file stays as
+/// `<index>.format2`, its state files in the sidecar with it. An index with no states for some
+/// entry is migrated with `--rerank-states none` (rerank encodes the candidates' images, as
+/// before).
+pub fn migrate(path: &Path) -> Result<()> {
+    let old = Index::read(path)?;
+    let tmp = path.with_file_name(format!(
+        ".{}.migrating",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    for ext in ["", "-wal", "-shm"] {
+        let mut p = tmp.as_os_str().to_owned();
+        p.push(ext);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+    let rerank = if old.has_states() {
+        RerankStates::F16
+    } else {
+        RerankStates::None
+    };
+    let store = Store::create(
+        &tmp,
+        &StoreOptions {
+            package: old.package.clone(),
+            dim: old.dim,
+            states: old.states,
+            rerank,
+            ann: AnnStorage::default(),
+        },
+    )?;
+    for chunk in (0..old.len()).collect::<Vec<_>>().chunks(1024) {
+        let mut batch = Vec::with_capacity(chunk.len());
+        for &i in chunk {
+            let e = &old.entries[i];
+            batch.push(NewEntry {
+                id: e.id.clone(),
+                path: e.path.clone(),
+                stamp: e.stamp.clone(),
+                metadata: e.metadata.clone(),
+                vectors: old.embedding(i).to_vec(),
+                states: match rerank {
+                    RerankStates::None => None,
+                    _ => Some(old.read_states(path, &[i])?),
+                },
+            });
+        }
+        for outcome in store.add(batch)? {
+            outcome?;
+        }
+    }
+    let mut backup = path.as_os_str().to_owned();
+    backup.push(".format2");
+    let backup = PathBuf::from(backup);
+    let _ = std::fs::remove_file(&backup);
+    std::fs::hard_link(path, &backup)
+        .or_else(|_| std::fs::copy(path, &backup).map(|_| ()))
+        .map_err(io("writing", &backup))?;
+    store.install_keeping_states(path)
+}
+
+/// Hits over a [`Store`]: `hits[i].index` is an index into `entries`.
+#[derive(Debug, Clone, Default)]
+pub struct Ranked {
+    pub entries: Vec<Entry>,
+    pub hits: Vec<Hit>,
+}
+
+/// Ranks a format-3 index's entries for a text with the library's rule: the text's ITC
+/// embedding finds `max(k, rerank)` candidates (ANN graph, or exact below its threshold; an
+/// entry with several vectors scores its best), then [`Blip::rank_images`] ranks those —
+/// ITM rerank of the first `rerank` with states stored in the index, or, for an index made with
+/// `--rerank-states none`, by encoding the candidates' image files.
+pub async fn rank_store<G: Graphs>(
+    blip: &mut Blip<G>,
+    store: &Store,
+    query: &str,
+    k: usize,
+    rerank: usize,
+) -> std::result::Result<Ranked, TaskError> {
+    let input = |e: IndexError| TaskError::Input(e.to_string());
+    let width = image_embedding_width(&blip.package).map_err(input)?;
+    if store.dim != width {
+        return Err(input(IndexError::WidthMismatch {
+            path: store.path().to_path_buf(),
+            package: blip.package.dir.clone(),
+            index: store.dim,
+            expected: width,
+        }));
+    }
+    let t = blip.embed_texts(&[query]).await?;
+    let q: Vec<f32> = t.row(0).to_vec();
+    let dims = &blip.package.manifest.model;
+    let stored_shape = store
+        .states
+        .filter(|s| s.tokens == dims.image_tokens && s.width == dims.vision_hidden_size)
+        .filter(|_| store.rerank != RerankStates::None);
+    let near = store
+        .nearest(
+            &q,
+            k.max(rerank).max(1),
+            if stored_shape.is_some() { rerank } else { 0 },
+        )
+        .map_err(input)?;
+    if near.is_empty() {
+        return Ok(Ranked::default());
+    }
+    let dim = store.dim;
+    let mut flat = Vec::with_capacity(near.len() * dim);
+    for n in &near {
+        flat.extend_from_slice(&n.stored.vectors[n.best * dim..(n.best + 1) * dim]);
+    }
+    let embeds = ArrayView2::from_shape((near.len(), dim), &flat)
+        .map_err(|e| TaskError::Input(e.to_string()))?;
+    let with_states = stored_shape.filter(|_| near.iter().take(rerank).all(|n| n.states.is_some()));
+    let hits = match with_states {
+        Some(shape) => {
+            let mut states_of = |cand: &[usize]| {
+                let mut v = Vec::with_capacity(cand.len() * shape.values());
+                for &c in cand {
+                    let s = near.get(c).and_then(|n| n.states.as_ref()).ok_or_else(|| {
+                        TaskError::Input(format!("candidate {c} has no stored states"))
+                    })?;
+                    v.extend_from_slice(s);
+                }
+                Array3::from_shape_vec((cand.len(), shape.tokens, shape.width), v)
+                    .map_err(|e| TaskError::Input(e.to_string()))
+            };
+            blip.rank_images(
+                query,
+                embeds,
+                rerank,
+                CandidateStates::Stored(&mut states_of),
+            )
+            .await?
+        }
+        None => {
+            let images: Vec<ImageInput> = near
+                .iter()
+                .map(|n| ImageInput::Path(n.stored.entry.path.clone()))
+                .collect();
+            blip.rank_images(query, embeds, rerank, CandidateStates::Encode(&images))
+                .await?
+        }
+    };
+    Ok(Ranked {
+        entries: near.into_iter().map(|n| n.stored.entry).collect(),
+        hits,
+    })
 }
 
 /// Ranks an index's images for a text with the library's rule ([`Blip::rank_images`]: ITC top-k,
