@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,11 +97,28 @@ def serving(cmd: List[str], env: dict) -> Iterator[Tuple[subprocess.Popen, str]]
         assert proc.stderr is not None
         line = proc.stderr.readline()  # blocks until the server listens (or exits)
         assert "listening on http://" in line, line
-        yield proc, line.strip().rsplit(" ", 1)[-1]
+        url = line.strip().rsplit(" ", 1)[-1]
+        wait_ready(url, proc)
+        yield proc, url
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def wait_ready(url: str, proc: subprocess.Popen) -> None:
+    """The server listens while it still loads and warms the packages (503 until ready)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/health/ready", timeout=10) as resp:
+                if resp.status == 200:
+                    return
+        except urllib.error.HTTPError as err:
+            if err.code != 503:
+                raise
+        time.sleep(0.2)
+    pytest.fail(f"{url} not ready (exit code {proc.poll()})")
 
 
 def caption_request(url: str, image: Path) -> dict:
