@@ -74,6 +74,8 @@ export interface RankedAnswers {
 }
 
 export interface RankImagesOptions {
+  /** Hits returned, best first (default 10, at most 1000), as `blip-onnx search -k`. */
+  k?: number;
   /** ITM rerank of the ITC top `rerank` (default 16); 0: ITC only. */
   rerank?: number;
   /** The images' embeddings from embedImages (else computed). */

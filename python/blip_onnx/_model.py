@@ -234,8 +234,6 @@ class BlipModel:
     def itm(self, image: ImageLike, texts: Union[str, Sequence[str]]) -> List[ItmScore]:
         """Image-text matching of one image with each text (retrieval package)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        if not texts:
-            raise InputError("no texts given")
         items, names = _prepare([image])
         logits, itc = self._native.itm(items[0], names[0], texts)
         # P(match) = softmax(logits)[1], written to stay finite for any logits.
@@ -262,8 +260,6 @@ class BlipModel:
         question padding in cross-attention, which BLIP and transformers do not.
         """
         questions = [questions] if isinstance(questions, str) else list(questions)
-        if not questions:
-            raise InputError("no questions given")
         items, names = _prepare([image])
         if answers is None:
             generated = self._native.answer(
@@ -271,11 +267,7 @@ class BlipModel:
             )
             return [Answer(q, text, list(ids)) for q, (text, ids) in zip(questions, generated)]
         answers = list(answers)
-        ranked = (
-            self._native.rank_answers(items[0], names[0], questions, answers)
-            if k is None
-            else self._native.rank_answers(items[0], names[0], questions, answers, k)
-        )
+        ranked = self._native.rank_answers(items[0], names[0], questions, answers, k)
         return [
             Answer(q, answers[best], candidates=[(answers[i], s) for i, s in candidates])
             for q, (best, candidates) in zip(questions, ranked)
@@ -285,12 +277,12 @@ class BlipModel:
         self,
         text: str,
         embeddings: np.ndarray,
-        k: int = 10,
+        k: Optional[int] = None,
         rerank: int = 0,
         *,
         images: Optional[Sequence[ImageLike]] = None,
     ) -> List[Hit]:
-        """Ranks images for a text (retrieval package) and returns the best ``k``.
+        """Ranks images for a text (retrieval package) and returns the best ``k`` (default 10).
 
         ``embeddings``: the images' ITC embeddings (from :meth:`embed_images`), one row per image.
         The best ``rerank`` by ITC similarity are re-scored with the ITM head (score = ITM logit + ITC
@@ -302,7 +294,7 @@ class BlipModel:
             raise InputError(f"embeddings must be [n, E], got shape {embeddings.shape}")
         if images is not None:
             items, names = _prepare(images)
-            hits = self._native.rank_images(text, embeddings, rerank, items, names)
+            hits = self._native.rank_images(text, embeddings, rerank, items, names, k=k)
         else:
-            hits = self._native.rank_images(text, embeddings, rerank)
-        return [Hit(i, score, itc, itm) for i, score, itc, itm in hits[:k]]
+            hits = self._native.rank_images(text, embeddings, rerank, k=k)
+        return [Hit(i, score, itc, itm) for i, score, itc, itm in hits]

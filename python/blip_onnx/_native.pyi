@@ -59,7 +59,7 @@ class Model:
         self, image: _Item, name: str, questions: Sequence[str], *, mask_question_padding: bool = False
     ) -> List[Tuple[str, List[int]]]: ...
     def rank_answers(
-        self, image: _Item, name: str, questions: Sequence[str], answers: Sequence[str], k: int = 128
+        self, image: _Item, name: str, questions: Sequence[str], answers: Sequence[str], k: Optional[int] = None
     ) -> List[Tuple[int, List[Tuple[int, float]]]]: ...
     def rank_images(
         self,
@@ -68,6 +68,7 @@ class Model:
         rerank: int,
         images: Optional[Sequence[_Item]] = None,
         names: Optional[Sequence[str]] = None,
+        k: Optional[int] = None,
     ) -> List[Tuple[int, float, float, Optional[float]]]: ...
 
 def convert(

@@ -317,6 +317,82 @@ test('the shared caption option table through the browser module', async () => {
   }
 });
 
+// `{"$list": [item, n]}` and `{"$string": [unit, n]}` of task-options.json written out.
+const expand = (v) => {
+  if (Array.isArray(v)) return v.map(expand);
+  if (v && typeof v === 'object') {
+    if ('$list' in v) return Array.from({ length: v.$list[1] }, () => expand(v.$list[0]));
+    if ('$string' in v) return v.$string[0].repeat(v.$string[1]);
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, expand(x)]));
+  }
+  return v;
+};
+
+test('the shared task table (VQA, ITM texts, search) through the browser module', async () => {
+  const table = expand(JSON.parse(readFileSync(new URL('../../fixtures/requests/task-options.json', import.meta.url), 'utf8')));
+  const camel = (k) => k.replace(/_([a-z])/g, (_, c) => c.toUpperCase());
+  const file = galleryFiles[1];
+  // One call of the module as a table request asks it: answer / rankAnswers, itm, rankImages.
+  const call = (task, request) => page.evaluate(async ({ task, request, file }) => {
+    const { models, gallery, embeddings } = window.blipDemo.state;
+    const image = new Uint8Array(await (await fetch(`gallery/${file}`)).arrayBuffer());
+    try {
+      if (task === 'vqa' && request.answers) return { ok: await models.vqa.rankAnswers(image, request.questions, request.answers, request.k === undefined ? {} : { k: request.k }) };
+      if (task === 'vqa') return { ok: await models.vqa.answer(image, request.questions, { maskQuestionPadding: Boolean(request.mask_question_padding) }) };
+      if (task === 'itm') return { ok: await models.retrieval.itm(image, request.texts) };
+      const { text, ...options } = request;
+      return { ok: await models.retrieval.rankImages(text, gallery.map((g) => g.bytes), { ...options, embeddings }) };
+    } catch (e) {
+      return { error: String(e?.message ?? e) };
+    }
+  }, { task, request, file });
+  for (const task of ['vqa', 'itm', 'search']) {
+    for (const row of table[task].bad) {
+      const got = await call(task, row.request);
+      const label = `${task} ${JSON.stringify(row.request).slice(0, 80)}`;
+      assert.ok(got.error, `${label} was taken`);
+      assert.ok(got.error.startsWith(`${camel(row.field)}: `), `${label}: ${got.error}`);
+    }
+  }
+  const tmp = mkdtempSync(join(tmpdir(), 'blip-tasks-'));
+  dirs.push(tmp);
+  const close = (a, b) => Math.abs(a - b) < 1e-4 * Math.max(1, Math.abs(b));
+  for (const request of table.vqa.good) {
+    const flags = [];
+    if (request.answers) {
+      writeFileSync(join(tmp, 'answers.txt'), request.answers.join('\n') + '\n');
+      flags.push('--answers', join(tmp, 'answers.txt'));
+    }
+    if (request.k !== undefined) flags.push('-k', String(request.k));
+    if (request.mask_question_padding) flags.push('--mask-question-padding');
+    const want = native(['vqa', '-p', pkg('shapes-vqa'), join(GALLERY, file), ...request.questions, ...flags]);
+    const got = await call('vqa', request);
+    const label = JSON.stringify(request);
+    assert.ok(got.ok, `${label}: ${got.error}`);
+    assert.equal(got.ok.length, want.length, label);
+    for (const [i, w] of want.entries()) {
+      assert.equal(got.ok[i].answer, w.answer, label);
+      if (request.answers) {
+        assert.deepEqual(got.ok[i].candidates.map((c) => c.answer), w.candidates.map((c) => c.answer), label);
+        for (const [j, c] of w.candidates.entries()) assert.ok(close(got.ok[i].candidates[j].score, c.score), `${label} ${c.answer}: ${got.ok[i].candidates[j].score} vs ${c.score}`);
+      } else {
+        assert.deepEqual(got.ok[i].tokens, w.tokens, label);
+      }
+    }
+  }
+  const index = join(tmp, 'index.json');
+  native(['index', '-p', pkg('shapes-retrieval'), GALLERY, '-o', index]);
+  for (const request of table.search.good) {
+    const flags = [...(request.k !== undefined ? ['-k', String(request.k)] : []), ...(request.rerank !== undefined ? ['--rerank', String(request.rerank)] : [])];
+    const want = native(['search', '-p', pkg('shapes-retrieval'), index, request.text, ...flags]);
+    const got = await call('search', request);
+    const label = JSON.stringify(request);
+    assert.ok(got.ok, `${label}: ${got.error}`);
+    assert.deepEqual(got.ok.map((h) => galleryFiles[h.index]), want.map((h) => basename(h.image)), label);
+    for (const [i, w] of want.entries()) assert.ok(close(got.ok[i].score, w.score), `${label} #${i + 1}: ${got.ok[i].score} vs ${w.score}`);
+  }
+});
+
 test('VQA rank mode and ITM equal the native CLI\'s', async () => {
   const tmp = mkdtempSync(join(tmpdir(), 'blip-answers-'));
   dirs.push(tmp);

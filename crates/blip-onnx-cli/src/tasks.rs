@@ -534,6 +534,7 @@ pub fn tag(
 }
 
 pub fn itm(common: &Common, image: &Path, texts: &[String]) -> Result<u8> {
+    request::check_texts("texts", texts, request::limits::MAX_TEXTS).map_err(flag_error)?;
     let mut model = common.model()?;
     let pixels = model.pixel_values(&ImageInput::Path(image.to_path_buf()))?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -565,18 +566,18 @@ pub fn vqa(
         Some(path) => {
             let list = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
+            // Blank lines separate, they are no answers; an empty list is the request layer's
+            // refusal (`--answers: is empty`), with the file named.
             let list: Vec<String> = list
                 .lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
                 .map(str::to_string)
                 .collect();
-            if list.is_empty() {
-                bail!("{}: no answers in the file (one per line)", path.display());
-            }
             Some(list)
         }
     };
+    let no_answers = answers.as_ref().is_some_and(Vec::is_empty);
     let mode = request::VqaRequest {
         questions: questions.to_vec(),
         answers,
@@ -584,7 +585,16 @@ pub fn vqa(
         mask_question_padding: Some(mask_question_padding),
     }
     .resolve()
-    .map_err(flag_error)?;
+    .map_err(|e| match answers_file {
+        Some(path) if no_answers => flag_error(e).context(format!(
+            "{}: no answers in the file (one per line)",
+            path.display()
+        )),
+        Some(path) if e.field.starts_with("answers") => {
+            flag_error(e).context(format!("answers from {}", path.display()))
+        }
+        _ => flag_error(e),
+    })?;
     let mut model = common.model()?;
     let images = vec![ImageInput::Path(image.to_path_buf()); questions.len()];
     let qs: Vec<&str> = questions.iter().map(String::as_str).collect();

@@ -481,7 +481,7 @@ fn bad_texts_and_options_are_named() {
             "itm: an empty text",
             &["itm", "-p", &r, &good, "a dog", "   "],
         )
-        .says(&["text 2 of 2", "empty text"]),
+        .says(&["--texts[1]: is empty"]),
         case(
             "vqa: an empty question",
             &["vqa", "-p", &v, &good, "what is it?", ""],

@@ -92,9 +92,7 @@ create_exception!(
     "A package could not be quantized."
 );
 
-use blip_runtime::defaults::{
-    SAMPLE_SEED, SAMPLE_TEMPERATURE, SAMPLE_TOP_K, VQA_RANK_K as RANK_CANDIDATES,
-};
+use blip_runtime::defaults::{SAMPLE_SEED, SAMPLE_TEMPERATURE, SAMPLE_TOP_K};
 /// Nucleus sampling's top_p as Python shows it (0.9, not its f32 neighbour 0.8999999761581421).
 fn sample_top_p() -> f64 {
     // The shortest decimal of the f32 default, read back as f64.
@@ -449,6 +447,7 @@ impl Model {
         name: String,
         texts: Vec<String>,
     ) -> PyResult<(Embeddings<'py>, Bound<'py, numpy::PyArray1<f32>>)> {
+        request::check_texts("texts", &texts, request::limits::MAX_TEXTS).map_err(request_err)?;
         let image = Image::extract(&image, name)?;
         let (logits, itc) = py.detach(|| -> PyResult<(Array2<f32>, Array1<f32>)> {
             let mut model = self.lock()?;
@@ -475,11 +474,20 @@ impl Model {
         questions: Vec<String>,
         mask_question_padding: bool,
     ) -> PyResult<Vec<(String, Vec<i64>)>> {
-        let image = Image::extract(&image, name)?;
-        let opts = VqaOptions {
-            mask_question_padding,
-            ..Default::default()
+        let request::VqaMode::Generate(opts) = request::VqaRequest {
+            questions: questions.clone(),
+            answers: None,
+            k: None,
+            mask_question_padding: Some(mask_question_padding),
+        }
+        .resolve()
+        .map_err(request_err)?
+        else {
+            return Err(InputError::new_err(
+                "internal: a request without answers resolved to rank mode",
+            ));
         };
+        let image = Image::extract(&image, name)?;
         py.detach(|| -> PyResult<_> {
             let mut model = self.lock()?;
             let qs: Vec<&str> = questions.iter().map(String::as_str).collect();
@@ -496,7 +504,7 @@ impl Model {
     }
 
     /// LAVIS rank mode: per question, `(best answer index, [(answer index, score), ...])`.
-    #[pyo3(signature = (image, name, questions, answers, k = RANK_CANDIDATES))]
+    #[pyo3(signature = (image, name, questions, answers, k = None))]
     fn rank_answers(
         &self,
         py: Python<'_>,
@@ -504,8 +512,22 @@ impl Model {
         name: String,
         questions: Vec<String>,
         answers: Vec<String>,
-        k: usize,
+        k: Option<usize>,
     ) -> PyResult<Vec<Ranked>> {
+        // The request layer's rules and default k (LAVIS: 128), as at every door.
+        let request::VqaMode::Rank { k, .. } = request::VqaRequest {
+            questions: questions.clone(),
+            answers: Some(answers.clone()),
+            k,
+            mask_question_padding: None,
+        }
+        .resolve()
+        .map_err(request_err)?
+        else {
+            return Err(InputError::new_err(
+                "internal: a request with answers resolved to generation",
+            ));
+        };
         let image = Image::extract(&image, name)?;
         let max_tokens = VqaOptions::default().max_question_tokens;
         py.detach(|| -> PyResult<_> {
@@ -526,9 +548,10 @@ impl Model {
         })
     }
 
-    /// Every image ranked for `text`: `(index, score, itc, itm)` best first. The top `rerank` by ITC
-    /// are re-scored with ITM (score = ITM logit + ITC), which needs their `images`.
-    #[pyo3(signature = (text, embeddings, rerank, images = None, names = None))]
+    /// The best `k` images for `text`: `(index, score, itc, itm)` best first. The top `rerank` by
+    /// ITC are re-scored with ITM (score = ITM logit + ITC), which needs their `images`.
+    #[pyo3(signature = (text, embeddings, rerank, images = None, names = None, k = None))]
+    #[allow(clippy::too_many_arguments)]
     fn rank_images(
         &self,
         py: Python<'_>,
@@ -537,7 +560,15 @@ impl Model {
         rerank: usize,
         images: Option<Vec<Bound<'_, PyAny>>>,
         names: Option<Vec<String>>,
+        k: Option<usize>,
     ) -> PyResult<Vec<HitTuple>> {
+        let request::SearchOptions { k, rerank } = request::SearchRequest {
+            text: text.clone(),
+            k,
+            rerank: Some(rerank),
+        }
+        .resolve()
+        .map_err(request_err)?;
         let embeds = embeddings.as_array().to_owned();
         let images = match (images, names) {
             (Some(images), Some(names)) => Some(Image::all(&images, names)?),
@@ -580,6 +611,7 @@ impl Model {
                 .map_err(runtime_err)?;
             Ok(hits
                 .into_iter()
+                .take(k)
                 .map(|h| (h.index, h.score, h.itc, h.itm))
                 .collect())
         })

@@ -335,6 +335,19 @@ fn texts_check(field: &str, texts: &[String], max: usize) -> Result<(), ApiError
     request::check_texts(field, texts, max).map_err(ApiError::from)
 }
 
+/// A request-layer error as the API answers it: 400 `empty_input` when the request gives nothing to
+/// work on (no questions, no texts, a blank query), else 422 `validation`; both name the field.
+fn request_error(e: request::RequestError, nothing_given: bool) -> ApiError {
+    if nothing_given {
+        ApiError {
+            param: Some(e.field.clone()),
+            ..ApiError::empty(e.to_string())
+        }
+    } else {
+        e.into()
+    }
+}
+
 /// Decoding settings from a request, resolved by the request layer (defaults and rules there).
 fn caption_options(r: &CaptionBody, state: &AppState) -> Result<CaptionOptions, ApiError> {
     let model = request::ModelLimits::of(&state.served(Head::Caption)?.package);
@@ -558,10 +571,8 @@ async fn itm(State(state): St, req: Request) -> AppResult<ItmResponse> {
     let deadline = state.deadline();
     let (body, files): (ItmBody, _) = input::read(req).await?;
     let image = single_image("image", body.image.as_ref(), files)?;
-    if body.texts.is_empty() {
-        return Err(ApiError::empty("no texts: give `texts`"));
-    }
-    texts_check("texts", &body.texts, limits::MAX_TEXTS)?;
+    request::check_texts("texts", &body.texts, limits::MAX_TEXTS)
+        .map_err(|e| request_error(e, body.texts.is_empty()))?;
     let cost = admission::units("itm", body.texts.len(), 0, 0);
     let held = image_bytes(&state, Head::Retrieval)? + text_bytes(&body.texts);
     let _permit = state.admit(1, Head::Retrieval, cost, held)?;
@@ -605,16 +616,14 @@ async fn vqa(State(state): St, req: Request) -> AppResult<VqaResponse> {
     let deadline = state.deadline();
     let (body, files): (VqaBody, _) = input::read(req).await?;
     let image = single_image("image", body.image.as_ref(), files)?;
-    if body.questions.is_empty() {
-        return Err(ApiError::empty("no questions: give `questions`"));
-    }
     let mode = request::VqaRequest {
         questions: body.questions.clone(),
         answers: body.answers.clone(),
         k: body.k,
         mask_question_padding: body.mask_question_padding,
     }
-    .resolve()?;
+    .resolve()
+    .map_err(|e| request_error(e, body.questions.is_empty()))?;
     if let VqaMode::Rank { answers, .. } = &mode {
         for (i, a) in answers.iter().enumerate() {
             // Answer tokens run through the decoder: longer ones would pass its positions.
@@ -692,15 +701,13 @@ async fn search(State(state): St, req: Request) -> AppResult<SearchResponse> {
     state.check_ready()?;
     let deadline = state.deadline();
     let (body, _files): (SearchBody, _) = input::read(req).await?;
-    if body.text.trim().is_empty() {
-        return Err(ApiError::empty("`text` is empty"));
-    }
     let request::SearchOptions { k, rerank } = request::SearchRequest {
         text: body.text.clone(),
         k: body.k,
         rerank: body.rerank,
     }
-    .resolve()?;
+    .resolve()
+    .map_err(|e| request_error(e, body.text.trim().is_empty()))?;
     let index = store.snapshot();
     if index.is_empty() {
         return Ok(Json(SearchResponse {

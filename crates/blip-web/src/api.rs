@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use blip_package::{MANIFEST_FILE, Manifest, Package, Runtime};
 use blip_preprocess::BlipTokenizer;
+use blip_tasks::request;
 use blip_tasks::{CandidateStates, ImageInput};
 use js_sys::{Array, Uint8Array};
 use ndarray::Array2;
@@ -363,6 +364,8 @@ impl BrowserBlip {
     /// Image-text matching of one image with each text: `{text, matchProbability, itmLogits, itcSimilarity}`.
     pub async fn itm(&self, image: Uint8Array, texts: String) -> Result<String, JsValue> {
         let texts = strings_of(&texts, "texts")?;
+        request::check_texts("texts", &texts, request::limits::MAX_TEXTS)
+            .map_err(|e| js_err(options::request_error(e)))?;
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let input = ImageInput::Bytes {
             name: "image".into(),
@@ -395,6 +398,13 @@ impl BrowserBlip {
         options: String,
     ) -> Result<String, JsValue> {
         let req = options::parse::<RankImagesRequest>(&options).map_err(js_err)?;
+        let request::SearchOptions { k, rerank } = request::SearchRequest {
+            text: text.clone(),
+            k: req.k,
+            rerank: req.rerank,
+        }
+        .resolve()
+        .map_err(|e| js_err(options::request_error(e)))?;
         let inputs = images_of(&images)?;
         let mut lease = Lease::take(&self.model)?;
         let model = lease.get();
@@ -416,12 +426,12 @@ impl BrowserBlip {
             .rank_images(
                 &text,
                 embeds.view(),
-                req.rerank,
+                rerank,
                 CandidateStates::Encode(&inputs),
             )
             .await
             .map_err(js_err)?;
-        to_json(&options::hits(&hits))
+        to_json(&options::hits(&hits[..k.min(hits.len())]))
     }
 
     /// Generated answers to questions (JSON array) about one image: `{question, answer, tokens}`.
@@ -435,6 +445,16 @@ impl BrowserBlip {
             .and_then(|r| r.options())
             .map_err(js_err)?;
         let questions = strings_of(&questions, "questions")?;
+        // The request layer's rules on the questions; the decoding options above are this door's
+        // own extras over the same defaults.
+        request::VqaRequest {
+            questions: questions.clone(),
+            answers: None,
+            k: None,
+            mask_question_padding: Some(opts.mask_question_padding),
+        }
+        .resolve()
+        .map_err(|e| js_err(options::request_error(e)))?;
         let qs: Vec<&str> = questions.iter().map(String::as_str).collect();
         let input = ImageInput::Bytes {
             name: "image".into(),
@@ -467,6 +487,18 @@ impl BrowserBlip {
         let req = options::parse::<RankAnswersRequest>(&options).map_err(js_err)?;
         let questions = strings_of(&questions, "questions")?;
         let answers = strings_of(&answers, "answers")?;
+        let k = match (request::VqaRequest {
+            questions: questions.clone(),
+            answers: Some(answers.clone()),
+            k: req.k,
+            mask_question_padding: None,
+        })
+        .resolve()
+        .map_err(|e| js_err(options::request_error(e)))?
+        {
+            request::VqaMode::Rank { k, .. } => k,
+            request::VqaMode::Generate(_) => unreachable!("a request with answers ranks them"),
+        };
         let qs: Vec<&str> = questions.iter().map(String::as_str).collect();
         let list: Vec<&str> = answers.iter().map(String::as_str).collect();
         let input = ImageInput::Bytes {
@@ -477,7 +509,7 @@ impl BrowserBlip {
         let mut lease = Lease::take(&self.model)?;
         let ranked = lease
             .get()
-            .rank_answers(&images, &qs, &list, req.k, req.max_question_tokens)
+            .rank_answers(&images, &qs, &list, k, req.max_question_tokens)
             .await
             .map_err(js_err)?;
         let out: Vec<options::RankedAnswersResult> = qs

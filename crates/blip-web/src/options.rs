@@ -2,7 +2,7 @@
 //! or invalid fields are errors naming the field), and results in camelCase.
 
 use blip_tasks::request;
-use blip_tasks::{Answer, Caption, Hit, RankedAnswers, Strategy, VqaOptions, defaults};
+use blip_tasks::{Answer, Caption, Hit, RankedAnswers, Strategy, VqaOptions};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -136,20 +136,17 @@ impl AnswerRequest {
     }
 }
 
-/// `rankAnswers()`'s options (LAVIS: k 128).
+/// `rankAnswers()`'s options: `k` (the request layer's, LAVIS: 128) and the question's token
+/// budget.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RankAnswersRequest {
-    #[serde(default = "RankAnswersRequest::default_k")]
-    pub k: usize,
+    pub k: Option<usize>,
     #[serde(default = "RankAnswersRequest::default_max_question_tokens")]
     pub max_question_tokens: usize,
 }
 
 impl RankAnswersRequest {
-    fn default_k() -> usize {
-        defaults::VQA_RANK_K
-    }
     fn default_max_question_tokens() -> usize {
         VqaOptions::default().max_question_tokens
     }
@@ -158,35 +155,21 @@ impl RankAnswersRequest {
 impl Default for RankAnswersRequest {
     fn default() -> Self {
         RankAnswersRequest {
-            k: Self::default_k(),
+            k: None,
             max_question_tokens: Self::default_max_question_tokens(),
         }
     }
 }
 
-/// `rankImages()`'s options: ITM rerank of the ITC top `rerank` (0: ITC only), as `blip-onnx search`.
-#[derive(Debug, Deserialize)]
+/// `rankImages()`'s options, as `blip-onnx search`: the best `k`, the ITC top `rerank` re-scored
+/// by ITM (0: ITC only); both the request layer's, defaults included.
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RankImagesRequest {
-    #[serde(default = "RankImagesRequest::default_rerank")]
-    pub rerank: usize,
+    pub k: Option<usize>,
+    pub rerank: Option<usize>,
     /// The images' ITC embeddings from `embedImages` (computed when absent).
     pub embeddings: Option<Vec<Vec<f32>>>,
-}
-
-impl RankImagesRequest {
-    fn default_rerank() -> usize {
-        defaults::RERANK
-    }
-}
-
-impl Default for RankImagesRequest {
-    fn default() -> Self {
-        RankImagesRequest {
-            rerank: Self::default_rerank(),
-            embeddings: None,
-        }
-    }
 }
 
 /// One image's caption, or why that image failed.
@@ -373,7 +356,9 @@ mod tests {
         let o = parse::<AnswerRequest>("null").unwrap().options().unwrap();
         assert_eq!(o.strategy, VqaOptions::default().strategy);
         let r = parse::<RankAnswersRequest>(r#"{"k":4}"#).unwrap();
-        assert_eq!((r.k, r.max_question_tokens), (4, 35));
-        assert_eq!(parse::<RankImagesRequest>("{}").unwrap().rerank, 16);
+        assert_eq!((r.k, r.max_question_tokens), (Some(4), 35));
+        // Left out, the request layer's defaults apply (`SearchRequest::resolve`).
+        let r = parse::<RankImagesRequest>("{}").unwrap();
+        assert_eq!((r.k, r.rerank), (None, None));
     }
 }
