@@ -685,7 +685,7 @@ impl Store {
         if e.id.is_empty() || e.id.len() > 256 {
             return Err(IndexError::BadId(e.id.clone()));
         }
-        if e.vectors.is_empty() || e.vectors.len() % self.dim != 0 {
+        if e.vectors.is_empty() || !e.vectors.len().is_multiple_of(self.dim) {
             return Err(IndexError::EmbeddingWidth {
                 id: e.id.clone(),
                 got: e.vectors.len(),

@@ -9,7 +9,6 @@ mod common;
 use common::{blip, shapes_package};
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use base64::Engine as _;
