@@ -8,8 +8,8 @@ Times the vision encoder (batch 1) of: the FP32 package; full-range INT8 weights
 4 bits, blocks of 32, accuracy level 4: int8 compute), made here from the FP32 graph. Rounds are
 interleaved (each round runs every form once). Prints one JSON object: per form the median ms, the
 ratio to FP32, the lowest per-token cosine to FP32's output, and, from ORT's own profile of one run,
-the op types of the integer MatMuls and the element types of their inputs (a uint8 weight zero point
-under `session.x64quantprecision` means ORT converted the weights for its u8 x u8 kernel).
+the op types of the integer MatMuls and the element types of their weight inputs (u8 weights under
+`session.x64quantprecision` mean ORT converted them for its u8 x u8 kernel).
 """
 import argparse
 import glob
@@ -93,9 +93,7 @@ def profiled_kernels(model, threads: int, config: dict, x, prefix: str) -> dict:
             continue
         if "Integer" in op or "Quant" in op or "NBits" in op:
             types = [next(iter(t)) for t in a.get("input_type_shape", [])]
-            # The prepacked weight is not listed; its zero point's type is the weight type (uint8
-            # once ORT converted s8 weights for the u8 x u8 kernel under x64quantprecision).
-            key = f"{op}({', '.join(types)})"
+            key = f"{op}({', '.join(types[:2])})"
             kernels[key] = kernels.get(key, 0) + 1
     return {"profile": os.path.basename(path), "kernels": kernels}
 

@@ -38,7 +38,7 @@ def main() -> None:
             ratio = (lambda x: f"{x / f:.2f}×") if case.startswith("vision") else (lambda x: f"{f / x:.2f}× faster")
             md.append(f"| {case} | {f:.0f} | {p:.0f} | {d:.0f} | {ratio(d)} | {ratio(p)} |")
         md.append("\nVision encoder, batch 1, every INT8 form (`tools/bench/cpu_quant_graphs.py`, ORT Python "
-                  f"{graphs['ort']}; kernels from ORT's profile: op(input element types; the weight zero point's is the weight type)):\n\n"
+                  f"{graphs['ort']}; kernels from ORT's profile: op(activation type, weight type)):\n\n"
                   "| form | median ms | × FP32 | min token cosine vs FP32 | integer kernels in the profile |\n"
                   "|---|---|---|---|---|")
         for row in graphs["rows"]:
