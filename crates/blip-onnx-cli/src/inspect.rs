@@ -64,10 +64,6 @@ pub fn inspect(dir: &Path, run: bool, threads: usize) -> Result<()> {
                 println!("          {what}: {how}");
             }
         }
-        // The INT8 kernel this CPU runs, and why (the session settings follow it).
-        if let Some(path) = blip_runtime::Int8Path::of(g) {
-            println!("          int8 kernel: {} ({})", path.kernel, path.why);
-        }
     }
     Ok(())
 }

@@ -234,14 +234,9 @@ enum Command {
         /// [default: 4; 0 for --target web/webgpu]
         #[arg(long)]
         accuracy_level: Option<i64>,
-        /// 7-bit INT8 weights: exact on ONNX Runtime's fast u8×s8 kernel on CPUs without VNNI, and
-        /// as fast as full-range ones with VNNI [default for --target native]
-        #[arg(long, conflicts_with = "full_range")]
-        reduce_range: bool,
-        /// Full-range (8-bit) INT8 weights: on CPUs without VNNI they run the slower exact u8×u8
-        /// kernel [default for --target web]
+        /// 7-bit weights, for CPUs without VNNI.
         #[arg(long)]
-        full_range: bool,
+        reduce_range: bool,
         /// INT8 weight type [default: qint8; quint8 for --target web]
         #[arg(long, value_enum)]
         weight_type: Option<WeightTypeArg>,
@@ -558,7 +553,6 @@ fn run(cli: Cli) -> Result<u8> {
             block_size,
             accuracy_level,
             reduce_range,
-            full_range,
             weight_type,
             asymmetric,
             keep_embeddings,
@@ -575,7 +569,7 @@ fn run(cli: Cli) -> Result<u8> {
             let opts = blip_quantize::QuantizeOptions {
                 precision,
                 policy,
-                reduce_range: reduce_range || (!full_range && target.default_reduce_range()),
+                reduce_range,
                 weight_type: match weight_type {
                     None => target.default_weight_type(),
                     Some(WeightTypeArg::Qint8) => blip_quantize::WeightType::QInt8,

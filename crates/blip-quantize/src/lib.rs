@@ -177,8 +177,7 @@ pub enum WeightType {
 pub struct QuantizeOptions {
     pub precision: Precision,
     pub policy: Policy,
-    /// 7-bit weights ([-63, 63]): exact on ORT's fast u8 x s8 kernel on CPUs without VNNI, whose
-    /// int16 pair sums full-range weights can saturate ([`Target::default_reduce_range`]).
+    /// 7-bit weights ([-63, 63]): avoids int16 accumulation saturation on CPUs without VNNI.
     pub reduce_range: bool,
     pub weight_type: WeightType,
     /// INT4 blocks symmetric around zero point 8 (else per-block min/max with a zero point).
@@ -208,7 +207,7 @@ impl Default for QuantizeOptions {
         QuantizeOptions {
             precision: Precision::Int8,
             policy: Policy::Encoders,
-            reduce_range: Target::Native.default_reduce_range(),
+            reduce_range: false,
             weight_type: WeightType::QInt8,
             int4_symmetric: true,
             embeddings: true,

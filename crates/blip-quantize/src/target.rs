@@ -55,15 +55,6 @@ impl Target {
         }
     }
 
-    /// Native INT8 weights are 7-bit: on CPUs without VNNI (AMD EPYC Zen 2/3, Intel before Cascade
-    /// Lake) they run ORT's u8 x s8 kernel exactly, where full-range weights need the slower u8 x u8
-    /// one (`session.x64quantprecision`); with VNNI or AMX both run the same kernel at the same
-    /// speed. Measured by `scripts/bench-cpu-quant.sh` (table: `docs/bench/cpu-quant.md`). The web flavour's
-    /// QUInt8 weights run u8 x u8 everywhere, so they keep the full range.
-    pub fn default_reduce_range(self) -> bool {
-        matches!(self, Target::Native)
-    }
-
     pub fn default_weight_type(self) -> WeightType {
         match self {
             Target::Native | Target::Webgpu => WeightType::QInt8,

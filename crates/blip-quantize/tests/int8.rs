@@ -85,7 +85,7 @@ fn default_policy_keeps_the_decoder_fp32_and_captions_still_run() {
     // How each graph was quantized is recorded; graphs left FP32 say nothing.
     assert_eq!(
         manifest["graphs"]["cross_kv"]["quantization"],
-        "dynamic INT8, per-channel QInt8 weights, reduce-range"
+        "dynamic INT8, per-channel QInt8 weights"
     );
     assert!(manifest["graphs"]["decoder"].get("quantization").is_none());
     let g = Goldens::load("tiny-caption");
@@ -155,7 +155,7 @@ fn int4_weight_only_decoder_runs_and_stays_close() {
     // Carried over from the first pass.
     assert_eq!(
         manifest["graphs"]["vision_encoder"]["quantization"],
-        "dynamic INT8, per-channel QInt8 weights, reduce-range"
+        "dynamic INT8, per-channel QInt8 weights"
     );
     assert_eq!(manifest["precision"], "mixed");
     assert_checks(&mixed);
