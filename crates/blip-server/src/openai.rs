@@ -12,11 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use blip_checkpoint::Head;
+use blip_openai::OpenAiError;
 use blip_openai::chat::{ChatRequest, Generated};
 use blip_openai::embeddings::{EmbeddingsRequest, EmbeddingsTask};
 use blip_openai::image::ImageSource;
 use blip_openai::rerank::{RerankRequest, RerankTask};
-use blip_openai::{ErrorEnvelope, OpenAiError};
 use blip_preprocess::{BlipTokenizer, FirstToken};
 use blip_runtime::CaptionOptions;
 use blip_runtime::request::{self, ModelLimits};
@@ -151,20 +151,26 @@ fn completion_id() -> String {
     )
 }
 
-/// A generated sequence as the chat door reports it: `text_of` reads the text of a prefix.
+/// A generated sequence as the chat door reports it: `text_of` reads the text of a prefix, asked
+/// only when the answer is streamed (one piece per token).
 fn generated(
     ids: &[i64],
     prompt_len: usize,
     eos: i64,
     text: String,
+    stream: bool,
     text_of: impl Fn(&[i64]) -> Result<String, ApiError>,
 ) -> Result<Generated, ApiError> {
     let ended_by_eos = ids.len() > prompt_len && ids.last() == Some(&eos);
     let end = ids.len() - usize::from(ended_by_eos);
     let tokens = end.saturating_sub(prompt_len);
-    let prefixes = (prompt_len + 1..=end)
-        .map(|k| text_of(&ids[..k]))
-        .collect::<Result<Vec<_>, _>>()?;
+    let prefixes = if stream {
+        (prompt_len + 1..=end)
+            .map(|k| text_of(&ids[..k]))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
     Ok(Generated {
         text,
         tokens,
@@ -231,7 +237,7 @@ async fn chat(State(state): St, req: Request) -> Result<Response, ApiError> {
             let answers = captions
                 .iter()
                 .map(|c| {
-                    generated(&c.ids, plen, eos, c.text.clone(), |ids| {
+                    generated(&c.ids, plen, eos, c.text.clone(), task.stream, |ids| {
                         blip_runtime::caption_text(tokenizer, ids, plen, &opts.prompt)
                             .map_err(|e| ApiError::validation(e.to_string()))
                     })
@@ -265,7 +271,7 @@ async fn chat(State(state): St, req: Request) -> Result<Response, ApiError> {
             let answers = found
                 .iter()
                 .map(|a| {
-                    generated(&a.ids, 1, eos, a.text.clone(), |ids| {
+                    generated(&a.ids, 1, eos, a.text.clone(), task.stream, |ids| {
                         tokenizer
                             .decode(ids)
                             .map(|t| t.trim().to_string())
@@ -416,22 +422,4 @@ async fn rerank(State(state): St, req: Request) -> Result<Json<Value>, ApiError>
     serde_json::to_value(body.response(&scores, tokens))
         .map(Json)
         .map_err(|e| ApiError::validation(e.to_string()))
-}
-
-impl From<OpenAiError> for ApiError {
-    fn from(e: OpenAiError) -> ApiError {
-        ApiError {
-            param: e.param,
-            ..ApiError::validation(e.message)
-        }
-    }
-}
-
-/// The body of an OpenAI-shaped error (for the Batch runner and tests).
-pub fn envelope_of(e: &ApiError) -> ErrorEnvelope {
-    let mut o = OpenAiError::new(e.status.as_u16(), e.error_type, e.message.clone());
-    if let Some(p) = &e.param {
-        o = o.with_param(p.clone());
-    }
-    o.envelope()
 }
