@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="$(scripts/python-setup.sh)"
 rm -rf target/python-wheels
+# The index's ANN graph (usearch, through numkong) inlines popcnt intrinsics into functions
+# compiled for baseline x86-64, which zig's clang refuses; every x86-64-v2 CPU (2008 on) has it.
+export CFLAGS_x86_64_unknown_linux_gnu="-mpopcnt" CXXFLAGS_x86_64_unknown_linux_gnu="-mpopcnt"
 (cd python && PATH="$VENV/bin:$PATH" maturin build --release --quiet --zig \
     --compatibility manylinux_2_28 --out ../target/python-wheels) >&2
 wheels=(target/python-wheels/blip_onnx-*-cp39-abi3-manylinux_2_28_x86_64.whl)

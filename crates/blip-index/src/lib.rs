@@ -21,11 +21,7 @@ use ndarray::{Array3, ArrayView2};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-// Format 3 (SQLite + usearch) is behind the `store` feature until the doors use it: the wheel's
-// zig cross-compile cannot build usearch's C (numkong needs popcnt in its x86-64 baseline).
-#[cfg(feature = "store")]
 mod store;
-#[cfg(feature = "store")]
 pub use store::{
     AnnStorage, EXACT_BELOW, Near, NewEntry, RerankStates, Store, StoreOptions, Stored,
     decode_states, encode_states, is_store,
@@ -195,7 +191,6 @@ pub struct Index {
     entries: Vec<Entry>,
     embeddings: Vec<f32>,
     /// Read from a format-3 database: states are read from it, by id.
-    #[cfg_attr(not(feature = "store"), allow(dead_code))]
     from_store: bool,
 }
 
@@ -531,7 +526,6 @@ impl Index {
 
     /// Rerank states of the entries at `rows`, as f32 `rows.len() × tokens × width`.
     pub fn read_states(&self, index_path: &Path, rows: &[usize]) -> Result<Vec<f32>> {
-        #[cfg(feature = "store")]
         if self.from_store {
             let ids: Vec<&str> = rows.iter().map(|&r| self.entries[r].id.as_str()).collect();
             return Store::open_entries(index_path)?.read_states(&ids);
@@ -582,7 +576,6 @@ impl Index {
     /// The whole index in memory: format 1 and 2 files as they are, a format-3 database
     /// materialised (each entry with its first vector).
     pub fn read(path: &Path) -> Result<Index> {
-        #[cfg(feature = "store")]
         if is_store(path) {
             let store = Store::open_entries(path)?;
             let mut idx = Index::new(store.package.clone(), store.dim, store.states);
@@ -803,7 +796,6 @@ impl Index {
     }
 }
 
-#[cfg(feature = "store")]
 /// Converts a format-1/2 index at `path` to format 3 in place: the entries, embeddings and f16
 /// states go into a new database (built beside it, then renamed over it); the old file stays as
 /// `<index>.format2`, its state files in the sidecar with it. An index with no states for some
@@ -867,7 +859,6 @@ pub fn migrate(path: &Path) -> Result<()> {
     store.install_keeping_states(path)
 }
 
-#[cfg(feature = "store")]
 /// Hits over a [`Store`]: `hits[i].index` is an index into `entries`.
 #[derive(Debug, Clone, Default)]
 pub struct Ranked {
@@ -875,7 +866,6 @@ pub struct Ranked {
     pub hits: Vec<Hit>,
 }
 
-#[cfg(feature = "store")]
 /// Ranks a format-3 index's entries for a text with the library's rule: the text's ITC
 /// embedding finds `max(k, rerank)` candidates (ANN graph, or exact below its threshold; an
 /// entry with several vectors scores its best), then [`Blip::rank_images`] ranks those —

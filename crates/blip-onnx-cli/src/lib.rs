@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use blip_checkpoint::Head;
 use blip_convert::{ConvertOptions, ExternalData};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -189,20 +189,19 @@ enum Command {
         #[arg(long)]
         mask_question_padding: bool,
     },
-    /// Embed every image under DIR into an index file (unchanged files are reused on re-runs), or
-    /// build the index from the embedding shards of `python -m blip_onnx.ray` (--from-parquet).
+    /// Embed every image under DIR into an index (unchanged files are reused on re-runs), build
+    /// one from the embedding shards of `python -m blip_onnx.ray` (--from-parquet), or export one
+    /// (`index export INDEX --parquet OUT`).
+    #[command(args_conflicts_with_subcommands = true)]
     Index {
+        #[command(subcommand)]
+        action: Option<IndexAction>,
+        // Two optional groups, not one nesting the other: clap leaves a group that flattens
+        // another empty, so it would never be present.
         #[command(flatten)]
-        common: tasks::Common,
-        #[arg(required_unless_present = "from_parquet")]
-        dir: Option<PathBuf>,
-        /// Parquet shards (files, or folders of *.parquet) with id, path and embedding columns,
-        /// made with the same package; no image is encoded. Reranked searches encode candidates
-        /// from their paths (the shards hold no rerank states).
-        #[arg(long, num_args = 1.., conflicts_with = "dir")]
-        from_parquet: Vec<PathBuf>,
-        #[arg(short, long)]
-        output: PathBuf,
+        common: Option<tasks::Common>,
+        #[command(flatten)]
+        build: Option<IndexBuild>,
     },
     /// Write a quantized copy of a package: dynamic INT8 (standard ops), weight-only INT4 (MatMulNBits) or FP16.
     ///
@@ -350,6 +349,41 @@ enum Command {
         /// 0 picks a free port.
         #[arg(long, default_value_t = 8080)]
         port: u16,
+    },
+}
+
+/// `index DIR` / `index --from-parquet`: what the index is built from, and where it goes.
+#[derive(Args)]
+struct IndexBuild {
+    #[arg(required_unless_present = "from_parquet")]
+    dir: Option<PathBuf>,
+    /// Parquet shards (files, or folders of *.parquet) with id, path and embedding columns,
+    /// made with the same package; no image is encoded. Reranked searches encode candidates
+    /// from their paths (the shards hold no rerank states). Consecutive rows with one id are one
+    /// entry's vectors; a `metadata` column (JSON text) is kept.
+    #[arg(long, num_args = 1.., conflicts_with = "dir")]
+    from_parquet: Vec<PathBuf>,
+    #[arg(short, long)]
+    output: PathBuf,
+    /// What ITM rerank keeps per image: f16 vision states, int8 ones (a scale per token row;
+    /// half the disk), or none (rerank encodes the candidates' image files at query time).
+    #[arg(long, default_value = "f16")]
+    rerank_states: blip_index::RerankStates,
+}
+
+#[derive(Subcommand)]
+enum IndexAction {
+    /// Write an index's entries to a Parquet file: id, path, metadata (JSON text), vector (which
+    /// of the entry's vectors) and embedding, a row per vector — what vector databases import,
+    /// and what `index --from-parquet` reads back.
+    Export {
+        index: PathBuf,
+        /// The Parquet file to write (a temporary file renamed into place when complete).
+        #[arg(long)]
+        parquet: PathBuf,
+        /// No progress bar.
+        #[arg(short, long)]
+        quiet: bool,
     },
 }
 
@@ -659,13 +693,25 @@ fn run(cli: Cli) -> Result<u8> {
             threads,
         } => bench::run(&caption, retrieval.as_deref(), &image, reps, threads),
         Command::Index {
+            action,
             common,
-            dir,
-            from_parquet,
-            output,
-        } => match dir {
-            Some(dir) => tasks::index(&common, &dir, &output),
-            None => tasks::index_from_parquet(&common, &from_parquet, &output),
+            build,
+        } => match (action, common.zip(build)) {
+            (
+                Some(IndexAction::Export {
+                    index,
+                    parquet,
+                    quiet,
+                }),
+                _,
+            ) => tasks::index_export(&index, &parquet, quiet),
+            (None, Some((common, b))) => match b.dir {
+                Some(dir) => tasks::index(&common, &dir, &b.output, b.rerank_states),
+                None => tasks::index_from_parquet(&common, &b.from_parquet, &b.output),
+            },
+            (None, None) => {
+                anyhow::bail!("index: give a folder of images, --from-parquet SHARDS, or `export`")
+            }
         },
         Command::Search {
             common,

@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use blip_index::{Entry as IndexEntry, Index, Stamp, StateShape};
+use blip_index::{Index, Stamp, StateShape};
 
 use crate::sidecar;
 
@@ -71,19 +71,7 @@ impl Common {
     }
 
     pub(crate) fn progress(&self, n: usize, what: &str) -> ProgressBar {
-        if self.quiet || n < 2 || !std::io::stderr().is_terminal() {
-            return ProgressBar::hidden();
-        }
-        let bar = ProgressBar::new(n as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
-            )
-            .expect("static template. This is a bug.")
-            .progress_chars("=> "),
-        );
-        bar.set_message(what.to_string());
-        bar
+        progress_bar(self.quiet, n, what)
     }
 }
 
@@ -631,13 +619,110 @@ pub fn vqa(
     Ok(0)
 }
 
+/// A progress bar on a terminal (hidden when quiet, piped, or for fewer than two items).
+pub(crate) fn progress_bar(quiet: bool, n: usize, what: &str) -> ProgressBar {
+    if quiet || n < 2 || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("static template. This is a bug.")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// `index export INDEX --parquet OUT`: every entry's vectors with its id, path and metadata, a row
+/// per vector (see `blip_shards::EmbeddingWriter`), written as the entries are read.
+pub fn index_export(index: &Path, parquet: &Path, quiet: bool) -> Result<u8> {
+    // A format-2 file is migrated first, as `search` does.
+    let store = if blip_index::is_store(index) {
+        blip_index::Store::open_read_only(index)?
+    } else {
+        blip_index::Store::open(index)?
+    };
+    let bar = progress_bar(quiet, store.len()?, "exporting");
+    let mut writer = blip_shards::EmbeddingWriter::create(parquet, store.dim)?;
+    let mut rows = Vec::with_capacity(IMPORT_CHUNK);
+    let (mut entries, mut vectors) = (0usize, 0usize);
+    store.for_each(|s| {
+        let metadata = s.entry.metadata.as_ref().map(|m| m.to_string());
+        for (i, v) in s.vectors.chunks(store.dim).enumerate() {
+            rows.push(blip_shards::ExportRow {
+                id: s.entry.id.clone(),
+                path: s.entry.path.display().to_string(),
+                metadata: metadata.clone(),
+                vector: i as i32,
+                embedding: v.to_vec(),
+            });
+        }
+        if rows.len() >= IMPORT_CHUNK {
+            vectors += rows.len();
+            writer.write(&std::mem::take(&mut rows)).map_err(|e| {
+                blip_index::IndexError::Database {
+                    path: parquet.to_path_buf(),
+                    message: e.to_string(),
+                }
+            })?;
+        }
+        entries += 1;
+        bar.inc(1);
+        Ok(())
+    })?;
+    vectors += rows.len();
+    writer.write(&rows)?;
+    writer.finish()?;
+    bar.finish_and_clear();
+    let summary =
+        json!({"index": index, "parquet": parquet, "images": entries, "vectors": vectors});
+    emit(Format::Jsonl, &[summary], |_| String::new())?;
+    Ok(0)
+}
+
+/// Rows per transaction of `index --from-parquet`, and per row group of `index export`.
+const IMPORT_CHUNK: usize = 4096;
+
+/// A new index built at a temporary path beside `output` and put in its place at the end.
+fn temp_store(
+    output: &Path,
+    opts: &blip_index::StoreOptions,
+) -> Result<(blip_index::Store, PathBuf)> {
+    let tmp = output.with_file_name(format!(
+        ".{}.building",
+        output
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    for ext in ["", "-wal", "-shm"] {
+        let mut p = tmp.as_os_str().to_owned();
+        p.push(ext);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+    let store = blip_index::Store::create(&tmp, opts)?;
+    Ok((store, tmp))
+}
+
+/// Removes a temporary index that was not installed.
+fn drop_temp(store: blip_index::Store, tmp: &Path) {
+    drop(store);
+    for ext in ["", "-wal", "-shm"] {
+        let mut p = tmp.as_os_str().to_owned();
+        p.push(ext);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+    let _ = std::fs::remove_dir_all(Index::sidecar(tmp));
+}
+
 /// `index --from-parquet`: an index from embedding shards. Error rows, rows of another width and
-/// unreadable shards are reported and left out (exit 3); the rest is indexed.
+/// unreadable shards are reported and left out (exit 3); the rest is indexed, a transaction per
+/// shard, with a progress bar over the shards' rows.
 pub fn index_from_parquet(common: &Common, shards: &[PathBuf], output: &Path) -> Result<u8> {
     let package = blip_package::Package::open(&common.package)
         .with_context(|| format!("loading package {}", common.package.display()))?;
     let dim = blip_index::image_embedding_width(&package)?;
-    let mut idx = Index::new(Index::fingerprint(&package), dim, None);
     let mut failed = 0;
     let mut files = Vec::new();
     for arg in shards {
@@ -653,56 +738,123 @@ pub fn index_from_parquet(common: &Common, shards: &[PathBuf], output: &Path) ->
                 .join(", ")
         );
     }
-    for file in &files {
+    let m = &package.manifest.model;
+    // The shards hold no vision states: the index reranks by encoding candidates (and a later
+    // POST /v1/index add needs none).
+    let (store, tmp) = temp_store(
+        output,
+        &blip_index::StoreOptions {
+            package: Index::fingerprint(&package),
+            dim,
+            states: Some(StateShape {
+                tokens: m.image_tokens,
+                width: m.vision_hidden_size,
+            }),
+            rerank: blip_index::RerankStates::None,
+            ann: blip_index::AnnStorage::default(),
+        },
+    )?;
+    // The bar counts rows (from the shards' footers), and rows go in as transactions of
+    // `IMPORT_CHUNK`, so a shard of a million rows shows its progress.
+    let total: usize = files
+        .iter()
+        .map(|f| blip_shards::row_count(f).unwrap_or(0))
+        .sum();
+    let bar = common.progress(total, "importing embeddings");
+    let mut added = 0usize;
+    let mut add = |batch: Vec<blip_index::NewEntry>, file: &Path, failed: &mut usize| {
+        let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+        for (id, r) in ids.iter().zip(store.add(batch)?) {
+            match r {
+                Ok(()) => added += 1,
+                Err(e) => {
+                    *failed += 1;
+                    bar.suspend(|| eprintln!("skipping {id} ({}): {e}", file.display()));
+                }
+            }
+        }
+        Ok::<_, blip_index::IndexError>(())
+    };
+    let mut result = Ok(());
+    'shards: for file in &files {
         let rows = match blip_shards::read_embeddings(file) {
             Ok(rows) => rows,
             Err(e) => {
                 failed += 1;
-                eprintln!("skipping shard {e}");
+                bar.suspend(|| eprintln!("skipping shard {e}"));
                 continue;
             }
         };
+        let mut batch: Vec<blip_index::NewEntry> = Vec::with_capacity(IMPORT_CHUNK);
         for row in rows {
-            let embedding = match row.result {
+            bar.inc(1);
+            let skip = |e: String| {
+                bar.suspend(|| eprintln!("skipping {} ({}): {e}", row.id, file.display()))
+            };
+            let embedding = match &row.result {
                 Ok(v) => v,
                 Err(e) => {
                     failed += 1;
-                    eprintln!(
-                        "skipping {} ({}): the shard holds an error: {e}",
-                        row.id,
-                        file.display()
-                    );
+                    skip(format!("the shard holds an error: {e}"));
                     continue;
                 }
             };
+            // Consecutive rows under one id are one entry's vectors (an exported multi-vector
+            // entry, `index export`).
+            if let Some(last) = batch.last_mut().filter(|l| l.id == row.id) {
+                last.vectors.extend_from_slice(embedding);
+                continue;
+            }
+            let metadata = match row.metadata.as_deref().map(serde_json::from_str) {
+                None => None,
+                Some(Ok(m)) => Some(m),
+                Some(Err(e)) => {
+                    failed += 1;
+                    skip(format!("its metadata is not JSON: {e}"));
+                    continue;
+                }
+            };
+            if batch.len() >= IMPORT_CHUNK
+                && let Err(e) = add(std::mem::take(&mut batch), file, &mut failed)
+            {
+                result = Err(e);
+                break 'shards;
+            }
             let path = PathBuf::from(&row.path);
             // Images inside tar shards (`shard.tar#member`) have no file of their own to stamp.
             let stamp = Stamp::of(&path).unwrap_or(Stamp {
                 size: 0,
                 mtime_ns: 0,
             });
-            let entry = IndexEntry {
+            batch.push(blip_index::NewEntry {
                 id: row.id.clone(),
                 path,
                 stamp,
-                metadata: None,
-                state: None,
-            };
-            if let Err(e) = idx.push(entry, &embedding) {
-                failed += 1;
-                eprintln!("skipping {} ({}): {e}", row.id, file.display());
-            }
+                metadata,
+                vectors: embedding.clone(),
+                states: None,
+            });
+        }
+        if let Err(e) = add(batch, file, &mut failed) {
+            result = Err(e);
+            break;
         }
     }
-    if idx.is_empty() {
+    if let Err(e) = result {
+        drop_temp(store, &tmp);
+        return Err(e.into());
+    }
+    bar.finish_and_clear();
+    if added == 0 {
+        drop_temp(store, &tmp);
         bail!(
             "no embedding rows to index in {} shard(s) ({failed} skipped); nothing written",
             files.len()
         );
     }
-    idx.write(output)?;
+    store.install(output)?;
     let summary =
-        json!({"index": output, "images": idx.len(), "shards": files.len(), "failed": failed});
+        json!({"index": output, "images": added, "shards": files.len(), "failed": failed});
     emit(common.format, &[summary], |r| {
         format!(
             "{} images in {} (from {} shards, {} skipped)",
@@ -715,7 +867,12 @@ pub fn index_from_parquet(common: &Common, shards: &[PathBuf], output: &Path) ->
     Ok(if failed > 0 { EXIT_PARTIAL } else { 0 })
 }
 
-pub fn index(common: &Common, dir: &Path, output: &Path) -> Result<u8> {
+pub fn index(
+    common: &Common,
+    dir: &Path,
+    output: &Path,
+    rerank: blip_index::RerankStates,
+) -> Result<u8> {
     let package = blip_package::Package::open(&common.package)
         .with_context(|| format!("loading package {}", common.package.display()))?;
     // Before anything is loaded or written: only retrieval packages make image embeddings.
@@ -731,77 +888,130 @@ pub fn index(common: &Common, dir: &Path, output: &Path) -> Result<u8> {
         tokens: dims.image_tokens,
         width: dims.vision_hidden_size,
     };
-    let previous = match Index::read(output) {
-        Ok(idx) if idx.package == fingerprint && idx.has_states() => Some(idx),
-        _ => None,
-    };
-    let mut idx = Index::new(fingerprint, dim, Some(states));
-    let mut todo = Vec::new();
-    for f in &scan.images {
-        let stamp = Stamp::of(f)?;
-        match previous.as_ref().and_then(|p| p.find_unchanged(f, &stamp)) {
-            Some((entry, embedding)) => idx.push(entry, &embedding)?,
-            None => todo.push((f.clone(), stamp)),
-        }
+    // Unchanged files (same path, size and time) of an index made with this package and the
+    // same kind of states are reused: their vectors and states are copied, not recomputed.
+    let previous = match blip_index::is_store(output) {
+        true => blip_index::Store::open_entries(output).ok(),
+        false if output.is_file() => blip_index::Store::open(output).ok(),
+        false => None,
     }
-    let reused = idx.len();
-    let bar = common.progress(todo.len(), "indexing");
-    let mut failed = 0;
-    // Copies of one image (the same photo in several albums) are encoded once: later copies
-    // take the first one's embedding and a copy of its states.
-    let mut encoded: HashMap<[u8; 32], (Vec<f32>, String)> = HashMap::new();
-    let mut duplicates = 0;
-    for (path, stamp) in &todo {
-        let id = path.display().to_string();
-        let entry = |state| IndexEntry {
-            id: id.clone(),
-            path: path.clone(),
-            stamp: stamp.clone(),
-            metadata: None,
-            state: Some(state),
-        };
-        // Read once (with the preprocessor's checks: a regular image file under the size limit),
-        // then both hashed and decoded.
-        let data = match model.images.read_path(path) {
-            Ok(d) => d,
-            Err(e) => {
-                failed += 1;
-                eprintln!("skipping {}: {e}", path.display());
+    .filter(|p| p.package == fingerprint && p.rerank == rerank && p.states == Some(states));
+    let mut reusable: HashMap<(PathBuf, Stamp), (String, Vec<f32>)> = HashMap::new();
+    if let Some(p) = &previous {
+        p.for_each(|s| {
+            reusable.insert((s.entry.path, s.entry.stamp), (s.entry.id, s.vectors));
+            Ok(())
+        })?;
+    }
+    let (store, tmp) = temp_store(
+        output,
+        &blip_index::StoreOptions {
+            package: fingerprint,
+            dim,
+            states: Some(states),
+            rerank,
+            ann: blip_index::AnnStorage::default(),
+        },
+    )?;
+    let result = (|| -> Result<serde_json::Value> {
+        let mut todo = Vec::new();
+        let mut reused = 0;
+        for f in &scan.images {
+            let stamp = Stamp::of(f)?;
+            match (reusable.remove(&(f.clone(), stamp.clone())), &previous) {
+                (Some((old_id, vectors)), Some(p)) => {
+                    let st = match rerank {
+                        blip_index::RerankStates::None => None,
+                        _ => Some(p.read_states(&[old_id.as_str()])?),
+                    };
+                    let e = blip_index::NewEntry {
+                        id: f.display().to_string(),
+                        path: f.clone(),
+                        stamp,
+                        metadata: None,
+                        vectors,
+                        states: st,
+                    };
+                    for r in store.add(vec![e])? {
+                        r?;
+                    }
+                    reused += 1;
+                }
+                _ => todo.push((f.clone(), stamp)),
+            }
+        }
+        let bar = common.progress(todo.len(), "indexing");
+        let mut failed = 0;
+        // Copies of one image (the same photo in several albums) are encoded once: later copies
+        // take the first one's embedding and states.
+        let mut encoded: HashMap<[u8; 32], (Vec<f32>, Vec<f32>)> = HashMap::new();
+        let mut duplicates = 0;
+        for (path, stamp) in &todo {
+            let id = path.display().to_string();
+            let entry = |vectors: Vec<f32>, states: Vec<f32>| blip_index::NewEntry {
+                id: id.clone(),
+                path: path.clone(),
+                stamp: stamp.clone(),
+                metadata: None,
+                vectors,
+                states: Some(states),
+            };
+            // Read once (with the preprocessor's checks: a regular image file under the size
+            // limit), then both hashed and decoded.
+            let data = match model.images.read_path(path) {
+                Ok(d) => d,
+                Err(e) => {
+                    failed += 1;
+                    bar.suspend(|| eprintln!("skipping {}: {e}", path.display()));
+                    bar.inc(1);
+                    continue;
+                }
+            };
+            let digest = blip_index::content_digest(&data);
+            if let Some((embedding, states)) = encoded.get(&digest) {
+                for r in store.add(vec![entry(embedding.clone(), states.clone())])? {
+                    r?;
+                }
+                duplicates += 1;
                 bar.inc(1);
                 continue;
             }
-        };
-        let digest = blip_index::content_digest(&data);
-        if let Some((embedding, first)) = encoded.get(&digest) {
-            let state = idx.copy_state(output, first, &id)?;
-            idx.push(entry(state), embedding)?;
-            duplicates += 1;
+            // One image at a time keeps a bad file from failing its neighbours.
+            let image = ImageInput::Bytes {
+                name: id.clone(),
+                data,
+            };
+            match model.embed_images(&[image]) {
+                Ok((embeds, hidden)) => {
+                    let flat: Vec<f32> = hidden.iter().copied().collect();
+                    let embedding = embeds.row(0).to_vec();
+                    for r in store.add(vec![entry(embedding.clone(), flat.clone())])? {
+                        r?;
+                    }
+                    encoded.insert(digest, (embedding, flat));
+                }
+                Err(e) => {
+                    failed += 1;
+                    bar.suspend(|| eprintln!("skipping {}: {e}", path.display()));
+                }
+            }
             bar.inc(1);
-            continue;
         }
-        // One image at a time keeps a bad file from failing its neighbours.
-        let image = ImageInput::Bytes {
-            name: id.clone(),
-            data,
-        };
-        match model.embed_images(&[image]) {
-            Ok((embeds, hidden)) => {
-                let flat: Vec<f32> = hidden.iter().copied().collect();
-                let state = idx.write_state(output, &id, &flat)?;
-                let embedding = embeds.row(0).to_vec();
-                idx.push(entry(state.clone()), &embedding)?;
-                encoded.insert(digest, (embedding, state));
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("skipping {}: {e}", path.display());
-            }
+        bar.finish_and_clear();
+        Ok(
+            json!({"index": output, "images": store.len()?, "embedded": todo.len() - failed - duplicates, "duplicates": duplicates, "reused": reused, "failed": failed, "skipped": scan.skipped.len(), "rerank_states": rerank.name()}),
+        )
+    })();
+    drop(previous);
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            drop_temp(store, &tmp);
+            return Err(e);
         }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    idx.write(output)?;
-    let summary = json!({"index": output, "images": idx.len(), "embedded": todo.len() - failed - duplicates, "duplicates": duplicates, "reused": reused, "failed": failed, "skipped": scan.skipped.len()});
+    };
+    store.install(output)?;
+    let failed = summary["failed"].as_u64().unwrap_or(0);
     emit(common.format, &[summary], |r| {
         format!(
             "{} images in {} ({} embedded, {} copies of those, {} unchanged, {} failed)",
@@ -825,18 +1035,41 @@ pub fn search(common: &Common, index: &Path, query: &str, k: usize, rerank: usiz
     .resolve()
     .map_err(flag_error)?;
     let mut model = common.model()?;
-    let idx = Index::read(index)?;
-    idx.check_package(index, &model.package)?;
-    if idx.is_empty() {
+    // A format-3 index is opened read-only (its saved graph memory-mapped); an older file is
+    // migrated first.
+    let store = if blip_index::is_store(index) {
+        blip_index::Store::open_read_only(index)?
+    } else {
+        blip_index::Store::open(index)?
+    };
+    let expected = blip_index::image_embedding_width(&model.package)?;
+    if store.dim != expected && !store.is_empty()? {
+        return Err(blip_index::IndexError::WidthMismatch {
+            path: index.to_path_buf(),
+            package: model.package.dir.clone(),
+            index: store.dim,
+            expected,
+        }
+        .into());
+    }
+    if store.package != Index::fingerprint(&model.package) {
+        return Err(blip_index::IndexError::OtherPackage {
+            path: index.to_path_buf(),
+            package: model.package.dir.clone(),
+        }
+        .into());
+    }
+    if store.is_empty()? {
         bail!("{} holds no images", index.display());
     }
-    let hits = blip_runtime::ready(blip_index::rank(&mut model, &idx, index, query, rerank))
+    let ranked = blip_runtime::ready(blip_index::rank_store(&mut model, &store, query, k, rerank))
         .map_err(blip_runtime::RuntimeError::from)?;
-    let records: Vec<_> = hits
+    let records: Vec<_> = ranked
+        .hits
         .iter()
         .take(k)
         .enumerate()
-        .map(|(rank, h)| json!({"rank": rank + 1, "image": idx.entries()[h.index].path, "score": h.score, "itc": h.itc, "itm": h.itm}))
+        .map(|(rank, h)| json!({"rank": rank + 1, "image": ranked.entries[h.index].path, "score": h.score, "itc": h.itc, "itm": h.itm}))
         .collect();
     emit(common.format, &records, |r| {
         format!(

@@ -1161,6 +1161,28 @@ fn bad_quantize_and_optimize_inputs_are_refused_and_leave_nothing() {
     assert_eq!(m["graphs"]["decoder"]["precision"], "int4");
 }
 
+/// Writes a format-2 copy (the file `index` wrote before the SQLite store) of the format-3 index
+/// at `from`: the cases below corrupt its JSON header, which only format 2 has.
+fn format2_copy(from: &Path, to: &Path) {
+    let store = blip_index::Store::open_entries(from).unwrap();
+    let mut idx = blip_index::Index::new(store.package.clone(), store.dim, store.states);
+    let mut rows = Vec::new();
+    store
+        .for_each(|s| {
+            rows.push(s);
+            Ok(())
+        })
+        .unwrap();
+    for s in rows {
+        let states = store.read_states(&[s.entry.id.as_str()]).unwrap();
+        let name = idx.write_state(to, &s.entry.id, &states).unwrap();
+        let mut entry = s.entry;
+        entry.state = Some(name);
+        idx.push(entry, &s.vectors[..store.dim]).unwrap();
+    }
+    idx.write(to).unwrap();
+}
+
 /// Rewrites an index file's JSON header (and optionally its embedding bytes) in place.
 fn edit_index(
     from: &Path,
@@ -1199,6 +1221,11 @@ fn bad_indexes_and_shards_are_refused_naming_the_file() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let bad = |name: &str| d.join(name);
+    let good = {
+        let v2 = d.join("good2.idx");
+        format2_copy(&good, &v2);
+        v2
+    };
     let bytes = std::fs::read(&good).unwrap();
     std::fs::write(bad("cut.idx"), &bytes[..bytes.len() - 3]).unwrap();
     std::fs::write(bad("text.idx"), b"this is not an index at all").unwrap();

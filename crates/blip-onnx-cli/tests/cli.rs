@@ -927,3 +927,104 @@ fn caption_writes_a_parquet_shard_that_index_from_parquet_checks() {
     );
     assert!(!idx.exists());
 }
+
+/// `index export` writes every entry (metadata and each vector of a multi-vector entry
+/// included), and `index --from-parquet` of that file is the same index: same entries, same
+/// search results.
+#[test]
+fn index_export_then_import_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let ret = convert_to(dir.path(), "retrieval");
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for (i, name) in ["synthetic_a.png", "synthetic_b.png", "grace_hopper.jpg"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::copy(
+            fixture(&format!("images/{name}")),
+            images.join(format!("{i}-{name}")),
+        )
+        .unwrap();
+    }
+    let idx = dir.path().join("photos.idx");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (status, _, stderr) = code(&["index", "-p", &s(&ret), &s(&images), "-o", &s(&idx)]);
+    assert_eq!(status, Some(0), "{stderr}");
+    // One more entry through the library: metadata and two vectors.
+    {
+        let store = blip_index::Store::open(&idx).unwrap();
+        let mut first = None;
+        store
+            .for_each(|e| {
+                first.get_or_insert(e);
+                Ok(())
+            })
+            .unwrap();
+        let first = first.unwrap();
+        let mut vectors = first.vectors.clone();
+        vectors.extend(first.vectors.iter().map(|x| -x));
+        let added = store
+            .add(vec![blip_index::NewEntry {
+                id: "two-vectors".into(),
+                path: first.entry.path.clone(),
+                stamp: first.entry.stamp.clone(),
+                metadata: Some(serde_json::json!({"album": "holidays", "n": 3})),
+                vectors,
+                states: Some(store.read_states(&[first.entry.id.as_str()]).unwrap()),
+            }])
+            .unwrap();
+        assert!(added[0].is_ok(), "{:?}", added[0]);
+    }
+    let parquet = dir.path().join("export.parquet");
+    let (status, stdout, stderr) = code(&["index", "export", &s(&idx), "--parquet", &s(&parquet)]);
+    assert_eq!(status, Some(0), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (summary["images"].as_u64(), summary["vectors"].as_u64()),
+        (Some(4), Some(5))
+    );
+
+    let back = dir.path().join("back.idx");
+    let (status, _, stderr) = code(&[
+        "index",
+        "-p",
+        &s(&ret),
+        "--from-parquet",
+        &s(&parquet),
+        "-o",
+        &s(&back),
+    ]);
+    assert_eq!(status, Some(0), "{stderr}");
+    let entries = |p: &std::path::Path| {
+        let store = blip_index::Store::open_entries(p).unwrap();
+        let mut all = Vec::new();
+        store
+            .for_each(|e| {
+                all.push((e.entry.id, e.entry.path, e.entry.metadata, e.vectors));
+                Ok(())
+            })
+            .unwrap();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    };
+    assert_eq!(entries(&idx), entries(&back));
+    for query in ["a red circle", "a blue square"] {
+        let search = |p: &std::path::Path| {
+            let (status, stdout, stderr) = code(&[
+                "search",
+                "-p",
+                &s(&ret),
+                &s(p),
+                query,
+                "--rerank",
+                "0",
+                "--format",
+                "json",
+            ]);
+            assert_eq!(status, Some(0), "{stderr}");
+            serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+        };
+        assert_eq!(search(&idx), search(&back), "{query}");
+    }
+}

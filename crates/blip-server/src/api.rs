@@ -273,8 +273,9 @@ pub struct Limits {
 pub struct IndexInfo {
     pub path: String,
     pub images: usize,
-    /// Whether every image has stored ITM rerank states (no vision run at query time).
-    pub rerank_states: bool,
+    /// What the index keeps per image for ITM rerank: `f16` or `int8` vision states (no vision
+    /// run at query time), or `none` (rerank encodes the candidates' stored images).
+    pub rerank_states: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -19,6 +19,11 @@ pub struct ServeArgs {
     /// Search index served by /v1/search (the `blip-onnx index` format); /v1/index changes it.
     #[arg(long, env = "BLIP_INDEX")]
     pub index: Option<PathBuf>,
+    /// What a new index (an --index path that does not exist yet) keeps per image for ITM
+    /// rerank: f16 vision states, int8 (half the disk) or none (rerank encodes the candidates'
+    /// stored images at query time). An existing index keeps the choice it was made with.
+    #[arg(long, default_value = "f16", env = "BLIP_RERANK_STATES")]
+    pub rerank_states: blip_index::RerankStates,
     #[arg(long, default_value = "127.0.0.1", env = "BLIP_HOST")]
     pub host: String,
     /// 0 picks a free port (printed at start).

@@ -13,10 +13,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use blip_checkpoint::Head;
-use blip_index::Index;
+use blip_index::Store;
 use blip_runtime::Blip;
 use blip_runtime::{
-    Answer, BlipModel, Caption, CaptionOptions, DecodeBatch, Generated, Graphs, Hit, OrtGraphs,
+    Answer, BlipModel, Caption, CaptionOptions, DecodeBatch, Generated, Graphs, OrtGraphs,
     RankedAnswers, RuntimeError, SessionOptions, VqaOptions, ready,
 };
 use ndarray::{Array2, Array3, Axis};
@@ -61,9 +61,9 @@ pub enum Work {
     },
     Search {
         text: String,
+        k: usize,
         rerank: usize,
-        index: Arc<Index>,
-        index_path: std::path::PathBuf,
+        store: Arc<Store>,
     },
     /// A real forward pass of every loaded package on a synthetic image (readiness).
     Probe,
@@ -128,7 +128,7 @@ pub enum Done {
     Itm(Vec<blip_runtime::ItmScore>),
     Answers(Vec<Answer>),
     Ranked(Vec<RankedAnswers>),
-    Hits(Vec<Hit>),
+    Hits(blip_index::Ranked),
     Probed,
 }
 
@@ -265,15 +265,15 @@ impl Models {
             }
             Work::Search {
                 text,
+                k,
                 rerank,
-                index,
-                index_path,
+                store,
             } => Done::Hits(
-                ready(blip_index::rank(
+                ready(blip_index::rank_store(
                     &mut **model,
-                    &index,
-                    &index_path,
+                    &store,
                     &text,
+                    k,
                     rerank,
                 ))
                 .map_err(RuntimeError::from)?,

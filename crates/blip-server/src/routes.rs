@@ -11,7 +11,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use blip_checkpoint::Head;
-use blip_index::{Entry, Stamp};
+use blip_index::Stamp;
 use blip_runtime::CaptionOptions;
 use blip_runtime::request::{self, limits};
 use utoipa::OpenApi;
@@ -708,8 +708,8 @@ async fn search(State(state): St, req: Request) -> AppResult<SearchResponse> {
     }
     .resolve()
     .map_err(|e| request_error(e, body.text.trim().is_empty()))?;
-    let index = store.snapshot();
-    if index.is_empty() {
+    let to_api = |e: blip_index::IndexError| ApiError::not_ready(format!("reading the index: {e}"));
+    if store.store.is_empty().map_err(to_api)? {
         return Ok(Json(SearchResponse {
             hits: Vec::new(),
             images: 0,
@@ -720,18 +720,19 @@ async fn search(State(state): St, req: Request) -> AppResult<SearchResponse> {
     let work = Work::Search {
         text: body.text.clone(),
         rerank,
-        index: index.clone(),
-        index_path: store.path.clone(),
+        k,
+        store: store.store.clone(),
     };
-    let Done::Hits(hits) = state.run(Head::Retrieval, work, deadline).await? else {
+    let Done::Hits(ranked) = state.run(Head::Retrieval, work, deadline).await? else {
         return Err(ApiError::validation("no hits came back"));
     };
-    let hits = hits
+    let hits = ranked
+        .hits
         .iter()
         .take(k)
         .enumerate()
         .filter_map(|(rank, h)| {
-            let e = index.entries().get(h.index)?;
+            let e = ranked.entries.get(h.index)?;
             Some(SearchHit {
                 rank: rank + 1,
                 id: e.id.clone(),
@@ -745,7 +746,7 @@ async fn search(State(state): St, req: Request) -> AppResult<SearchResponse> {
         .collect();
     Ok(Json(SearchResponse {
         hits,
-        images: index.len(),
+        images: store.store.len().map_err(to_api)?,
     }))
 }
 
@@ -770,11 +771,11 @@ fn url_escape(s: &str) -> String {
     security((), ("bearer" = [])))]
 async fn get_image(State(state): St, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
     let store = state.index()?;
-    let index = store.snapshot();
     // Only files the index names are ever read, never a path from the request.
-    let entry = index
-        .position(&id)
-        .and_then(|i| index.entries().get(i).cloned())
+    let entry = store
+        .store
+        .get(&id)
+        .map_err(|e| ApiError::not_ready(format!("reading the index: {e}")))?
         .ok_or_else(|| ApiError::not_found(format!("no image with id {id:?} in the index")))?;
     let bytes = tokio::fs::read(&entry.path).await.map_err(|e| {
         ApiError::not_found(format!("the file of image {id:?} cannot be read: {e}"))
@@ -846,11 +847,11 @@ async fn index_add(State(state): St, req: Request) -> AppResult<IndexAddResponse
     let cost = admission::units("embed_images", ids.len(), 0, 0);
     let held = ids.len() as u64 * image_bytes(&state, Head::Retrieval)?;
     let _permit = state.admit(ids.len(), Head::Retrieval, cost, held)?;
-    let current = store.snapshot();
+    let current = store.store.clone();
     // Per image: refuse bad or repeated ids before any work.
     let mut checked: Vec<Result<RawImage, ApiError>> = Vec::with_capacity(ids.len());
     for (i, (id, img)) in ids.iter().zip(images).enumerate() {
-        let dup = ids[..i].contains(id) || current.position(id).is_some();
+        let dup = ids[..i].contains(id) || current.contains(id).unwrap_or(false);
         checked.push(if id.trim().is_empty() || id.len() > 256 {
             Err(ApiError::validation(format!(
                 "images[{i}]: id must be 1 to 256 bytes"
@@ -880,10 +881,8 @@ async fn index_add(State(state): St, req: Request) -> AppResult<IndexAddResponse
     } else {
         (None, None)
     };
-    let _guard = store.write.lock().await;
     let path = store.path.clone();
-    let base = (*store.snapshot()).clone();
-    let store_ref = state.clone();
+    let db = store.store.clone();
     let plan: Vec<Planned> = ids
         .into_iter()
         .zip(metas)
@@ -891,69 +890,84 @@ async fn index_add(State(state): St, req: Request) -> AppResult<IndexAddResponse
         .map(|((id, meta), (slot, bytes))| (id, meta, slot.map(|s| (s, bytes.unwrap_or_default()))))
         .collect();
     let written = tokio::task::spawn_blocking(move || {
-        if let Some(s) = store_ref.index.as_ref() {
-            s.sweep_unused();
-        }
-        let mut idx = base;
-        let mut results = Vec::new();
-        for (i, (id, metadata, slot)) in plan.into_iter().enumerate() {
-            // Checked again under the write lock: a concurrent add of the same id may have been
-            // written since the first check; nothing of this one is written then.
-            let slot = slot.and_then(|s| match idx.position(&id) {
-                Some(_) => Err(ApiError::validation(format!(
-                    "images[{i}]: id {id:?} is already in the index"
-                ))),
-                None => Ok(s),
-            });
-            let outcome = slot.and_then(|(row, bytes)| {
+        let to_api = |e: blip_index::IndexError| ApiError::validation(e.to_string());
+        // Per image: its file stored, then all of them added in one transaction; the store
+        // refuses an id added meanwhile by another request (nothing of that image is added).
+        let mut results: Vec<Option<IndexAddResult>> = Vec::new();
+        let mut batch = Vec::new();
+        for (id, metadata, slot) in plan {
+            let prepared = slot.and_then(|(row, bytes)| {
                 let (Some(e), Some(h)) = (embeds.as_ref(), hidden.as_ref()) else {
                     return Err(ApiError::validation("no embedding came back"));
                 };
                 let ext = input::image_extension(&bytes).unwrap_or("bin");
-                let to_api = |e: blip_index::IndexError| ApiError::validation(e.to_string());
                 let file = blip_index::Index::store_image(&path, &bytes, ext).map_err(to_api)?;
                 let states: Vec<f32> = h
                     .index_axis(ndarray::Axis(0), row)
                     .iter()
                     .copied()
                     .collect();
-                let state_file = idx.write_fresh_state(&path, &id, &states).map_err(to_api)?;
-                let entry = Entry {
+                Ok(blip_index::NewEntry {
                     id: id.clone(),
                     stamp: Stamp::of(&file).map_err(to_api)?,
                     path: file,
                     metadata,
-                    state: Some(state_file),
-                };
-                let emb: Vec<f32> = e.row(row).to_vec();
-                idx.push(entry, &emb).map_err(to_api)
+                    vectors: e.row(row).to_vec(),
+                    states: Some(states),
+                })
             });
-            results.push(match outcome {
-                Ok(()) => IndexAddResult {
-                    id,
-                    added: true,
-                    error: None,
-                },
-                Err(e) => IndexAddResult {
+            match prepared {
+                Ok(entry) => {
+                    batch.push(entry);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(IndexAddResult {
                     id,
                     added: false,
                     error: Some((&e).into()),
-                },
-            });
+                })),
+            }
         }
-        let write = if results.iter().any(|r| r.added) {
-            idx.write_keeping_files(&path)
+        let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+        let outcomes = if batch.is_empty() {
+            Vec::new()
         } else {
-            Ok(())
+            db.add(batch)?
         };
-        (idx, results, write)
+        let mut done = ids.into_iter().zip(outcomes);
+        let results: Vec<IndexAddResult> = results
+            .into_iter()
+            .filter_map(|r| match r {
+                Some(r) => Some(r),
+                None => done.next().map(|(id, outcome)| match outcome {
+                    Ok(()) => IndexAddResult {
+                        id,
+                        added: true,
+                        error: None,
+                    },
+                    Err(e) => {
+                        let e = match e {
+                            blip_index::IndexError::DuplicateId(id) => {
+                                ApiError::validation(format!("id {id:?} is already in the index"))
+                            }
+                            other => to_api(other),
+                        };
+                        IndexAddResult {
+                            id,
+                            added: false,
+                            error: Some((&e).into()),
+                        }
+                    }
+                }),
+            })
+            .collect();
+        let images = db.len()?;
+        Ok::<_, blip_index::IndexError>((results, images))
     })
     .await
     .map_err(|_| ApiError::not_ready("writing the index failed"))?;
-    let (idx, results, write) = written;
-    write.map_err(|e| ApiError::not_ready(format!("writing the index: {e}")))?;
-    let images = idx.len();
-    store.replace(idx);
+    let (results, images) =
+        written.map_err(|e| ApiError::not_ready(format!("writing the index: {e}")))?;
     Ok(Json(IndexAddResponse { results, images }))
 }
 
@@ -969,27 +983,21 @@ async fn index_delete(
     UrlPath(id): UrlPath<String>,
 ) -> AppResult<IndexDeleteResponse> {
     let store = state.index()?;
-    let _guard = store.write.lock().await;
-    let mut idx = (*store.snapshot()).clone();
-    if idx.remove(&id).is_none() {
+    let db = store.store.clone();
+    let key = id.clone();
+    let removed = tokio::task::spawn_blocking(move || {
+        let removed = db.remove(&key)?;
+        Ok::<_, blip_index::IndexError>((removed, db.len()?))
+    })
+    .await
+    .map_err(|_| ApiError::not_ready("writing the index failed"))?;
+    let (removed, images) =
+        removed.map_err(|e| ApiError::not_ready(format!("writing the index: {e}")))?;
+    if removed.is_none() {
         return Err(ApiError::not_found(format!(
             "no image with id {id:?} in the index"
         )));
     }
-    let path = store.path.clone();
-    let store_ref = state.clone();
-    let (idx, write) = tokio::task::spawn_blocking(move || {
-        if let Some(s) = store_ref.index.as_ref() {
-            s.sweep_unused();
-        }
-        let w = idx.write_keeping_files(&path);
-        (idx, w)
-    })
-    .await
-    .map_err(|_| ApiError::not_ready("writing the index failed"))?;
-    write.map_err(|e| ApiError::not_ready(format!("writing the index: {e}")))?;
-    let images = idx.len();
-    store.replace(idx);
     Ok(Json(IndexDeleteResponse {
         deleted: id,
         images,
@@ -1075,13 +1083,10 @@ async fn info(State(state): St) -> Json<Info> {
             request_timeout_s: a.request_timeout,
             shutdown_grace_s: a.shutdown_grace,
         },
-        index: state.index.as_ref().map(|s| {
-            let idx = s.snapshot();
-            IndexInfo {
-                path: s.path.display().to_string(),
-                images: idx.len(),
-                rerank_states: idx.has_states(),
-            }
+        index: state.index.as_ref().map(|s| IndexInfo {
+            path: s.path.display().to_string(),
+            images: s.store.len().unwrap_or(0),
+            rerank_states: s.store.rerank.name().to_string(),
         }),
     })
 }

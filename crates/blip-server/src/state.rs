@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use blip_checkpoint::Head;
-use blip_index::{Index, StateShape};
+use blip_index::{AnnStorage, Index, StateShape, Store, StoreOptions};
 use blip_package::Package;
 use blip_preprocess::ImagePreprocessor;
 use blip_runtime::SessionOptions;
@@ -29,51 +29,12 @@ pub struct Served {
     pub tokenizer: blip_preprocess::BlipTokenizer,
 }
 
-/// The index served by /v1/search, replaced as a whole on every change.
+/// The index served by /v1/search and changed by /v1/index: a format-3 store (SQLite + ANN
+/// graph). Changes are transactions of their own; searches run beside them on snapshots, so
+/// nothing is copied per change.
 pub struct IndexStore {
     pub path: PathBuf,
-    pub current: RwLock<Arc<Index>>,
-    /// Serialises changes (read, modify, write, swap).
-    pub write: tokio::sync::Mutex<()>,
-    /// Versions replaced while a reader (a search, an image read) may still hold them: the files
-    /// only they name are swept once none is held any more.
-    retired: std::sync::Mutex<Vec<Arc<Index>>>,
-}
-
-impl IndexStore {
-    pub fn snapshot(&self) -> Arc<Index> {
-        match self.current.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    /// Makes `idx` the served version (call with `write` held); the one it replaces is retired.
-    pub fn replace(&self, idx: Index) {
-        let idx = Arc::new(idx);
-        let old = match self.current.write() {
-            Ok(mut g) => std::mem::replace(&mut *g, idx),
-            Err(p) => std::mem::replace(&mut *p.into_inner(), idx),
-        };
-        self.retired_versions().push(old);
-    }
-
-    fn retired_versions(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Index>>> {
-        match self.retired.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-
-    /// Removes the sidecar files that no version still held names (call with `write` held, off
-    /// the async runtime): while a reader holds an older version, the files it names stay; the
-    /// others go at once, so a server never idle still removes what deletes left.
-    pub fn sweep_unused(&self) {
-        let mut retired = self.retired_versions();
-        retired.retain(|v| Arc::strong_count(v) > 1);
-        let held: Vec<&Index> = retired.iter().map(|v| v.as_ref()).collect();
-        self.snapshot().sweep_keeping(&self.path, &held);
-    }
+    pub store: Arc<Store>,
 }
 
 pub struct AppState {
@@ -170,27 +131,32 @@ impl AppState {
                         )
                     })?;
                 let pkg = &retrieval.package;
-                let idx = if path.exists() {
-                    let idx = Index::read(path)?;
-                    idx.check_package(path, pkg)?;
-                    idx
+                let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                // An existing index is opened (a format-2 file is migrated to format 3 first);
+                // a new one keeps f16 rerank states.
+                let store = if path.exists() {
+                    let store = Store::open(&path)?;
+                    store.check_package(pkg)?;
+                    store
                 } else {
                     let m = &pkg.manifest.model;
-                    Index::new(
-                        Index::fingerprint(pkg),
-                        blip_index::image_embedding_width(pkg)?,
-                        Some(StateShape {
-                            tokens: m.image_tokens,
-                            width: m.vision_hidden_size,
-                        }),
-                    )
+                    Store::create(
+                        &path,
+                        &StoreOptions {
+                            package: Index::fingerprint(pkg),
+                            dim: blip_index::image_embedding_width(pkg)?,
+                            states: Some(StateShape {
+                                tokens: m.image_tokens,
+                                width: m.vision_hidden_size,
+                            }),
+                            rerank: args.rerank_states,
+                            ann: AnnStorage::default(),
+                        },
+                    )?
                 };
-                let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
                 Some(IndexStore {
                     path,
-                    current: RwLock::new(Arc::new(idx)),
-                    write: tokio::sync::Mutex::new(()),
-                    retired: std::sync::Mutex::new(Vec::new()),
+                    store: Arc::new(store),
                 })
             }
         };

@@ -445,13 +445,15 @@ async fn concurrent_index_changes_keep_each_entry_its_own() {
         .await;
     assert_eq!(s, 200, "{b}");
     let idx = blip_index::Index::read(&path).unwrap();
-    let states = std::fs::read_dir(blip_index::Index::sidecar(&path).join("states"))
+    // States live in the index's database: a delete takes its entry's row with it.
+    let states = blip_index::Store::open_entries(&path)
         .unwrap()
-        .count();
+        .state_rows()
+        .unwrap();
     assert_eq!(
         states,
         idx.len(),
-        "state files left behind: {states} for {} entries",
+        "state rows left behind: {states} for {} entries",
         idx.len()
     );
 }

@@ -26,6 +26,11 @@ pub const CAPTION: &str = "caption";
 pub const CAPTION_TOKENS: &str = "caption_tokens";
 pub const EMBEDDING: &str = "embedding";
 pub const ERROR: &str = "error";
+/// Written by `index export`: the entry's metadata as JSON text (null when it has none).
+pub const METADATA: &str = "metadata";
+/// Written by `index export`: which of the entry's vectors the row holds (0 for single-vector
+/// entries); an entry with several vectors has one row per vector, in order, under one id.
+pub const VECTOR: &str = "vector";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -62,6 +67,8 @@ pub struct CaptionRow {
 pub struct EmbeddingRow {
     pub id: String,
     pub path: String,
+    /// The `metadata` column of an exported index (JSON text), when the shard has one.
+    pub metadata: Option<String>,
     pub result: std::result::Result<Vec<f32>, String>,
 }
 
@@ -112,12 +119,165 @@ pub fn write_captions(path: &Path, rows: &[CaptionRow]) -> Result<()> {
     write_atomically(path, schema, &batch)
 }
 
-fn write_atomically(path: &Path, schema: Arc<Schema>, batch: &RecordBatch) -> Result<()> {
+/// One row of an exported index: an entry's vector, with the entry's id, path and metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportRow {
+    pub id: String,
+    pub path: String,
+    pub metadata: Option<String>,
+    pub vector: i32,
+    pub embedding: Vec<f32>,
+}
+
+/// An embedding shard written in row groups as rows come (an index of millions of entries is
+/// never held whole), to a temporary file renamed into place by [`EmbeddingWriter::finish`]; a
+/// writer dropped unfinished removes it. `index --from-parquet` reads it back (`id`, `path`,
+/// `embedding`); vector databases take the `metadata` and `vector` columns too.
+pub struct EmbeddingWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    dim: usize,
+    schema: Arc<Schema>,
+    writer: Option<ArrowWriter<File>>,
+}
+
+impl EmbeddingWriter {
+    pub fn create(path: &Path, dim: usize) -> Result<EmbeddingWriter> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(ID, DataType::Utf8, false),
+            Field::new(PATH, DataType::Utf8, false),
+            Field::new(METADATA, DataType::Utf8, true),
+            Field::new(VECTOR, DataType::Int32, false),
+            Field::new(
+                EMBEDDING,
+                DataType::FixedSizeList(
+                    Arc::new(Field::new("item", DataType::Float32, true)),
+                    dim as i32,
+                ),
+                true,
+            ),
+        ]));
+        let tmp = partial_path(path);
+        let file = File::create(&tmp).map_err(|e| ShardError::Io {
+            action: "writing",
+            path: tmp.clone(),
+            source: e,
+        })?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            ShardError::Parquet {
+                path: path.into(),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(EmbeddingWriter {
+            path: path.into(),
+            tmp,
+            dim,
+            schema,
+            writer: Some(writer),
+        })
+    }
+
+    fn bad(&self) -> impl Fn(String) -> ShardError + '_ {
+        |message| ShardError::Parquet {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    /// Appends rows (each embedding `dim` values long).
+    pub fn write(&mut self, rows: &[ExportRow]) -> Result<()> {
+        if let Some(r) = rows.iter().find(|r| r.embedding.len() != self.dim) {
+            return Err(ShardError::Column {
+                path: self.path.clone(),
+                column: EMBEDDING,
+                problem: format!(
+                    "row {:?} has {} values, not {}",
+                    r.id,
+                    r.embedding.len(),
+                    self.dim
+                ),
+            });
+        }
+        let flat: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| r.embedding.iter().copied())
+            .collect();
+        let field = Arc::new(Field::new("item", DataType::Float32, true));
+        let embeddings = FixedSizeListArray::try_new(
+            field,
+            self.dim as i32,
+            Arc::new(Float32Array::from(flat)),
+            None,
+        )
+        .map_err(|e| self.bad()(e.to_string()))?;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.id.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.path.as_str()),
+            )),
+            Arc::new(
+                rows.iter()
+                    .map(|r| r.metadata.as_deref())
+                    .collect::<StringArray>(),
+            ),
+            Arc::new(arrow_array::Int32Array::from_iter_values(
+                rows.iter().map(|r| r.vector),
+            )),
+            Arc::new(embeddings),
+        ];
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| self.bad()(e.to_string()))?;
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(self.bad()("the shard is already finished".into()));
+        };
+        writer.write(&batch).map_err(|e| ShardError::Parquet {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Closes the file, syncs it and renames it into place.
+    pub fn finish(mut self) -> Result<()> {
+        let Some(writer) = self.writer.take() else {
+            return Ok(());
+        };
+        let file = writer.into_inner().map_err(|e| self.bad()(e.to_string()))?;
+        let io = |source| ShardError::Io {
+            action: "writing",
+            path: self.path.clone(),
+            source,
+        };
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&self.tmp, &self.path).map_err(io)
+    }
+}
+
+impl Drop for EmbeddingWriter {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// The hidden temporary a shard is written to before it is renamed to `path`.
+fn partial_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
+    path.with_file_name(format!(".{name}.{}.partial", std::process::id()))
+}
+
+fn write_atomically(path: &Path, schema: Arc<Schema>, batch: &RecordBatch) -> Result<()> {
+    let tmp = partial_path(path);
     let io = |action, source| ShardError::Io {
         action,
         path: path.into(),
@@ -142,6 +302,21 @@ fn write_atomically(path: &Path, schema: Arc<Schema>, batch: &RecordBatch) -> Re
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Rows in a Parquet file, from its footer (nothing else is read).
+pub fn row_count(path: &Path) -> Result<usize> {
+    let file = File::open(path).map_err(|source| ShardError::Io {
+        action: "reading",
+        path: path.into(),
+        source,
+    })?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| ShardError::Parquet {
+            path: path.into(),
+            message: format!("not a readable Parquet file: {e}"),
+        })?;
+    Ok(builder.metadata().file_metadata().num_rows().max(0) as usize)
 }
 
 /// The Parquet files a `--from-parquet` argument names: a file, or every `*.parquet` in a folder
@@ -178,6 +353,7 @@ pub fn read_embeddings(path: &Path) -> Result<Vec<EmbeddingRow>> {
         let ids = strings(path, &batch, ID, true)?;
         let paths = strings(path, &batch, PATH, true)?;
         let errors = strings(path, &batch, ERROR, false)?;
+        let metadata = strings(path, &batch, METADATA, false)?;
         let embeddings =
             column(path, &batch, EMBEDDING, true)?.ok_or_else(|| missing(path, EMBEDDING))?;
         let embeddings = embeddings
@@ -223,6 +399,7 @@ pub fn read_embeddings(path: &Path) -> Result<Vec<EmbeddingRow>> {
             rows.push(EmbeddingRow {
                 id,
                 path: image,
+                metadata: metadata.as_ref().and_then(|m| m[i].clone()),
                 result,
             });
         }
@@ -482,6 +659,55 @@ mod tests {
         );
         // No temporary is left next to the shard.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn exported_rows_read_back_as_embeddings_and_an_unfinished_export_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.parquet");
+        let row = |id: &str, vector: i32, x: f32| ExportRow {
+            id: id.into(),
+            path: format!("/photos/{id}.jpg"),
+            metadata: (vector == 0).then(|| format!("{{\"album\":\"{id}\"}}")),
+            vector,
+            embedding: vec![x, -x, 0.5],
+        };
+        let mut w = EmbeddingWriter::create(&path, 3).unwrap();
+        w.write(&[row("a", 0, 1.0), row("b", 0, 2.0)]).unwrap();
+        w.write(&[row("b", 1, 3.0)]).unwrap();
+        let bad = w.write(&[ExportRow {
+            embedding: vec![1.0],
+            ..row("c", 0, 0.0)
+        }]);
+        assert!(bad.unwrap_err().to_string().contains("has 1 values, not 3"));
+        assert!(!path.exists(), "nothing in place before finish");
+        w.finish().unwrap();
+        let back = read_embeddings(&path).unwrap();
+        let got: Vec<(&str, Vec<f32>)> = back
+            .iter()
+            .map(|r| (r.id.as_str(), r.result.clone().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a", vec![1.0, -1.0, 0.5]),
+                ("b", vec![2.0, -2.0, 0.5]),
+                ("b", vec![3.0, -3.0, 0.5])
+            ]
+        );
+        assert_eq!(back[1].path, "/photos/b.jpg");
+        assert_eq!(back[1].metadata.as_deref(), Some("{\"album\":\"b\"}"));
+        assert_eq!(back[2].metadata, None);
+        assert_eq!(row_count(&path).unwrap(), 3);
+        let unfinished = dir.path().join("unfinished.parquet");
+        let mut w = EmbeddingWriter::create(&unfinished, 3).unwrap();
+        w.write(&[row("a", 0, 1.0)]).unwrap();
+        drop(w);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "only the finished file"
+        );
     }
 
     #[test]
