@@ -127,8 +127,8 @@ pub fn run(args: EvalArgs) -> Result<u8> {
         let with = |ext: &str| PathBuf::from(format!("{}.{ext}", prefix.display()));
         // Temp file + rename: an interrupted run never leaves a half-written report.
         let json = serde_json::to_string_pretty(&report)? + "\n";
-        crate::benchmark::write_atomic(&with("json"), json.as_bytes())?;
-        crate::benchmark::write_atomic(&with("md"), md.as_bytes())?;
+        blip_package::write_file_atomic(&with("json"), json.as_bytes())?;
+        blip_package::write_file_atomic(&with("md"), md.as_bytes())?;
     }
     Ok(0)
 }

@@ -5,8 +5,6 @@
 //! the same exit codes).
 
 mod batch;
-mod bench;
-mod benchmark;
 mod eval;
 mod hub;
 mod inspect;
@@ -286,7 +284,7 @@ enum Command {
     Eval(eval::EvalArgs),
     /// The benchmark table side by side in one run: per package vision b1/b8, text encoder, decoder
     /// step, full caption; median/p90, throughput, peak RSS, size; JSON + Markdown + PNG.
-    Bench(benchmark::BenchArgs),
+    Bench(blip_bench::BenchArgs),
     /// Runtime latencies on real-size packages as JSON (used by the side-by-side benchmark).
     BenchRuntime {
         /// Caption package.
@@ -684,14 +682,20 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(if report.passed() { 0 } else { 4 })
         }
         Command::Eval(args) => eval::run(args),
-        Command::Bench(args) => benchmark::run(args),
+        Command::Bench(args) => Ok(blip_bench::run(args)?),
         Command::BenchRuntime {
             caption,
             retrieval,
             image,
             reps,
             threads,
-        } => bench::run(&caption, retrieval.as_deref(), &image, reps, threads),
+        } => Ok(blip_bench::runtime::run(
+            &caption,
+            retrieval.as_deref(),
+            &image,
+            reps,
+            threads,
+        )?),
         Command::Index {
             action,
             common,

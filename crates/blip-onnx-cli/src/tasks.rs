@@ -48,14 +48,7 @@ pub struct Common {
 }
 
 pub(crate) fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda { device_id: 0 }),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(device_id) => Ok(Device::Cuda { device_id }),
-            None => bail!("--device {other:?}: expected cpu, cuda or cuda:N"),
-        },
-    }
+    s.parse().map_err(anyhow::Error::msg)
 }
 
 impl Common {

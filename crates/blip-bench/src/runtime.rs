@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use crate::Result;
 use blip_runtime::{
     BlipModel, CandidateStates, CaptionOptions, ImageInput, SessionOptions, Strategy,
 };
@@ -11,8 +11,8 @@ use serde_json::json;
 
 /// Median milliseconds of `reps` timed runs after a warm-up (`bench`'s timer).
 fn time<T>(reps: usize, f: impl FnMut() -> Result<T>) -> Result<f64> {
-    let times = crate::benchmark::timed(reps, f)?;
-    Ok(crate::benchmark::stats(times, 1, String::new()).median_ms)
+    let times = crate::timed(reps, f)?;
+    Ok(crate::stats(times, 1, String::new()).median_ms)
 }
 
 pub fn run(

@@ -1,4 +1,4 @@
-//! `blip-onnx bench PKG...`: the guide's benchmark table, side by side in one run on this machine.
+//! blip-onnx's benchmarks. `blip-onnx bench PKG...` ([`run`]): the guide's benchmark table, side by side in one run on this machine.
 //!
 //! Each package is measured in its own child process (`bench --one`), so its peak RSS is its own;
 //! optional rows come from PyTorch eager and the guide's ORT-Python recipe (the repo's reference tool,
@@ -11,12 +11,75 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
 use blip_runtime::generate::Step;
 use blip_runtime::{
     BlipModel, CandidateStates, CaptionOptions, ImageInput, SessionOptions, Strategy, VqaOptions,
 };
 use serde::{Deserialize, Serialize};
+
+pub mod runtime;
+
+/// What a benchmark run can fail on.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Runtime(#[from] blip_runtime::RuntimeError),
+    #[error(transparent)]
+    Preprocess(#[from] blip_preprocess::PreprocessError),
+    #[error(transparent)]
+    Task(#[from] blip_runtime::TaskError),
+    #[error(transparent)]
+    Package(#[from] blip_package::PackageError),
+    /// A missing or contradictory option.
+    #[error("{0}")]
+    Usage(String),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A child process (`bench --one`, the reference tool) failed or printed something else
+    /// than its JSON.
+    #[error("{what}: {message}")]
+    Child { what: String, message: String },
+    /// A `bench --one` child's own error line (it names the package).
+    #[error("{0}")]
+    Measured(String),
+    /// The measurement of one package failed.
+    #[error("{package}: {source}")]
+    Measuring {
+        package: PathBuf,
+        #[source]
+        source: Box<BenchError>,
+    },
+    #[error("{path}: {message}")]
+    Report { path: PathBuf, message: String },
+    #[error("drawing the chart: {0}")]
+    Chart(String),
+    #[error(transparent)]
+    Shape(#[from] ndarray::ShapeError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+pub type Result<T> = std::result::Result<T, BenchError>;
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BenchError + 'a {
+    move |source| BenchError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn measuring(package: &Path) -> impl FnOnce(BenchError) -> BenchError + '_ {
+    move |e| BenchError::Measuring {
+        package: package.to_path_buf(),
+        source: Box::new(e),
+    }
+}
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -68,7 +131,7 @@ impl BenchArgs {
     fn image(&self) -> Result<&Path> {
         self.image
             .as_deref()
-            .context("--image is required to measure")
+            .ok_or_else(|| BenchError::Usage("--image is required to measure".into()))
     }
 }
 
@@ -154,11 +217,11 @@ pub struct Engine {
 }
 
 /// The row of `times` (seconds) for `items` per repetition.
-pub(crate) fn stats(times: Vec<f64>, items: usize, case: String) -> Row {
+pub fn stats(times: Vec<f64>, items: usize, case: String) -> Row {
     Row::from_samples(times.iter().map(|t| t * 1e3).collect(), items, case)
 }
 
-pub(crate) fn timed<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<Vec<f64>> {
+pub fn timed<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<Vec<f64>> {
     f()?; // warm-up
     (0..reps.max(1))
         .map(|_| {
@@ -203,7 +266,7 @@ const TEXT_32: &str = "a man in a red jacket is standing next to a bicycle on a 
                        children and a small brown dog watch him from the steps of an old building";
 
 fn measure_one(pkg: &Path, args: &BenchArgs) -> Result<Engine> {
-    let device = crate::tasks::parse_device(&args.device)?;
+    let device = args.device.parse().map_err(BenchError::Usage)?;
     let opts = SessionOptions {
         intra_threads: args.threads,
         device,
@@ -371,7 +434,7 @@ fn interleaved_steps(pkgs: &[PathBuf], args: &BenchArgs) -> Result<Vec<Interleav
     let input = ImageInput::Path(args.image()?.to_path_buf());
     let mut models = Vec::new();
     for pkg in pkgs {
-        let mut m = BlipModel::open(pkg, &opts).with_context(|| pkg.display().to_string())?;
+        let mut m = BlipModel::open(pkg, &opts).map_err(|e| measuring(pkg)(e.into()))?;
         if !matches!(m.head(), "caption" | "vqa") {
             continue;
         }
@@ -447,9 +510,11 @@ fn child(args: &BenchArgs, pkg: &Path, device: &str) -> Result<Engine> {
     // BLIP_ONNX_EXE: the pip console script, whose process's own executable is Python.
     let exe = match std::env::var_os("BLIP_ONNX_EXE") {
         Some(exe) => PathBuf::from(exe),
-        None => std::env::current_exe()?,
+        None => {
+            std::env::current_exe().map_err(io("finding", Path::new("the running executable")))?
+        }
     };
-    let out = Command::new(exe)
+    let out = Command::new(&exe)
         .arg("bench")
         .arg(pkg)
         .args(["--one", "--device", device, "--image"])
@@ -460,21 +525,37 @@ fn child(args: &BenchArgs, pkg: &Path, device: &str) -> Result<Engine> {
             "--threads",
             &args.threads.to_string(),
         ])
-        .output()?;
+        .output()
+        .map_err(io("running", &exe))?;
+    let child = |message: String| BenchError::Child {
+        what: format!("bench --one {}", pkg.display()),
+        message,
+    };
     if !out.status.success() {
         // The child printed its own `error: …` line; pass on its message, not a second prefix.
         let stderr = String::from_utf8_lossy(&out.stderr);
         let message = stderr.trim();
-        bail!("{}", message.strip_prefix("error: ").unwrap_or(message));
+        return Err(BenchError::Measured(
+            message.strip_prefix("error: ").unwrap_or(message).into(),
+        ));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).with_context(|| format!("bench child output: {line}"))
+    serde_json::from_str(line).map_err(|e| child(format!("{e} in its output {line:?}")))
 }
 
 fn python_rows(args: &BenchArgs, py: &Path, checkpoint: &Path) -> Result<Vec<Engine>> {
-    let tool =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/reference/blip_reference.py");
+    // Found from the checkout the command runs in (the bench scripts run from its root), or
+    // named with BLIP_REFERENCE_TOOL: never a path baked in at build time.
+    let tool = std::env::var_os("BLIP_REFERENCE_TOOL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("tools/reference/blip_reference.py"));
+    if !tool.is_file() {
+        return Err(BenchError::Usage(format!(
+            "--python needs the reference tool: {} is missing (run from the blip-onnx checkout, or set BLIP_REFERENCE_TOOL)",
+            tool.display()
+        )));
+    }
     let out = Command::new(py)
         .arg(&tool)
         .args(["bench-python", "--checkpoint"])
@@ -488,17 +569,20 @@ fn python_rows(args: &BenchArgs, py: &Path, checkpoint: &Path) -> Result<Vec<Eng
             &blip_runtime::resolve_threads(args.threads).to_string(),
         ])
         .output()
-        .with_context(|| format!("running {}", py.display()))?;
+        .map_err(io("running", py))?;
+    let tool_error = |message: String| BenchError::Child {
+        what: format!("reference tool {}", tool.display()),
+        message,
+    };
     if !out.status.success() {
-        bail!(
-            "reference tool: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        return Err(tool_error(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
-    let engines: Vec<Engine> =
-        serde_json::from_str(line).with_context(|| format!("reference tool output: {line}"))?;
+    let engines: Vec<Engine> = serde_json::from_str(line)
+        .map_err(|e| tool_error(format!("{e} in its output {line:?}")))?;
     // Statistics from the samples here, so every row's median and p90 follow one definition.
     Ok(engines
         .into_iter()
@@ -520,10 +604,12 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         return Ok(0);
     }
     if let Some(json) = &args.render {
-        let report: Report = serde_json::from_str(
-            &std::fs::read_to_string(json).with_context(|| json.display().to_string())?,
-        )
-        .with_context(|| format!("{}: not a bench report", json.display()))?;
+        let report: Report =
+            serde_json::from_str(&std::fs::read_to_string(json).map_err(io("reading", json))?)
+                .map_err(|e| BenchError::Report {
+                    path: json.clone(),
+                    message: format!("not a bench report: {e}"),
+                })?;
         // The measured JSON is the source: rendering leaves it as it is.
         return write_outputs(&args, &report, false);
     }
@@ -543,7 +629,7 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         }
         for pkg in &args.packages {
             eprintln!("measuring {}{of} ...", pkg.display());
-            measured.push(child(&args, pkg, "cpu").with_context(|| pkg.display().to_string())?);
+            measured.push(child(&args, pkg, "cpu")?);
         }
         engines = if engines.is_empty() {
             measured
@@ -620,7 +706,7 @@ fn write_outputs(args: &BenchArgs, report: &Report, with_json: bool) -> Result<u
     println!("{table}");
     if let Some(prefix) = &args.out {
         if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
         }
         let with = |ext: &str| PathBuf::from(format!("{}.{ext}", prefix.display()));
         if with_json {
@@ -650,18 +736,21 @@ fn write_outputs(args: &BenchArgs, report: &Report, with_json: bool) -> Result<u
 
 /// Replaces the text between `<!-- MARKER -->` and `<!-- /MARKER -->` (both kept).
 fn replace_block(path: &Path, marker: &str, text: &str) -> Result<()> {
-    let doc = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let doc = std::fs::read_to_string(path).map_err(io("reading", path))?;
     let (open, close) = (format!("<!-- {marker} -->"), format!("<!-- /{marker} -->"));
     let (Some(a), Some(b)) = (doc.find(&open), doc.find(&close)) else {
-        bail!("{}: no {open} … {close} block", path.display());
+        return Err(BenchError::Report {
+            path: path.to_path_buf(),
+            message: format!("no {open} … {close} block"),
+        });
     };
     let updated = format!("{}{open}\n{text}\n{}", &doc[..a], &doc[b..]);
     write_atomic(path, updated.as_bytes())
 }
 
 /// Reports are written through the one staged-write helper (temp file, sync, rename).
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(blip_package::write_file_atomic(path, bytes)?)
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    blip_package::write_file_atomic(path, bytes).map_err(io("writing", path))
 }
 
 fn capitalized(s: &str) -> String {
@@ -777,7 +866,8 @@ fn chart(engines: &[Engine]) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.fill(&WHITE)
+            .map_err(|e| BenchError::Chart(e.to_string()))?;
         let max = engines
             .iter()
             .flat_map(|e| e.rows.iter().map(|r| r.median_ms))
@@ -801,7 +891,7 @@ fn chart(engines: &[Engine]) -> Result<Vec<u8>> {
             .x_label_area_size(60)
             .y_label_area_size(70)
             .build_cartesian_2d(0f64..n as f64, (bottom..top).log_scale())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|e| BenchError::Chart(e.to_string()))?;
         let labels = cases.clone();
         chart
             .configure_mesh()
@@ -818,7 +908,7 @@ fn chart(engines: &[Engine]) -> Result<Vec<u8>> {
             .y_desc("ms")
             .label_style(("sans-serif", 14))
             .draw()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|e| BenchError::Chart(e.to_string()))?;
         let k = engines.len().max(1) as f64;
         for (j, e) in engines.iter().enumerate() {
             let color = Palette99::pick(j).mix(0.9);
@@ -836,7 +926,7 @@ fn chart(engines: &[Engine]) -> Result<Vec<u8>> {
                 .collect();
             chart
                 .draw_series(bars)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .map_err(|e| BenchError::Chart(e.to_string()))?
                 .label(e.name.clone())
                 .legend(move |(x, y)| {
                     Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
@@ -849,12 +939,15 @@ fn chart(engines: &[Engine]) -> Result<Vec<u8>> {
             .label_font(("sans-serif", 14))
             .position(SeriesLabelPosition::UpperLeft)
             .draw()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|e| BenchError::Chart(e.to_string()))?;
+        root.present()
+            .map_err(|e| BenchError::Chart(e.to_string()))?;
     }
-    let img = image::RgbImage::from_raw(w, h, buf).context("chart buffer")?;
+    let img = image::RgbImage::from_raw(w, h, buf)
+        .ok_or_else(|| BenchError::Chart("the chart buffer has the wrong size".into()))?;
     let mut png = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut png, image::ImageFormat::Png)?;
+    img.write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| BenchError::Chart(e.to_string()))?;
     Ok(png.into_inner())
 }
 
