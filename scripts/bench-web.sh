@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 reps="${1:-5}"
 py="${BLIP_REFERENCE_PYTHON:-$(tools/reference/setup.sh | tail -n1)}"
 b=.cache/bench
-[ -x /usr/bin/chromium ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+. scripts/lib.sh
+ensure_chromium
 eval "$(scripts/fetch-onnxruntime.sh)"
 scripts/build-web.sh >/dev/null
 cargo build --release --quiet -p blip-onnx-cli

@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WBG_VERSION=$(awk '$0 == "name = \"wasm-bindgen\"" { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
 [ -n "$WBG_VERSION" ] || { echo "build-web.sh: no wasm-bindgen in Cargo.lock" >&2; exit 1; }
-CACHE="${BLIP_ONNX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/blip-onnx}"
+. scripts/lib.sh
+CACHE="$(blip_cache)"
 WBG_ROOT="$CACHE/wasm-bindgen-$WBG_VERSION"
 WBG="$WBG_ROOT/bin/wasm-bindgen"
 if [ ! -x "$WBG" ] || [ "$("$WBG" --version)" != "wasm-bindgen $WBG_VERSION" ]; then

@@ -4,10 +4,11 @@
 #   eval "$(scripts/fetch-onnxruntime.sh)"
 # blip-onnx also finds the library in this cache by itself when ORT_DYLIB_PATH is unset.
 set -euo pipefail
-ORT_VERSION="1.32.0"
-ORT_WHEEL="onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl"
-ORT_WHEEL_SHA256="5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d"
-CACHE="${BLIP_ONNX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/blip-onnx}/onnxruntime-$ORT_VERSION"
+. "$(dirname "$0")/lib.sh"
+ORT_VERSION=$(pinned ORT_VERSION)
+ORT_WHEEL=$(pinned ORT_WHEEL)
+ORT_WHEEL_SHA256=$(pinned ORT_WHEEL_SHA256)
+CACHE="$(blip_cache)/onnxruntime-$ORT_VERSION"
 LIB="$CACHE/libonnxruntime.so.$ORT_VERSION"
 
 if [ "$(uname -sm)" != "Linux x86_64" ]; then

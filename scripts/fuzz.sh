@@ -13,12 +13,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${1:-60}"
-CARGO_FUZZ_VERSION="0.13.2"
+. scripts/lib.sh
+CARGO_FUZZ_VERSION=$(pinned CARGO_FUZZ_VERSION)
 SANITIZER="${FUZZ_SANITIZER:-address}"
 ALL_TARGETS="image_preprocess safetensors_header torch_zip torch_pickle manifest tokenizer_file tokenizer_encode index_file server_request"
 TARGETS="${FUZZ_TARGETS:-$ALL_TARGETS}"
 
-CACHE="${BLIP_ONNX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/blip-onnx}/cargo-fuzz-$CARGO_FUZZ_VERSION"
+CACHE="$(blip_cache)/cargo-fuzz-$CARGO_FUZZ_VERSION"
 if [ ! -x "$CACHE/bin/cargo-fuzz" ]; then
   cargo install cargo-fuzz --version "=$CARGO_FUZZ_VERSION" --locked --root "$CACHE" >&2
 fi

@@ -3,11 +3,9 @@
 # on each graph. Needs only the PyPI `onnx` wheel (pinned), installed into a cached venv; no torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv="${BLIP_ONNX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/blip-onnx}/onnx-checker-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import onnx" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet "onnx==1.23.2"
-fi
+. scripts/lib.sh
+venv="$(blip_cache)/onnx-checker-venv"
+venv_with "$venv" "onnx==$(pinned ONNX_VERSION)"
 bin="$(scripts/debug-cli.sh)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

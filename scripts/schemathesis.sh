@@ -8,30 +8,14 @@ examples="${1:-30}"
 eval "$(scripts/fetch-onnxruntime.sh)"
 st=$(scripts/setup-schemathesis.sh)
 bin="$(scripts/debug-cli.sh)"
+. scripts/lib.sh
 work=$(mktemp -d)
-server=""
-cleanup() {
-  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-for head in caption retrieval vqa; do
-  "$bin" convert "fixtures/shapes/models/shapes-$head" -o "$work/$head" >/dev/null
-done
-"$bin" index -p "$work/retrieval" fixtures/shapes/test/images -o "$work/shapes.idx" --quiet >/dev/null
-BLIP_PORT=0 "$bin" serve --package "$work/caption" --package "$work/retrieval" --package "$work/vqa" \
-  --index "$work/shapes.idx" --threads 2 --max-batch-wait-ms 1 2>"$work/serve.log" &
-server=$!
-for _ in $(seq 1 200); do
-  addr=$(sed -n 's|.*listening on http://||p' "$work/serve.log" | head -n1)
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { cat "$work/serve.log" >&2; exit 1; }
-for _ in $(seq 1 200); do
-  curl -sf "http://$addr/health/ready" >/dev/null && break
-  sleep 0.1
-done
+trap 'stop_server; rm -rf "$work"' EXIT
+pkgs=$(shapes_packages "$bin" "$work/packages")
+"$bin" index -p "$pkgs/retrieval" fixtures/shapes/test/images -o "$work/shapes.idx" --quiet >/dev/null
+start_server "$work/serve.log" "$bin" --package "$pkgs/caption" --package "$pkgs/retrieval" \
+  --package "$pkgs/vqa" --index "$work/shapes.idx" --threads 2 --max-batch-wait-ms 1
+addr=$SERVER_ADDR
 # DELETE /v1/index/{id} is excluded: removing the fixtures' images would only shrink what the
 # other operations see (it is covered by the Rust tests).
 "$st" run "http://$addr/openapi.json" \

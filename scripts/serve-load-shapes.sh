@@ -24,29 +24,22 @@ if [ -z "$bin" ]; then
   cargo build --release --quiet -p blip-onnx-cli
   bin=target/release/blip-onnx
 fi
+. scripts/lib.sh
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-"$bin" convert fixtures/shapes/models/shapes-caption -o "$work/caption" >/dev/null
+trap 'stop_server; rm -rf "$work"' EXIT
+pkgs=$(shapes_packages "$bin" "$work/packages")
 : > "$work/results.jsonl"
 for round in $(seq 1 "$rounds"); do
   for scheduler in request iteration; do
-    BLIP_PORT=0 BLIP_SCHEDULER=$scheduler "$bin" serve --package "$work/caption" --threads 2 2>"$work/log" &
-    pid=$!
-    addr=""
-    for _ in $(seq 1 200); do
-      addr=$(sed -n 's|.*listening on http://||p' "$work/log" | head -n1)
-      [ -n "$addr" ] && break
-      sleep 0.1
-    done
-    for _ in $(seq 1 300); do curl -sf "http://$addr/health/ready" >/dev/null && break; sleep 0.1; done
+    BLIP_SCHEDULER=$scheduler start_server "$work/log" "$bin" --package "$pkgs/caption" --threads 2
+    addr=$SERVER_ADDR
     for mix in same mixed; do
       for clients in "$@"; do
         python3 tools/serve_load.py "http://$addr" "$clients" $((96 / clients)) "$mix" "$scheduler" "$round" \
           | tee -a "$work/results.jsonl"
       done
     done
-    kill "$pid"
-    wait "$pid" || true
+    stop_server
   done
 done
 python3 tools/serve_load.py --table "$work/results.jsonl" "$*" "$rounds" > "$work/table.md"

@@ -3,11 +3,9 @@
 #   scripts/setup-browser.sh        prints the folder holding node_modules/playwright-core
 set -euo pipefail
 cd "$(dirname "$0")/.."
-version=1.65.1
-if ! command -v chromium >/dev/null; then
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >&2
-fi
+. scripts/lib.sh
+version=$(pinned PLAYWRIGHT_CORE_VERSION)
+ensure_chromium
 dir=.cache/browser-test-$version
 if [ ! -d "$dir/node_modules/playwright-core" ]; then
   mkdir -p "$dir"

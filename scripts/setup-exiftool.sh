@@ -2,7 +2,8 @@
 # What the caption sidecar test needs: Debian's exiftool (reads the .xmp sidecars back), pinned.
 #   scripts/setup-exiftool.sh        installs it when missing or at another version (idempotent)
 set -euo pipefail
-version=12.57+dfsg-1
+. "$(dirname "$0")/lib.sh"
+version=$(pinned EXIFTOOL_DEB_VERSION)
 installed=$(dpkg-query -W -f='${Version}' libimage-exiftool-perl 2>/dev/null || true)
 if [ "$installed" != "$version" ] || ! command -v exiftool >/dev/null; then
   apt-get update -qq >&2

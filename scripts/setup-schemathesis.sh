@@ -3,10 +3,8 @@
 #   scripts/setup-schemathesis.sh      prints the path of its `st` executable
 set -euo pipefail
 cd "$(dirname "$0")/.."
-version=4.32.5
+. scripts/lib.sh
+version=$(pinned SCHEMATHESIS_VERSION)
 venv=.cache/schemathesis-$version
-if [ ! -x "$venv/bin/st" ]; then
-  python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$version" >&2
-fi
+venv_with "$venv" "schemathesis==$version"
 echo "$PWD/$venv/bin/st"

@@ -24,11 +24,9 @@ start=$(date +%s)
 eval "$(scripts/fetch-onnxruntime.sh)"
 cli="$(scripts/debug-cli.sh)"
 scripts/build-web.sh >/dev/null
-venv="${BLIP_ONNX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/blip-onnx}/portability-venv"
-if ! "$venv/bin/python" -c "import onnx, onnxruntime, openvino, tract" 2>/dev/null; then
-  rm -rf "$venv" && python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/portability/requirements.txt
-fi
+. scripts/lib.sh
+venv="$(blip_cache)/portability-venv"
+venv_with "$venv" -r tools/portability/requirements.txt
 (cd tools/portability && npm ci --no-audit --no-fund --silent)
 
 work=$(mktemp -d)

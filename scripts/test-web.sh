@@ -16,11 +16,8 @@ case "${1:-}" in
   *) echo "usage: scripts/test-web.sh [--bless]" >&2; exit 2 ;;
 esac
 start=$(date +%s)
-if [ ! -x /usr/bin/chromium ]; then
-  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
-fi
+. scripts/lib.sh
+ensure_chromium
 eval "$(scripts/fetch-onnxruntime.sh)"
 scripts/build-web.sh
 cli="$(scripts/debug-cli.sh)"

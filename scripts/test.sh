@@ -32,6 +32,10 @@ step scripts/setup-exiftool.sh
 step cargo test --workspace
 # The CLI binary those tests ran: the scripts below drive it (scripts/debug-cli.sh says why).
 export BLIP_TEST_CLI="$PWD/${CARGO_TARGET_DIR:-target}/debug/blip-onnx"
+# The shapes packages, converted once for every script below (scripts/lib.sh: shapes_packages).
+BLIP_SHAPES_PACKAGES=$(mktemp -d)
+export BLIP_SHAPES_PACKAGES
+trap 'rm -rf "$BLIP_SHAPES_PACKAGES"' EXIT
 step scripts/onnx-checker.sh
 step scripts/schemathesis.sh
 step scripts/page-test.sh
