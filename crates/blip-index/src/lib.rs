@@ -803,24 +803,14 @@ impl Index {
 /// before).
 pub fn migrate(path: &Path) -> Result<()> {
     let old = Index::read(path)?;
-    let tmp = path.with_file_name(format!(
-        ".{}.migrating",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    for ext in ["", "-wal", "-shm"] {
-        let mut p = tmp.as_os_str().to_owned();
-        p.push(ext);
-        let _ = std::fs::remove_file(PathBuf::from(p));
-    }
     let rerank = if old.has_states() {
         RerankStates::F16
     } else {
         RerankStates::None
     };
-    let store = Store::create(
-        &tmp,
+    let store = Store::create_staged(
+        path,
+        "migrating",
         &StoreOptions {
             package: old.package.clone(),
             dim: old.dim,

@@ -224,6 +224,15 @@ pub fn decode_states(kind: RerankStates, shape: StateShape, b: &[u8]) -> Option<
     }
 }
 
+/// Removes a database file and its WAL and shared-memory files.
+fn remove_database(path: &Path) {
+    for ext in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(ext);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
 /// Names this index's graph files, so a rebuilt index at the same path never loads the graph
 /// of the one it replaced.
 fn random_uid() -> String {
@@ -1093,6 +1102,28 @@ impl Store {
     /// `dest`'s sidecar, then the database renamed over `dest`): a rebuild is all or nothing.
     pub fn install(self, dest: &Path) -> Result<()> {
         self.install_with(dest, true)
+    }
+
+    /// A new store at a hidden temporary path beside `dest` (`.NAME.SUFFIX`, anything left there
+    /// by an earlier run removed), to fill and then [`Store::install`] over `dest`, or
+    /// [`Store::discard`]: readers of `dest` never see it half built.
+    pub fn create_staged(dest: &Path, suffix: &str, opts: &StoreOptions) -> Result<Store> {
+        let tmp = dest.with_file_name(format!(
+            ".{}.{suffix}",
+            dest.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        remove_database(&tmp);
+        Store::create(&tmp, opts)
+    }
+
+    /// Removes a store that is not to be installed: its database, journal and sidecar.
+    pub fn discard(self) {
+        let path = self.path.clone();
+        drop(self);
+        remove_database(&path);
+        let _ = std::fs::remove_dir_all(crate::Index::sidecar(&path));
     }
 
     /// As [`Store::install`], leaving the sidecar's format-2 state files (a migration keeps

@@ -677,38 +677,6 @@ pub fn index_export(index: &Path, parquet: &Path, quiet: bool) -> Result<u8> {
 /// Rows per transaction of `index --from-parquet`, and per row group of `index export`.
 const IMPORT_CHUNK: usize = 4096;
 
-/// A new index built at a temporary path beside `output` and put in its place at the end.
-fn temp_store(
-    output: &Path,
-    opts: &blip_index::StoreOptions,
-) -> Result<(blip_index::Store, PathBuf)> {
-    let tmp = output.with_file_name(format!(
-        ".{}.building",
-        output
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    for ext in ["", "-wal", "-shm"] {
-        let mut p = tmp.as_os_str().to_owned();
-        p.push(ext);
-        let _ = std::fs::remove_file(PathBuf::from(p));
-    }
-    let store = blip_index::Store::create(&tmp, opts)?;
-    Ok((store, tmp))
-}
-
-/// Removes a temporary index that was not installed.
-fn drop_temp(store: blip_index::Store, tmp: &Path) {
-    drop(store);
-    for ext in ["", "-wal", "-shm"] {
-        let mut p = tmp.as_os_str().to_owned();
-        p.push(ext);
-        let _ = std::fs::remove_file(PathBuf::from(p));
-    }
-    let _ = std::fs::remove_dir_all(Index::sidecar(tmp));
-}
-
 /// `index --from-parquet`: an index from embedding shards. Error rows, rows of another width and
 /// unreadable shards are reported and left out (exit 3); the rest is indexed, a transaction per
 /// shard, with a progress bar over the shards' rows.
@@ -734,8 +702,9 @@ pub fn index_from_parquet(common: &Common, shards: &[PathBuf], output: &Path) ->
     let m = &package.manifest.model;
     // The shards hold no vision states: the index reranks by encoding candidates (and a later
     // POST /v1/index add needs none).
-    let (store, tmp) = temp_store(
+    let store = blip_index::Store::create_staged(
         output,
+        "building",
         &blip_index::StoreOptions {
             package: Index::fingerprint(&package),
             dim,
@@ -834,12 +803,12 @@ pub fn index_from_parquet(common: &Common, shards: &[PathBuf], output: &Path) ->
         }
     }
     if let Err(e) = result {
-        drop_temp(store, &tmp);
+        store.discard();
         return Err(e.into());
     }
     bar.finish_and_clear();
     if added == 0 {
-        drop_temp(store, &tmp);
+        store.discard();
         bail!(
             "no embedding rows to index in {} shard(s) ({failed} skipped); nothing written",
             files.len()
@@ -896,8 +865,9 @@ pub fn index(
             Ok(())
         })?;
     }
-    let (store, tmp) = temp_store(
+    let store = blip_index::Store::create_staged(
         output,
+        "building",
         &blip_index::StoreOptions {
             package: fingerprint,
             dim,
@@ -999,7 +969,7 @@ pub fn index(
     let summary = match result {
         Ok(s) => s,
         Err(e) => {
-            drop_temp(store, &tmp);
+            store.discard();
             return Err(e);
         }
     };

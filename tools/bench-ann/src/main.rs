@@ -9,6 +9,11 @@
 //! `bench-ann run DIR ENGINE THREADS` measures one engine (`exact`, `usearch-f32`, `usearch-f16`,
 //! `usearch-i8`, `hnsw_rs`) against `DIR/gt.i32` (the exact top-10 that the Python side computed
 //! with faiss's IndexFlatIP) and prints one JSON object.
+//!
+//! `bench-ann store INDEX N PACKAGE CENTRES SEED` builds a blip-index store for a retrieval
+//! PACKAGE with N synthetic entries (clustered unit vectors of the package's embedding width, as
+//! above, and Gaussian vision states stored as int8), in transactions of 4096, and prints its
+//! build time and size: the index `scripts/bench-ann-serve.sh` searches through `serve`.
 
 use std::io::Write;
 use std::path::Path;
@@ -346,6 +351,73 @@ fn run(dir: &Path, engine: &str, threads: usize) {
     println!("{out}");
 }
 
+fn store(index: &Path, n: usize, package: &Path, centres: usize, seed: u64) {
+    use blip_index::{AnnStorage, Index, NewEntry, RerankStates, Stamp, StateShape, Store};
+    let pkg = blip_package::Package::open(package).expect("a retrieval package");
+    let dim = blip_index::image_embedding_width(&pkg).expect("a retrieval package");
+    let m = &pkg.manifest.model;
+    let shape = StateShape {
+        tokens: m.image_tokens,
+        width: m.vision_hidden_size,
+    };
+    let store = Store::create(
+        index,
+        &blip_index::StoreOptions {
+            package: Index::fingerprint(&pkg),
+            dim,
+            states: Some(shape),
+            rerank: RerankStates::Int8,
+            ann: AnnStorage::F16,
+        },
+    )
+    .expect("a new index");
+    let mut rng = Rng(seed);
+    let centre: Vec<Vec<f32>> = (0..centres)
+        .map(|_| {
+            let mut c: Vec<f32> = (0..dim).map(|_| rng.gauss()).collect();
+            normalize(&mut c);
+            c
+        })
+        .collect();
+    let sigma = 0.75 / (dim as f32).sqrt();
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<NewEntry> = (i..n.min(i + 4096))
+            .map(|j| {
+                let c = &centre[(rng.next() % centres as u64) as usize];
+                let mut v: Vec<f32> = c.iter().map(|x| x + sigma * rng.gauss()).collect();
+                normalize(&mut v);
+                NewEntry {
+                    id: format!("img{j:08}"),
+                    path: format!("/synthetic/img{j:08}.png").into(),
+                    stamp: Stamp {
+                        size: 0,
+                        mtime_ns: 0,
+                    },
+                    metadata: None,
+                    vectors: v,
+                    states: Some((0..shape.values()).map(|_| rng.gauss()).collect()),
+                }
+            })
+            .collect();
+        i += batch.len();
+        for r in store.add(batch).expect("add") {
+            r.expect("a new id");
+        }
+    }
+    store.checkpoint().expect("saving the graph");
+    let build_s = start.elapsed().as_secs_f64();
+    drop(store);
+    let side = Index::sidecar(index);
+    let disk = dir_size(index) + dir_size(&side);
+    println!(
+        "{}",
+        serde_json::json!({"entries": n, "dim": dim, "build_s": build_s, "disk_bytes": disk,
+            "states": "int8", "state_shape": [shape.tokens, shape.width]})
+    );
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let arg = |i: usize| -> &str {
@@ -365,6 +437,13 @@ fn main() {
             num(8) as u64,
         ),
         "run" => run(Path::new(arg(2)), arg(3), num(4) as usize),
+        "store" => store(
+            Path::new(arg(2)),
+            num(3) as usize,
+            Path::new(arg(4)),
+            num(5) as usize,
+            num(6) as u64,
+        ),
         other => panic!("unknown command {other}"),
     }
 }
