@@ -5,58 +5,33 @@ use serde::Deserialize;
 
 use crate::{CheckpointError, Result};
 
-/// Which BLIP task head a checkpoint carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Head {
-    /// `BlipForConditionalGeneration`: vision encoder + text decoder.
-    Caption,
-    /// `BlipForImageTextRetrieval`: vision encoder + text encoder + ITC projections + ITM head.
-    Retrieval,
-    /// `BlipForQuestionAnswering`: vision encoder + question encoder + answer decoder.
-    Vqa,
+/// Which BLIP task head a checkpoint carries: the package contract's [`Head`]; what only a
+/// checkpoint tells (architecture names, tensor names) is read by the functions below.
+pub use blip_package::Head;
+
+/// The head of a transformers architecture name (`architectures` in config.json).
+pub fn head_from_architecture(a: &str) -> Option<Head> {
+    match a {
+        "BlipForConditionalGeneration" => Some(Head::Caption),
+        "BlipForImageTextRetrieval" => Some(Head::Retrieval),
+        "BlipForQuestionAnswering" => Some(Head::Vqa),
+        _ => None,
+    }
 }
 
-impl Head {
-    pub fn name(self) -> &'static str {
-        match self {
-            Head::Caption => "caption",
-            Head::Retrieval => "retrieval",
-            Head::Vqa => "vqa",
-        }
+/// Guesses the head from tensor names (for `.pth` files and configs without `architectures`).
+pub fn head_from_tensor_names<'a>(mut names: impl Iterator<Item = &'a str>) -> Option<Head> {
+    let (mut itm, mut enc, mut dec) = (false, false, false);
+    for n in names.by_ref() {
+        itm |= n.starts_with("itm_head.");
+        enc |= n.starts_with("text_encoder.");
+        dec |= n.starts_with("text_decoder.");
     }
-
-    pub fn from_name(s: &str) -> Option<Head> {
-        match s {
-            "caption" => Some(Head::Caption),
-            "retrieval" | "itm" => Some(Head::Retrieval),
-            "vqa" => Some(Head::Vqa),
-            _ => None,
-        }
-    }
-
-    fn from_architecture(a: &str) -> Option<Head> {
-        match a {
-            "BlipForConditionalGeneration" => Some(Head::Caption),
-            "BlipForImageTextRetrieval" => Some(Head::Retrieval),
-            "BlipForQuestionAnswering" => Some(Head::Vqa),
-            _ => None,
-        }
-    }
-
-    /// Guesses the head from tensor names (for `.pth` files and configs without `architectures`).
-    pub fn from_tensor_names<'a>(mut names: impl Iterator<Item = &'a str>) -> Option<Head> {
-        let (mut itm, mut enc, mut dec) = (false, false, false);
-        for n in names.by_ref() {
-            itm |= n.starts_with("itm_head.");
-            enc |= n.starts_with("text_encoder.");
-            dec |= n.starts_with("text_decoder.");
-        }
-        match (itm, enc, dec) {
-            (true, true, _) => Some(Head::Retrieval),
-            (false, true, true) => Some(Head::Vqa),
-            (false, false, true) => Some(Head::Caption),
-            _ => None,
-        }
+    match (itm, enc, dec) {
+        (true, true, _) => Some(Head::Retrieval),
+        (false, true, true) => Some(Head::Vqa),
+        (false, false, true) => Some(Head::Caption),
+        _ => None,
     }
 }
 
@@ -168,7 +143,7 @@ impl BlipConfig {
             head: raw
                 .architectures
                 .iter()
-                .find_map(|a| Head::from_architecture(a)),
+                .find_map(|a| head_from_architecture(a)),
             text: raw.text_config.unwrap_or_default(),
             vision: raw.vision_config.unwrap_or_default(),
             image_text_hidden_size: raw.image_text_hidden_size.unwrap_or(256),

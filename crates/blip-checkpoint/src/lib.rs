@@ -18,7 +18,10 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use config::{BlipConfig, Head, TextConfig, VisionConfig, infer_config_from_shapes};
+pub use config::{
+    BlipConfig, Head, TextConfig, VisionConfig, head_from_architecture, head_from_tensor_names,
+    infer_config_from_shapes,
+};
 pub use rename::original_to_hf;
 
 /// Errors reading a checkpoint. Each names the file or tensor concerned.

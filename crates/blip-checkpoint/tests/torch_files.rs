@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use blip_checkpoint::{Checkpoint, CheckpointFormat, DType, Head};
+use blip_checkpoint::{Checkpoint, CheckpointFormat, DType, Head, head_from_tensor_names};
 
 fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -36,7 +36,7 @@ fn reads_original_blip_pth_with_renames_and_tied_storage() {
         "text_decoder.cls.predictions.decoder.weight",
         "text_decoder.bert.embeddings.word_embeddings.weight"
     ));
-    assert_eq!(Head::from_tensor_names(ck.names()), Some(Head::Caption));
+    assert_eq!(head_from_tensor_names(ck.names()), Some(Head::Caption));
     // Values agree with the safetensors copy of the same weights.
     let st = Checkpoint::open(&fixture("models/tiny-caption")).unwrap();
     let key = "vision_model.encoder.layers.0.self_attn.qkv.weight";

@@ -1,8 +1,13 @@
 //! The BLIP graphs, one per role, mirroring transformers' `modeling_blip.py` / `modeling_blip_text.py`
 //! (eval mode: no dropout). Node names start with the checkpoint key of the module they compute.
 
-use blip_checkpoint::{BlipConfig, Head, TextConfig};
-use blip_package::{CROSS_GROUPS, CROSS_SLOTS};
+use blip_checkpoint::{BlipConfig, TextConfig};
+use blip_package::Head;
+use blip_package::io::{
+    self, ATTENTION_MASK, CROSS_GROUPS, CROSS_SLOTS, ENCODER_ATTENTION_MASK, ENCODER_HIDDEN_STATES,
+    IMAGE_EMBEDS, INPUT_IDS, ITM_LOGITS, LAST_HIDDEN_STATE, LOGITS, PIXEL_VALUES, POSITION_IDS,
+    TEXT_EMBEDS,
+};
 use onnx_writer::{DataType, Dim, attr_int, attr_ints};
 
 use crate::Result;
@@ -16,7 +21,7 @@ pub struct IoSpec {
     pub dims: Vec<Dim>,
 }
 
-fn io(name: &str, dtype: DataType, dims: &[Dim]) -> IoSpec {
+fn io_spec(name: &str, dtype: DataType, dims: &[Dim]) -> IoSpec {
     IoSpec {
         name: name.to_string(),
         dtype,
@@ -61,9 +66,10 @@ fn finish<'a>(
     }
 }
 
-/// Prefix of the BERT text model that a head's encoder / decoder lives under.
-const TEXT_ENCODER: &str = "text_encoder";
-const TEXT_DECODER: &str = "text_decoder.bert";
+/// Checkpoint prefix of the BERT text model that a head's encoder / decoder lives under (module
+/// names, not graph roles: node names start with them).
+const TEXT_ENCODER_MODULE: &str = "text_encoder";
+const TEXT_DECODER_MODULE: &str = "text_decoder.bert";
 
 // ---------------------------------------------------------------------------------------------- vision
 
@@ -81,8 +87,8 @@ pub fn vision_encoder<'a>(
     let tokens = grid * grid + 1;
     let heads = v.num_attention_heads;
     let hd = d / heads;
-    let inputs = vec![io(
-        "pixel_values",
+    let inputs = vec![io_spec(
+        PIXEL_VALUES,
         DataType::F32,
         &[sym("batch"), fixed(3), fixed(s), fixed(s)],
     )];
@@ -94,7 +100,7 @@ pub fn vision_encoder<'a>(
     let conv = net.g.op(
         "Conv",
         &format!("{e}.patch_embedding"),
-        &["pixel_values", &w, &b],
+        &[PIXEL_VALUES, &w, &b],
         vec![
             attr_ints("kernel_shape", &[p as i64, p as i64]),
             attr_ints("strides", &[p as i64, p as i64]),
@@ -116,7 +122,7 @@ pub fn vision_encoder<'a>(
     let batch = net.g.op(
         "Shape",
         &format!("{e}.class_embedding"),
-        &["pixel_values"],
+        &[PIXEL_VALUES],
         vec![attr_int("start", 0), attr_int("end", 1)],
     );
     let rest = net.ci64(&[1, d as i64]);
@@ -170,8 +176,8 @@ pub fn vision_encoder<'a>(
     }
     let last = net.layer_norm("vision_model.post_layernorm", &h, d, v.layer_norm_eps)?;
     let mut outputs = vec![(
-        io(
-            "last_hidden_state",
+        io_spec(
+            LAST_HIDDEN_STATE,
             DataType::F32,
             &[sym("batch"), fixed(tokens), fixed(d)],
         ),
@@ -182,8 +188,8 @@ pub fn vision_encoder<'a>(
         let proj = net.linear("vision_proj", &cls_state, d, cfg.image_text_hidden_size)?;
         let emb = net.l2_normalize("vision_proj.normalize", &proj);
         outputs.push((
-            io(
-                "image_embeds",
+            io_spec(
+                IMAGE_EMBEDS,
                 DataType::F32,
                 &[sym("batch"), fixed(cfg.image_text_hidden_size)],
             ),
@@ -455,20 +461,23 @@ fn text_encoder_body(
     t: &TextConfig,
     image_states: Option<(&str, usize)>,
 ) -> Result<String> {
-    let mut h = text_embeddings(net, TEXT_ENCODER, t, "input_ids", None)?;
-    let mask = net.additive_mask(&format!("{TEXT_ENCODER}.attention_mask"), "attention_mask");
+    let mut h = text_embeddings(net, TEXT_ENCODER_MODULE, t, INPUT_IDS, None)?;
+    let mask = net.additive_mask(
+        &format!("{TEXT_ENCODER_MODULE}.attention_mask"),
+        ATTENTION_MASK,
+    );
     let cross = image_states.map(|(states, d_enc)| Cross::States {
         states,
         states_t: net.g.op(
             "Transpose",
-            &format!("{TEXT_ENCODER}.crossattention.states"),
+            &format!("{TEXT_ENCODER_MODULE}.crossattention.states"),
             &[states],
             vec![attr_ints("perm", &[0, 2, 1])],
         ),
         d_enc,
     });
     for i in 0..t.num_hidden_layers {
-        let prefix = format!("{TEXT_ENCODER}.encoder.layer.{i}");
+        let prefix = format!("{TEXT_ENCODER_MODULE}.encoder.layer.{i}");
         h = bert_layer(
             net,
             &prefix,
@@ -485,9 +494,9 @@ fn text_encoder_body(
 
 fn text_inputs() -> Vec<IoSpec> {
     vec![
-        io("input_ids", DataType::I64, &[sym("batch"), sym("sequence")]),
-        io(
-            "attention_mask",
+        io_spec(INPUT_IDS, DataType::I64, &[sym("batch"), sym("sequence")]),
+        io_spec(
+            ATTENTION_MASK,
             DataType::I64,
             &[sym("batch"), sym("sequence")],
         ),
@@ -505,16 +514,16 @@ pub fn text_encoder<'a>(mut net: Net<'a>, cfg: &BlipConfig) -> Result<BuiltGraph
     let emb = net.l2_normalize("text_proj.normalize", &proj);
     let outputs = vec![
         (
-            io(
-                "text_embeds",
+            io_spec(
+                TEXT_EMBEDS,
                 DataType::F32,
                 &[sym("batch"), fixed(cfg.image_text_hidden_size)],
             ),
             emb,
         ),
         (
-            io(
-                "last_hidden_state",
+            io_spec(
+                LAST_HIDDEN_STATE,
                 DataType::F32,
                 &[sym("batch"), sym("sequence"), fixed(t.hidden_size)],
             ),
@@ -525,8 +534,8 @@ pub fn text_encoder<'a>(mut net: Net<'a>, cfg: &BlipConfig) -> Result<BuiltGraph
 }
 
 fn image_states_input(cfg: &BlipConfig) -> IoSpec {
-    io(
-        "encoder_hidden_states",
+    io_spec(
+        ENCODER_HIDDEN_STATES,
         DataType::F32,
         &[
             sym("batch"),
@@ -544,7 +553,7 @@ fn grounded_encoder(net: &mut Net<'_>, cfg: &BlipConfig) -> Result<(Vec<IoSpec>,
     let h = text_encoder_body(
         net,
         &cfg.text,
-        Some(("encoder_hidden_states", cfg.vision.hidden_size)),
+        Some((ENCODER_HIDDEN_STATES, cfg.vision.hidden_size)),
     )?;
     Ok((inputs, h))
 }
@@ -558,7 +567,7 @@ pub fn itm<'a>(mut net: Net<'a>, cfg: &BlipConfig) -> Result<BuiltGraph<'a>> {
         net,
         inputs,
         vec![(
-            io("itm_logits", DataType::F32, &[sym("batch"), fixed(2)]),
+            io_spec(ITM_LOGITS, DataType::F32, &[sym("batch"), fixed(2)]),
             logits,
         )],
     ))
@@ -567,8 +576,8 @@ pub fn itm<'a>(mut net: Net<'a>, cfg: &BlipConfig) -> Result<BuiltGraph<'a>> {
 /// VQA: question (first token [ENC]) encoded with cross-attention to the image → question states.
 pub fn vqa_question_encoder<'a>(mut net: Net<'a>, cfg: &BlipConfig) -> Result<BuiltGraph<'a>> {
     let (inputs, h) = grounded_encoder(&mut net, cfg)?;
-    let out = io(
-        "last_hidden_state",
+    let out = io_spec(
+        LAST_HIDDEN_STATE,
         DataType::F32,
         &[sym("batch"), sym("sequence"), fixed(cfg.text.hidden_size)],
     );
@@ -590,8 +599,8 @@ pub fn cross_kv<'a>(mut net: Net<'a>, cfg: &BlipConfig, head: Head) -> Result<Bu
     let d_enc = decoder_encoder_width(cfg, head);
     let heads = t.num_attention_heads;
     let hd = t.hidden_size / heads;
-    let inputs = vec![io(
-        "encoder_hidden_states",
+    let inputs = vec![io_spec(
+        ENCODER_HIDDEN_STATES,
         DataType::F32,
         &[sym("batch"), sym("encoder_sequence"), fixed(d_enc)],
     )];
@@ -599,14 +608,14 @@ pub fn cross_kv<'a>(mut net: Net<'a>, cfg: &BlipConfig, head: Head) -> Result<Bu
     // Every layer's key and value projection of the same states in one GEMM (`n_layers·2·D` wide):
     // one pass over the states and one large, efficient matrix product per image.
     let layers = t.num_hidden_layers;
-    let c = |i: usize| format!("{TEXT_DECODER}.encoder.layer.{i}.crossattention.self");
+    let c = |i: usize| format!("{TEXT_DECODER_MODULE}.encoder.layer.{i}.crossattention.self");
     let prefixes: Vec<String> = (0..layers)
         .flat_map(|i| [format!("{}.key", c(i)), format!("{}.value", c(i))])
         .collect();
     let parts = net.linear_fused(
-        &format!("{TEXT_DECODER}.encoder.crossattention.key_value"),
+        &format!("{TEXT_DECODER_MODULE}.encoder.crossattention.key_value"),
         &prefixes,
-        "encoder_hidden_states",
+        ENCODER_HIDDEN_STATES,
         d_enc,
         t.hidden_size,
     )?;
@@ -621,18 +630,8 @@ pub fn cross_kv<'a>(mut net: Net<'a>, cfg: &BlipConfig, head: Head) -> Result<Bu
             fixed(hd),
         ];
         let vdims = kdims.clone();
-        outputs.push((
-            io(&format!("cross_key_values.{i}.key"), DataType::F32, &kdims),
-            k,
-        ));
-        outputs.push((
-            io(
-                &format!("cross_key_values.{i}.value"),
-                DataType::F32,
-                &vdims,
-            ),
-            v,
-        ));
+        outputs.push((io_spec(&io::cross_key(i), DataType::F32, &kdims), k));
+        outputs.push((io_spec(&io::cross_value(i), DataType::F32, &vdims), v));
     }
     Ok(finish(net, inputs, outputs))
 }
@@ -649,41 +648,33 @@ pub fn decoder<'a>(
     let hd = t.hidden_size / heads;
     let d = t.hidden_size;
     let mut inputs = vec![
-        io("input_ids", DataType::I64, &[sym("batch"), sym("sequence")]),
-        io(
-            "position_ids",
+        io_spec(INPUT_IDS, DataType::I64, &[sym("batch"), sym("sequence")]),
+        io_spec(
+            POSITION_IDS,
             DataType::I64,
             &[sym("batch"), sym("sequence")],
         ),
-        io(
-            "attention_mask",
+        io_spec(
+            ATTENTION_MASK,
             DataType::I64,
             &[sym("batch"), sym("total_sequence")],
         ),
-        io(
-            "encoder_attention_mask",
+        io_spec(
+            ENCODER_ATTENTION_MASK,
             DataType::I64,
             &[sym("images"), sym("encoder_sequence")],
         ),
-        io(CROSS_GROUPS, DataType::I64, &[sym("images"), sym("group")]),
-        io(CROSS_SLOTS, DataType::I64, &[sym("batch")]),
+        io_spec(CROSS_GROUPS, DataType::I64, &[sym("images"), sym("group")]),
+        io_spec(CROSS_SLOTS, DataType::I64, &[sym("batch")]),
     ];
     for i in 0..layers {
         let dims = [sym("batch"), fixed(heads), sym("past_sequence"), fixed(hd)];
-        inputs.push(io(
-            &format!("past_key_values.{i}.key"),
-            DataType::F32,
-            &dims,
-        ));
-        inputs.push(io(
-            &format!("past_key_values.{i}.value"),
-            DataType::F32,
-            &dims,
-        ));
+        inputs.push(io_spec(&io::past_key(i), DataType::F32, &dims));
+        inputs.push(io_spec(&io::past_value(i), DataType::F32, &dims));
     }
     for i in 0..layers {
-        inputs.push(io(
-            &format!("cross_key_values.{i}.key"),
+        inputs.push(io_spec(
+            &io::cross_key(i),
             DataType::F32,
             &[
                 sym("images"),
@@ -692,8 +683,8 @@ pub fn decoder<'a>(
                 fixed(hd),
             ],
         ));
-        inputs.push(io(
-            &format!("cross_key_values.{i}.value"),
+        inputs.push(io_spec(
+            &io::cross_value(i),
             DataType::F32,
             &[
                 sym("images"),
@@ -708,16 +699,17 @@ pub fn decoder<'a>(
     // Causal mask over past + current positions, combined with the padding mask:
     // query t (absolute position P+t) may see key j iff j <= P+t and attention_mask[j] == 1.
     let m = "text_decoder.causal_mask";
+    let past_key0 = io::past_key(0);
     let past_len = net.g.op(
         "Shape",
         m,
-        &["past_key_values.0.key"],
+        &[&past_key0],
         vec![attr_int("start", 2), attr_int("end", 3)],
     );
     let cur_len = net.g.op(
         "Shape",
         m,
-        &["input_ids"],
+        &[INPUT_IDS],
         vec![attr_int("start", 1), attr_int("end", 2)],
     );
     let total_len = net.op("Add", m, &[&past_len, &cur_len]);
@@ -735,7 +727,7 @@ pub fn decoder<'a>(
     let pad = net.g.op(
         "Cast",
         m,
-        &["attention_mask"],
+        &[ATTENTION_MASK],
         vec![attr_int("to", DataType::Bool.onnx() as i64)],
     );
     let axes12 = net.ci64(&[1, 2]);
@@ -746,16 +738,11 @@ pub fn decoder<'a>(
     let self_mask = net.op("Where", m, &[&allowed, &keep, &min]);
     let cross_mask = net.additive_mask(
         "text_decoder.encoder_attention_mask",
-        "encoder_attention_mask",
+        ENCODER_ATTENTION_MASK,
     );
 
     let kv: Vec<(String, String)> = (0..layers)
-        .map(|i| {
-            (
-                format!("cross_key_values.{i}.key"),
-                format!("cross_key_values.{i}.value"),
-            )
-        })
+        .map(|i| (io::cross_key(i), io::cross_value(i)))
         .collect();
     let g = "text_decoder.cross_groups";
     let minus1 = net.ci64(&[-1]);
@@ -789,15 +776,18 @@ pub fn decoder<'a>(
         mask: &cross_mask,
         groups: &groups,
     };
-    let mut h = text_embeddings(&mut net, TEXT_DECODER, t, "input_ids", Some("position_ids"))?;
+    let mut h = text_embeddings(
+        &mut net,
+        TEXT_DECODER_MODULE,
+        t,
+        INPUT_IDS,
+        Some(POSITION_IDS),
+    )?;
     let mut outputs = Vec::new();
     let mut presents = Vec::new();
     for i in 0..layers {
-        let prefix = format!("{TEXT_DECODER}.encoder.layer.{i}");
-        let (pk, pv) = (
-            format!("past_key_values.{i}.key"),
-            format!("past_key_values.{i}.value"),
-        );
+        let prefix = format!("{TEXT_DECODER_MODULE}.encoder.layer.{i}");
+        let (pk, pv) = (io::past_key(i), io::past_value(i));
         let (out, present) = bert_layer(
             &mut net,
             &prefix,
@@ -817,7 +807,7 @@ pub fn decoder<'a>(
     let x = net.linear(&format!("{c}.transform.dense"), &h, d, d)?;
     let x = net.gelu(&format!("{c}.transform.act"), &x);
     let x = net.layer_norm(&format!("{c}.transform.LayerNorm"), &x, d, t.layer_norm_eps)?;
-    let word_key = format!("{TEXT_DECODER}.embeddings.word_embeddings.weight");
+    let word_key = format!("{TEXT_DECODER_MODULE}.embeddings.word_embeddings.weight");
     let dec_key = format!("{c}.decoder.weight");
     let w_key = if ck.contains(&dec_key) && !ck.same_data(&dec_key, &word_key) {
         dec_key
@@ -839,7 +829,7 @@ pub fn decoder<'a>(
         &[&flat, &w, &bias],
         vec![attr_int("transB", 1)],
     );
-    let ids_shape = net.op("Shape", &format!("{c}.decoder"), &["input_ids"]);
+    let ids_shape = net.op("Shape", &format!("{c}.decoder"), &[INPUT_IDS]);
     let vocab = net.ci64(&[t.vocab_size as i64]);
     let out_shape = net.g.op(
         "Concat",
@@ -849,8 +839,8 @@ pub fn decoder<'a>(
     );
     let logits = net.op("Reshape", &format!("{c}.decoder"), &[&logits2, &out_shape]);
     outputs.push((
-        io(
-            "logits",
+        io_spec(
+            LOGITS,
             DataType::F32,
             &[sym("batch"), sym("sequence"), fixed(t.vocab_size)],
         ),
@@ -858,8 +848,8 @@ pub fn decoder<'a>(
     ));
     for (i, (k, v)) in presents.into_iter().enumerate() {
         let dims = [sym("batch"), fixed(heads), sym("total_sequence"), fixed(hd)];
-        outputs.push((io(&format!("present.{i}.key"), DataType::F32, &dims), k));
-        outputs.push((io(&format!("present.{i}.value"), DataType::F32, &dims), v));
+        outputs.push((io_spec(&io::present_key(i), DataType::F32, &dims), k));
+        outputs.push((io_spec(&io::present_value(i), DataType::F32, &dims), v));
     }
     Ok(finish(net, inputs, outputs))
 }

@@ -14,9 +14,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use blip_checkpoint::{BlipConfig, Checkpoint, CheckpointError, Head, infer_config_from_shapes};
+use blip_checkpoint::{
+    BlipConfig, Checkpoint, CheckpointError, head_from_tensor_names, infer_config_from_shapes,
+};
 use blip_package::{
-    GraphEntry, Manifest, ModelDims, Preprocess, Producer, Source, TensorSpec, Tokens,
+    Graph, GraphEntry, Head, Manifest, ModelDims, Preprocess, Producer, Source, TensorSpec, Tokens,
 };
 use onnx_writer::{Dim, ModelInfo, WriteError};
 
@@ -101,15 +103,6 @@ pub struct GraphReport {
     pub seconds: f64,
 }
 
-fn roles(head: Head) -> &'static [&'static str] {
-    use blip_package::*;
-    match head {
-        Head::Caption => &[VISION_ENCODER, CROSS_KV, DECODER],
-        Head::Retrieval => &[VISION_ENCODER, TEXT_ENCODER, ITM],
-        Head::Vqa => &[VISION_ENCODER, VQA_QUESTION_ENCODER, CROSS_KV, DECODER],
-    }
-}
-
 fn required_prefix(head: Head) -> &'static str {
     match head {
         Head::Caption => "text_decoder.",
@@ -140,7 +133,7 @@ fn load_config(ck: &Checkpoint, opts: &ConvertOptions) -> Result<(BlipConfig, He
         (None, None) => {
             let head = opts
                 .head
-                .or_else(|| Head::from_tensor_names(ck.names()))
+                .or_else(|| head_from_tensor_names(ck.names()))
                 .ok_or(ConvertError::UnknownHead {
                     path: ck.path.clone(),
                 })?;
@@ -155,7 +148,7 @@ fn load_config(ck: &Checkpoint, opts: &ConvertOptions) -> Result<(BlipConfig, He
     let head = opts
         .head
         .or(cfg.head)
-        .or_else(|| Head::from_tensor_names(ck.names()))
+        .or_else(|| head_from_tensor_names(ck.names()))
         .ok_or(ConvertError::UnknownHead {
             path: ck.path.clone(),
         })?;
@@ -301,19 +294,17 @@ fn write_package(
     };
     let mut entries = BTreeMap::new();
     let mut reports = Vec::new();
-    for role in roles(head) {
+    for &graph in head.graphs() {
         let t0 = Instant::now();
+        let role = graph.name();
         let net = net::Net::new(role, ck);
-        let built = match *role {
-            blip_package::VISION_ENCODER => {
-                graphs::vision_encoder(net, cfg, head, pos_embed.take())?
-            }
-            blip_package::TEXT_ENCODER => graphs::text_encoder(net, cfg)?,
-            blip_package::ITM => graphs::itm(net, cfg)?,
-            blip_package::VQA_QUESTION_ENCODER => graphs::vqa_question_encoder(net, cfg)?,
-            blip_package::CROSS_KV => graphs::cross_kv(net, cfg, head)?,
-            blip_package::DECODER => graphs::decoder(net, cfg, ck)?,
-            other => unreachable!("unknown role {other}. This is a bug."),
+        let built = match graph {
+            Graph::VisionEncoder => graphs::vision_encoder(net, cfg, head, pos_embed.take())?,
+            Graph::TextEncoder => graphs::text_encoder(net, cfg)?,
+            Graph::Itm => graphs::itm(net, cfg)?,
+            Graph::VqaQuestionEncoder => graphs::vqa_question_encoder(net, cfg)?,
+            Graph::CrossKv => graphs::cross_kv(net, cfg, head)?,
+            Graph::Decoder => graphs::decoder(net, cfg, ck)?,
         };
         let file = format!("{role}.onnx");
         let path = dir.join(&file);

@@ -2,7 +2,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use blip_package::Package;
-use blip_runtime::{Runtime, SessionOptions, smoke};
+use blip_runtime::{OrtLibrary, SessionOptions, smoke};
 
 pub fn inspect(dir: &Path, run: bool, threads: usize) -> Result<()> {
     let pkg = Package::open(dir)?;
@@ -34,7 +34,7 @@ pub fn inspect(dir: &Path, run: bool, threads: usize) -> Result<()> {
         "tokens    bos {} enc {} sep/eos {} pad {}",
         m.tokens.bos, m.tokens.enc, m.tokens.sep, m.tokens.pad
     );
-    let rt = if run { Some(Runtime::init()?) } else { None };
+    let rt = if run { Some(OrtLibrary::init()?) } else { None };
     for (role, g) in &m.graphs {
         print!(
             "graph     {role:<22} {:>12} bytes  {} in / {} out  {}",

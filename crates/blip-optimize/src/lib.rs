@@ -13,7 +13,7 @@ pub mod attention;
 use std::path::{Path, PathBuf};
 
 use blip_package::{GraphEntry, Package, Runtime as Target};
-use blip_runtime::{OptLevel, Runtime};
+use blip_runtime::{OptLevel, OrtLibrary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OptimizeError {
@@ -74,12 +74,12 @@ pub fn optimize_package(src: &Path, out: &Path, force: bool) -> Result<Vec<Graph
             how: how.clone(),
         });
     }
-    let runtime = Runtime::init()?;
+    let runtime = OrtLibrary::init()?;
     blip_package::write_staged(out, |tmp| write_optimized(&runtime, &pkg, tmp))
         .map_err(|e| e.into_io(out).unwrap_or_else(io(out)))
 }
 
-fn write_optimized(runtime: &Runtime, pkg: &Package, dir: &Path) -> Result<Vec<GraphReport>> {
+fn write_optimized(runtime: &OrtLibrary, pkg: &Package, dir: &Path) -> Result<Vec<GraphReport>> {
     let mut manifest = pkg.manifest.clone();
     let tok = pkg.tokenizer_path();
     std::fs::copy(&tok, dir.join(&manifest.tokenizer)).map_err(io(&tok))?;
@@ -146,7 +146,7 @@ fn fused_runtimes(source: &[Target]) -> Vec<Target> {
 /// The rewritten graph is staged next to `dst` (ORT only reads external data from the model's own
 /// folder, so the source's data file is linked there too) and removed afterwards.
 fn write_fused(
-    runtime: &Runtime,
+    runtime: &OrtLibrary,
     src: &Path,
     src_data: Option<&str>,
     dst: &Path,

@@ -6,18 +6,19 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod contract;
 mod integrity;
 mod runtime;
 mod staging;
 mod validation;
 
+pub use contract::{DecoderShape, Graph, Head, UnknownGraph, UnknownHead, io};
 pub use integrity::VERIFIED_STAMP;
 pub use runtime::{Runtime, UnknownRuntime};
 pub use staging::{
     OutputLock, STAGING_PREFIX, StagedError, output_paths_in, staging_path, sweep_leftovers,
     write_file_atomic, write_staged,
 };
-pub use validation::HEADS;
 
 pub const MANIFEST_FILE: &str = "blip.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -28,19 +29,16 @@ pub const FORMAT_VERSION: u32 = 2;
 /// The oldest format whose decoder this tool runs (packages without a decoder run from version 1).
 pub const OLDEST_DECODER_FORMAT_VERSION: u32 = 2;
 
-/// Graph roles, in the order a package lists them.
-pub const VISION_ENCODER: &str = "vision_encoder";
-pub const TEXT_ENCODER: &str = "text_encoder";
-pub const ITM: &str = "itm";
-pub const VQA_QUESTION_ENCODER: &str = "vqa_question_encoder";
-pub const CROSS_KV: &str = "cross_kv";
-pub const DECODER: &str = "decoder";
+/// Graph roles (manifest keys), in the order a package lists them: [`Graph::name`] as constants.
+pub const VISION_ENCODER: &str = Graph::VisionEncoder.name();
+pub const TEXT_ENCODER: &str = Graph::TextEncoder.name();
+pub const ITM: &str = Graph::Itm.name();
+pub const VQA_QUESTION_ENCODER: &str = Graph::VqaQuestionEncoder.name();
+pub const CROSS_KV: &str = Graph::CrossKv.name();
+pub const DECODER: &str = Graph::Decoder.name();
 
-/// Decoder input `[images, group]`: the decoder rows that cross-attend to each image's K/V, side
-/// by side (a beam per column; a short group repeats one of its rows).
-pub const CROSS_GROUPS: &str = "cross_groups";
-/// Decoder input `[rows]`: each row's place in [`CROSS_GROUPS`], flattened (`image · group + j`).
-pub const CROSS_SLOTS: &str = "cross_slots";
+/// The decoder's cross K/V sharing inputs ([`io::CROSS_GROUPS`], [`io::CROSS_SLOTS`]).
+pub use contract::io::{CROSS_GROUPS, CROSS_SLOTS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
@@ -217,6 +215,11 @@ pub struct GraphEntry {
 }
 
 impl Manifest {
+    /// The head `head` names (`None` only for a manifest that did not pass [`Manifest::parse`]).
+    pub fn head_kind(&self) -> Option<Head> {
+        Head::from_manifest_name(&self.head)
+    }
+
     /// Parses and checks a `blip.json` (format and version); `path` names it in errors (a file
     /// or, in the browser, a URL).
     pub fn parse(text: &str, path: &Path) -> Result<Manifest, PackageError> {

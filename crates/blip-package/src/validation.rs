@@ -4,10 +4,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::{Manifest, PackageError};
-
-/// Heads a package can have.
-pub const HEADS: [&str; 3] = ["caption", "retrieval", "vqa"];
+use crate::{Head, Manifest, PackageError};
 
 fn bad(path: &Path, field: &str, message: impl Into<String>) -> PackageError {
     PackageError::InvalidField {
@@ -20,11 +17,12 @@ fn bad(path: &Path, field: &str, message: impl Into<String>) -> PackageError {
 impl Manifest {
     /// Checks sizes, token ids and limits for consistency; `path` is the manifest, for errors.
     pub fn validate_values(&self, path: &Path) -> Result<(), PackageError> {
-        if !HEADS.contains(&self.head.as_str()) {
+        if self.head_kind().is_none() {
+            let heads: Vec<&str> = Head::ALL.iter().map(|h| h.name()).collect();
             return Err(bad(
                 path,
                 "head",
-                format!("{:?} is not one of {}", self.head, HEADS.join(", ")),
+                format!("{:?} is not one of {}", self.head, heads.join(", ")),
             ));
         }
         let m = &self.model;

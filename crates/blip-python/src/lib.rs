@@ -9,13 +9,13 @@
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
-use blip_checkpoint::Head;
 use blip_convert::{ConvertError as LibConvertError, ConvertOptions, ExternalData};
+use blip_package::Head;
 use blip_preprocess::{ImagePreprocessor, RgbImage};
 use blip_quantize::{Policy, Precision, QuantizeError as LibQuantizeError, QuantizeOptions};
 use blip_runtime::request;
 use blip_runtime::{
-    BlipModel, CandidateStates, CaptionOptions, Device, ImageInput, PreprocessError, Runtime,
+    BlipModel, CandidateStates, CaptionOptions, Device, ImageInput, OrtLibrary, PreprocessError,
     RuntimeError, SessionOptions, Strategy, VqaOptions,
 };
 use ndarray::{Array1, Array2};
@@ -317,7 +317,7 @@ impl Model {
         };
         let model = py
             .detach(|| {
-                Runtime::init_from_library(&library, threads)?;
+                OrtLibrary::init_from_library(&library, threads)?;
                 BlipModel::open(&path, &opts)
             })
             .map_err(runtime_err)?;
@@ -653,17 +653,13 @@ fn convert<'py>(
     external_data: Option<&str>,
     force: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let head = match head {
-        None => None,
-        Some("caption") => Some(Head::Caption),
-        Some("retrieval") => Some(Head::Retrieval),
-        Some("vqa") => Some(Head::Vqa),
-        Some(other) => {
-            return Err(InputError::new_err(format!(
-                "head {other:?}: expected caption, retrieval or vqa"
-            )));
-        }
-    };
+    let head = head
+        .map(|name| {
+            Head::from_manifest_name(name).ok_or_else(|| {
+                InputError::new_err(format!("head {name:?}: expected caption, retrieval or vqa"))
+            })
+        })
+        .transpose()?;
     let defaults = ConvertOptions::default();
     let external_data = match external_data {
         None => defaults.external_data,

@@ -5,8 +5,13 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use blip_package::io::{
+    self, ATTENTION_MASK, CROSS_GROUPS, CROSS_SLOTS, ENCODER_ATTENTION_MASK, ENCODER_HIDDEN_STATES,
+    IMAGE_EMBEDS, INPUT_IDS, ITM_LOGITS, LAST_HIDDEN_STATE, LOGITS, PIXEL_VALUES, POSITION_IDS,
+    TEXT_EMBEDS,
+};
 use blip_package::{
-    CROSS_GROUPS, CROSS_KV, CROSS_SLOTS, DECODER, ITM, Package, TEXT_ENCODER, VISION_ENCODER,
+    CROSS_KV, DECODER, DecoderShape, ITM, Package, TEXT_ENCODER, VISION_ENCODER,
     VQA_QUESTION_ENCODER,
 };
 use blip_preprocess::TextBatch;
@@ -17,7 +22,7 @@ use ndarray::{Array2, Array3, ArrayView3};
 use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor, TensorRef};
 
-use crate::{Result, Runtime, SessionOptions};
+use crate::{OrtLibrary, Result, SessionOptions};
 
 type TaskResult<T> = blip_tasks::Result<T>;
 
@@ -93,27 +98,6 @@ fn gather_rows(v: &DynValue, rows: &[usize]) -> TaskResult<DynValue> {
     Ok(Tensor::from_array((new_dims, out))
         .map_err(infer_err(DECODER))?
         .into_dyn())
-}
-
-/// The decoder's sizes, from the manifest.
-#[derive(Debug, Clone, Copy)]
-pub struct DecoderShape {
-    pub layers: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-    pub vocab: usize,
-}
-
-impl DecoderShape {
-    pub fn of(package: &Package) -> DecoderShape {
-        let m = &package.manifest.model;
-        DecoderShape {
-            layers: m.text_layers,
-            heads: m.text_heads,
-            head_dim: m.text_hidden_size / m.text_heads.max(1),
-            vocab: m.vocab_size,
-        }
-    }
 }
 
 /// Cross-attention K/V and the encoder mask, once per image, as ORT values; `rows` says which
@@ -212,10 +196,14 @@ pub struct OrtGraphs {
 
 impl OrtGraphs {
     /// Opens every graph the package lists.
-    pub fn open(runtime: &Runtime, package: &Package, opts: &SessionOptions) -> Result<OrtGraphs> {
+    pub fn open(
+        library: &OrtLibrary,
+        package: &Package,
+        opts: &SessionOptions,
+    ) -> Result<OrtGraphs> {
         let mut sessions = HashMap::new();
         for role in package.manifest.graphs.keys() {
-            sessions.insert(role.clone(), runtime.package_session(package, role, opts)?);
+            sessions.insert(role.clone(), library.package_session(package, role, opts)?);
         }
         Ok(OrtGraphs {
             package: package.clone(),
@@ -256,7 +244,7 @@ impl OrtGraphs {
         let states = Tensor::from_array(image).map_err(infer_err(role))?;
         timed(role, || {
             session.run(
-                ort::inputs!["input_ids" => ids, "attention_mask" => mask, "encoder_hidden_states" => states],
+                ort::inputs![INPUT_IDS => ids, ATTENTION_MASK => mask, ENCODER_HIDDEN_STATES => states],
             )
         })
         .map_err(infer_err(role))
@@ -266,11 +254,11 @@ impl OrtGraphs {
         let s = self.shape;
         let mut past = Vec::with_capacity(2 * s.layers);
         for i in 0..s.layers {
-            for kv in ["key", "value"] {
+            for name in [io::past_key(i), io::past_value(i)] {
                 let t =
                     Tensor::<f32>::from_array(([rows, s.heads, 0, s.head_dim], Vec::<f32>::new()))
                         .map_err(infer_err(DECODER))?;
-                past.push((format!("past_key_values.{i}.{kv}"), t.into_dyn()));
+                past.push((name, t.into_dyn()));
             }
         }
         Ok(past)
@@ -297,11 +285,11 @@ impl Graphs for OrtGraphs {
         let input = TensorRef::from_array_view(([n, 3, s, s], pixels))
             .map_err(infer_err(VISION_ENCODER))?;
         let outputs = timed(VISION_ENCODER, || {
-            session.run(ort::inputs!["pixel_values" => input])
+            session.run(ort::inputs![PIXEL_VALUES => input])
         })
         .map_err(infer_err(VISION_ENCODER))?;
-        let hidden = to_array3(&outputs["last_hidden_state"], VISION_ENCODER)?;
-        let embeds = match outputs.get("image_embeds") {
+        let hidden = to_array3(&outputs[LAST_HIDDEN_STATE], VISION_ENCODER)?;
+        let embeds = match outputs.get(IMAGE_EMBEDS) {
             Some(v) => Some(to_array2(v, VISION_ENCODER)?),
             None => None,
         };
@@ -316,10 +304,10 @@ impl Graphs for OrtGraphs {
         let mask = TensorRef::from_array_view((shape, batch.mask.as_slice()))
             .map_err(infer_err(TEXT_ENCODER))?;
         let out = timed(TEXT_ENCODER, || {
-            session.run(ort::inputs!["input_ids" => ids, "attention_mask" => mask])
+            session.run(ort::inputs![INPUT_IDS => ids, ATTENTION_MASK => mask])
         })
         .map_err(infer_err(TEXT_ENCODER))?;
-        to_array2(&out["text_embeds"], TEXT_ENCODER)
+        to_array2(&out[TEXT_EMBEDS], TEXT_ENCODER)
     }
 
     async fn itm_logits(
@@ -328,7 +316,7 @@ impl Graphs for OrtGraphs {
         image: ArrayView3<'_, f32>,
     ) -> TaskResult<Array2<f32>> {
         let out = self.grounded(ITM, batch, image)?;
-        to_array2(&out["itm_logits"], ITM)
+        to_array2(&out[ITM_LOGITS], ITM)
     }
 
     async fn question_states(
@@ -337,7 +325,7 @@ impl Graphs for OrtGraphs {
         image: ArrayView3<'_, f32>,
     ) -> TaskResult<Array3<f32>> {
         let out = self.grounded(VQA_QUESTION_ENCODER, batch, image)?;
-        to_array3(&out["last_hidden_state"], VQA_QUESTION_ENCODER)
+        to_array3(&out[LAST_HIDDEN_STATE], VQA_QUESTION_ENCODER)
     }
 
     async fn cross_kv(
@@ -353,13 +341,12 @@ impl Graphs for OrtGraphs {
         let session = self.session(CROSS_KV)?;
         let input = Tensor::from_array(states).map_err(infer_err(CROSS_KV))?;
         let mut out = timed(CROSS_KV, || {
-            session.run(ort::inputs!["encoder_hidden_states" => input])
+            session.run(ort::inputs![ENCODER_HIDDEN_STATES => input])
         })
         .map_err(infer_err(CROSS_KV))?;
         let mut values = Vec::with_capacity(2 * layers);
         for i in 0..layers {
-            for kv in ["key", "value"] {
-                let name = format!("cross_key_values.{i}.{kv}");
+            for name in [io::cross_key(i), io::cross_value(i)] {
                 let v = out
                     .remove(&name)
                     .ok_or_else(|| shape_err(CROSS_KV, format!("no output {name}")))?;
@@ -539,25 +526,25 @@ impl Graphs for OrtGraphs {
         let shared = cross.rows.feed();
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
             (
-                "input_ids".into(),
+                INPUT_IDS.into(),
                 TensorRef::from_array_view(([rows, t], feed.tokens))
                     .map_err(infer_err(DECODER))?
                     .into(),
             ),
             (
-                "position_ids".into(),
+                POSITION_IDS.into(),
                 Tensor::from_array(([rows, t], positions))
                     .map_err(infer_err(DECODER))?
                     .into(),
             ),
             (
-                "attention_mask".into(),
+                ATTENTION_MASK.into(),
                 TensorRef::from_array_view(([rows, past_len + t], attention_mask.as_slice()))
                     .map_err(infer_err(DECODER))?
                     .into(),
             ),
             (
-                "encoder_attention_mask".into(),
+                ENCODER_ATTENTION_MASK.into(),
                 TensorRef::from_array_view(([images, enc_len], cross.enc_mask.as_slice()))
                     .map_err(infer_err(DECODER))?
                     .into(),
@@ -582,7 +569,7 @@ impl Graphs for OrtGraphs {
         let vocab = self.shape.vocab;
         let session = self.session(DECODER)?;
         let mut out = timed(DECODER, || session.run(inputs)).map_err(infer_err(DECODER))?;
-        let (shape, data) = out["logits"]
+        let (shape, data) = out[LOGITS]
             .try_extract_tensor::<f32>()
             .map_err(infer_err(DECODER))?;
         let (t_out, v_out) = (shape[1] as usize, shape[2] as usize);
@@ -605,11 +592,14 @@ impl Graphs for OrtGraphs {
         };
         let mut present = Vec::with_capacity(2 * layers);
         for i in 0..layers {
-            for kv in ["key", "value"] {
+            for (output, past) in [
+                (io::present_key(i), io::past_key(i)),
+                (io::present_value(i), io::past_value(i)),
+            ] {
                 let v = out
-                    .remove(format!("present.{i}.{kv}"))
-                    .ok_or_else(|| shape_err(DECODER, format!("no output present.{i}.{kv}")))?;
-                present.push((format!("past_key_values.{i}.{kv}"), v));
+                    .remove(&output)
+                    .ok_or_else(|| shape_err(DECODER, format!("no output {output}")))?;
+                present.push((past, v));
             }
         }
         cache.past = present;

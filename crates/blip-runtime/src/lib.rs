@@ -3,7 +3,7 @@
 //! [`BlipModel`] the CLI, validation, evaluation and the server use.
 //!
 //! ONNX Runtime is not linked: the shared library from the PyPI `onnxruntime` wheel is loaded at run
-//! time (`scripts/fetch-onnxruntime.sh` fetches it, pinned by version and sha256). [`Runtime::init`]
+//! time (`scripts/fetch-onnxruntime.sh` fetches it, pinned by version and sha256). [`OrtLibrary::init`]
 //! finds it through `ORT_DYLIB_PATH` or the fetch script's cache folder and refuses a missing or too old
 //! library with one line that says how to fix it.
 
@@ -14,6 +14,7 @@ pub mod smoke;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+pub use blip_package::DecoderShape;
 pub use blip_package::{Package, PackageError};
 pub use blip_preprocess::PreprocessError;
 pub use blip_tasks::{
@@ -22,7 +23,7 @@ pub use blip_tasks::{
     VisionOutput, VqaOptions, caption_text, match_probability, ready, unique_inputs,
 };
 pub use blip_tasks::{defaults, generate, request, tag};
-pub use engine::{DecoderShape, GRAPH_DURATION, OrtCache, OrtCross, OrtGraphs};
+pub use engine::{GRAPH_DURATION, OrtCache, OrtCross, OrtGraphs};
 pub use model::{BlipModel, CachedDecoder};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -174,7 +175,7 @@ pub enum Device {
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
     /// Intra-op threads; 0: one per core. Sessions asking for the runtime's pool size share its
-    /// pool (see [`Runtime::init_with_threads`]); any other count gets a pool of its own.
+    /// pool (see [`OrtLibrary::init_with_threads`]); any other count gets a pool of its own.
     pub intra_threads: usize,
     pub inter_threads: usize,
     pub opt_level: OptLevel,
@@ -192,9 +193,10 @@ impl Default for SessionOptions {
     }
 }
 
-/// A loaded ONNX Runtime (the library is loaded once per process).
+/// The loaded ONNX Runtime library (loaded once per process), which opens sessions. Not
+/// [`blip_package::Runtime`], the runtimes a package is made for.
 #[derive(Clone)]
-pub struct Runtime {
+pub struct OrtLibrary {
     env: Arc<ort::environment::Environment>,
     pub library: PathBuf,
     pub minor_version: u32,
@@ -202,7 +204,7 @@ pub struct Runtime {
     pub pool_threads: usize,
 }
 
-static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
+static ORT_LIBRARY: OnceLock<std::result::Result<OrtLibrary, String>> = OnceLock::new();
 
 /// A thread count as the runtime applies it: `0` → one thread per core.
 pub fn resolve_threads(threads: usize) -> usize {
@@ -213,10 +215,10 @@ pub fn resolve_threads(threads: usize) -> usize {
     }
 }
 
-impl Runtime {
-    /// Loads ONNX Runtime (once; later calls return the same runtime) with a shared pool of one
+impl OrtLibrary {
+    /// Loads ONNX Runtime (once; later calls return the same library) with a shared pool of one
     /// thread per core.
-    pub fn init() -> Result<Runtime> {
+    pub fn init() -> Result<OrtLibrary> {
         Self::init_with_threads(0)
     }
 
@@ -227,19 +229,19 @@ impl Runtime {
     /// cross K/V, decoder steps): with a pool each, the idle pools' threads keep spinning for a while
     /// after their graph finishes and take the cores from the next graph.
     ///
-    /// A runtime already loaded in this process (by [`Runtime::init_from_library`]) is returned as is.
-    pub fn init_with_threads(threads: usize) -> Result<Runtime> {
-        if let Some(Ok(runtime)) = RUNTIME.get() {
-            return Ok(runtime.clone());
+    /// A library already loaded in this process (by [`OrtLibrary::init_from_library`]) is returned as is.
+    pub fn init_with_threads(threads: usize) -> Result<OrtLibrary> {
+        if let Some(Ok(loaded)) = ORT_LIBRARY.get() {
+            return Ok(loaded.clone());
         }
         Self::init_from_library(&find_library()?, threads)
     }
 
-    /// Loads ONNX Runtime from `lib` (once per process, as [`Runtime::init_with_threads`]): for hosts
+    /// Loads ONNX Runtime from `lib` (once per process, as [`OrtLibrary::init_with_threads`]): for hosts
     /// that know where their library is (the Python wheel uses the `onnxruntime` package's). An
     /// error when the process already loaded another library.
-    pub fn init_from_library(lib: &Path, threads: usize) -> Result<Runtime> {
-        let result = RUNTIME
+    pub fn init_from_library(lib: &Path, threads: usize) -> Result<OrtLibrary> {
+        let result = ORT_LIBRARY
             .get_or_init(|| Self::load(lib, resolve_threads(threads)).map_err(|e| e.to_string()));
         let same = |other: &Path| {
             other == lib
@@ -247,12 +249,12 @@ impl Runtime {
                     .is_ok_and(|o| std::fs::canonicalize(lib).is_ok_and(|l| o == l))
         };
         match result {
-            Ok(runtime) if same(&runtime.library) => Ok(runtime.clone()),
-            Ok(runtime) => Err(RuntimeError::LibraryLoad {
+            Ok(loaded) if same(&loaded.library) => Ok(loaded.clone()),
+            Ok(loaded) => Err(RuntimeError::LibraryLoad {
                 path: lib.to_path_buf(),
                 message: format!(
                     "this process already loaded ONNX Runtime from {}",
-                    runtime.library.display()
+                    loaded.library.display()
                 ),
             }),
             Err(message) => Err(RuntimeError::LibraryLoad {
@@ -262,7 +264,7 @@ impl Runtime {
         }
     }
 
-    fn load(lib: &Path, pool_threads: usize) -> Result<Runtime> {
+    fn load(lib: &Path, pool_threads: usize) -> Result<OrtLibrary> {
         let minor = ort::util::probe(lib).ok_or_else(|| RuntimeError::LibraryVersion {
             path: lib.to_path_buf(),
             found: "unknown: the file does not load as ONNX Runtime".into(),
@@ -288,7 +290,7 @@ impl Runtime {
             .with_global_thread_pool(pool)
             .build()
             .map_err(|e| load(e.to_string()))?;
-        Ok(Runtime {
+        Ok(OrtLibrary {
             env: Arc::new(env),
             library: lib.to_path_buf(),
             minor_version: minor,

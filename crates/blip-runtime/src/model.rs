@@ -15,7 +15,7 @@ use blip_tasks::{
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 
 use crate::engine::{OrtCache, OrtCross, OrtGraphs};
-use crate::{Result, Runtime, SessionOptions};
+use crate::{OrtLibrary, Result, SessionOptions};
 
 pub struct BlipModel(Blip<OrtGraphs>);
 
@@ -36,11 +36,11 @@ impl BlipModel {
     /// Loads a package and opens every graph it lists.
     pub fn open(dir: &Path, opts: &SessionOptions) -> Result<BlipModel> {
         let package = Package::open(dir)?;
-        let runtime = Runtime::init_with_threads(opts.intra_threads)?;
+        let library = OrtLibrary::init_with_threads(opts.intra_threads)?;
         // Limited to the model's positions and checked against its vocabulary: texts that do not
         // fit are refused by name before inference.
         let tokenizer = BlipTokenizer::for_package(&package)?;
-        let graphs = OrtGraphs::open(&runtime, &package, opts)?;
+        let graphs = OrtGraphs::open(&library, &package, opts)?;
         Ok(BlipModel(Blip::new(package, tokenizer, graphs)))
     }
 

@@ -7,7 +7,7 @@ use blip_package::{CROSS_GROUPS, CROSS_SLOTS, Package};
 use ort::value::{DynValue, Tensor};
 
 use crate::engine::infer_err;
-use crate::{Result, Runtime, RuntimeError, SessionOptions};
+use crate::{OrtLibrary, Result, RuntimeError, SessionOptions};
 
 /// Concrete sizes for symbolic dims in a smoke run.
 fn dim_value(name: &str, image_tokens: usize) -> usize {
@@ -34,14 +34,14 @@ pub struct SmokeRun {
 /// Loads the graph of `role` and runs it once on synthetic input (ids within the vocabulary, masks
 /// of ones, small floats); fails on any error or a non-finite output.
 pub fn run_graph(
-    runtime: &Runtime,
+    library: &OrtLibrary,
     package: &Package,
     role: &str,
     opts: &SessionOptions,
 ) -> Result<SmokeRun> {
     let graph = package.graph(role)?;
     let t0 = Instant::now();
-    let mut session = runtime.package_session(package, role, opts)?;
+    let mut session = library.package_session(package, role, opts)?;
     let load = t0.elapsed();
     let image_tokens = package.manifest.model.image_tokens;
     let mut inputs: Vec<(String, DynValue)> = Vec::new();

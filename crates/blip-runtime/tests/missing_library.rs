@@ -8,7 +8,9 @@ fn missing_library_names_the_fix() {
     unsafe {
         std::env::set_var(
             "ORT_DYLIB_PATH",
-            empty.path().join(format!("libonnxruntime.so.{}", blip_runtime::ORT_VERSION)),
+            empty
+                .path()
+                .join(format!("libonnxruntime.so.{}", blip_runtime::ORT_VERSION)),
         );
         std::env::set_var("BLIP_ONNX_CACHE", empty.path());
     }
@@ -52,6 +54,9 @@ fn every_pip_pin_of_onnxruntime_is_the_pinned_version() {
             .filter(|w| w.starts_with("onnxruntime=="))
             .collect();
         assert!(!pins.is_empty(), "{file} pins no onnxruntime");
-        assert!(pins.iter().all(|p| *p == want), "{file}: {pins:?}, not {want}");
+        assert!(
+            pins.iter().all(|p| *p == want),
+            "{file}: {pins:?}, not {want}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! session that asks for another thread count gets a pool of its own and adds its workers.
 #![cfg(target_os = "linux")]
 
-use blip_runtime::{BlipModel, Runtime, SessionOptions};
+use blip_runtime::{BlipModel, OrtLibrary, SessionOptions};
 
 fn os_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
@@ -13,10 +13,10 @@ fn os_threads() -> usize {
 
 #[test]
 fn sessions_share_one_pool_unless_they_ask_for_another_size() {
-    let rt = Runtime::init_with_threads(3).unwrap_or_else(|e| panic!("{e}"));
+    let rt = OrtLibrary::init_with_threads(3).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rt.pool_threads, 3);
     // Later calls get the same runtime; the first call sized the pool.
-    assert_eq!(Runtime::init().unwrap().pool_threads, 3);
+    assert_eq!(OrtLibrary::init().unwrap().pool_threads, 3);
 
     let c = blip_testkit::convert_fixture(
         &blip_testkit::fixture("models/tiny-caption"),

@@ -4,7 +4,9 @@
 #[test]
 fn non_onnxruntime_library_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let fake = dir.path().join(format!("libonnxruntime.so.{}", blip_runtime::ORT_VERSION));
+    let fake = dir
+        .path()
+        .join(format!("libonnxruntime.so.{}", blip_runtime::ORT_VERSION));
     std::fs::write(&fake, b"not a shared library").unwrap();
     // SAFETY: this test binary has a single test; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("ORT_DYLIB_PATH", &fake) };

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use blip_checkpoint::Head;
 use blip_index::Store;
+use blip_package::Head;
 use blip_runtime::Blip;
 use blip_runtime::{
     Answer, BlipModel, Caption, CaptionOptions, DecodeBatch, Generated, Graphs, OrtGraphs,
@@ -296,7 +296,7 @@ fn probe(model: &mut BlipModel) -> Result<(), RuntimeError> {
     let s = model.package.manifest.preprocess.image_size;
     let pixels = vec![0.0f32; 3 * s * s];
     let v = model.vision(&pixels, 1)?;
-    match Head::from_name(model.head()) {
+    match model.package.manifest.head_kind() {
         Some(Head::Retrieval) => {
             model.embed_texts(&["a"])?;
         }

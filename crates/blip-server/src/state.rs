@@ -5,9 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use blip_checkpoint::Head;
 use blip_index::{AnnStorage, Index, StateShape, Store, StoreOptions};
-use blip_package::Package;
+use blip_package::{Head, Package};
 use blip_preprocess::ImagePreprocessor;
 use blip_runtime::SessionOptions;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -89,7 +88,7 @@ impl AppState {
         let mut served: Vec<Served> = Vec::new();
         for dir in &args.packages {
             let package = Package::open(dir)?;
-            let head = Head::from_name(&package.manifest.head).ok_or_else(|| {
+            let head = package.manifest.head_kind().ok_or_else(|| {
                 ServerError::Config(format!(
                     "package {} has an unknown head {:?}",
                     dir.display(),

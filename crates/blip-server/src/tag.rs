@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Request, State};
-use blip_checkpoint::Head;
+use blip_package::Head;
 use blip_runtime::request;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -264,7 +264,7 @@ impl Generation {
         let want = self.rows() * self.vocab;
         if logits.len() != want {
             return Err(TaskError::Engine {
-                graph: "decoder".into(),
+                graph: blip_package::DECODER.into(),
                 message: format!(
                     "{} logits for a step, expected {} rows × {} vocabulary = {want}",
                     logits.len(),

@@ -134,7 +134,7 @@ pub trait Graphs {
 
 fn not_batching(what: &str) -> TaskError {
     TaskError::Engine {
-        graph: "decoder".into(),
+        graph: blip_package::DECODER.into(),
         message: format!("this engine does not batch decoding across requests ({what})"),
     }
 }

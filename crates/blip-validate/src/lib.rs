@@ -17,7 +17,12 @@ pub use validate::{
 use std::collections::HashSet;
 use std::path::Path;
 
-use blip_package::{GraphEntry, Package, TensorSpec};
+use blip_package::io::{
+    ATTENTION_MASK, CROSS_GROUPS, CROSS_PREFIX, ENCODER_ATTENTION_MASK, ENCODER_HIDDEN_STATES,
+    IMAGE_EMBEDS, INPUT_IDS, ITM_LOGITS, LAST_HIDDEN_STATE, LOGITS, PAST_PREFIX, PIXEL_VALUES,
+    POSITION_IDS, PRESENT_PREFIX, TEXT_EMBEDS,
+};
+use blip_package::{Graph, GraphEntry, Package, TensorSpec};
 use onnx_writer::onnx::{
     ModelProto, ValueInfoProto, tensor_proto::DataLocation,
     tensor_shape_proto::dimension::Value as DimValue, type_proto::Value as TypeValue,
@@ -105,17 +110,17 @@ fn dtype_name(code: i32) -> &'static str {
 /// Which axes must stay symbolic, by tensor name (what callers vary at run time).
 fn expected_symbolic(name: &str) -> Vec<usize> {
     match name {
-        "pixel_values" | "image_embeds" | "text_embeds" | "itm_logits" => vec![0],
-        n if n.starts_with("past_key_values.") || n.starts_with("present.") => vec![0, 2],
-        n if n.starts_with("cross_key_values.") => vec![0, 2],
-        blip_package::CROSS_GROUPS => vec![0, 1],
-        "last_hidden_state"
-        | "encoder_hidden_states"
-        | "input_ids"
-        | "attention_mask"
-        | "position_ids"
-        | "encoder_attention_mask"
-        | "logits" => vec![0, 1],
+        PIXEL_VALUES | IMAGE_EMBEDS | TEXT_EMBEDS | ITM_LOGITS => vec![0],
+        n if n.starts_with(PAST_PREFIX) || n.starts_with(PRESENT_PREFIX) => vec![0, 2],
+        n if n.starts_with(CROSS_PREFIX) => vec![0, 2],
+        CROSS_GROUPS => vec![0, 1],
+        LAST_HIDDEN_STATE
+        | ENCODER_HIDDEN_STATES
+        | INPUT_IDS
+        | ATTENTION_MASK
+        | POSITION_IDS
+        | ENCODER_ATTENTION_MASK
+        | LOGITS => vec![0, 1],
         _ => vec![0],
     }
 }
@@ -129,7 +134,7 @@ fn check_io(
 ) {
     // The vision encoder's sequence length is fixed by the image size; only its batch axis varies.
     let symbolic = |name: &str| {
-        if role == blip_package::VISION_ENCODER {
+        if role == Graph::VisionEncoder.name() {
             vec![0]
         } else {
             expected_symbolic(name)
@@ -354,28 +359,16 @@ pub fn check(dir: &Path, load_in_ort: bool) -> CheckReport {
         }
     };
     let m = &pkg.manifest;
-    let expected: &[&str] = match m.head.as_str() {
-        "caption" => &[
-            blip_package::VISION_ENCODER,
-            blip_package::CROSS_KV,
-            blip_package::DECODER,
-        ],
-        "retrieval" => &[
-            blip_package::VISION_ENCODER,
-            blip_package::TEXT_ENCODER,
-            blip_package::ITM,
-        ],
-        "vqa" => &[
-            blip_package::VISION_ENCODER,
-            blip_package::VQA_QUESTION_ENCODER,
-            blip_package::CROSS_KV,
-            blip_package::DECODER,
-        ],
-        _ => &[],
-    };
-    let missing: Vec<&&str> = expected
+    let expected: Vec<&str> = m
+        .head_kind()
+        .map_or(&[][..], |head| head.graphs())
         .iter()
-        .filter(|r| !m.graphs.contains_key(**r))
+        .map(|g| g.name())
+        .collect();
+    let missing: Vec<&str> = expected
+        .iter()
+        .copied()
+        .filter(|r| !m.graphs.contains_key(*r))
         .collect();
     items.push(item(
         "package: graphs for the head".into(),
@@ -431,7 +424,7 @@ pub fn check(dir: &Path, load_in_ort: bool) -> CheckReport {
         check_graph(&pkg, role, entry, &mut items);
     }
     if load_in_ort {
-        match blip_runtime::Runtime::init() {
+        match blip_runtime::OrtLibrary::init() {
             Err(e) => items.push(item("package: ONNX Runtime".into(), Err(e.to_string()))),
             Ok(rt) => {
                 for role in m.graphs.keys() {

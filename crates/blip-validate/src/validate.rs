@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use blip_package::Head;
 use blip_runtime::{
     BlipModel, CaptionOptions, Generated, ImageInput, SessionOptions, Strategy, VqaOptions,
 };
@@ -246,11 +247,11 @@ fn reference_gates(
         t.quantized_max_abs
     };
     let exact_limit = if fp32 { 1.0 } else { t.min_caption_exact };
-    let head = m.head().to_string();
-    if b.head != head {
+    if b.head != m.head() {
         return Err(ValidateError::Input(format!(
-            "the reference bundle is for a {} model, the package is {head}",
-            b.head
+            "the reference bundle is for a {} model, the package is {}",
+            b.head,
+            m.head()
         )));
     }
     // Preprocessing: our decode + resize of the bundle's images vs the reference's pixel values.
@@ -300,8 +301,8 @@ fn reference_gates(
         &b.f32("vision.last_hidden_state")?,
         tol,
     ));
-    match head.as_str() {
-        "retrieval" => {
+    match m.package.manifest.head_kind() {
+        Some(Head::Retrieval) => {
             let img = vision.embeds.clone().unwrap_or_default();
             gates.push(diff_gate(
                 "reference: vision.image_embeds",
@@ -334,9 +335,9 @@ fn reference_gates(
                 tol,
             ));
         }
-        "caption" | "vqa" => {
+        Some(head @ (Head::Caption | Head::Vqa)) => {
             // The decoder cross-attends to the image states (captions) or the question states (VQA).
-            let (states, what) = if head == "vqa" {
+            let (states, what) = if head == Head::Vqa {
                 let q = b.text_batch("question")?;
                 let states = m.question_states(&q, vision.hidden.view())?;
                 gates.push(diff_gate(
@@ -371,7 +372,7 @@ fn reference_gates(
                 let strategy = strategy(s);
                 let max_length = s["max_length"].as_u64().unwrap_or(20) as usize;
                 let min_length = s["min_length"].as_u64().unwrap_or(0) as usize;
-                let seqs: Vec<Vec<i64>> = if head == "vqa" {
+                let seqs: Vec<Vec<i64>> = if head == Head::Vqa {
                     let opts = VqaOptions {
                         strategy: strategy.clone(),
                         max_length,
@@ -403,7 +404,7 @@ fn reference_gates(
                 );
             }
         }
-        _ => {}
+        None => {}
     }
     Ok(())
 }
@@ -511,8 +512,8 @@ fn against_gates(
         format!("mean {mean:.5} over {n} images"),
     ));
     let texts: Vec<&str> = opts.texts.iter().map(String::as_str).collect();
-    match a.head().to_string().as_str() {
-        "retrieval" => {
+    match a.package.manifest.head_kind() {
+        Some(Head::Retrieval) => {
             let (ia, ib) = (va.embeds.unwrap_or_default(), vb.embeds.unwrap_or_default());
             let (ta, tb) = (a.embed_texts(&texts)?, b.embed_texts(&texts)?);
             let (imin, imean) = rows_cosines(&ia, &ib);
@@ -552,7 +553,7 @@ fn against_gates(
                 "mean overlap of the top-k sets",
             ));
         }
-        "caption" => {
+        Some(Head::Caption) => {
             let opts = CaptionOptions {
                 strategy: Strategy::Greedy,
                 ..Default::default()
@@ -566,7 +567,7 @@ fn against_gates(
             let limit = if both_fp32 { 1.0 } else { t.min_caption_exact };
             sequence_gates("against: greedy captions", &got, &want, limit, gates);
         }
-        "vqa" => {
+        Some(Head::Vqa) => {
             // Every question on every image.
             let (mut pix, mut qs) = (Vec::new(), Vec::new());
             let per = pixels.len() / n.max(1);
@@ -595,7 +596,7 @@ fn against_gates(
                 format!("{} image-question pairs", xa.len()),
             ));
         }
-        _ => {}
+        None => {}
     }
     Ok(())
 }
@@ -609,14 +610,14 @@ fn task_metric(m: &mut BlipModel, ds: &Path, opts: &ValidateOptions) -> Result<(
     };
     let mut quiet = |_: usize, _: usize, _: &str| {};
     let err = |e: blip_eval::EvalError| ValidateError::Input(e.to_string());
-    Ok(match m.head() {
-        "caption" => (
+    Ok(match m.package.manifest.head_kind() {
+        Some(Head::Caption) => (
             "CIDEr-D".into(),
             blip_eval::evaluate_captions(m, &data, &eopts, &mut quiet)
                 .map_err(err)?
                 .cider_d,
         ),
-        "retrieval" => {
+        Some(Head::Retrieval) => {
             let r = blip_eval::evaluate_retrieval(m, &data, &eopts, &mut quiet).map_err(err)?;
             let best = r.text_to_image_itm.unwrap_or(r.text_to_image_itc);
             ("text→image R@1".into(), best.r1)
@@ -735,8 +736,8 @@ fn batch_gates(
         .cycle()
         .take(nmax)
         .collect();
-    match m.head().to_string().as_str() {
-        "retrieval" => {
+    match m.package.manifest.head_kind() {
+        Some(Head::Retrieval) => {
             let runs = batch_runs(nmax, |start, bs| {
                 let e = m.embed_texts(&texts[start..start + bs])?;
                 Ok(e.outer_iter().map(|r| r.to_vec()).collect())
@@ -748,7 +749,7 @@ fn batch_gates(
                 "texts of different lengths share a padded batch",
             ));
         }
-        "caption" => {
+        Some(Head::Caption) => {
             let runs = batch_runs(nmax, |start, bs| {
                 let caps = m.caption_pixels(px(start, bs), bs, &CaptionOptions::default())?;
                 Ok(caps.into_iter().map(|c| c.ids).collect())
@@ -761,7 +762,7 @@ fn batch_gates(
                 format!("{total} captions"),
             ));
         }
-        "vqa" => {
+        Some(Head::Vqa) => {
             let vopts = VqaOptions {
                 mask_question_padding: true,
                 ..Default::default()
@@ -779,7 +780,7 @@ fn batch_gates(
                 format!("{total} answers"),
             ));
         }
-        _ => {}
+        None => {}
     }
     Ok(())
 }
@@ -809,7 +810,7 @@ fn edge_gates(m: &mut BlipModel, gates: &mut Vec<Gate>) {
             ),
         ),
     ];
-    let head = m.head().to_string();
+    let head = m.package.manifest.head_kind();
     for (what, img) in images {
         let result = (|| -> std::result::Result<String, String> {
             let px = m.pixel_values(&img).map_err(|e| e.to_string())?;
@@ -817,8 +818,8 @@ fn edge_gates(m: &mut BlipModel, gates: &mut Vec<Gate>) {
             if !v.hidden.iter().all(|x| x.is_finite()) {
                 return Err("non-finite vision states".into());
             }
-            match head.as_str() {
-                "caption" => {
+            match head {
+                Some(Head::Caption) => {
                     let c = m
                         .caption(std::slice::from_ref(&img), &CaptionOptions::default())
                         .map_err(|e| e.to_string())?
@@ -828,7 +829,7 @@ fn edge_gates(m: &mut BlipModel, gates: &mut Vec<Gate>) {
                         .map_err(|e| e.to_string())?;
                     Ok(format!("caption {:?}", c.text))
                 }
-                "vqa" => {
+                Some(Head::Vqa) => {
                     let a = m
                         .answer(
                             std::slice::from_ref(&img),
@@ -844,11 +845,11 @@ fn edge_gates(m: &mut BlipModel, gates: &mut Vec<Gate>) {
         gates.push(Gate::runs(format!("edge: {what}"), result));
     }
     // Empty text: the tokenizer gives [CLS]/[ENC] + [SEP]; graphs must run on it.
-    let result = match head.as_str() {
-        "retrieval" => m
+    let result = match head {
+        Some(Head::Retrieval) => m
             .embed_texts(&[""])
             .map(|e| format!("embedding of {} values", e.len())),
-        "vqa" => m
+        Some(Head::Vqa) => m
             .answer(&[images_for_empty()], &[""], &VqaOptions::default())
             .map(|a| format!("answer {:?}", a.first().map(|a| a.text.clone()))),
         _ => m
@@ -887,7 +888,7 @@ fn long_run_gate(
     gates: &mut Vec<Gate>,
 ) -> Result<()> {
     let pixels = images.image(0);
-    let retrieval = m.head() == "retrieval";
+    let retrieval = m.package.manifest.head_kind() == Some(Head::Retrieval);
     let warmup = (opts.long_run / 10).max(1);
     let mut start = 0u64;
     for i in 0..opts.long_run {

@@ -5,8 +5,13 @@
 
 use std::collections::HashMap;
 
+use blip_package::io::{
+    self, ATTENTION_MASK, CROSS_GROUPS, CROSS_SLOTS, ENCODER_ATTENTION_MASK, ENCODER_HIDDEN_STATES,
+    IMAGE_EMBEDS, INPUT_IDS, ITM_LOGITS, LAST_HIDDEN_STATE, LOGITS, PIXEL_VALUES, POSITION_IDS,
+    TEXT_EMBEDS,
+};
 use blip_package::{
-    CROSS_GROUPS, CROSS_KV, CROSS_SLOTS, DECODER, ITM, Package, TEXT_ENCODER, VISION_ENCODER,
+    CROSS_KV, DECODER, DecoderShape, ITM, Package, TEXT_ENCODER, VISION_ENCODER,
     VQA_QUESTION_ENCODER,
 };
 use blip_preprocess::TextBatch;
@@ -90,27 +95,6 @@ fn feeds(pairs: &[(&str, &JsValue)]) -> Result<Object> {
     Ok(obj)
 }
 
-/// The decoder's sizes, from the manifest.
-#[derive(Debug, Clone, Copy)]
-struct DecoderShape {
-    layers: usize,
-    heads: usize,
-    head_dim: usize,
-    vocab: usize,
-}
-
-impl DecoderShape {
-    fn of(package: &Package) -> DecoderShape {
-        let m = &package.manifest.model;
-        DecoderShape {
-            layers: m.text_layers,
-            heads: m.text_heads,
-            head_dim: m.text_hidden_size / m.text_heads.max(1),
-            vocab: m.vocab_size,
-        }
-    }
-}
-
 /// Cross-attention K/V (`ort.Tensor`s) and the encoder mask, once per image; `rows` says which
 /// image each decoder row reads.
 pub struct WebCross {
@@ -175,9 +159,9 @@ impl WebGraphs {
         self.run(
             role,
             &[
-                ("input_ids", &i64_tensor(&batch.ids, &shape)),
-                ("attention_mask", &i64_tensor(&batch.mask, &shape)),
-                ("encoder_hidden_states", &states),
+                (INPUT_IDS, &i64_tensor(&batch.ids, &shape)),
+                (ATTENTION_MASK, &i64_tensor(&batch.mask, &shape)),
+                (ENCODER_HIDDEN_STATES, &states),
             ],
         )
         .await
@@ -203,12 +187,12 @@ impl Graphs for WebGraphs {
         let out = self
             .run(
                 VISION_ENCODER,
-                &[("pixel_values", &f32_tensor(pixels, &[n, 3, s, s]))],
+                &[(PIXEL_VALUES, &f32_tensor(pixels, &[n, 3, s, s]))],
             )
             .await?;
-        let hidden = read_array3(&out, "last_hidden_state", VISION_ENCODER)?;
-        let embeds = if shim::has_output(&out, "image_embeds") {
-            Some(read_array2(&out, "image_embeds", VISION_ENCODER)?)
+        let hidden = read_array3(&out, LAST_HIDDEN_STATE, VISION_ENCODER)?;
+        let embeds = if shim::has_output(&out, IMAGE_EMBEDS) {
+            Some(read_array2(&out, IMAGE_EMBEDS, VISION_ENCODER)?)
         } else {
             None
         };
@@ -221,12 +205,12 @@ impl Graphs for WebGraphs {
             .run(
                 TEXT_ENCODER,
                 &[
-                    ("input_ids", &i64_tensor(&batch.ids, &shape)),
-                    ("attention_mask", &i64_tensor(&batch.mask, &shape)),
+                    (INPUT_IDS, &i64_tensor(&batch.ids, &shape)),
+                    (ATTENTION_MASK, &i64_tensor(&batch.mask, &shape)),
                 ],
             )
             .await?;
-        read_array2(&out, "text_embeds", TEXT_ENCODER)
+        read_array2(&out, TEXT_EMBEDS, TEXT_ENCODER)
     }
 
     async fn itm_logits(
@@ -235,7 +219,7 @@ impl Graphs for WebGraphs {
         image: ArrayView3<'_, f32>,
     ) -> Result<Array2<f32>> {
         let out = self.grounded(ITM, batch, image).await?;
-        read_array2(&out, "itm_logits", ITM)
+        read_array2(&out, ITM_LOGITS, ITM)
     }
 
     async fn question_states(
@@ -244,7 +228,7 @@ impl Graphs for WebGraphs {
         image: ArrayView3<'_, f32>,
     ) -> Result<Array3<f32>> {
         let out = self.grounded(VQA_QUESTION_ENCODER, batch, image).await?;
-        read_array3(&out, "last_hidden_state", VQA_QUESTION_ENCODER)
+        read_array3(&out, LAST_HIDDEN_STATE, VQA_QUESTION_ENCODER)
     }
 
     async fn cross_kv(
@@ -259,12 +243,11 @@ impl Graphs for WebGraphs {
         let dims = states.shape().to_vec();
         let input = f32_tensor(states.as_slice().unwrap_or_default(), &dims);
         let out = self
-            .run(CROSS_KV, &[("encoder_hidden_states", &input)])
+            .run(CROSS_KV, &[(ENCODER_HIDDEN_STATES, &input)])
             .await?;
         let mut values = Vec::with_capacity(2 * self.shape.layers);
         for i in 0..self.shape.layers {
-            for kv in ["key", "value"] {
-                let name = format!("cross_key_values.{i}.{kv}");
+            for name in [io::cross_key(i), io::cross_value(i)] {
                 let v = shim::output(&out, &name).map_err(engine_err(CROSS_KV))?;
                 values.push((name, v));
             }
@@ -280,9 +263,9 @@ impl Graphs for WebGraphs {
         let s = self.shape;
         let mut past = Vec::with_capacity(2 * s.layers);
         for i in 0..s.layers {
-            for kv in ["key", "value"] {
+            for name in [io::past_key(i), io::past_value(i)] {
                 let empty = f32_tensor(&[], &[rows, s.heads, 0, s.head_dim]);
-                past.push((format!("past_key_values.{i}.{kv}"), empty));
+                past.push((name, empty));
             }
         }
         Ok(WebCache {
@@ -337,10 +320,10 @@ impl Graphs for WebGraphs {
         let groups = i64_tensor(&shared.groups, &[images, shared.group]);
         let slots = i64_tensor(&shared.slots, &[rows]);
         let mut inputs: Vec<(&str, &JsValue)> = vec![
-            ("input_ids", &ids),
-            ("position_ids", &positions),
-            ("attention_mask", &mask),
-            ("encoder_attention_mask", &enc_mask),
+            (INPUT_IDS, &ids),
+            (POSITION_IDS, &positions),
+            (ATTENTION_MASK, &mask),
+            (ENCODER_ATTENTION_MASK, &enc_mask),
             (CROSS_GROUPS, &groups),
             (CROSS_SLOTS, &slots),
         ];
@@ -349,7 +332,7 @@ impl Graphs for WebGraphs {
         }
         let out = self.run(DECODER, &inputs).await?;
         let vocab = self.shape.vocab;
-        let logits_t = shim::output(&out, "logits").map_err(engine_err(DECODER))?;
+        let logits_t = shim::output(&out, LOGITS).map_err(engine_err(DECODER))?;
         let dims = shim::tensor_dims(&logits_t).to_vec();
         let (t_out, v_out) = (
             dims.get(1).copied().unwrap_or(0) as usize,
@@ -376,10 +359,12 @@ impl Graphs for WebGraphs {
         };
         let mut present = Vec::with_capacity(2 * self.shape.layers);
         for i in 0..self.shape.layers {
-            for kv in ["key", "value"] {
-                let v = shim::output(&out, &format!("present.{i}.{kv}"))
-                    .map_err(engine_err(DECODER))?;
-                present.push((format!("past_key_values.{i}.{kv}"), v));
+            for (output, past) in [
+                (io::present_key(i), io::past_key(i)),
+                (io::present_value(i), io::past_value(i)),
+            ] {
+                let v = shim::output(&out, &output).map_err(engine_err(DECODER))?;
+                present.push((past, v));
             }
         }
         cache.past = present;

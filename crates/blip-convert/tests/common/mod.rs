@@ -4,15 +4,15 @@
 use std::collections::HashMap;
 
 use blip_package::Package;
-use blip_runtime::{Runtime, SessionOptions};
+use blip_runtime::{OrtLibrary, SessionOptions};
 pub use blip_testkit::*;
 use ndarray::{ArrayD, Axis, IxDyn};
 use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 
 /// ONNX Runtime from the fetch script's cache or ORT_DYLIB_PATH. Tests fail (not skip) without it.
-pub fn runtime() -> Runtime {
-    Runtime::init().unwrap_or_else(|e| panic!("{e}"))
+pub fn runtime() -> OrtLibrary {
+    OrtLibrary::init().unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn session(pkg: &Package, role: &str) -> Session {
