@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use blip_package::Head;
 use blip_runtime::generate::Step;
 use blip_runtime::{
     BlipModel, CandidateStates, CaptionOptions, ImageInput, SessionOptions, Strategy, VqaOptions,
@@ -289,9 +290,9 @@ fn measure_one(pkg: &Path, args: &BenchArgs) -> Result<Engine> {
         rows.push(stats(times, batch, vision_case(size, batch)));
     }
     let hidden = m.vision(&px, 1)?.hidden;
-    let head = m.head().to_string();
-    match head.as_str() {
-        "retrieval" => {
+    let head = m.package.manifest.head_kind();
+    match head {
+        Some(Head::Retrieval) => {
             let times = timed(reps, || Ok(m.embed_texts(&[TEXT_32])?))?;
             rows.push(stats(times, 1, TEXT_CASE.into()));
             let dim = m.package.manifest.model.embed_dim.unwrap_or(256);
@@ -309,7 +310,7 @@ fn measure_one(pkg: &Path, args: &BenchArgs) -> Result<Engine> {
             })?;
             rows.push(stats(times, 1, RETRIEVAL_CASE.into()));
         }
-        "vqa" => {
+        Some(Head::Vqa) => {
             let batch = question_batch(&m)?;
             let times = timed(reps, || Ok(m.question_states(&batch, hidden.view())?))?;
             rows.push(stats(times, 1, TEXT_CASE.into()));
@@ -435,12 +436,13 @@ fn interleaved_steps(pkgs: &[PathBuf], args: &BenchArgs) -> Result<Vec<Interleav
     let mut models = Vec::new();
     for pkg in pkgs {
         let mut m = BlipModel::open(pkg, &opts).map_err(|e| measuring(pkg)(e.into()))?;
-        if !matches!(m.head(), "caption" | "vqa") {
+        let head = m.package.manifest.head_kind();
+        if !matches!(head, Some(Head::Caption | Head::Vqa)) {
             continue;
         }
         // What the decoder cross-attends to: the image states, or the question's for VQA.
         let hidden = m.vision(&m.pixel_values(&input)?, 1)?.hidden;
-        let states = if m.head() == "vqa" {
+        let states = if head == Some(Head::Vqa) {
             let batch = question_batch(&m)?;
             m.question_states(&batch, hidden.view())?
         } else {

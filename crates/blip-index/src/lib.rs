@@ -286,7 +286,7 @@ pub fn image_embedding_width(pkg: &Package) -> Result<usize> {
     let spec = vision
         .outputs
         .iter()
-        .find(|o| o.name == "image_embeds")
+        .find(|o| o.name == blip_package::io::IMAGE_EMBEDS)
         .ok_or_else(none)?;
     pkg.manifest
         .model

@@ -15,8 +15,8 @@ mod validate;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use blip_checkpoint::Head;
 use blip_convert::{ConvertOptions, ExternalData};
+use blip_package::Head;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]

@@ -28,8 +28,36 @@ pub use model::{BlipModel, CachedDecoder};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 
-/// The ONNX Runtime release the fetch script pins.
-pub const ORT_VERSION: &str = "1.32.0";
+/// The ONNX Runtime release the fetch script pins: `ORT_VERSION` of the repository's
+/// versions.env, the one file of pinned versions.
+pub const ORT_VERSION: &str = pinned(include_str!("../../../versions.env"), "ORT_VERSION");
+
+/// The value of `NAME=value` in a versions.env text, at compile time (a missing name fails the
+/// build).
+const fn pinned(file: &'static str, name: &str) -> &'static str {
+    let (bytes, key) = (file.as_bytes(), name.as_bytes());
+    let mut line = 0;
+    while line < bytes.len() {
+        let mut end = line;
+        while end < bytes.len() && bytes[end] != b'\n' {
+            end += 1;
+        }
+        let mut k = 0;
+        while k < key.len() && line + k < end && bytes[line + k] == key[k] {
+            k += 1;
+        }
+        if k == key.len() && line + k < end && bytes[line + k] == b'=' {
+            let (_, rest) = bytes.split_at(line + k + 1);
+            let (value, _) = rest.split_at(end - (line + k + 1));
+            match std::str::from_utf8(value) {
+                Ok(v) => return v,
+                Err(_) => panic!("versions.env is not UTF-8"),
+            }
+        }
+        line = end + 1;
+    }
+    panic!("versions.env has no such name")
+}
 /// Oldest minor version this build's C API (`api-31`) accepts.
 pub const ORT_MIN_MINOR: u32 = 31;
 
@@ -169,6 +197,21 @@ pub enum Device {
     Cuda {
         device_id: i32,
     },
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    /// `cpu`, `cuda` (device 0) or `cuda:N`: the one spelling of `--device` in every door.
+    fn from_str(s: &str) -> std::result::Result<Device, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda { device_id: 0 }),
+            other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+                Some(device_id) => Ok(Device::Cuda { device_id }),
+                None => Err(format!("--device {other:?}: expected cpu, cuda or cuda:N")),
+            },
+        }
+    }
 }
 
 /// Session settings.

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use blip_checkpoint::Head;
+use blip_package::Head;
 use blip_package::ModelDims;
 
 use crate::error::ApiError;
