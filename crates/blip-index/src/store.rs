@@ -264,6 +264,10 @@ pub struct Store {
     saved: AtomicI64,
     /// Most vectors one entry has (how many graph hits to ask for per wanted entry).
     max_vectors: AtomicI64,
+    /// Entries, counted once at open and kept with each committed change: `SELECT COUNT(*)`
+    /// scans the table (30 ms a search at 10^6 entries, measured). Like the in-memory graph, it
+    /// is this process's view.
+    entries: AtomicI64,
     /// Searches below this many vectors are exact.
     pub exact_below: usize,
     read_only: bool,
@@ -449,9 +453,15 @@ impl Store {
             applied: AtomicI64::new(0),
             saved: AtomicI64::new(0),
             max_vectors: AtomicI64::new(1),
+            entries: AtomicI64::new(0),
             exact_below: EXACT_BELOW,
             read_only,
         };
+        let entries = store.with_reader(|c| {
+            c.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get::<_, i64>(0))
+                .map_err(db_err(&store.path))
+        })?;
+        store.entries.store(entries, Ordering::SeqCst);
         if graph {
             store.load_ann()?;
         }
@@ -798,6 +808,7 @@ impl Store {
             }
         }
         tx.commit().map_err(db_err(&self.path))?;
+        self.entries.fetch_add(added.len() as i64, Ordering::SeqCst);
         // Committed: the graph follows (a crash from here on is repaired by the replay).
         let ix = self.ann_write();
         for (key, seq, vectors) in added {
@@ -843,6 +854,7 @@ impl Store {
             )
             .map_err(db_err(&self.path))?;
         tx.commit().map_err(db_err(&self.path))?;
+        self.entries.fetch_sub(1, Ordering::SeqCst);
         {
             let ix = self.ann_write();
             if ix.contains(key) {
@@ -903,11 +915,7 @@ impl Store {
     }
 
     pub fn len(&self) -> Result<usize> {
-        self.with_reader(|c| {
-            c.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get::<_, i64>(0))
-                .map(|n| n as usize)
-                .map_err(db_err(&self.path))
-        })
+        Ok(self.entries.load(Ordering::SeqCst).max(0) as usize)
     }
 
     pub fn is_empty(&self) -> Result<bool> {
