@@ -99,6 +99,48 @@ impl Default for VisionConfig {
     }
 }
 
+/// The error for a BLIP-2 or InstructBLIP config: names the model and its language model, and
+/// says what is missing (BLIP-2 is not converted yet; LLaMA/Vicuna language models and
+/// InstructBLIP are not planned: docs/blip2-reference.md).
+fn unsupported_family(
+    path: &Path,
+    text: &str,
+    family: &str,
+    architectures: &[String],
+) -> CheckpointError {
+    let language_model = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v["text_config"]["model_type"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "an unnamed".to_string());
+    let class = architectures
+        .first()
+        .cloned()
+        .unwrap_or_else(|| family.to_string());
+    let (model, reason) = if family.starts_with("instructblip") {
+        (
+            format!("InstructBLIP ({class}, {language_model} language model)"),
+            "instruction-tuned BLIP-2, whose Q-Former also reads the prompt, is not converted"
+                .to_string(),
+        )
+    } else if matches!(language_model.as_str(), "opt" | "t5") {
+        (
+            format!("BLIP-2 ({class}, {language_model} language model)"),
+            "blip-onnx converts BLIP (model_type \"blip\") only so far; BLIP-2 is not converted yet"
+                .to_string(),
+        )
+    } else {
+        (
+            format!("BLIP-2 ({class}, {language_model} language model)"),
+            "only OPT and Flan-T5 language models are planned for BLIP-2".to_string(),
+        )
+    };
+    CheckpointError::UnsupportedModel {
+        path: path.to_path_buf(),
+        model,
+        reason,
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct RawConfig {
     model_type: Option<String>,
@@ -132,6 +174,9 @@ impl BlipConfig {
             })?;
         match raw.model_type.as_deref() {
             Some("blip") => {}
+            Some(family @ ("blip-2" | "blip_2" | "instructblip" | "instructblipvideo")) => {
+                return Err(unsupported_family(path, &text, family, &raw.architectures));
+            }
             other => {
                 return Err(CheckpointError::UnknownModelType {
                     path: path.to_path_buf(),
@@ -303,6 +348,37 @@ pub fn infer_config_from_shapes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// BLIP-2 and InstructBLIP configs are refused by name, with their language model.
+    #[test]
+    fn blip_2_and_instructblip_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let cases = [
+            (
+                r#"{"model_type": "blip-2", "architectures": ["Blip2ForConditionalGeneration"], "text_config": {"model_type": "opt"}}"#,
+                "BLIP-2 (Blip2ForConditionalGeneration, opt language model) is not supported: blip-onnx converts BLIP",
+            ),
+            (
+                r#"{"model_type": "blip-2", "architectures": ["Blip2ForConditionalGeneration"], "text_config": {"model_type": "llama"}}"#,
+                "BLIP-2 (Blip2ForConditionalGeneration, llama language model) is not supported: only OPT and Flan-T5",
+            ),
+            (
+                r#"{"model_type": "instructblip", "architectures": ["InstructBlipForConditionalGeneration"], "text_config": {"model_type": "llama"}}"#,
+                "InstructBLIP (InstructBlipForConditionalGeneration, llama language model) is not supported",
+            ),
+            (
+                r#"{"model_type": "clip"}"#,
+                "model_type is \"clip\", not \"blip\"",
+            ),
+        ];
+        for (config, want) in cases {
+            std::fs::write(&path, config).unwrap();
+            let err = BlipConfig::from_file(&path).unwrap_err().to_string();
+            assert!(err.contains(want), "{config}: {err}");
+            assert!(err.contains("config.json"), "{err}");
+        }
+    }
 
     #[test]
     fn absent_keys_take_transformers_defaults() {

@@ -39,6 +39,13 @@ pub enum CheckpointError {
         "{path}: model_type is {found:?}, not \"blip\" (this tool converts BLIP checkpoints only)"
     )]
     UnknownModelType { path: PathBuf, found: String },
+    /// A checkpoint of the BLIP family this tool does not convert (BLIP-2, InstructBLIP), named.
+    #[error("{path}: {model} is not supported: {reason}")]
+    UnsupportedModel {
+        path: PathBuf,
+        model: String,
+        reason: String,
+    },
     #[error(
         "{dir}: no weights found (looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin)"
     )]

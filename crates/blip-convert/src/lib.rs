@@ -127,6 +127,14 @@ fn spec(s: &graphs::IoSpec) -> TensorSpec {
 }
 
 /// Loads the configuration: `--config`, the folder's config.json, or (for `.pth`) inferred from shapes.
+/// Reads a Hugging Face `config.json` as [`convert`] will, so a door that downloads can refuse a
+/// checkpoint it cannot convert (another model, BLIP-2, InstructBLIP, a bad config) before it
+/// fetches the weights.
+pub fn check_config(path: &Path) -> Result<()> {
+    BlipConfig::from_file(path)?;
+    Ok(())
+}
+
 fn load_config(ck: &Checkpoint, opts: &ConvertOptions) -> Result<(BlipConfig, Head)> {
     let mut cfg = match (&opts.config, &ck.config_file) {
         (Some(p), _) | (None, Some(p)) => BlipConfig::from_file(p)?,

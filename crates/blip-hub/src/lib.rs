@@ -434,6 +434,14 @@ impl Hub {
         while i < files.len() {
             let file = files[i].clone();
             let path = self.fetch(id, &pinned, &commit, &file)?;
+            // config.json comes first: a model this tool cannot convert (BLIP-2, InstructBLIP,
+            // another family) is refused by name before gigabytes of weights are fetched.
+            if file == "config.json" {
+                blip_convert::check_config(&path).map_err(|e| HubError::Convert {
+                    id: id.to_string(),
+                    source: Box::new(e),
+                })?;
+            }
             if file.ends_with(".index.json") {
                 files.extend(shard_files(id, &file, &path)?);
             }

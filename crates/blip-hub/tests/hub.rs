@@ -297,3 +297,34 @@ fn corrupt_download_is_refused_and_leaves_nothing_cached() {
     let got = h.package(&id("acme/shapes"), Precision::Fp32).unwrap();
     assert!(got.built);
 }
+
+/// A BLIP-2 repository is refused by name from its config.json, before any weight is fetched.
+#[test]
+fn blip_2_is_refused_by_name_before_the_weights_download() {
+    let fake = FakeHub::start();
+    let mut files = folder_files(&fixture("shapes-caption"));
+    files.insert(
+        "config.json".into(),
+        br#"{"model_type": "blip-2", "architectures": ["Blip2ForConditionalGeneration"], "text_config": {"model_type": "opt"}}"#.to_vec(),
+    );
+    fake.add_commit("Salesforce/blip2-opt-2.7b", "main", files);
+    let home = tempfile::tempdir().unwrap();
+    fake.clear_requests();
+    let err = hub(&fake.url, home.path(), false)
+        .package(&id("Salesforce/blip2-opt-2.7b"), Precision::Fp32)
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("Salesforce/blip2-opt-2.7b")
+            && msg.contains(
+                "BLIP-2 (Blip2ForConditionalGeneration, opt language model) is not supported"
+            ),
+        "{msg}"
+    );
+    let asked = fake.requests();
+    assert!(
+        asked.iter().any(|r| r.contains("config.json"))
+            && !asked.iter().any(|r| r.contains("model.safetensors")),
+        "{asked:?}"
+    );
+}

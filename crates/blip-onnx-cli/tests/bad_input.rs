@@ -590,6 +590,25 @@ fn bad_checkpoints_are_refused_and_leave_nothing() {
         v["text_config"]["hidden_size"] = 0.into();
         std::fs::write(&f, v.to_string()).unwrap();
     });
+    // BLIP-2 and InstructBLIP folders (their configs over BLIP weights: the config is read
+    // first) are refused by name.
+    let family = |name: &str, config: &'static str| {
+        ck(name, &move |p: &Path| {
+            std::fs::write(p.join("config.json"), config).unwrap()
+        })
+    };
+    let blip2_opt = family(
+        "blip2-opt",
+        r#"{"model_type": "blip-2", "architectures": ["Blip2ForConditionalGeneration"], "text_config": {"model_type": "opt"}}"#,
+    );
+    let blip2_vicuna = family(
+        "blip2-vicuna",
+        r#"{"model_type": "blip-2", "architectures": ["Blip2ForConditionalGeneration"], "text_config": {"model_type": "llama"}}"#,
+    );
+    let instructblip = family(
+        "instructblip",
+        r#"{"model_type": "instructblip", "architectures": ["InstructBlipForConditionalGeneration"], "text_config": {"model_type": "t5"}}"#,
+    );
     let garbage_st = ck("garbage-st", &|p| {
         std::fs::write(p.join("model.safetensors"), [0xFFu8; 64]).unwrap()
     });
@@ -636,6 +655,15 @@ fn bad_checkpoints_are_refused_and_leave_nothing() {
             .no_output(&out),
         mk("config with hidden_size 0", conv(&s(&zero_hidden), &[]))
             .says(&["text hidden_size is 0"])
+            .no_output(&out),
+        mk("BLIP-2 with OPT", conv(&s(&blip2_opt), &[]))
+            .says(&["BLIP-2 (Blip2ForConditionalGeneration, opt language model) is not supported"])
+            .no_output(&out),
+        mk("BLIP-2 with a LLaMA (Vicuna) language model", conv(&s(&blip2_vicuna), &[]))
+            .says(&["llama language model) is not supported: only OPT and Flan-T5"])
+            .no_output(&out),
+        mk("InstructBLIP", conv(&s(&instructblip), &[]))
+            .says(&["InstructBLIP (InstructBlipForConditionalGeneration, t5 language model) is not supported"])
             .no_output(&out),
         mk(
             "pth without a model key",
