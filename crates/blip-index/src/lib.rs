@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 mod store;
 pub use store::{
-    AnnStorage, EXACT_BELOW, Near, NewEntry, RerankStates, Store, StoreOptions, Stored,
+    AnnStorage, EXACT_BELOW, Near, NewEntry, RerankStates, Store, StoreOptions, Stored, Upload,
     decode_states, encode_states, is_store,
 };
 
@@ -307,7 +307,10 @@ pub fn content_digest(bytes: &[u8]) -> [u8; 32] {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder (fsync, then rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = partial_path(path);
+    // Unique per call: two writers of one content-addressed file must not share a temporary.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = partial_path(path).with_extension(format!("{}-{n}.partial", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
         f.write_all(bytes).map_err(io("writing", &tmp))?;

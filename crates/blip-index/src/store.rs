@@ -224,6 +224,14 @@ pub fn decode_states(kind: RerankStates, shape: StateShape, b: &[u8]) -> Option<
     }
 }
 
+/// An entry with its uploaded image file, for [`Store::add_uploads`] (the entry's path and
+/// stamp are those of the stored file).
+pub struct Upload {
+    pub entry: NewEntry,
+    pub bytes: Vec<u8>,
+    pub extension: String,
+}
+
 /// Reader connections kept open between reads.
 const IDLE_READERS: usize = 4;
 
@@ -765,6 +773,57 @@ impl Store {
             });
         }
         let mut conn = self.lock_writer();
+        let outcomes = self.add_locked(&mut conn, entries)?;
+        drop(conn);
+        self.maybe_checkpoint()?;
+        Ok(outcomes)
+    }
+
+    /// Adds entries with their uploaded image files: each image is stored under the sidecar
+    /// (content-addressed, see [`crate::Index::store_image`]) and becomes its entry's path and
+    /// stamp, all while changes are held off — so a concurrent [`Store::remove`] of another
+    /// entry with the same image cannot unlink the file between its write and this commit. An
+    /// image whose entry is refused is removed again unless another entry names it.
+    pub fn add_uploads(&self, uploads: Vec<Upload>) -> Result<Vec<Result<()>>> {
+        if self.read_only {
+            return Err(IndexError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        let mut conn = self.lock_writer();
+        let mut entries = Vec::with_capacity(uploads.len());
+        let mut stored = Vec::with_capacity(uploads.len());
+        for u in uploads {
+            let file = crate::Index::store_image(&self.path, &u.bytes, &u.extension)?;
+            let stamp = Stamp::of(&file)?;
+            stored.push(file.clone());
+            entries.push(NewEntry {
+                path: file,
+                stamp,
+                ..u.entry
+            });
+        }
+        let outcomes = self.add_locked(&mut conn, entries)?;
+        for (file, outcome) in stored.iter().zip(&outcomes) {
+            if outcome.is_err() && !Self::names_path(&conn, &self.path, file)? {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+        drop(conn);
+        self.maybe_checkpoint()?;
+        Ok(outcomes)
+    }
+
+    fn names_path(conn: &Connection, db: &Path, file: &Path) -> Result<bool> {
+        conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM entries WHERE path = ?1)",
+            [file.to_string_lossy()],
+            |r| r.get(0),
+        )
+        .map_err(db_err(db))
+    }
+
+    fn add_locked(&self, conn: &mut Connection, entries: Vec<NewEntry>) -> Result<Vec<Result<()>>> {
         let tx = conn.transaction().map_err(db_err(&self.path))?;
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut added: Vec<(u64, i64, Vec<f32>)> = Vec::new();
@@ -836,8 +895,6 @@ impl Store {
             self.applied.store(seq, Ordering::SeqCst);
         }
         drop(ix);
-        drop(conn);
-        self.maybe_checkpoint()?;
         Ok(outcomes)
     }
 
@@ -877,10 +934,12 @@ impl Store {
             }
             self.applied.store(seq, Ordering::SeqCst);
         }
-        drop(conn);
+        // Under the writer lock: an upload of the same image (`add_uploads`) either committed
+        // before this (then `shared`) or writes the file anew after.
         if !shared && entry.path.starts_with(self.sidecar().join("images")) {
             let _ = std::fs::remove_file(&entry.path);
         }
+        drop(conn);
         self.maybe_checkpoint()?;
         Ok(Some(entry))
     }

@@ -16,7 +16,8 @@ use blip_package::{
 };
 use blip_preprocess::TextBatch;
 use blip_tasks::{
-    CrossRows, DecoderFeed, Graphs, LogitPositions, TaskError, VisionOutput, encoder_mask,
+    CacheRows, CrossRows, DecoderFeed, Graphs, LogitPositions, TaskError, VisionOutput,
+    encoder_mask, is_identity,
 };
 use ndarray::{Array2, Array3, ArrayView3};
 use ort::session::{Session, SessionInputValue, SessionOutputs};
@@ -124,15 +125,11 @@ impl OrtCross {
     }
 }
 
-/// The self-attention KV cache. Rows joined from different requests have different lengths: the
-/// shorter ones are left-padded to `past_len` and `mask` (`rows × past_len`) hides the padding.
+/// The self-attention KV cache: its values, and which of their positions are real
+/// ([`CacheRows`], the bookkeeping every engine shares).
 pub struct OrtCache {
     past: NamedValues,
-    past_len: usize,
-    rows: usize,
-    /// Real cached positions per row (its next position id).
-    lens: Vec<usize>,
-    mask: Vec<i64>,
+    rows: CacheRows,
 }
 
 /// Stacks 4-D float tensors `[rows, H, S, hd]` along rows, padding each to `len` positions on
@@ -265,10 +262,6 @@ impl OrtGraphs {
     }
 }
 
-fn is_identity(src: &[usize]) -> bool {
-    src.iter().enumerate().all(|(i, &s)| i == s)
-}
-
 impl Graphs for OrtGraphs {
     type Cross = OrtCross;
     type Cache = OrtCache;
@@ -363,16 +356,13 @@ impl Graphs for OrtGraphs {
     async fn new_cache(&mut self, rows: usize) -> TaskResult<OrtCache> {
         Ok(OrtCache {
             past: self.empty_past(rows)?,
-            past_len: 0,
-            rows,
-            lens: vec![0; rows],
-            mask: Vec::new(),
+            rows: CacheRows::new(rows),
         })
     }
 
     async fn join_caches(&mut self, parts: Vec<OrtCache>) -> TaskResult<OrtCache> {
-        let past_len = parts.iter().map(|c| c.past_len).max().unwrap_or(0);
-        let rows = parts.iter().map(|c| c.rows).sum();
+        let joined = CacheRows::join(&parts.iter().map(|c| &c.rows).collect::<Vec<_>>());
+        let (past_len, rows) = (joined.past_len(), joined.rows());
         let mut past = Vec::with_capacity(2 * self.shape.layers);
         for (i, (name, _)) in parts
             .first()
@@ -389,36 +379,16 @@ impl Graphs for OrtGraphs {
         if past.is_empty() {
             past = self.empty_past(rows)?;
         }
-        let mut lens = Vec::with_capacity(rows);
-        let mut mask = Vec::with_capacity(rows * past_len);
-        for c in &parts {
-            lens.extend_from_slice(&c.lens);
-            for r in 0..c.rows {
-                mask.extend(std::iter::repeat_n(0, past_len - c.past_len));
-                mask.extend_from_slice(&c.mask[r * c.past_len..(r + 1) * c.past_len]);
-            }
-        }
-        Ok(OrtCache {
-            past,
-            past_len,
-            rows,
-            lens,
-            mask,
-        })
+        Ok(OrtCache { past, rows: joined })
     }
 
     async fn select_cache_rows(&mut self, cache: OrtCache, rows: &[usize]) -> TaskResult<OrtCache> {
+        let kept = cache.rows.select(rows)?;
         let mut past = cache.past;
         for (_, v) in past.iter_mut() {
             *v = gather_rows(v, rows)?;
         }
-        Ok(OrtCache {
-            past,
-            past_len: cache.past_len,
-            rows: rows.len(),
-            lens: rows.iter().map(|&r| cache.lens[r]).collect(),
-            mask: mask_rows(&cache.mask, cache.past_len, rows),
-        })
+        Ok(OrtCache { past, rows: kept })
     }
 
     async fn join_cross(&mut self, parts: Vec<OrtCross>) -> TaskResult<OrtCross> {
@@ -477,7 +447,7 @@ impl Graphs for OrtGraphs {
         cache: &mut OrtCache,
         feed: DecoderFeed<'_>,
     ) -> TaskResult<Vec<f32>> {
-        let (rows, t, past_len) = (cache.rows, feed.t, cache.past_len);
+        let (rows, t, past_len) = (cache.rows.rows(), feed.t, cache.rows.past_len());
         if cross.rows.rows() != rows || feed.tokens.len() != rows * t {
             return Err(TaskError::Input(format!(
                 "decoder feed of {} tokens × {t} for a cache of {rows} rows and cross K/V of {}",
@@ -486,41 +456,13 @@ impl Graphs for OrtGraphs {
             )));
         }
         if let Some(src) = feed.reorder.filter(|s| !is_identity(s)) {
-            if src.len() != rows || src.iter().any(|&r| r >= rows) {
-                return Err(TaskError::Input(format!(
-                    "reorder {src:?} for a cache of {rows} rows"
-                )));
-            }
             // Beam search moved histories between rows: gather the cache rows (HF `reorder_cache`).
+            cache.rows.reorder(src)?;
             for (_, v) in cache.past.iter_mut() {
                 *v = gather_rows(v, src)?;
             }
-            cache.mask = mask_rows(&cache.mask, past_len, src);
-            cache.lens = src.iter().map(|&r| cache.lens[r]).collect();
         }
-        let attention_mask = match feed.attention_mask {
-            Some(m) if m.len() == rows * (past_len + t) => m.to_vec(),
-            Some(m) => {
-                return Err(TaskError::Input(format!(
-                    "decoder attention mask has {} values for {rows} × {}",
-                    m.len(),
-                    past_len + t
-                )));
-            }
-            // The cache's own padding, then the fed positions.
-            None => (0..rows)
-                .flat_map(|r| {
-                    let cached = &cache.mask[r * past_len..(r + 1) * past_len];
-                    cached.iter().copied().chain(std::iter::repeat_n(1, t))
-                })
-                .collect(),
-        };
-        // Each row continues from its own length (rows joined from other requests differ).
-        let positions: Vec<i64> = cache
-            .lens
-            .iter()
-            .flat_map(|&len| (len..len + t).map(|p| p as i64))
-            .collect();
+        let step = cache.rows.step(t, feed.attention_mask)?;
         let images = cross.rows.images();
         let enc_len = cross.enc_mask.len() / images.max(1);
         let shared = cross.rows.feed();
@@ -533,13 +475,13 @@ impl Graphs for OrtGraphs {
             ),
             (
                 POSITION_IDS.into(),
-                Tensor::from_array(([rows, t], positions))
+                Tensor::from_array(([rows, t], step.positions.clone()))
                     .map_err(infer_err(DECODER))?
                     .into(),
             ),
             (
                 ATTENTION_MASK.into(),
-                TensorRef::from_array_view(([rows, past_len + t], attention_mask.as_slice()))
+                TensorRef::from_array_view(([rows, past_len + t], step.attention_mask.as_slice()))
                     .map_err(infer_err(DECODER))?
                     .into(),
             ),
@@ -603,11 +545,7 @@ impl Graphs for OrtGraphs {
             }
         }
         cache.past = present;
-        cache.past_len += t;
-        for len in cache.lens.iter_mut() {
-            *len += t;
-        }
-        cache.mask = attention_mask;
+        cache.rows.advance(t, step);
         Ok(logits)
     }
 }

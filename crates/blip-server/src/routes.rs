@@ -881,7 +881,6 @@ async fn index_add(State(state): St, req: Request) -> AppResult<IndexAddResponse
     } else {
         (None, None)
     };
-    let path = store.path.clone();
     let db = store.store.clone();
     let plan: Vec<Planned> = ids
         .into_iter()
@@ -891,8 +890,9 @@ async fn index_add(State(state): St, req: Request) -> AppResult<IndexAddResponse
         .collect();
     let written = tokio::task::spawn_blocking(move || {
         let to_api = |e: blip_index::IndexError| ApiError::validation(e.to_string());
-        // Per image: its file stored, then all of them added in one transaction; the store
-        // refuses an id added meanwhile by another request (nothing of that image is added).
+        // All of them added in one transaction with their image files (stored by the index
+        // under its writer lock); the store refuses an id added meanwhile by another request
+        // (nothing of that image is added).
         let mut results: Vec<Option<IndexAddResult>> = Vec::new();
         let mut batch = Vec::new();
         for (id, metadata, slot) in plan {
@@ -900,20 +900,27 @@ async fn index_add(State(state): St, req: Request) -> AppResult<IndexAddResponse
                 let (Some(e), Some(h)) = (embeds.as_ref(), hidden.as_ref()) else {
                     return Err(ApiError::validation("no embedding came back"));
                 };
-                let ext = input::image_extension(&bytes).unwrap_or("bin");
-                let file = blip_index::Index::store_image(&path, &bytes, ext).map_err(to_api)?;
+                let extension = input::image_extension(&bytes).unwrap_or("bin").to_string();
                 let states: Vec<f32> = h
                     .index_axis(ndarray::Axis(0), row)
                     .iter()
                     .copied()
                     .collect();
-                Ok(blip_index::NewEntry {
-                    id: id.clone(),
-                    stamp: Stamp::of(&file).map_err(to_api)?,
-                    path: file,
-                    metadata,
-                    vectors: e.row(row).to_vec(),
-                    states: Some(states),
+                Ok(blip_index::Upload {
+                    entry: blip_index::NewEntry {
+                        id: id.clone(),
+                        // The stored file's, set by `add_uploads`.
+                        path: std::path::PathBuf::new(),
+                        stamp: Stamp {
+                            size: 0,
+                            mtime_ns: 0,
+                        },
+                        metadata,
+                        vectors: e.row(row).to_vec(),
+                        states: Some(states),
+                    },
+                    bytes,
+                    extension,
                 })
             });
             match prepared {
@@ -928,11 +935,11 @@ async fn index_add(State(state): St, req: Request) -> AppResult<IndexAddResponse
                 })),
             }
         }
-        let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+        let ids: Vec<String> = batch.iter().map(|u| u.entry.id.clone()).collect();
         let outcomes = if batch.is_empty() {
             Vec::new()
         } else {
-            db.add(batch)?
+            db.add_uploads(batch)?
         };
         let mut done = ids.into_iter().zip(outcomes);
         let results: Vec<IndexAddResult> = results

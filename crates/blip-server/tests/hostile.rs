@@ -401,6 +401,7 @@ async fn concurrent_index_changes_keep_each_entry_its_own() {
                     )
                     .await;
                 assert_eq!(s, 200, "{b}");
+                assert_eq!(b["results"][0]["added"], true, "{b}");
                 let r = server
                     .client
                     .delete(server.url(&format!("/v1/index/{id}")))

@@ -5,6 +5,7 @@
 //! (`blip-runtime`) and the browser run the same code.
 
 mod batch;
+mod cache_rows;
 mod cross_rows;
 pub mod defaults;
 // A pure-Rust engine for the task layer's tests.
@@ -20,6 +21,7 @@ mod tasks;
 pub use batch::DecodeBatch;
 pub use blip_package::{Package, PackageError};
 pub use blip_preprocess::PreprocessError;
+pub use cache_rows::{CacheRows, DecoderStep, is_identity};
 pub use cross_rows::{CrossFeed, CrossRows, encoder_mask};
 pub use generate::{Generated, Generation, GenerationConfig, StepInput, Strategy};
 pub use graphs::{DecoderFeed, Graphs, LogitPositions, VisionOutput, ready};

@@ -16,7 +16,8 @@ use blip_package::{
 };
 use blip_preprocess::TextBatch;
 use blip_tasks::{
-    CrossRows, DecoderFeed, Graphs, LogitPositions, TaskError, VisionOutput, encoder_mask,
+    CacheRows, CrossRows, DecoderFeed, Graphs, LogitPositions, TaskError, VisionOutput,
+    encoder_mask, is_identity,
 };
 use js_sys::{BigInt64Array, Float32Array, Object, Reflect};
 use ndarray::{Array2, Array3, ArrayView3};
@@ -104,11 +105,11 @@ pub struct WebCross {
     rows: CrossRows,
 }
 
-/// The self-attention KV cache (`ort.Tensor`s).
+/// The self-attention KV cache: its `ort.Tensor`s, and which of their positions are real
+/// ([`CacheRows`], the bookkeeping the native engine shares: the same masks and position ids).
 pub struct WebCache {
     past: Vec<(String, JsValue)>,
-    past_len: usize,
-    rows: usize,
+    rows: CacheRows,
 }
 
 /// One package's graphs on onnxruntime-web.
@@ -166,10 +167,6 @@ impl WebGraphs {
         )
         .await
     }
-}
-
-fn is_identity(src: &[usize]) -> bool {
-    src.iter().enumerate().all(|(i, &s)| i == s)
 }
 
 impl Graphs for WebGraphs {
@@ -270,8 +267,7 @@ impl Graphs for WebGraphs {
         }
         Ok(WebCache {
             past,
-            past_len: 0,
-            rows,
+            rows: CacheRows::new(rows),
         })
     }
 
@@ -281,7 +277,7 @@ impl Graphs for WebGraphs {
         cache: &mut WebCache,
         feed: DecoderFeed<'_>,
     ) -> Result<Vec<f32>> {
-        let (rows, t, past_len) = (cache.rows, feed.t, cache.past_len);
+        let (rows, t, past_len) = (cache.rows.rows(), feed.t, cache.rows.past_len());
         if cross.rows.rows() != rows || feed.tokens.len() != rows * t {
             return Err(TaskError::Input(format!(
                 "decoder feed of {} tokens × {t} for a cache of {rows} rows and cross K/V of {}",
@@ -291,31 +287,19 @@ impl Graphs for WebGraphs {
         }
         if let Some(src) = feed.reorder.filter(|s| !is_identity(s)) {
             // Beam search moved histories between rows: gather the cache rows (HF `reorder_cache`).
+            cache.rows.reorder(src)?;
             let src: Vec<u32> = src.iter().map(|&r| r as u32).collect();
             for (_, v) in cache.past.iter_mut() {
                 *v = shim::gather_rows(v, &src).map_err(engine_err(DECODER))?;
             }
         }
-        let attention_mask = match feed.attention_mask {
-            Some(m) if m.len() == rows * (past_len + t) => m.to_vec(),
-            Some(m) => {
-                return Err(TaskError::Input(format!(
-                    "decoder attention mask has {} values for {rows} × {}",
-                    m.len(),
-                    past_len + t
-                )));
-            }
-            None => vec![1; rows * (past_len + t)],
-        };
-        let positions: Vec<i64> = (0..rows)
-            .flat_map(|_| (past_len..past_len + t).map(|p| p as i64))
-            .collect();
+        let step = cache.rows.step(t, feed.attention_mask)?;
         let images = cross.rows.images();
         let enc_len = cross.enc_mask.len() / images.max(1);
         let shared = cross.rows.feed();
         let ids = i64_tensor(feed.tokens, &[rows, t]);
-        let positions = i64_tensor(&positions, &[rows, t]);
-        let mask = i64_tensor(&attention_mask, &[rows, past_len + t]);
+        let positions = i64_tensor(&step.positions, &[rows, t]);
+        let mask = i64_tensor(&step.attention_mask, &[rows, past_len + t]);
         let enc_mask = i64_tensor(&cross.enc_mask, &[images, enc_len]);
         let groups = i64_tensor(&shared.groups, &[images, shared.group]);
         let slots = i64_tensor(&shared.slots, &[rows]);
@@ -368,7 +352,7 @@ impl Graphs for WebGraphs {
             }
         }
         cache.past = present;
-        cache.past_len += t;
+        cache.rows.advance(t, step);
         Ok(logits)
     }
 }
