@@ -86,7 +86,7 @@ pub enum HubError {
     #[error("{id}: quantizing to {precision}: {source}")]
     Quantize {
         id: String,
-        precision: Precision,
+        precision: Flavour,
         #[source]
         source: Box<blip_quantize::QuantizeError>,
     },
@@ -180,10 +180,11 @@ impl FromStr for ModelId {
     }
 }
 
-/// What the package cache holds per commit: the converted package, or a quantized copy made as
+/// A package flavour (a name distinct from blip_quantize::Precision, the quantization scheme):
+/// what the package cache holds per commit, the converted package or a quantized copy made as
 /// `blip-onnx quantize` makes it (native target, default policies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Precision {
+pub enum Flavour {
     /// The recommended CPU package: INT8 encoders, then INT4 decoder (INT8 only for retrieval,
     /// which has no decoder) — `quantize` then `quantize --precision int4`.
     Default,
@@ -197,16 +198,16 @@ pub enum Precision {
     Fp16,
 }
 
-impl Precision {
+impl Flavour {
     pub const NAMES: [&'static str; 5] = ["default", "fp32", "int8", "int4", "fp16"];
 
     pub fn name(self) -> &'static str {
         match self {
-            Precision::Default => "default",
-            Precision::Fp32 => "fp32",
-            Precision::Int8 => "int8",
-            Precision::Int4 => "int4",
-            Precision::Fp16 => "fp16",
+            Flavour::Default => "default",
+            Flavour::Fp32 => "fp32",
+            Flavour::Int8 => "int8",
+            Flavour::Int4 => "int4",
+            Flavour::Fp16 => "fp16",
         }
     }
 
@@ -215,17 +216,17 @@ impl Precision {
         let target = blip_quantize::Target::Native;
         let int4 = target.int4(blip_quantize::DEFAULT_INT4_BLOCK_SIZE, None);
         match self {
-            Precision::Fp32 => vec![],
-            Precision::Int8 => vec![blip_quantize::Precision::Int8],
-            Precision::Int4 => vec![int4],
-            Precision::Fp16 => vec![blip_quantize::Precision::Fp16],
-            Precision::Default if head == Head::Retrieval => vec![blip_quantize::Precision::Int8],
-            Precision::Default => vec![blip_quantize::Precision::Int8, int4],
+            Flavour::Fp32 => vec![],
+            Flavour::Int8 => vec![blip_quantize::Precision::Int8],
+            Flavour::Int4 => vec![int4],
+            Flavour::Fp16 => vec![blip_quantize::Precision::Fp16],
+            Flavour::Default if head == Head::Retrieval => vec![blip_quantize::Precision::Int8],
+            Flavour::Default => vec![blip_quantize::Precision::Int8, int4],
         }
     }
 }
 
-impl std::fmt::Display for Precision {
+impl std::fmt::Display for Flavour {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
@@ -233,19 +234,19 @@ impl std::fmt::Display for Precision {
 
 #[derive(Debug, thiserror::Error)]
 #[error("unknown precision {0:?}; expected one of default, fp32, int8, int4, fp16")]
-pub struct UnknownPrecision(String);
+pub struct UnknownFlavour(String);
 
-impl FromStr for Precision {
-    type Err = UnknownPrecision;
+impl FromStr for Flavour {
+    type Err = UnknownFlavour;
 
-    fn from_str(s: &str) -> std::result::Result<Precision, UnknownPrecision> {
+    fn from_str(s: &str) -> std::result::Result<Flavour, UnknownFlavour> {
         Ok(match s {
-            "default" => Precision::Default,
-            "fp32" => Precision::Fp32,
-            "int8" => Precision::Int8,
-            "int4" => Precision::Int4,
-            "fp16" => Precision::Fp16,
-            _ => return Err(UnknownPrecision(s.to_string())),
+            "default" => Flavour::Default,
+            "fp32" => Flavour::Fp32,
+            "int8" => Flavour::Int8,
+            "int4" => Flavour::Int4,
+            "fp16" => Flavour::Fp16,
+            _ => return Err(UnknownFlavour(s.to_string())),
         })
     }
 }
@@ -309,7 +310,7 @@ pub struct Snapshot {
 pub struct Resolved {
     pub dir: PathBuf,
     pub commit: String,
-    pub precision: Precision,
+    pub precision: Flavour,
     /// False when the package cache already held it (nothing was downloaded or converted).
     pub built: bool,
 }
@@ -333,7 +334,7 @@ impl Hub {
 
     /// The package folder for `id` at `precision`: from the package cache when there (no request),
     /// else downloaded (unless offline), converted and quantized once, then moved into place.
-    pub fn package(&self, id: &ModelId, precision: Precision) -> Result<Resolved> {
+    pub fn package(&self, id: &ModelId, precision: Flavour) -> Result<Resolved> {
         if let Some(commit) = self.cached_commit(id)
             && let Some(dir) = self.cached_package(id, &commit, precision)
         {
@@ -553,21 +554,21 @@ impl Hub {
         self.opts.package_cache().join(id.folder()).join(commit)
     }
 
-    fn cached_package(&self, id: &ModelId, commit: &str, precision: Precision) -> Option<PathBuf> {
+    fn cached_package(&self, id: &ModelId, commit: &str, precision: Flavour) -> Option<PathBuf> {
         let dir = self.package_dir(id, commit).join(precision.name());
         dir.join("blip.json").is_file().then_some(dir)
     }
 
     /// Converts the snapshot and runs the quantize passes in a temporary folder next to the entry,
     /// then renames the result (and the FP32 package made on the way) into place.
-    fn build(&self, id: &ModelId, snap: &Snapshot, precision: Precision) -> Result<PathBuf> {
+    fn build(&self, id: &ModelId, snap: &Snapshot, precision: Flavour) -> Result<PathBuf> {
         let parent = self.package_dir(id, &snap.commit);
         std::fs::create_dir_all(&parent).map_err(io_at(&parent))?;
         let work = tempfile::Builder::new()
             .prefix(".building-")
             .tempdir_in(&parent)
             .map_err(io_at(&parent))?;
-        let fp32 = work.path().join(Precision::Fp32.name());
+        let fp32 = work.path().join(Flavour::Fp32.name());
         let report =
             blip_convert::convert(&snap.dir, &fp32, &Default::default()).map_err(|source| {
                 HubError::Convert {
@@ -597,9 +598,9 @@ impl Hub {
         }
         let dir = parent.join(precision.name());
         place(&current, &dir)?;
-        if precision != Precision::Fp32 {
+        if precision != Flavour::Fp32 {
             // Made on the way: keep it, a later fp32 request then costs nothing.
-            let _ = place(&fp32, &parent.join(Precision::Fp32.name()));
+            let _ = place(&fp32, &parent.join(Flavour::Fp32.name()));
         }
         Ok(dir)
     }

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use blip_hub::{Hub, HubError, HubOptions, ModelId, Precision};
+use blip_hub::{Flavour, Hub, HubError, HubOptions, ModelId};
 use common::fakehub::{FakeHub, folder_files};
 
 fn fixture(name: &str) -> PathBuf {
@@ -74,7 +74,7 @@ fn downloads_converts_once_then_reuses_with_no_request() {
     let home = tempfile::tempdir().unwrap();
     let h = hub(&fake.url, home.path(), false);
 
-    let got = h.package(&id("acme/shapes"), Precision::Fp32).unwrap();
+    let got = h.package(&id("acme/shapes"), Flavour::Fp32).unwrap();
     assert!(got.built);
     assert_eq!(got.commit, sha);
     assert_eq!(
@@ -108,14 +108,14 @@ fn downloads_converts_once_then_reuses_with_no_request() {
 
     // Second time: from the package cache, not one request.
     fake.clear_requests();
-    let again = h.package(&id("acme/shapes"), Precision::Fp32).unwrap();
+    let again = h.package(&id("acme/shapes"), Flavour::Fp32).unwrap();
     assert!(!again.built);
     assert_eq!(again.dir, got.dir);
     assert_eq!(fake.requests(), Vec::<String>::new());
 
     // Another precision of the same commit: no download, quantized from the cached snapshot, and
     // the same graphs `blip-onnx quantize --precision int8` writes.
-    let int8 = h.package(&id("acme/shapes"), Precision::Int8).unwrap();
+    let int8 = h.package(&id("acme/shapes"), Flavour::Int8).unwrap();
     assert!(int8.built);
     assert_eq!(fake.requests(), Vec::<String>::new());
     let q = local.path().join("int8");
@@ -151,7 +151,7 @@ fn revision_pins_the_commit_it_names() {
     let home = tempfile::tempdir().unwrap();
     let h = hub(&fake.url, home.path(), false);
 
-    let got = h.package(&id("acme/shapes@v1"), Precision::Fp32).unwrap();
+    let got = h.package(&id("acme/shapes@v1"), Flavour::Fp32).unwrap();
     assert_eq!(got.commit, v1);
     assert_eq!(head(&got.dir), "retrieval");
     let reqs = fake.requests();
@@ -169,12 +169,12 @@ fn revision_pins_the_commit_it_names() {
     // A full commit sha is its own key: the cached package, no request.
     fake.clear_requests();
     let by_sha = h
-        .package(&id(&format!("acme/shapes@{v1}")), Precision::Fp32)
+        .package(&id(&format!("acme/shapes@{v1}")), Flavour::Fp32)
         .unwrap();
     assert_eq!(by_sha.dir, got.dir);
     assert!(fake.requests().is_empty(), "{:?}", fake.requests());
 
-    let main_pkg = h.package(&id("acme/shapes"), Precision::Fp32).unwrap();
+    let main_pkg = h.package(&id("acme/shapes"), Flavour::Fp32).unwrap();
     assert_eq!(main_pkg.commit, main);
     assert_eq!(head(&main_pkg.dir), "caption");
 }
@@ -192,7 +192,7 @@ fn offline_uses_the_cache_and_says_when_it_cannot() {
     // Nothing cached: a clear refusal, no request.
     let offline = hub(&fake.url, home.path(), true);
     let err = offline
-        .package(&id("acme/shapes"), Precision::Fp32)
+        .package(&id("acme/shapes"), Flavour::Fp32)
         .unwrap_err();
     assert!(matches!(err, HubError::Offline { .. }), "{err:?}");
     let msg = err.to_string();
@@ -207,15 +207,13 @@ fn offline_uses_the_cache_and_says_when_it_cannot() {
         .snapshot(&id("acme/shapes"))
         .unwrap();
     fake.clear_requests();
-    let got = offline
-        .package(&id("acme/shapes"), Precision::Fp32)
-        .unwrap();
+    let got = offline.package(&id("acme/shapes"), Flavour::Fp32).unwrap();
     assert!(got.built);
     assert_eq!(got.commit, snap.commit);
     assert!(fake.requests().is_empty(), "{:?}", fake.requests());
     // A revision never downloaded is still refused offline.
     let err = offline
-        .package(&id("acme/shapes@v2"), Precision::Fp32)
+        .package(&id("acme/shapes@v2"), Flavour::Fp32)
         .unwrap_err();
     assert!(matches!(err, HubError::Offline { .. }), "{err:?}");
 }
@@ -225,7 +223,7 @@ fn missing_id_and_server_down_are_clear_errors() {
     let fake = FakeHub::start();
     let home = tempfile::tempdir().unwrap();
     let err = hub(&fake.url, home.path(), false)
-        .package(&id("acme/no-such-model"), Precision::Fp32)
+        .package(&id("acme/no-such-model"), Flavour::Fp32)
         .unwrap_err();
     assert!(
         matches!(err, HubError::MissingId { status: 404, .. }),
@@ -241,7 +239,7 @@ fn missing_id_and_server_down_are_clear_errors() {
         .port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let err = hub(&endpoint, home.path(), false)
-        .package(&id("acme/shapes"), Precision::Fp32)
+        .package(&id("acme/shapes"), Flavour::Fp32)
         .unwrap_err();
     assert!(matches!(err, HubError::Network { .. }), "{err:?}");
     let msg = err.to_string();
@@ -265,7 +263,7 @@ fn corrupt_download_is_refused_and_leaves_nothing_cached() {
     // config.json first: once fetched good it is reused from the hub cache.
     for bad in ["config.json", "model.safetensors"] {
         fake.corrupt(bad);
-        let err = h.package(&id("acme/shapes"), Precision::Fp32).unwrap_err();
+        let err = h.package(&id("acme/shapes"), Flavour::Fp32).unwrap_err();
         assert!(
             matches!(&err, HubError::Corrupt { file, .. } if file == bad),
             "{err:?}"
@@ -294,7 +292,7 @@ fn corrupt_download_is_refused_and_leaves_nothing_cached() {
         fake.heal();
     }
     // Served right again: downloaded anew and converted.
-    let got = h.package(&id("acme/shapes"), Precision::Fp32).unwrap();
+    let got = h.package(&id("acme/shapes"), Flavour::Fp32).unwrap();
     assert!(got.built);
 }
 
@@ -311,7 +309,7 @@ fn blip_2_is_refused_by_name_before_the_weights_download() {
     let home = tempfile::tempdir().unwrap();
     fake.clear_requests();
     let err = hub(&fake.url, home.path(), false)
-        .package(&id("Salesforce/blip2-opt-2.7b"), Precision::Fp32)
+        .package(&id("Salesforce/blip2-opt-2.7b"), Flavour::Fp32)
         .unwrap_err();
     let msg = err.to_string();
     assert!(

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use blip_hub::{Hub, HubOptions, ModelId, Precision};
+use blip_hub::{Flavour, Hub, HubOptions, ModelId};
 
 fn hub() -> Hub {
     let mut opts = HubOptions::from_env();
@@ -41,7 +41,7 @@ pub fn convert(id: &ModelId, output: &Path, force: bool, json: bool) -> Result<u
         );
     }
     let resolved = hub()
-        .package(id, Precision::Fp32)
+        .package(id, Flavour::Fp32)
         .with_context(|| format!("resolving {id}"))?;
     blip_package::write_staged(output, |tmp| copy_package(&resolved.dir, tmp))
         .map_err(|e| match e.into_io(output) {
@@ -103,12 +103,12 @@ pub struct ServeCmd {
     /// $HF_HOME/blip-onnx/packages (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE=1 honoured).
     #[arg(long = "model", env = "BLIP_MODEL", value_delimiter = ',')]
     pub models: Vec<String>,
-    /// Precision of the --model packages: default (INT8 encoders + INT4 decoder), fp32, int8, int4, fp16.
+    /// Flavour of the --model packages: default (INT8 encoders + INT4 decoder), fp32, int8, int4, fp16.
     #[arg(long, default_value = "default", env = "BLIP_PRECISION", value_parser = parse_precision)]
-    pub precision: Precision,
+    pub precision: Flavour,
 }
 
-fn parse_precision(s: &str) -> Result<Precision, blip_hub::UnknownPrecision> {
+fn parse_precision(s: &str) -> Result<Flavour, blip_hub::UnknownFlavour> {
     s.parse()
 }
 
