@@ -40,6 +40,9 @@ pub enum Work {
     Caption {
         pixels: Pixels,
         opts: CaptionOptions,
+        /// The prompt's token count, from the route's check (for the generated-tokens metric;
+        /// the engine does not tokenize the prompt a second time for it).
+        prompt_tokens: usize,
     },
     /// ITC embeddings and hidden states of images (retrieval head).
     EmbedImages {
@@ -85,7 +88,7 @@ impl Work {
     /// This work in its task's units (the rates admission estimates with).
     pub fn units(&self) -> admission::Units {
         match self {
-            Work::Caption { pixels, opts } => admission::units(
+            Work::Caption { pixels, opts, .. } => admission::units(
                 "caption",
                 pixels.n,
                 decoder_rows(&opts.strategy),
@@ -195,13 +198,12 @@ impl Models {
         let units = work.units();
         let start = Instant::now();
         let done = match work {
-            Work::Caption { pixels, opts } => {
+            Work::Caption {
+                pixels,
+                opts,
+                prompt_tokens: prompt,
+            } => {
                 let captions = model.caption_pixels(&pixels.data, pixels.n, &opts)?;
-                let prompt = model
-                    .tokenizer
-                    .prompt_ids(&opts.prompt)
-                    .map_err(RuntimeError::from)?
-                    .len();
                 let tokens: usize = captions
                     .iter()
                     .map(|c| c.ids.len().saturating_sub(prompt))
@@ -567,11 +569,20 @@ impl Scheduler for RequestLevel {
         }
         for (head, _, jobs) in captions {
             run_merged(models, head, jobs, |jobs, pixels| {
-                let opts = match &jobs[0].work {
-                    Work::Caption { opts, .. } => opts.clone(),
-                    _ => CaptionOptions::default(),
+                // Equal settings, so equal prompts: the first job's count holds for all.
+                let (opts, prompt_tokens) = match &jobs[0].work {
+                    Work::Caption {
+                        opts,
+                        prompt_tokens,
+                        ..
+                    } => (opts.clone(), *prompt_tokens),
+                    _ => (CaptionOptions::default(), 0),
                 };
-                Work::Caption { pixels, opts }
+                Work::Caption {
+                    pixels,
+                    opts,
+                    prompt_tokens,
+                }
             });
         }
         for (head, jobs) in embeds {

@@ -229,6 +229,7 @@ async fn chat(State(state): St, req: Request) -> Result<Response, ApiError> {
                     n,
                 },
                 opts: opts.clone(),
+                prompt_tokens: prompt_ids.len(),
             };
             let Done::Captions(captions) = state.run(head, work, deadline).await? else {
                 return Err(ApiError::validation("no caption came back"));

@@ -349,7 +349,8 @@ fn request_error(e: request::RequestError, nothing_given: bool) -> ApiError {
 }
 
 /// Decoding settings from a request, resolved by the request layer (defaults and rules there).
-fn caption_options(r: &CaptionBody, state: &AppState) -> Result<CaptionOptions, ApiError> {
+/// Decoding settings, and the prompt's token count.
+fn caption_options(r: &CaptionBody, state: &AppState) -> Result<(CaptionOptions, usize), ApiError> {
     let model = request::ModelLimits::of(&state.served(Head::Caption)?.package);
     let options = request::CaptionRequest {
         prompt: r.prompt.clone(),
@@ -373,7 +374,7 @@ fn caption_options(r: &CaptionBody, state: &AppState) -> Result<CaptionOptions, 
         .map_err(|e| ApiError::validation(format!("prompt: {e}")))?
         .len();
     request::check_prompt_tokens(prompt_tokens, options.max_length)?;
-    Ok(options)
+    Ok((options, prompt_tokens))
 }
 
 #[utoipa::path(post, path = "/v1/caption", tag = "tasks",
@@ -391,7 +392,7 @@ async fn caption(State(state): St, req: Request) -> AppResult<CaptionResponse> {
     state.check_ready()?;
     let deadline = state.deadline();
     let (body, files): (CaptionBody, _) = input::read(req).await?;
-    let opts = caption_options(&body, &state)?;
+    let (opts, prompt_tokens) = caption_options(&body, &state)?;
     let images = input::gather("images", &body.images, files);
     if images.is_empty() {
         return Err(ApiError::empty(
@@ -411,7 +412,15 @@ async fn caption(State(state): St, req: Request) -> AppResult<CaptionResponse> {
     let (pixels, slots) = stack(items);
     let captions = if pixels.n > 0 {
         match state
-            .run(Head::Caption, Work::Caption { pixels, opts }, deadline)
+            .run(
+                Head::Caption,
+                Work::Caption {
+                    pixels,
+                    opts,
+                    prompt_tokens,
+                },
+                deadline,
+            )
             .await?
         {
             Done::Captions(c) => c,
