@@ -5,8 +5,8 @@
 
 mod common;
 
+use blip_runtime::ImageInput;
 use blip_runtime::request::{CaptionRequest, ModelLimits};
-use blip_runtime::{BlipModel, ImageInput, SessionOptions};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -29,14 +29,7 @@ async fn the_shared_option_table_through_the_server() {
         assert!(message.starts_with(&field), "{row}: {message}");
     }
 
-    let mut model = BlipModel::open(
-        &package("caption"),
-        &SessionOptions {
-            intra_threads: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut model = library_model("caption");
     for options in table["good"].as_array().unwrap() {
         let (status, got) = server.post("/v1/caption", body(options)).await;
         assert_eq!(status, 200, "{options}: {got}");
@@ -117,11 +110,7 @@ async fn the_shared_task_table_through_the_server() {
         let got = server.post("/v1/vqa", vqa_body(&row["request"])).await;
         assert_refused(&got, row);
     }
-    let options = SessionOptions {
-        intra_threads: 1,
-        ..Default::default()
-    };
-    let mut vqa = BlipModel::open(&package("vqa"), &options).unwrap();
+    let mut vqa = library_model("vqa");
     for request in table["vqa"]["good"].as_array().unwrap() {
         let (status, got) = server.post("/v1/vqa", vqa_body(request)).await;
         assert_eq!(status, 200, "{request}: {got}");
@@ -179,7 +168,7 @@ async fn the_shared_task_table_through_the_server() {
         assert_refused(&got, row);
     }
     let idx = blip_index::Index::read(&index).unwrap();
-    let mut retrieval = BlipModel::open(&package("retrieval"), &options).unwrap();
+    let mut retrieval = library_model("retrieval");
     for request in table["search"]["good"].as_array().unwrap() {
         let (status, got) = server.post("/v1/search", request.clone()).await;
         assert_eq!(status, 200, "{request}: {got}");

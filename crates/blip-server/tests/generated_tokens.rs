@@ -4,7 +4,7 @@
 
 mod common;
 
-use blip_runtime::{BlipModel, CaptionOptions, ImageInput, SessionOptions, Strategy};
+use blip_runtime::{CaptionOptions, ImageInput, Strategy};
 use common::*;
 use serde_json::json;
 
@@ -25,14 +25,7 @@ async fn generated_tokens_are_the_captions_tokens_after_the_prompt() {
         "blip_generated_tokens_total{head=\"caption\"}",
     );
 
-    let mut model = BlipModel::open(
-        &package("caption"),
-        &SessionOptions {
-            intra_threads: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut model = library_model("caption");
     let opts = CaptionOptions {
         prompt: prompt.into(),
         strategy: Strategy::Greedy,

@@ -8,7 +8,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use blip_runtime::request::limits;
-use blip_runtime::{BlipModel, SessionOptions};
 use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -337,14 +336,7 @@ async fn concurrent_index_changes_keep_each_entry_its_own() {
     let mut a = args(&["retrieval"]);
     a.index = Some(path.clone());
     let server = TestServer::start(a).await;
-    let mut model = BlipModel::open(
-        &package("retrieval"),
-        &SessionOptions {
-            intra_threads: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut model = library_model("retrieval");
     let states: Vec<Vec<f32>> = (0..4).map(|i| library_states(&mut model, i)).collect();
 
     // Two clients add the same id with different images at once, five rounds: exactly one is

@@ -5,7 +5,7 @@
 mod common;
 
 use blip_index::{AnnStorage, NewEntry, RerankStates, Stamp, StateShape, Store, StoreOptions};
-use blip_runtime::{BlipModel, ImageInput, SessionOptions, ready};
+use blip_runtime::{BlipModel, ImageInput, ready};
 use common::*;
 
 fn store(dir: &std::path::Path, model: &BlipModel, rerank: RerankStates) -> Store {
@@ -28,14 +28,7 @@ fn store(dir: &std::path::Path, model: &BlipModel, rerank: RerankStates) -> Stor
 
 #[test]
 fn int8_states_keep_the_f16_ranking_of_the_shapes_test_queries() {
-    let mut model = BlipModel::open(
-        &package("retrieval"),
-        &SessionOptions {
-            intra_threads: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut model = library_model("retrieval");
     let dir = tempfile::tempdir().unwrap();
     let stores: Vec<Store> = [RerankStates::F16, RerankStates::Int8, RerankStates::None]
         .into_iter()

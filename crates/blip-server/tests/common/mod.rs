@@ -40,6 +40,18 @@ pub fn package(head: &str) -> PathBuf {
     root.join(head)
 }
 
+/// The library's model of a shapes package (one thread), to compute what the server must answer.
+pub fn library_model(head: &str) -> blip_runtime::BlipModel {
+    blip_runtime::BlipModel::open(
+        &package(head),
+        &blip_runtime::SessionOptions {
+            intra_threads: 1,
+            ..Default::default()
+        },
+    )
+    .expect("the shapes package opens")
+}
+
 pub fn test_image(i: usize) -> PathBuf {
     fixture(&format!("shapes/test/images/test_{i:05}.png"))
 }
