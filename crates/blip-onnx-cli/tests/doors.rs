@@ -101,25 +101,6 @@ fn the_shared_option_table_through_the_cli() {
     }
 }
 
-/// `{"$list": [item, n]}` and `{"$string": [unit, n]}` of fixtures/requests/task-options.json
-/// written out (long lists and long texts stay readable in the table).
-fn expand(v: &serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match v {
-        Value::Object(m) if m.contains_key("$list") => {
-            let n = m["$list"][1].as_u64().unwrap() as usize;
-            Value::Array(vec![expand(&m["$list"][0]); n])
-        }
-        Value::Object(m) if m.contains_key("$string") => {
-            let n = m["$string"][1].as_u64().unwrap() as usize;
-            Value::String(m["$string"][0].as_str().unwrap().repeat(n))
-        }
-        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), expand(v))).collect()),
-        Value::Array(a) => Value::Array(a.iter().map(expand).collect()),
-        other => other.clone(),
-    }
-}
-
 fn strings(v: &serde_json::Value) -> Vec<String> {
     v.as_array()
         .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
@@ -209,8 +190,7 @@ fn the_shared_task_table_through_the_cli() {
         );
     }
     let (vqa_package, retrieval_package) = (dir.path().join("vqa"), dir.path().join("retrieval"));
-    let text = std::fs::read_to_string(fixture("requests/task-options.json")).unwrap();
-    let table = expand(&serde_json::from_str(&text).unwrap());
+    let table = blip_testkit::task_options();
     let image = fixture("shapes/test/images/test_00001.png");
 
     for row in table["vqa"]["bad"].as_array().unwrap() {

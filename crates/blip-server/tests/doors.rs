@@ -49,25 +49,6 @@ async fn the_shared_option_table_through_the_server() {
     }
 }
 
-/// `{"$list": [item, n]}` and `{"$string": [unit, n]}` of fixtures/requests/task-options.json
-/// written out (long lists and long texts stay readable in the table).
-fn expand(v: &serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match v {
-        Value::Object(m) if m.contains_key("$list") => {
-            let n = m["$list"][1].as_u64().unwrap() as usize;
-            Value::Array(vec![expand(&m["$list"][0]); n])
-        }
-        Value::Object(m) if m.contains_key("$string") => {
-            let n = m["$string"][1].as_u64().unwrap() as usize;
-            Value::String(m["$string"][0].as_str().unwrap().repeat(n))
-        }
-        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), expand(v))).collect()),
-        Value::Array(a) => Value::Array(a.iter().map(expand).collect()),
-        other => other.clone(),
-    }
-}
-
 /// A refusal naming `field` first: 422 `validation`, or 400 `empty_input` where the request gives
 /// nothing to work on.
 fn assert_refused(got: &(u16, serde_json::Value), row: &serde_json::Value) {
@@ -96,8 +77,7 @@ async fn the_shared_task_table_through_the_server() {
     let mut a = args(&["retrieval", "vqa"]);
     a.index = Some(index.clone());
     let server = TestServer::start(a).await;
-    let text = std::fs::read_to_string(fixture("requests/task-options.json")).unwrap();
-    let table = expand(&serde_json::from_str(&text).unwrap());
+    let table = blip_testkit::task_options();
     let image = test_image(1);
 
     // VQA: bad rows refused naming the field, good rows answer as the library.

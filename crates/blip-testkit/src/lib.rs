@@ -193,3 +193,33 @@ pub fn png_header(w: u32, h: u32) -> Vec<u8> {
     chunk(b"IEND");
     png
 }
+
+/// `fixtures/requests/task-options.json`, the cross-door table of VQA, ITM and search options,
+/// with its `{"$list": [item, n]}` and `{"$string": [unit, n]}` written out (long lists and long
+/// texts stay readable in the file).
+pub fn task_options() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture("requests/task-options.json"))
+        .expect("fixtures/requests/task-options.json");
+    expand_table(&serde_json::from_str(&text).expect("task-options.json is JSON"))
+}
+
+fn expand_table(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) if m.contains_key("$list") => {
+            let n = m["$list"][1].as_u64().expect("$list count") as usize;
+            Value::Array(vec![expand_table(&m["$list"][0]); n])
+        }
+        Value::Object(m) if m.contains_key("$string") => {
+            let n = m["$string"][1].as_u64().expect("$string count") as usize;
+            Value::String(m["$string"][0].as_str().expect("$string unit").repeat(n))
+        }
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), expand_table(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(expand_table).collect()),
+        other => other.clone(),
+    }
+}
