@@ -878,7 +878,7 @@ pub fn index(
     )?;
     let result = (|| -> Result<serde_json::Value> {
         let mut todo = Vec::new();
-        let mut reused = 0;
+        let mut reused = Vec::new();
         for f in &scan.images {
             let stamp = Stamp::of(f)?;
             match (reusable.remove(&(f.clone(), stamp.clone())), &previous) {
@@ -895,12 +895,18 @@ pub fn index(
                         vectors,
                         states: st,
                     };
-                    for r in store.add(vec![e])? {
-                        r?;
-                    }
-                    reused += 1;
+                    reused.push(e);
                 }
                 _ => todo.push((f.clone(), stamp)),
+            }
+        }
+        // Reused entries go in as transactions of IMPORT_CHUNK (a transaction each would sync
+        // the database once per unchanged file).
+        let reused_count = reused.len();
+        while !reused.is_empty() {
+            let rest = reused.split_off(reused.len().min(IMPORT_CHUNK));
+            for r in store.add(std::mem::replace(&mut reused, rest))? {
+                r?;
             }
         }
         let bar = common.progress(todo.len(), "indexing");
@@ -962,7 +968,7 @@ pub fn index(
         }
         bar.finish_and_clear();
         Ok(
-            json!({"index": output, "images": store.len()?, "embedded": todo.len() - failed - duplicates, "duplicates": duplicates, "reused": reused, "failed": failed, "skipped": scan.skipped.len(), "rerank_states": rerank.name()}),
+            json!({"index": output, "images": store.len()?, "embedded": todo.len() - failed - duplicates, "duplicates": duplicates, "reused": reused_count, "failed": failed, "skipped": scan.skipped.len(), "rerank_states": rerank.name()}),
         )
     })();
     drop(previous);
