@@ -640,6 +640,7 @@ pub fn index_export(index: &Path, parquet: &Path, quiet: bool) -> Result<u8> {
     let mut writer = blip_shards::EmbeddingWriter::create(parquet, store.dim)?;
     let mut rows = Vec::with_capacity(IMPORT_CHUNK);
     let (mut entries, mut vectors) = (0usize, 0usize);
+    let mut written = Ok(());
     store.for_each(|s| {
         let metadata = s.entry.metadata.as_ref().map(|m| m.to_string());
         for (i, v) in s.vectors.chunks(store.dim).enumerate() {
@@ -651,19 +652,16 @@ pub fn index_export(index: &Path, parquet: &Path, quiet: bool) -> Result<u8> {
                 embedding: v.to_vec(),
             });
         }
-        if rows.len() >= IMPORT_CHUNK {
+        if rows.len() >= IMPORT_CHUNK && written.is_ok() {
             vectors += rows.len();
-            writer.write(&std::mem::take(&mut rows)).map_err(|e| {
-                blip_index::IndexError::Database {
-                    path: parquet.to_path_buf(),
-                    message: e.to_string(),
-                }
-            })?;
+            written = writer.write(&std::mem::take(&mut rows));
         }
         entries += 1;
         bar.inc(1);
         Ok(())
     })?;
+    // A Parquet error stops the writes; the unfinished file goes when the writer drops.
+    written?;
     vectors += rows.len();
     writer.write(&rows)?;
     writer.finish()?;
