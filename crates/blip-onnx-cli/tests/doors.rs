@@ -3,6 +3,8 @@
 //! too) is refused naming its field as a flag (`--top-p: …`), and every good row captions token
 //! for token as the library does with the same request resolved.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -50,20 +52,7 @@ fn caption(package: &Path, options: &serde_json::Value, image: &Path) -> (bool, 
 
 #[test]
 fn the_shared_option_table_through_the_cli() {
-    let dir = tempfile::tempdir().unwrap();
-    let package = dir.path().join("caption");
-    let out = Command::new(env!("CARGO_BIN_EXE_blip-onnx"))
-        .arg("convert")
-        .arg(fixture("shapes/models/shapes-caption"))
-        .arg("-o")
-        .arg(&package)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let package = common::shapes_package("caption", "doors-caption");
     let image = fixture("shapes/test/images/test_00003.png");
     let table = table();
 
@@ -175,21 +164,8 @@ fn the_shared_task_table_through_the_cli() {
     use blip_runtime::request::{SearchRequest, VqaMode, VqaRequest};
 
     let dir = tempfile::tempdir().unwrap();
-    for head in ["vqa", "retrieval"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_blip-onnx"))
-            .arg("convert")
-            .arg(fixture(&format!("shapes/models/shapes-{head}")))
-            .arg("-o")
-            .arg(dir.path().join(head))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let (vqa_package, retrieval_package) = (dir.path().join("vqa"), dir.path().join("retrieval"));
+    let vqa_package = common::shapes_package("vqa", "doors-vqa");
+    let retrieval_package = common::shapes_package("retrieval", "doors-retrieval");
     let table = blip_testkit::task_options();
     let image = fixture("shapes/test/images/test_00001.png");
 
