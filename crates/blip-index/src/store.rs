@@ -793,9 +793,26 @@ impl Store {
         let mut conn = self.lock_writer();
         let mut entries = Vec::with_capacity(uploads.len());
         let mut stored = Vec::with_capacity(uploads.len());
+        // Images of entries that end up not added are removed again unless another entry names
+        // them: a refused id, or every one of them when a write or the transaction fails.
+        let unreferenced = |conn: &Connection, files: &[PathBuf]| -> Result<()> {
+            for file in files {
+                if !Self::names_path(conn, &self.path, file)? {
+                    let _ = std::fs::remove_file(file);
+                }
+            }
+            Ok(())
+        };
         for u in uploads {
-            let file = crate::Index::store_image(&self.path, &u.bytes, &u.extension)?;
-            let stamp = Stamp::of(&file)?;
+            let written = crate::Index::store_image(&self.path, &u.bytes, &u.extension)
+                .and_then(|file| Ok((Stamp::of(&file)?, file)));
+            let (stamp, file) = match written {
+                Ok(w) => w,
+                Err(e) => {
+                    unreferenced(&conn, &stored)?;
+                    return Err(e);
+                }
+            };
             stored.push(file.clone());
             entries.push(NewEntry {
                 path: file,
@@ -803,12 +820,20 @@ impl Store {
                 ..u.entry
             });
         }
-        let outcomes = self.add_locked(&mut conn, entries)?;
-        for (file, outcome) in stored.iter().zip(&outcomes) {
-            if outcome.is_err() && !Self::names_path(&conn, &self.path, file)? {
-                let _ = std::fs::remove_file(file);
+        let outcomes = match self.add_locked(&mut conn, entries) {
+            Ok(o) => o,
+            Err(e) => {
+                unreferenced(&conn, &stored)?;
+                return Err(e);
             }
-        }
+        };
+        let refused: Vec<PathBuf> = stored
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.is_err())
+            .map(|(f, _)| f.clone())
+            .collect();
+        unreferenced(&conn, &refused)?;
         drop(conn);
         self.maybe_checkpoint()?;
         Ok(outcomes)

@@ -523,3 +523,53 @@ fn the_entry_count_follows_adds_refusals_and_removals() {
     assert_eq!(again.len().unwrap(), 1);
     assert!(again.contains("b").unwrap() && !again.contains("a").unwrap());
 }
+
+/// Uploaded images: stored content-addressed with their entries, a refused entry's image removed
+/// again, a shared image kept until the last entry naming it goes.
+#[test]
+fn uploaded_images_follow_their_entries() {
+    use blip_index::Upload;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("uploads.idx");
+    let mut rng = Rng(5);
+    let store = Store::create(&path, &options(8, RerankStates::F16)).unwrap();
+    let upload = |id: &str, bytes: &[u8], i: usize, rng: &mut Rng| Upload {
+        entry: new_entry(id, rng.unit(8), i),
+        bytes: bytes.to_vec(),
+        extension: "png".into(),
+    };
+    let out = store
+        .add_uploads(vec![
+            upload("a", b"image x", 1, &mut rng),
+            upload("a", b"image y", 2, &mut rng),
+            upload("b", b"image x", 3, &mut rng),
+        ])
+        .unwrap();
+    assert!(
+        out[0].is_ok() && out[1].is_err() && out[2].is_ok(),
+        "{out:?}"
+    );
+    let images = blip_index::Index::sidecar(&path).join("images");
+    let files = || {
+        let mut f: Vec<String> = std::fs::read_dir(&images)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        f.sort();
+        f
+    };
+    assert_eq!(
+        files().len(),
+        1,
+        "the refused entry's image is gone: {:?}",
+        files()
+    );
+    let a = store.get("a").unwrap().unwrap();
+    assert_eq!(std::fs::read(&a.path).unwrap(), b"image x");
+    assert_eq!(store.get("b").unwrap().unwrap().path, a.path);
+    store.remove("a").unwrap().unwrap();
+    assert_eq!(files().len(), 1, "b still names it");
+    store.remove("b").unwrap().unwrap();
+    assert!(files().is_empty(), "{:?}", files());
+}
