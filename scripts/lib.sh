@@ -7,6 +7,11 @@ blip_cache() {
   echo "${BLIP_ONNX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/blip-onnx}"
 }
 
+# What `cargo test` builds (scripts/test.sh, test-web.sh): the workspace but the ANN benchmark tool,
+# which has no tests and whose hnsw_rs turns on libc features that change the build of nearly every
+# crate, so the Python module built next (scripts/build-wheel.sh --test) could reuse none of them.
+TEST_PACKAGES=(--workspace --exclude blip-bench-ann)
+
 # The pinned version NAME from versions.env (an error when it is not there).
 pinned() {
   local v

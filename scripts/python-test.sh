@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Builds the Python wheel and tests it against the native CLI (scripts/test.sh runs it).
-#   scripts/python-test.sh [pytest args...]
-# 1-2. scripts/build-wheel.sh: the build venv (scripts/python-setup.sh: pinned maturin, zig), then
-#    `maturin build --release`: one abi3 wheel (CPython >= 3.9, manylinux_2_28) in target/python-wheels,
+#   scripts/python-test.sh [pytest args...]             the whole suite on a dev-profile build
+#   scripts/python-test.sh --release [pytest args...]   the wheel to ship (.ci/run adds this)
+# 1-2. scripts/build-wheel.sh: the build venv (scripts/python-setup.sh: pinned maturin), then
+#    by default the module in the dev profile, reusing what `cargo test --workspace` built; with
+#    --release the wheel to ship (release, manylinux_2_28 through zig), on which the task and
+#    console-script tests run: what only that build can break (the zig cross-link, the tag, the
+#    optimised code),
 # 3. a FRESH venv with only that wheel (its onnxruntime dependency from PyPI), the test pins and
 #    pinned Ray (python/requirements-*.txt),
 # 4. pytest python/tests, which converts the shapes fixtures with the CLI binary and compares, and
@@ -10,18 +14,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
+build=(--test)
+tests=(python/tests)
+reqs=(-r python/requirements-test.txt -r python/requirements-ray.txt -r python/requirements-clients.txt)
+if [ "${1:-}" = --release ]; then
+  shift
+  build=()
+  tests=(python/tests/test_tasks.py python/tests/test_cli.py)
+  reqs=(-r python/requirements-test.txt)
+fi
 eval "$(scripts/fetch-onnxruntime.sh)"  # the CLI the tests compare against loads it from here
 BLIP_ONNX_CLI="$(scripts/debug-cli.sh)"
 export BLIP_ONNX_CLI
-wheel="$(scripts/build-wheel.sh)"
+wheel="$(scripts/build-wheel.sh "${build[@]}")"
 echo "python-test.sh: built $wheel in $((SECONDS - start)) s" >&2
 
 TEST_VENV=target/python-test-venv
 rm -rf "$TEST_VENV"
 python3 -m venv "$TEST_VENV"
-"$TEST_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "$wheel" -r python/requirements-test.txt -r python/requirements-ray.txt -r python/requirements-clients.txt
+"$TEST_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$wheel" "${reqs[@]}"
 export BLIP_ONNX_REQUIRE_RAY=1  # the Ray cluster tests must run, not skip
 # From the repository root, so `blip_onnx` is the installed wheel, not the python/ source folder.
-"$TEST_VENV/bin/python" -m pytest -q -p no:cacheprovider python/tests "$@"
+"$TEST_VENV/bin/python" -m pytest -q -p no:cacheprovider "${tests[@]}" "$@"
 echo "python-test.sh: done in $((SECONDS - start)) s" >&2

@@ -42,7 +42,7 @@ for i in 00000 00001 00002 00003 00004 00005; do cp fixtures/shapes/test/images/
 # alone into an install root and run from another directory with no checkout in reach, it exports
 # the same site and serves. Built with the workspace's features (scripts/debug-cli.sh says why).
 if [ -n "${BLIP_TEST_CLI:-}" ]; then
-  BLIP_ONNX_EMBED_WEB=1 cargo test --workspace --no-run --quiet
+  BLIP_ONNX_EMBED_WEB=1 cargo test "${TEST_PACKAGES[@]}" --no-run --quiet
 else
   BLIP_ONNX_EMBED_WEB=1 cargo build --quiet -p blip-onnx-cli
 fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it (.ci/run calls this script).
+# The whole test suite, as CI runs it (.ci/run calls this script, then the release wheel's check).
 #   scripts/test.sh
 # 1. fetches ONNX Runtime (pinned wheel, sha256-checked) into the cache,
 # 2. checks formatting and clippy,
@@ -9,8 +9,9 @@
 # 5. converts every fixture and runs onnx.checker (full check) on each graph,
 # 6. runs schemathesis against `blip-onnx serve` (no 5xx, responses conform to docs/openapi.json),
 # 7. tests the server's page in headless Chromium (scripts/page-test.sh),
-# 8. builds the Python wheel, installs it in a fresh venv and tests it against the CLI
-#    (captions, embeddings, Ray on a two-node loopback cluster),
+# 8. builds the Python wheel (dev profile, reusing step 4's builds), installs it in a fresh venv and
+#    tests it against the CLI (captions, embeddings, Ray on a two-node loopback cluster); the
+#    release wheel is built and tested by `scripts/python-test.sh --release`, which .ci/run adds,
 # 9. runs the browser build in headless Chromium (scripts/test-web.sh: wasm build, exported site,
 #    in-browser results equal the native CLI's),
 # 10. runs every graph of every package flavour on every runtime a package claims
@@ -18,6 +19,7 @@
 # Each step's wall time goes to stderr, and the total at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 start=$SECONDS
 # A fresh clone has no incremental state to reuse: writing it only costs time and disk (CI).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
@@ -31,7 +33,7 @@ step cargo fmt --all --check
 step cargo clippy --workspace --all-targets --quiet -- -D warnings
 step scripts/check-seam.sh
 step scripts/setup-exiftool.sh
-step cargo test --workspace
+step cargo test "${TEST_PACKAGES[@]}"
 # The CLI binary those tests ran: the scripts below drive it (scripts/debug-cli.sh says why).
 export BLIP_TEST_CLI="$PWD/${CARGO_TARGET_DIR:-target}/debug/blip-onnx"
 # The shapes packages, converted once for every script below (scripts/lib.sh: shapes_packages).

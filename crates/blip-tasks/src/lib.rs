@@ -8,9 +8,6 @@ mod batch;
 mod cache_rows;
 mod cross_rows;
 pub mod defaults;
-// A pure-Rust engine for the task layer's tests.
-#[cfg(feature = "fake")]
-pub mod fake;
 pub mod generate;
 mod graphs;
 mod input;

@@ -1,11 +1,13 @@
-//! The task layer over the fake engine (`blip_tasks::fake`): decoding, iteration-level batching,
+//! The task layer over the fake engine (`blip_fake_engine`): decoding, iteration-level batching,
 //! ranking and error paths, each checked against results computed here from the fake's public
 //! math (its logit function, its embeddings and ITM logits), not from the code under test.
 
 use std::collections::HashMap;
 
+use blip_fake_engine::{
+    self as fake, DEC, EOS, FakeCross, FakeGraphs, IMAGE_TOKENS, PIXELS, VOCAB,
+};
 use blip_preprocess::FirstToken;
-use blip_tasks::fake::{self, DEC, EOS, FakeCross, FakeGraphs, IMAGE_TOKENS, PIXELS, VOCAB};
 use blip_tasks::{
     Blip, CandidateStates, CaptionOptions, DecodeBatch, Generation, Graphs, Strategy, TaskError,
     VqaOptions, ready,

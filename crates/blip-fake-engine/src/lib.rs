@@ -1,4 +1,4 @@
-//! A pure-Rust engine for tests (feature `fake`): [`FakeGraphs`] implements [`Graphs`] with small
+//! A pure-Rust engine for the task layer's tests: [`FakeGraphs`] implements [`Graphs`] with small
 //! deterministic math instead of BLIP's networks, so the task layer (decoding, batching, ranking,
 //! error paths) runs without ONNX Runtime or a converted package. [`fake_blip`] puts it behind a
 //! [`Blip`] with a 12-token word-level tokenizer.
@@ -19,7 +19,7 @@ use blip_package::{
 use blip_preprocess::{BlipTokenizer, TextBatch};
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
 
-use crate::{
+use blip_tasks::{
     Blip, CrossRows, DecoderFeed, Graphs, LogitPositions, Result, TaskError, VisionOutput,
     encoder_mask,
 };
