@@ -290,9 +290,9 @@ fn measure_one(pkg: &Path, args: &BenchArgs) -> Result<Engine> {
         rows.push(stats(times, batch, vision_case(size, batch)));
     }
     let hidden = m.vision(&px, 1)?.hidden;
-    let head = m.package.manifest.head_kind();
+    let head = m.package.manifest.head;
     match head {
-        Some(Head::Retrieval) => {
+        Head::Retrieval => {
             let times = timed(reps, || Ok(m.embed_texts(&[TEXT_32])?))?;
             rows.push(stats(times, 1, TEXT_CASE.into()));
             let dim = m.package.manifest.model.embed_dim.unwrap_or(256);
@@ -310,7 +310,7 @@ fn measure_one(pkg: &Path, args: &BenchArgs) -> Result<Engine> {
             })?;
             rows.push(stats(times, 1, RETRIEVAL_CASE.into()));
         }
-        Some(Head::Vqa) => {
+        Head::Vqa => {
             let batch = question_batch(&m)?;
             let times = timed(reps, || Ok(m.question_states(&batch, hidden.view())?))?;
             rows.push(stats(times, 1, TEXT_CASE.into()));
@@ -436,13 +436,13 @@ fn interleaved_steps(pkgs: &[PathBuf], args: &BenchArgs) -> Result<Vec<Interleav
     let mut models = Vec::new();
     for pkg in pkgs {
         let mut m = BlipModel::open(pkg, &opts).map_err(|e| measuring(pkg)(e.into()))?;
-        let head = m.package.manifest.head_kind();
-        if !matches!(head, Some(Head::Caption | Head::Vqa)) {
+        let head = m.package.manifest.head;
+        if !matches!(head, Head::Caption | Head::Vqa) {
             continue;
         }
         // What the decoder cross-attends to: the image states, or the question's for VQA.
         let hidden = m.vision(&m.pixel_values(&input)?, 1)?.hidden;
-        let states = if head == Some(Head::Vqa) {
+        let states = if head == Head::Vqa {
             let batch = question_batch(&m)?;
             m.question_states(&batch, hidden.view())?
         } else {

@@ -376,7 +376,7 @@ fn write_package(
                 .collect(),
             interpolated_from_image_size: (trained_size != v.image_size).then_some(trained_size),
         },
-        head: head.name().into(),
+        head,
         model: ModelDims {
             vision_hidden_size: v.hidden_size,
             vision_layers: v.num_hidden_layers,

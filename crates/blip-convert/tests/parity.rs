@@ -149,7 +149,7 @@ fn check_caption(pkg: &blip_package::Package, g: &Goldens) {
 #[test]
 fn caption_package_matches_pytorch() {
     let c = convert_fixture(&fixture("models/tiny-caption"), &ConvertOptions::default());
-    assert_eq!(c.pkg.manifest.head, "caption");
+    assert_eq!(c.pkg.manifest.head, blip_package::Head::Caption);
     check_caption(&c.pkg, &Goldens::load("tiny-caption"));
 }
 
@@ -317,7 +317,7 @@ fn retrieval_package_matches_pytorch() {
         &fixture("models/tiny-retrieval"),
         &ConvertOptions::default(),
     );
-    assert_eq!(c.pkg.manifest.head, "retrieval");
+    assert_eq!(c.pkg.manifest.head, blip_package::Head::Retrieval);
     assert_eq!(c.pkg.manifest.model.embed_dim, Some(24));
     check_retrieval(&c.pkg, &Goldens::load("tiny-retrieval"));
 }
@@ -396,7 +396,7 @@ fn check_vqa(pkg: &blip_package::Package, g: &Goldens) {
 #[test]
 fn vqa_package_matches_pytorch() {
     let c = convert_fixture(&fixture("models/tiny-vqa"), &ConvertOptions::default());
-    assert_eq!(c.pkg.manifest.head, "vqa");
+    assert_eq!(c.pkg.manifest.head, blip_package::Head::Vqa);
     check_vqa(&c.pkg, &Goldens::load("tiny-vqa"));
 }
 

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use blip_package::{
-    CROSS_KV, DECODER, FORMAT, FORMAT_VERSION, ITM, Manifest, ModelDims, Package, Preprocess,
+    CROSS_KV, DECODER, FORMAT, FORMAT_VERSION, Head, ITM, Manifest, ModelDims, Package, Preprocess,
     Producer, Source, Tokens, VISION_ENCODER, VQA_QUESTION_ENCODER,
 };
 use blip_preprocess::{BlipTokenizer, TextBatch};
@@ -508,7 +508,7 @@ pub fn tokens() -> Tokens {
 }
 
 /// A package manifest with the fake's dimensions (no graph files: the fake needs none).
-pub fn package(head: &str) -> Package {
+pub fn package(head: Head) -> Package {
     let manifest = Manifest {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
@@ -523,7 +523,7 @@ pub fn package(head: &str) -> Package {
             files: Vec::new(),
             interpolated_from_image_size: None,
         },
-        head: head.into(),
+        head,
         model: ModelDims {
             vision_hidden_size: HIDDEN,
             vision_layers: 1,
@@ -552,8 +552,8 @@ pub fn package(head: &str) -> Package {
     }
 }
 
-/// A [`Blip`] over a fresh [`FakeGraphs`] (`head`: caption, retrieval or vqa).
-pub fn fake_blip(head: &str) -> Blip<FakeGraphs> {
+/// A [`Blip`] over a fresh [`FakeGraphs`] for `head`.
+pub fn fake_blip(head: Head) -> Blip<FakeGraphs> {
     let package = package(head);
     let mut tokenizer = BlipTokenizer::from_bytes(tokenizer_json().as_bytes(), "fake", tokens())
         .expect("the fake tokenizer parses");

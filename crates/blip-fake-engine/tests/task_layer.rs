@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use blip_fake_engine::{
     self as fake, DEC, EOS, FakeCross, FakeGraphs, IMAGE_TOKENS, PIXELS, VOCAB,
 };
+use blip_package::Head;
 use blip_preprocess::FirstToken;
 use blip_tasks::{
     Blip, CandidateStates, CaptionOptions, DecodeBatch, Generation, Graphs, Strategy, TaskError,
@@ -130,7 +131,7 @@ fn sample(top_k: usize, temperature: f32, seed: u64) -> Strategy {
 
 /// The caption ids of one image, on a fresh fake engine.
 fn caption_ids(pixels: &[f32], o: &CaptionOptions) -> Vec<i64> {
-    let mut blip = fake::fake_blip("caption");
+    let mut blip = fake::fake_blip(Head::Caption);
     ready(blip.caption_pixels(pixels, 1, o))
         .unwrap()
         .remove(0)
@@ -150,7 +151,7 @@ fn greedy_is_the_argmax_chain_of_the_fakes_logits() {
         let o = opts(Strategy::Greedy, prompt, 20, 0);
         // Four images captioned in one batch: each row reads its own image.
         let pixels: Vec<f32> = (0..4).flat_map(image).collect();
-        let mut blip = fake::fake_blip("caption");
+        let mut blip = fake::fake_blip(Head::Caption);
         let captions = ready(blip.caption_pixels(&pixels, 4, &o)).unwrap();
         for (k, c) in captions.iter().enumerate() {
             let want = reference_greedy(prompt_ids, image_context(&image(k)), 20, 0, 1.0);
@@ -198,7 +199,7 @@ fn beam_search_finds_the_brute_force_best_sequence() {
             let mut bests = Vec::new();
             for lp in [0.0, 1.0, 2.0] {
                 let (best, score) = brute_force_best(prompt_ids, ctx, STEPS, lp);
-                let mut blip = fake::fake_blip("caption");
+                let mut blip = fake::fake_blip(Head::Caption);
                 let o = opts(beam(beams, lp), prompt, max_length, 0);
                 let c = ready(blip.caption_pixels(&image(k), 1, &o))
                     .unwrap()
@@ -384,7 +385,7 @@ fn iteration_level_batching_gives_each_request_its_own_tokens() {
         .iter()
         .map(|(p, o)| caption_ids(p, o))
         .collect();
-    let mut blip = fake::fake_blip("caption");
+    let mut blip = fake::fake_blip(Head::Caption);
     let mut batch = DecodeBatch::new();
     let mut done = HashMap::new();
     // Requests join a running batch at different steps, so their caches differ in length.
@@ -413,7 +414,7 @@ fn a_request_failing_to_join_gets_its_error_and_the_others_their_captions() {
         .iter()
         .map(|(p, o)| caption_ids(p, o))
         .collect();
-    let mut blip = fake::fake_blip("caption");
+    let mut blip = fake::fake_blip(Head::Caption);
     let mut batch = DecodeBatch::new();
     let mut done = HashMap::new();
     join(&mut blip, &mut batch, 0, &mut done).unwrap();
@@ -442,7 +443,7 @@ fn a_request_failing_to_join_gets_its_error_and_the_others_their_captions() {
 #[test]
 fn a_failed_batched_step_fails_every_request_in_it() {
     // The batch API has no per-request errors inside a step: one decoder run serves every row.
-    let mut blip = fake::fake_blip("caption");
+    let mut blip = fake::fake_blip(Head::Caption);
     let mut batch = DecodeBatch::new();
     let mut done = HashMap::new();
     join(&mut blip, &mut batch, 0, &mut done).unwrap();
@@ -458,7 +459,7 @@ fn a_failed_batched_step_fails_every_request_in_it() {
 #[test]
 fn engine_failures_surface_as_task_errors_naming_the_graph() {
     let o = opts(beam(3, 1.0), "a cat", 20, 0);
-    let mut blip = fake::fake_blip("caption");
+    let mut blip = fake::fake_blip(Head::Caption);
     blip.graphs.fail_vision = true;
     let err = ready(blip.caption_pixels(&image(0), 1, &o)).unwrap_err();
     assert!(
@@ -470,7 +471,7 @@ fn engine_failures_surface_as_task_errors_naming_the_graph() {
         "nothing decoded after the vision failure"
     );
 
-    let mut blip = fake::fake_blip("caption");
+    let mut blip = fake::fake_blip(Head::Caption);
     blip.graphs.fail_decode_at = Some(2);
     let err = ready(blip.caption_pixels(&image(0), 1, &o)).unwrap_err();
     assert_eq!(
@@ -501,7 +502,7 @@ fn rank_images_reranks_the_itc_top_k_by_itm_plus_itc() {
     let all: Vec<f32> = images.concat();
     let vision = ready(reference.vision(&all, images.len())).unwrap();
     let embeds = vision.embeds.unwrap();
-    let blip = fake::fake_blip("retrieval");
+    let blip = fake::fake_blip(Head::Retrieval);
     let cls = blip
         .tokenizer
         .encode_batch(&[text], FirstToken::Cls, Some(35))
@@ -530,7 +531,7 @@ fn rank_images_reranks_the_itc_top_k_by_itm_plus_itc() {
         "the rerank changes ITC's order (else this test shows nothing)"
     );
 
-    let mut blip = fake::fake_blip("retrieval");
+    let mut blip = fake::fake_blip(Head::Retrieval);
     let mut pixels_of = |cand: &[usize]| Ok(cand.iter().flat_map(|&i| images[i].clone()).collect());
     let hits = ready(blip.rank_images(
         text,
@@ -588,7 +589,7 @@ fn vqa_encodes_the_image_once_for_several_questions() {
         ..VqaOptions::default()
     };
     let pixels = image(2);
-    let mut blip = fake::fake_blip("vqa");
+    let mut blip = fake::fake_blip(Head::Vqa);
     let answers = ready(blip.answer_pixels_of(&pixels, 1, &[0, 0, 0], &questions, &o)).unwrap();
     let c = blip.graphs.calls;
     assert_eq!(
@@ -608,10 +609,10 @@ fn vqa_encodes_the_image_once_for_several_questions() {
         ..VqaOptions::default()
     };
     let batched =
-        ready(fake::fake_blip("vqa").answer_pixels_of(&pixels, 1, &[0, 0, 0], &questions, &o))
+        ready(fake::fake_blip(Head::Vqa).answer_pixels_of(&pixels, 1, &[0, 0, 0], &questions, &o))
             .unwrap();
     for (q, b) in questions.iter().zip(&batched) {
-        let alone = ready(fake::fake_blip("vqa").answer_pixels(&pixels, 1, &[q], &o)).unwrap();
+        let alone = ready(fake::fake_blip(Head::Vqa).answer_pixels(&pixels, 1, &[q], &o)).unwrap();
         assert_eq!(alone[0], *b, "{q}");
     }
 }
@@ -655,7 +656,7 @@ fn vqa_rank_mode_scores_answers_by_their_smoothed_likelihood() {
         .unwrap()
         .0;
 
-    let mut blip = fake::fake_blip("vqa");
+    let mut blip = fake::fake_blip(Head::Vqa);
     let ranked = ready(blip.rank_answers_pixels(&pixels, 1, &[question], &answers, k, 35)).unwrap();
     assert_eq!(ranked[0].best, best);
     assert_eq!(

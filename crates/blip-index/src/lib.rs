@@ -64,7 +64,10 @@ pub enum IndexError {
     #[error(
         "package {package} (head {head}) has no image embeddings; indexing needs a retrieval package"
     )]
-    NoImageEmbeddings { package: PathBuf, head: String },
+    NoImageEmbeddings {
+        package: PathBuf,
+        head: blip_package::Head,
+    },
     #[error("embedding of {id} has {got} values, the index holds {expected}-wide ones")]
     EmbeddingWidth {
         id: String,
@@ -276,7 +279,7 @@ pub fn scan_images(dir: &Path) -> Result<Scan> {
 pub fn image_embedding_width(pkg: &Package) -> Result<usize> {
     let none = || IndexError::NoImageEmbeddings {
         package: pkg.dir.clone(),
-        head: pkg.manifest.head.clone(),
+        head: pkg.manifest.head,
     };
     let vision = pkg
         .manifest

@@ -51,8 +51,7 @@ pub fn convert(id: &ModelId, output: &Path, force: bool, json: bool) -> Result<u
     let head = blip_package::Package::open(output)
         .with_context(|| format!("opening {}", output.display()))?
         .manifest
-        .head
-        .clone();
+        .head;
     if json {
         println!(
             "{}",

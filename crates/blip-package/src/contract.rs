@@ -72,6 +72,24 @@ impl fmt::Display for Head {
 #[error("unknown head {0:?} (expected caption, retrieval or vqa)")]
 pub struct UnknownHead(pub String);
 
+/// In `blip.json` a head is its manifest name ([`Head::name`]); any other string is refused when
+/// the manifest is parsed, naming the heads there are.
+impl serde::Serialize for Head {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Head {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Head, D::Error> {
+        let name = String::deserialize(d)?;
+        Head::from_manifest_name(&name).ok_or_else(|| {
+            let heads: Vec<&str> = Head::ALL.iter().map(|h| h.name()).collect();
+            serde::de::Error::custom(format!("head {name:?} is not one of {}", heads.join(", ")))
+        })
+    }
+}
+
 impl FromStr for Head {
     type Err = UnknownHead;
 

@@ -85,7 +85,7 @@ pub enum PackageError {
     NoSuchGraph {
         path: PathBuf,
         graph: String,
-        head: String,
+        head: Head,
     },
 }
 
@@ -96,7 +96,7 @@ pub struct Manifest {
     pub producer: Producer,
     pub source: Source,
     /// caption | retrieval | vqa
-    pub head: String,
+    pub head: Head,
     pub model: ModelDims,
     pub preprocess: Preprocess,
     pub tokens: Tokens,
@@ -215,11 +215,6 @@ pub struct GraphEntry {
 }
 
 impl Manifest {
-    /// The head `head` names (`None` only for a manifest that did not pass [`Manifest::parse`]).
-    pub fn head_kind(&self) -> Option<Head> {
-        Head::from_manifest_name(&self.head)
-    }
-
     /// Parses and checks a `blip.json` (format and version); `path` names it in errors (a file
     /// or, in the browser, a URL).
     pub fn parse(text: &str, path: &Path) -> Result<Manifest, PackageError> {
@@ -335,7 +330,7 @@ impl Package {
             .ok_or_else(|| PackageError::NoSuchGraph {
                 path: self.dir.clone(),
                 graph: role.to_string(),
-                head: self.manifest.head.clone(),
+                head: self.manifest.head,
             })
     }
 

@@ -4,7 +4,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::{Head, Manifest, PackageError};
+use crate::{Manifest, PackageError};
 
 fn bad(path: &Path, field: &str, message: impl Into<String>) -> PackageError {
     PackageError::InvalidField {
@@ -17,14 +17,6 @@ fn bad(path: &Path, field: &str, message: impl Into<String>) -> PackageError {
 impl Manifest {
     /// Checks sizes, token ids and limits for consistency; `path` is the manifest, for errors.
     pub fn validate_values(&self, path: &Path) -> Result<(), PackageError> {
-        if self.head_kind().is_none() {
-            let heads: Vec<&str> = Head::ALL.iter().map(|h| h.name()).collect();
-            return Err(bad(
-                path,
-                "head",
-                format!("{:?} is not one of {}", self.head, heads.join(", ")),
-            ));
-        }
         let m = &self.model;
         let positive = [
             ("model.vision_hidden_size", m.vision_hidden_size),

@@ -51,7 +51,7 @@ fn write_package(dir: &Path) -> Manifest {
             files: vec![],
             interpolated_from_image_size: None,
         },
-        head: "caption".into(),
+        head: blip_package::Head::Caption,
         model: ModelDims {
             vision_hidden_size: 32,
             vision_layers: 2,

@@ -198,9 +198,31 @@ impl OrtGraphs {
         package: &Package,
         opts: &SessionOptions,
     ) -> Result<OrtGraphs> {
+        // One thread per graph: creating a session (parsing, optimizing, pre-packing weights) is
+        // single-threaded work, so the graphs of a package open side by side.
+        let opened: Vec<(String, Result<Session>)> = std::thread::scope(|scope| {
+            let opening: Vec<_> = package
+                .manifest
+                .graphs
+                .keys()
+                .map(|role| {
+                    let job = scope.spawn(move || library.package_session(package, role, opts));
+                    (role, job)
+                })
+                .collect();
+            opening
+                .into_iter()
+                .map(|(role, job)| {
+                    let session = job
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (role.clone(), session)
+                })
+                .collect()
+        });
         let mut sessions = HashMap::new();
-        for role in package.manifest.graphs.keys() {
-            sessions.insert(role.clone(), library.package_session(package, role, opts)?);
+        for (role, session) in opened {
+            sessions.insert(role, session?);
         }
         Ok(OrtGraphs {
             package: package.clone(),
@@ -219,7 +241,7 @@ impl OrtGraphs {
             TaskError::Package(blip_package::PackageError::NoSuchGraph {
                 path: package.dir.clone(),
                 graph: role.to_string(),
-                head: package.manifest.head.clone(),
+                head: package.manifest.head,
             })
         })
     }

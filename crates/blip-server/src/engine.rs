@@ -298,11 +298,11 @@ fn probe(model: &mut BlipModel) -> Result<(), RuntimeError> {
     let s = model.package.manifest.preprocess.image_size;
     let pixels = vec![0.0f32; 3 * s * s];
     let v = model.vision(&pixels, 1)?;
-    match model.package.manifest.head_kind() {
-        Some(Head::Retrieval) => {
+    match model.package.manifest.head {
+        Head::Retrieval => {
             model.embed_texts(&["a"])?;
         }
-        Some(Head::Caption) => {
+        Head::Caption => {
             let opts = CaptionOptions {
                 max_length: model.tokenizer.prompt_ids("")?.len() + 2,
                 min_length: 0,
@@ -312,7 +312,7 @@ fn probe(model: &mut BlipModel) -> Result<(), RuntimeError> {
             };
             model.caption_pixels(&pixels, 1, &opts)?;
         }
-        Some(Head::Vqa) | None => {
+        Head::Vqa => {
             let _ = v;
         }
     }

@@ -88,13 +88,7 @@ impl AppState {
         let mut served: Vec<Served> = Vec::new();
         for dir in &args.packages {
             let package = Package::open(dir)?;
-            let head = package.manifest.head_kind().ok_or_else(|| {
-                ServerError::Config(format!(
-                    "package {} has an unknown head {:?}",
-                    dir.display(),
-                    package.manifest.head
-                ))
-            })?;
+            let head = package.manifest.head;
             if let Some(other) = served.iter().find(|s| s.head == head) {
                 return Err(ServerError::Config(format!(
                     "packages {} and {} both have the {} head; serve one per head",

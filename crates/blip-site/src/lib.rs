@@ -155,7 +155,7 @@ pub struct ExportOptions {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SitePackage {
     pub name: String,
-    pub head: String,
+    pub head: blip_package::Head,
     /// Relative to the site root.
     pub url: String,
     pub bytes: u64,
@@ -287,7 +287,7 @@ pub fn export(opts: &ExportOptions, out: &Path) -> Result<SiteIndex> {
             }
             index.packages.push(SitePackage {
                 name: name.clone(),
-                head: m.head.clone(),
+                head: m.head,
                 url: format!("packages/{name}/"),
                 bytes,
             });

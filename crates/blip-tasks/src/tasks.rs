@@ -2,7 +2,7 @@
 //! decoding strategy), ITC embeddings, ITM, retrieval (ITC top-k → ITM rerank, score = ITM logit +
 //! ITC similarity, as BLIP's evaluation), and VQA (generation, or LAVIS's rank mode over an answer list).
 
-use blip_package::Package;
+use blip_package::{Head, Package};
 use blip_preprocess::{BlipTokenizer, FirstToken, ImagePreprocessor};
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
 
@@ -176,8 +176,8 @@ impl<G: Graphs> Blip<G> {
         }
     }
 
-    pub fn head(&self) -> &str {
-        &self.package.manifest.head
+    pub fn head(&self) -> Head {
+        self.package.manifest.head
     }
 
     /// How many images the vision encoder has encoded so far (a repeated image in one call counts once).

@@ -247,7 +247,7 @@ fn reference_gates(
         t.quantized_max_abs
     };
     let exact_limit = if fp32 { 1.0 } else { t.min_caption_exact };
-    if b.head != m.head() {
+    if b.head != m.head().name() {
         return Err(ValidateError::Input(format!(
             "the reference bundle is for a {} model, the package is {}",
             b.head,
@@ -301,8 +301,8 @@ fn reference_gates(
         &b.f32("vision.last_hidden_state")?,
         tol,
     ));
-    match m.package.manifest.head_kind() {
-        Some(Head::Retrieval) => {
+    match m.package.manifest.head {
+        Head::Retrieval => {
             let img = vision.embeds.clone().unwrap_or_default();
             gates.push(diff_gate(
                 "reference: vision.image_embeds",
@@ -335,7 +335,7 @@ fn reference_gates(
                 tol,
             ));
         }
-        Some(head @ (Head::Caption | Head::Vqa)) => {
+        head @ (Head::Caption | Head::Vqa) => {
             // The decoder cross-attends to the image states (captions) or the question states (VQA).
             let (states, what) = if head == Head::Vqa {
                 let q = b.text_batch("question")?;
@@ -404,7 +404,6 @@ fn reference_gates(
                 );
             }
         }
-        None => {}
     }
     Ok(())
 }
@@ -512,8 +511,8 @@ fn against_gates(
         format!("mean {mean:.5} over {n} images"),
     ));
     let texts: Vec<&str> = opts.texts.iter().map(String::as_str).collect();
-    match a.package.manifest.head_kind() {
-        Some(Head::Retrieval) => {
+    match a.package.manifest.head {
+        Head::Retrieval => {
             let (ia, ib) = (va.embeds.unwrap_or_default(), vb.embeds.unwrap_or_default());
             let (ta, tb) = (a.embed_texts(&texts)?, b.embed_texts(&texts)?);
             let (imin, imean) = rows_cosines(&ia, &ib);
@@ -553,7 +552,7 @@ fn against_gates(
                 "mean overlap of the top-k sets",
             ));
         }
-        Some(Head::Caption) => {
+        Head::Caption => {
             let opts = CaptionOptions {
                 strategy: Strategy::Greedy,
                 ..Default::default()
@@ -567,7 +566,7 @@ fn against_gates(
             let limit = if both_fp32 { 1.0 } else { t.min_caption_exact };
             sequence_gates("against: greedy captions", &got, &want, limit, gates);
         }
-        Some(Head::Vqa) => {
+        Head::Vqa => {
             // Every question on every image.
             let (mut pix, mut qs) = (Vec::new(), Vec::new());
             let per = pixels.len() / n.max(1);
@@ -596,7 +595,6 @@ fn against_gates(
                 format!("{} image-question pairs", xa.len()),
             ));
         }
-        None => {}
     }
     Ok(())
 }
@@ -610,14 +608,14 @@ fn task_metric(m: &mut BlipModel, ds: &Path, opts: &ValidateOptions) -> Result<(
     };
     let mut quiet = |_: usize, _: usize, _: &str| {};
     let err = |e: blip_eval::EvalError| ValidateError::Input(e.to_string());
-    Ok(match m.package.manifest.head_kind() {
-        Some(Head::Caption) => (
+    Ok(match m.package.manifest.head {
+        Head::Caption => (
             "CIDEr-D".into(),
             blip_eval::evaluate_captions(m, &data, &eopts, &mut quiet)
                 .map_err(err)?
                 .cider_d,
         ),
-        Some(Head::Retrieval) => {
+        Head::Retrieval => {
             let r = blip_eval::evaluate_retrieval(m, &data, &eopts, &mut quiet).map_err(err)?;
             let best = r.text_to_image_itm.unwrap_or(r.text_to_image_itc);
             ("text→image R@1".into(), best.r1)
@@ -736,8 +734,8 @@ fn batch_gates(
         .cycle()
         .take(nmax)
         .collect();
-    match m.package.manifest.head_kind() {
-        Some(Head::Retrieval) => {
+    match m.package.manifest.head {
+        Head::Retrieval => {
             let runs = batch_runs(nmax, |start, bs| {
                 let e = m.embed_texts(&texts[start..start + bs])?;
                 Ok(e.outer_iter().map(|r| r.to_vec()).collect())
@@ -749,7 +747,7 @@ fn batch_gates(
                 "texts of different lengths share a padded batch",
             ));
         }
-        Some(Head::Caption) => {
+        Head::Caption => {
             let runs = batch_runs(nmax, |start, bs| {
                 let caps = m.caption_pixels(px(start, bs), bs, &CaptionOptions::default())?;
                 Ok(caps.into_iter().map(|c| c.ids).collect())
@@ -762,7 +760,7 @@ fn batch_gates(
                 format!("{total} captions"),
             ));
         }
-        Some(Head::Vqa) => {
+        Head::Vqa => {
             let vopts = VqaOptions {
                 mask_question_padding: true,
                 ..Default::default()
@@ -780,7 +778,6 @@ fn batch_gates(
                 format!("{total} answers"),
             ));
         }
-        None => {}
     }
     Ok(())
 }
@@ -810,7 +807,7 @@ fn edge_gates(m: &mut BlipModel, gates: &mut Vec<Gate>) {
             ),
         ),
     ];
-    let head = m.package.manifest.head_kind();
+    let head = m.package.manifest.head;
     for (what, img) in images {
         let result = (|| -> std::result::Result<String, String> {
             let px = m.pixel_values(&img).map_err(|e| e.to_string())?;
@@ -819,7 +816,7 @@ fn edge_gates(m: &mut BlipModel, gates: &mut Vec<Gate>) {
                 return Err("non-finite vision states".into());
             }
             match head {
-                Some(Head::Caption) => {
+                Head::Caption => {
                     let c = m
                         .caption(std::slice::from_ref(&img), &CaptionOptions::default())
                         .map_err(|e| e.to_string())?
@@ -829,7 +826,7 @@ fn edge_gates(m: &mut BlipModel, gates: &mut Vec<Gate>) {
                         .map_err(|e| e.to_string())?;
                     Ok(format!("caption {:?}", c.text))
                 }
-                Some(Head::Vqa) => {
+                Head::Vqa => {
                     let a = m
                         .answer(
                             std::slice::from_ref(&img),
@@ -846,10 +843,10 @@ fn edge_gates(m: &mut BlipModel, gates: &mut Vec<Gate>) {
     }
     // Empty text: the tokenizer gives [CLS]/[ENC] + [SEP]; graphs must run on it.
     let result = match head {
-        Some(Head::Retrieval) => m
+        Head::Retrieval => m
             .embed_texts(&[""])
             .map(|e| format!("embedding of {} values", e.len())),
-        Some(Head::Vqa) => m
+        Head::Vqa => m
             .answer(&[images_for_empty()], &[""], &VqaOptions::default())
             .map(|a| format!("answer {:?}", a.first().map(|a| a.text.clone()))),
         _ => m
@@ -888,7 +885,7 @@ fn long_run_gate(
     gates: &mut Vec<Gate>,
 ) -> Result<()> {
     let pixels = images.image(0);
-    let retrieval = m.package.manifest.head_kind() == Some(Head::Retrieval);
+    let retrieval = m.package.manifest.head == Head::Retrieval;
     let warmup = (opts.long_run / 10).max(1);
     let mut start = 0u64;
     for i in 0..opts.long_run {

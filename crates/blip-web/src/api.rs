@@ -158,7 +158,7 @@ pub struct BrowserBlip {
     // Taken out for the duration of a call (calls are async and JS may start another meanwhile):
     // a second concurrent call gets a clear "busy" error instead of a RefCell panic.
     model: Rc<RefCell<Option<Model>>>,
-    head: String,
+    head: blip_package::Head,
     execution_provider: String,
     execution_provider_reason: String,
 }
@@ -290,7 +290,7 @@ impl BrowserBlip {
             dir: base.into(),
             manifest,
         };
-        let head = package.manifest.head.clone();
+        let head = package.manifest.head;
         let graphs = WebGraphs::new(&package, sessions);
         Ok(BrowserBlip {
             model: Rc::new(RefCell::new(Some(Model::new(package, tokenizer, graphs)))),
@@ -315,7 +315,7 @@ impl BrowserBlip {
     /// caption | retrieval | vqa
     #[wasm_bindgen(getter)]
     pub fn head(&self) -> String {
-        self.head.clone()
+        self.head.name().to_string()
     }
 
     /// The package manifest (blip.json) as JSON.

@@ -134,7 +134,7 @@ impl WebGraphs {
             TaskError::Package(blip_package::PackageError::NoSuchGraph {
                 path: self.package.dir.clone(),
                 graph: role.to_string(),
-                head: self.package.manifest.head.clone(),
+                head: self.package.manifest.head,
             })
         })
     }
