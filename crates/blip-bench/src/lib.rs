@@ -18,6 +18,7 @@ use blip_runtime::{
 };
 use serde::{Deserialize, Serialize};
 
+pub mod open;
 pub mod runtime;
 
 /// What a benchmark run can fail on.

@@ -299,6 +299,23 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// Package open time in fresh processes (ready to caption): each run starts this binary anew;
+    /// medians as JSON, and as Markdown with --out.
+    BenchOpen {
+        /// Package folders, measured interleaved.
+        #[arg(required = true)]
+        packages: Vec<PathBuf>,
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Write OUT.json and OUT.md.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Open the one package once in this process and print the milliseconds (what each run does).
+        #[arg(long, hide = true)]
+        child: bool,
+    },
     /// Serve every loaded package over HTTP (caption, embed, ITM, VQA, search; metrics, OpenAPI, demo page).
     ///
     /// Images of concurrent requests are batched into one vision-encoder run; beyond the admission
@@ -696,6 +713,23 @@ fn run(cli: Cli) -> Result<u8> {
             reps,
             threads,
         )?),
+        Command::BenchOpen {
+            packages,
+            runs,
+            threads,
+            out,
+            child,
+        } => {
+            if child {
+                let [package] = packages.as_slice() else {
+                    anyhow::bail!("bench-open --child opens exactly one package");
+                };
+                Ok(blip_bench::open::child(package, threads)?)
+            } else {
+                let pkgs: Vec<&std::path::Path> = packages.iter().map(PathBuf::as_path).collect();
+                Ok(blip_bench::open::run(&pkgs, runs, threads, out.as_deref())?)
+            }
+        }
         Command::Index {
             action,
             common,

@@ -17,8 +17,11 @@ use crate::{GraphEntry, Package, PackageError};
 /// The stamp file in a package folder (hidden; not part of the manifest, never copied).
 pub const VERIFIED_STAMP: &str = ".blip-verified";
 
+/// What identifies a file's bytes without reading them: size, mtime, ctime and inode, with the
+/// sha256 they were verified against. Any write to the file moves its ctime and a replaced file has
+/// another inode, so an equal stamp means the verified bytes are still there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct FileKey {
+pub struct FileStamp {
     sha256: String,
     len: u64,
     mtime_ns: i128,
@@ -26,9 +29,16 @@ struct FileKey {
     ino: u64,
 }
 
+impl FileStamp {
+    /// The stamp of `path` as it is now, for bytes whose sha256 is (or derive from) `sha256`.
+    pub fn of(path: &Path, sha256: &str) -> std::io::Result<FileStamp> {
+        key_of(path, sha256)
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Stamp {
-    files: BTreeMap<String, FileKey>,
+    files: BTreeMap<String, FileStamp>,
 }
 
 impl GraphEntry {
@@ -40,7 +50,7 @@ impl GraphEntry {
     }
 }
 
-fn key_of(path: &Path, sha256: &str) -> std::io::Result<FileKey> {
+fn key_of(path: &Path, sha256: &str) -> std::io::Result<FileStamp> {
     let m = std::fs::metadata(path)?;
     let ns = |t: std::io::Result<std::time::SystemTime>| -> i128 {
         t.ok()
@@ -58,7 +68,7 @@ fn key_of(path: &Path, sha256: &str) -> std::io::Result<FileKey> {
     };
     #[cfg(not(unix))]
     let (ctime_ns, ino) = (-1, 0);
-    Ok(FileKey {
+    Ok(FileStamp {
         sha256: sha256.to_string(),
         len: m.len(),
         mtime_ns: ns(m.modified()),

@@ -13,7 +13,7 @@ mod staging;
 mod validation;
 
 pub use contract::{DecoderShape, Graph, Head, UnknownGraph, UnknownHead, io};
-pub use integrity::VERIFIED_STAMP;
+pub use integrity::{FileStamp, VERIFIED_STAMP};
 pub use runtime::{Runtime, UnknownRuntime};
 pub use staging::{
     OutputLock, STAGING_PREFIX, StagedError, output_paths_in, staging_path, sweep_leftovers,

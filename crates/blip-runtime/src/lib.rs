@@ -8,6 +8,7 @@
 //! library with one line that says how to fix it.
 
 mod engine;
+mod graph_cache;
 mod model;
 pub mod smoke;
 
@@ -129,9 +130,10 @@ fn with_cuda(
     ))
 }
 
-/// Where the fetch script caches the library (keep in sync with scripts/fetch-onnxruntime.sh).
-pub fn cached_library_path() -> Option<PathBuf> {
-    let base = std::env::var_os("BLIP_ONNX_CACHE")
+/// blip-onnx's cache folder: `BLIP_ONNX_CACHE`, else `$XDG_CACHE_HOME/blip-onnx`, else
+/// `~/.cache/blip-onnx` (scripts/lib.sh's `blip_cache`).
+pub fn cache_root() -> Option<PathBuf> {
+    std::env::var_os("BLIP_ONNX_CACHE")
         .map(PathBuf::from)
         .or_else(|| {
             std::env::var_os("XDG_CACHE_HOME")
@@ -140,9 +142,14 @@ pub fn cached_library_path() -> Option<PathBuf> {
                     std::env::var_os("HOME")
                         .map(|h| PathBuf::from(h).join(".cache").join("blip-onnx"))
                 })
-        })?;
+        })
+}
+
+/// Where the fetch script caches the library (keep in sync with scripts/fetch-onnxruntime.sh).
+pub fn cached_library_path() -> Option<PathBuf> {
     Some(
-        base.join(format!("onnxruntime-{ORT_VERSION}"))
+        cache_root()?
+            .join(format!("onnxruntime-{ORT_VERSION}"))
             .join(format!("libonnxruntime.so.{ORT_VERSION}")),
     )
 }
@@ -343,11 +350,27 @@ impl OrtLibrary {
 
     /// Opens one graph file as a session.
     pub fn session(&self, path: &Path, opts: &SessionOptions) -> Result<Session> {
+        self.builder(path, opts, opts.opt_level)?
+            .commit_from_file(path)
+            .map_err(|e| RuntimeError::Session {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+    }
+
+    /// A session builder with `opts` (threads, device) at optimization `level`; `path` names the
+    /// graph in errors.
+    fn builder(
+        &self,
+        path: &Path,
+        opts: &SessionOptions,
+        level: OptLevel,
+    ) -> Result<ort::session::builder::SessionBuilder> {
         let err = |message: String| RuntimeError::Session {
             path: path.to_path_buf(),
             message,
         };
-        let level = GraphOptimizationLevel::from(opts.opt_level);
+        let level = GraphOptimizationLevel::from(level);
         let mut builder = Session::builder(&self.env)
             .map_err(|e| err(e.to_string()))?
             .with_optimization_level(level)
@@ -377,9 +400,7 @@ impl OrtLibrary {
         if let Device::Cuda { device_id } = opts.device {
             builder = with_cuda(builder, device_id)?;
         }
-        builder
-            .commit_from_file(path)
-            .map_err(|e| err(e.to_string()))
+        Ok(builder)
     }
 
     /// Lets ONNX Runtime optimize the graph at `src` (on the CPU provider) and save the result to
@@ -433,8 +454,11 @@ impl OrtLibrary {
         opts: &SessionOptions,
     ) -> Result<Session> {
         let path = package.graph_path(role)?;
-        let session = self.session(&path, opts)?;
         let entry = package.graph(role)?;
+        let session = match graph_cache::OptimizedGraph::for_graph(self, entry, opts) {
+            Some(cached) => cached.session(self, &path, opts)?,
+            None => self.session(&path, opts)?,
+        };
         check_io(&session, entry).map_err(|message| RuntimeError::GraphMismatch {
             path: path.clone(),
             message,

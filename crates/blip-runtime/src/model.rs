@@ -37,10 +37,18 @@ impl BlipModel {
     pub fn open(dir: &Path, opts: &SessionOptions) -> Result<BlipModel> {
         let package = Package::open(dir)?;
         let library = OrtLibrary::init_with_threads(opts.intra_threads)?;
-        // Limited to the model's positions and checked against its vocabulary: texts that do not
-        // fit are refused by name before inference.
-        let tokenizer = BlipTokenizer::for_package(&package)?;
-        let graphs = OrtGraphs::open(&library, &package, opts)?;
+        // The tokenizer loads while the sessions are created (each on threads of their own).
+        let (tokenizer, graphs) = std::thread::scope(|scope| {
+            // Limited to the model's positions and checked against its vocabulary: texts that do
+            // not fit are refused by name before inference.
+            let tokenizer = scope.spawn(|| BlipTokenizer::for_package(&package));
+            let graphs = OrtGraphs::open(&library, &package, opts);
+            let tokenizer = tokenizer
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (tokenizer, graphs)
+        });
+        let (tokenizer, graphs) = (tokenizer?, graphs?);
         Ok(BlipModel(Blip::new(package, tokenizer, graphs)))
     }
 
