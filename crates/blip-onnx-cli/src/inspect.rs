@@ -2,7 +2,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use blip_package::Package;
-use blip_runtime::{OrtLibrary, SessionOptions, smoke};
+use blip_runtime::{Int8Path, OrtLibrary, SessionOptions, smoke};
 
 pub fn inspect(dir: &Path, run: bool, threads: usize) -> Result<()> {
     let pkg = Package::open(dir)?;
@@ -34,6 +34,10 @@ pub fn inspect(dir: &Path, run: bool, threads: usize) -> Result<()> {
         "tokens    bos {} enc {} sep/eos {} pad {}",
         m.tokens.bos, m.tokens.enc, m.tokens.sep, m.tokens.pad
     );
+    if m.graphs.values().any(|g| g.precision.contains("int8")) {
+        let path = Int8Path::detect();
+        println!("int8      {} on this CPU: {}", path.name(), path.reason());
+    }
     let rt = if run { Some(OrtLibrary::init()?) } else { None };
     for (role, g) in &m.graphs {
         print!(

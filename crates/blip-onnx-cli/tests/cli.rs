@@ -55,6 +55,40 @@ fn convert_then_inspect_runs_every_graph() {
 }
 
 #[test]
+fn inspect_names_the_int8_kernel_of_this_cpu_for_int8_packages_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let fp32 = dir.path().join("fp32");
+    let int8 = dir.path().join("int8");
+    let ck = fixture("models/tiny-caption");
+    let (ok, _, stderr) = blip(&[
+        "convert",
+        ck.to_str().unwrap(),
+        "-o",
+        fp32.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = blip(&[
+        "quantize",
+        fp32.to_str().unwrap(),
+        "-o",
+        int8.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let want = if flags.contains(" avx512_vnni") || flags.contains(" avx_vnni") {
+        "int8      u8s8-vnni on this CPU: the CPU has VNNI"
+    } else {
+        "int8      u8u8 on this CPU: the CPU has no VNNI"
+    };
+    let (ok, stdout, stderr) = blip(&["inspect", int8.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.lines().any(|l| l.starts_with(want)), "{stdout}");
+    let (ok, stdout, stderr) = blip(&["inspect", fp32.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(!stdout.contains("int8 "), "{stdout}");
+}
+
+#[test]
 fn convert_refuses_to_overwrite_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pkg");

@@ -175,6 +175,60 @@ pub fn find_library() -> Result<PathBuf> {
     })
 }
 
+/// The kernel ONNX Runtime's dynamic INT8 matrix products (`MatMulInteger`, `DynamicQuantizeMatMul`)
+/// take on this CPU with the session settings of [`OrtLibrary::session`], for `inspect` and `/info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8Path {
+    /// x86 with VNNI (AVX-512 VNNI or AVX-VNNI): u8 x s8 products summed in int32, exact and fast.
+    U8S8Vnni,
+    /// x86 without VNNI: u8 x u8, exact; the faster u8 x s8 kernel would sum pairs of products in
+    /// saturating int16 and lose accuracy on full-range int8 weights.
+    U8U8,
+    /// Not x86 (Arm's int8 dot products have no saturating step): u8 x s8.
+    U8S8,
+}
+
+impl Int8Path {
+    /// The path on the CPU this process runs on.
+    pub fn detect() -> Int8Path {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512vnni")
+                || std::arch::is_x86_feature_detected!("avxvnni")
+            {
+                Int8Path::U8S8Vnni
+            } else {
+                Int8Path::U8U8
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Int8Path::U8S8
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8Path::U8S8Vnni => "u8s8-vnni",
+            Int8Path::U8U8 => "u8u8",
+            Int8Path::U8S8 => "u8s8",
+        }
+    }
+
+    /// Why this path runs, in a sentence.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Int8Path::U8S8Vnni => {
+                "the CPU has VNNI: u8 x s8 products are summed in int32 (exact, fastest)"
+            }
+            Int8Path::U8U8 => {
+                "the CPU has no VNNI: ONNX Runtime's u8 x s8 kernel would sum pairs of products in saturating int16, so sessions ask for the exact u8 x u8 kernel (session.x64quantprecision)"
+            }
+            Int8Path::U8S8 => "not x86: u8 x s8 without a saturating step",
+        }
+    }
+}
+
 /// Graph optimisation level for sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OptLevel {

@@ -278,11 +278,21 @@ pub struct IndexInfo {
     pub rerank_states: String,
 }
 
+/// The kernel dynamic INT8 matrix products take on the server's CPU, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Int8PathInfo {
+    /// `u8s8-vnni`, `u8u8` or `u8s8`.
+    pub path: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Info {
     pub version: String,
     pub packages: Vec<PackageInfo>,
     pub execution_provider: String,
+    /// Which INT8 kernel this CPU runs (it matters for INT8 packages' speed and accuracy).
+    pub int8_path: Int8PathInfo,
     pub threads: usize,
     pub api_key_required: bool,
     pub limits: Limits,

@@ -1082,6 +1082,13 @@ async fn info(State(state): St) -> Json<Info> {
             })
             .collect(),
         execution_provider: "cpu".into(),
+        int8_path: {
+            let path = blip_runtime::Int8Path::detect();
+            Int8PathInfo {
+                path: path.name().into(),
+                reason: path.reason().into(),
+            }
+        },
         threads: blip_runtime::resolve_threads(a.threads),
         api_key_required: a.api_key.is_some(),
         limits: Limits {

@@ -506,6 +506,20 @@ async fn index_add_search_get_and_delete_persist_and_rank_as_the_library() {
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["index"]["images"], 6);
     assert_eq!(info["index"]["rerank_states"], "f16");
+    // The INT8 kernel, read from the CPU's flags here rather than from the server's own code.
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let vnni = flags.contains(" avx512_vnni") || flags.contains(" avx_vnni");
+    assert_eq!(
+        info["int8_path"]["path"],
+        if vnni { "u8s8-vnni" } else { "u8u8" },
+        "{info}"
+    );
+    assert!(
+        info["int8_path"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("VNNI")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
