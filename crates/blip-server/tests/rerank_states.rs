@@ -148,12 +148,12 @@ fn int8_states_keep_the_f16_ranking_of_the_shapes_test_queries() {
         "int8 keeps the f16 top-1 on {share} of {} queries",
         queries.len()
     );
-    // The goal is every logit within 0.05; measured here the worst of the 14 400 pairs moved
-    // 0.07 (p99 ~0.02), whichever int8 layout was tried (see `encode_states`). The worst pairs are
-    // ill-conditioned, not badly stored: random relative noise of 1 % on the f32 states (int8's own
-    // error is 1.3 %) moves the most sensitive pair by 0.014-0.063 (three draws), f16's rounding by 0.0015,
-    // so a 0.05 worst case needs ~10-bit states. The bound below is the measured one with a margin;
-    // p99 holds the goal.
+    // The goal is every logit within 0.05; measured here the worst of the 14 400 pairs
+    // moved 0.07 (p99 ~0.02), whichever int8 layout was tried (see `encode_states`). The worst
+    // pairs are ill-conditioned, not badly stored: random relative noise of 1 % on the f32 states
+    // (int8's own error is 1.3 %) moves the most sensitive pair by 0.014-0.063 (three draws),
+    // f16's rounding by 0.0015, so a 0.05 worst case needs ~10-bit states. The bound below is the
+    // measured one with a margin; p99 holds the goal.
     assert!(q(0.99).0 <= 0.05, "p99 ITM logit change {:?}", q(0.99));
     assert!(worst_itm <= 0.1, "ITM logits moved by up to {worst_itm}");
     assert!(
