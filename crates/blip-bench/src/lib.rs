@@ -158,7 +158,7 @@ fn one() -> usize {
 
 /// The `q` quantile of `samples` (nearest rank: sorted index `round((n − 1) · q)`), the one rule
 /// for every median and p90 here; NaN when there are none.
-fn quantile(samples: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(samples: &[f64], q: f64) -> f64 {
     let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
     match sorted.len() {

@@ -27,18 +27,6 @@ pub fn child(package: &Path, threads: usize) -> Result<u8> {
     Ok(0)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// `runs` fresh-process opens of each package, interleaved (package A, B, A, B, …) so a busy
 /// moment of the machine falls on all of them; writes `out.json` and `out.md` when asked.
 pub fn run(packages: &[&Path], runs: usize, threads: usize, out: Option<&Path>) -> Result<u8> {
@@ -94,10 +82,10 @@ pub fn run(packages: &[&Path], runs: usize, threads: usize, out: Option<&Path>) 
             json!({
                 "package": pkg.display().to_string(),
                 "runs": runs,
-                "open_median_ms": median(open[i].clone()),
+                "open_median_ms": crate::quantile(&open[i], 0.5),
                 "open_min_ms": min,
                 "open_max_ms": max,
-                "process_median_ms": median(process[i].clone()),
+                "process_median_ms": crate::quantile(&process[i], 0.5),
             })
         })
         .collect();

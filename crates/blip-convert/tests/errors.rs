@@ -1,6 +1,6 @@
 //! Bad input gets an error that names the problem, and never leaves a partial package behind.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! What the written graphs look like: standard ops at opset 17, symbolic batch/sequence axes, node and
 //! initializer names that mirror checkpoint keys, the tied embedding stored once.
 
-mod common;
+use crate::common;
 
 use blip_convert::ConvertOptions;
 use common::{convert_fixture, fixture};

@@ -2,7 +2,7 @@
 //! batch 1 and batch 3; greedy decoding through cross_kv + the KV-cached decoder reproduces
 //! transformers' `generate` token ids exactly.
 
-mod common;
+use crate::common;
 
 use blip_checkpoint::Head;
 use blip_convert::{ConvertOptions, ExternalData};

@@ -272,10 +272,13 @@ fn concurrent_adds_deletes_and_searches() {
                 }
             });
         }
-        for r in 0..3 {
+        // Many more searching threads than cores (the store's search contexts): usearch
+        // fails a search beyond its reserved contexts unless the store reserves enough and
+        // queues the rest.
+        for r in 0..40 {
             let (store, base) = (store.clone(), &base);
             s.spawn(move || {
-                for n in 0..60 {
+                for n in 0..20 {
                     // A base entry is never touched: its own vector always finds it first.
                     let i = (r * 61 + n * 7) % base.len();
                     let near = store.nearest(&base[i], 5, 5).unwrap();

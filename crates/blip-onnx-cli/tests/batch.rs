@@ -4,7 +4,7 @@
 //! error (naming the line or the field) while the others are answered; nothing is written when
 //! the packages cannot be loaded.
 
-mod common;
+use crate::common;
 
 use common::{blip, shapes_package};
 

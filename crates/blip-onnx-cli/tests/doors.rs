@@ -3,7 +3,7 @@
 //! too) is refused naming its field as a flag (`--top-p: …`), and every good row captions token
 //! for token as the library does with the same request resolved.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! the XMP sidecar's caption back, `--skip-existing` resumes, an existing sidecar without a flag
 //! is refused before any work, and a bad image fails alone.
 
-mod common;
+use crate::common;
 
 use common::{blip, shapes_package};
 

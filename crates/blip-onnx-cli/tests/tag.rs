@@ -2,7 +2,7 @@
 //! the cosine of the `embed` outputs of the image and of the label's prompt, the server's tags
 //! equal the CLI's, and bad requests name their field at both doors.
 
-mod common;
+use crate::common;
 
 use common::{blip, shapes_package};
 

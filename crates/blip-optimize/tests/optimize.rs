@@ -1,7 +1,7 @@
 //! ORT-optimized packages compute what the portable ones do (≤ 1e-4, tokens exact) and pass `check`.
 
 use blip_convert::ConvertOptions;
-use blip_runtime::{BlipModel, CaptionOptions, SessionOptions, Strategy, VqaOptions};
+use blip_runtime::{BlipModel, CaptionOptions, SessionOptions, VqaOptions};
 use blip_testkit::{Goldens, assert_close, convert_fixture, fixture};
 
 fn optimized(name: &str) -> (blip_testkit::Converted, std::path::PathBuf) {
@@ -137,14 +137,7 @@ fn optimized_caption_package_matches_the_portable_one() {
         &step_logits(&mut b, vb.hidden.view()),
         &step_logits(&mut a, va.hidden.view()),
     );
-    for strategy in [
-        Strategy::Greedy,
-        Strategy::Beam {
-            num_beams: 3,
-            length_penalty: 1.0,
-            early_stopping: false,
-        },
-    ] {
+    for strategy in blip_testkit::greedy_and_beam() {
         let opts = CaptionOptions {
             strategy,
             max_length: 20,

@@ -1,6 +1,6 @@
 //! INT8 packages: pass the checklist, load in ORT, and stay close to FP32 on the fixtures.
 
-mod common;
+use crate::common;
 
 use blip_convert::ConvertOptions;
 use blip_quantize::{Policy, QuantizeOptions, quantize_package};

@@ -1,7 +1,7 @@
 //! FP16, QUInt8, asymmetric INT4 and quantized embeddings: each passes the checklist, runs in ORT
 //! and stays close to the FP32 package on the fixture goldens.
 
-mod common;
+use crate::common;
 
 use blip_convert::ConvertOptions;
 use blip_quantize::{Policy, Precision, QuantizeOptions, WeightType, quantize_package};

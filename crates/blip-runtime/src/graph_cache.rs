@@ -130,18 +130,16 @@ impl OptimizedGraph {
             std::process::id(),
             std::thread::current().id()
         ));
+        let session_error = |message: String| RuntimeError::Session {
+            path: source.to_path_buf(),
+            message,
+        };
         let session = library
             .builder(source, opts, OptLevel::All)?
             .with_optimized_model_path(&partial)
-            .map_err(|e| RuntimeError::Session {
-                path: source.to_path_buf(),
-                message: e.to_string(),
-            })?
+            .map_err(|e| session_error(e.to_string()))?
             .commit_from_file(source)
-            .map_err(|e| RuntimeError::Session {
-                path: source.to_path_buf(),
-                message: e.to_string(),
-            });
+            .map_err(|e| session_error(e.to_string()));
         let session = match session {
             Ok(s) => s,
             Err(e) => {

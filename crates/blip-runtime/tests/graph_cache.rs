@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use blip_convert::ConvertOptions;
 use blip_package::FileStamp;
-use blip_runtime::{BlipModel, CaptionOptions, ImageInput, SessionOptions, Strategy};
+use blip_runtime::{BlipModel, CaptionOptions, ImageInput, SessionOptions};
 use blip_testkit::{convert_fixture, fixture};
 
 /// Greedy and beam-3 caption ids of three shapes test images, and the vision states of the first.
@@ -23,14 +23,7 @@ fn answers(dir: &Path) -> (Vec<Vec<i64>>, Vec<f32>) {
         .map(|i| ImageInput::Path(fixture(&format!("shapes/test/images/test_{i:05}.png"))))
         .collect();
     let mut ids = Vec::new();
-    for strategy in [
-        Strategy::Greedy,
-        Strategy::Beam {
-            num_beams: 3,
-            length_penalty: 1.0,
-            early_stopping: false,
-        },
-    ] {
+    for strategy in blip_testkit::greedy_and_beam() {
         let opts = CaptionOptions {
             strategy,
             ..Default::default()

@@ -223,3 +223,16 @@ fn expand_table(v: &serde_json::Value) -> serde_json::Value {
         other => other.clone(),
     }
 }
+
+/// The two decodings the parity tests compare on: greedy, and beam search (3 beams, BLIP's
+/// captioning setting).
+pub fn greedy_and_beam() -> [blip_tasks::Strategy; 2] {
+    [
+        blip_tasks::Strategy::Greedy,
+        blip_tasks::Strategy::Beam {
+            num_beams: 3,
+            length_penalty: 1.0,
+            early_stopping: false,
+        },
+    ]
+}

@@ -1,0 +1,7 @@
+//! This crate's integration tests, one test binary (one link rather than one per file).
+
+mod common;
+
+mod errors;
+mod graph_structure;
+mod parity;

@@ -1,0 +1,4 @@
+//! This crate's integration tests, one test binary (one link rather than one per file).
+
+mod metrics;
+mod shapes;
