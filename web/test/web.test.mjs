@@ -396,20 +396,24 @@ test('the shared task table (VQA, ITM texts, search) through the browser module'
 test('VQA rank mode and ITM equal the native CLI\'s', async () => {
   const tmp = mkdtempSync(join(tmpdir(), 'blip-answers-'));
   dirs.push(tmp);
-  const answers = ['one', 'two', 'three', 'triangle', 'circle', 'square', 'red', 'purple', 'yes', 'no'];
+  // Answers of one to four tokens: the decoder scores them as rows of different lengths in one
+  // batch (padded, masked), and every score is compared (k = all of them).
+  const answers = ['one', 'two', 'three', 'triangle', 'circle', 'square', 'red', 'purple', 'yes', 'no', 'a red circle', 'two purple squares'];
   const list = join(tmp, 'answers.txt');
   writeFileSync(list, answers.join('\n') + '\n');
   const file = galleryFiles[1];
   const qs = ['how many shapes are there?', 'what color is the circle?'];
-  const want = native(['vqa', '-p', pkg('shapes-vqa'), join(GALLERY, file), ...qs, '--answers', list, '-k', '4']);
+  const k = answers.length;
+  const want = native(['vqa', '-p', pkg('shapes-vqa'), join(GALLERY, file), ...qs, '--answers', list, '-k', String(k)]);
   const texts = ['a red circle', 'a purple triangle'];
   const wantItm = native(['itm', '-p', pkg('shapes-retrieval'), join(GALLERY, file), ...texts]);
-  const got = await page.evaluate(async ({ file, qs, answers, texts }) => {
+  const got = await page.evaluate(async ({ file, qs, answers, texts, k }) => {
     const { models } = window.blipDemo.state;
     const image = new Uint8Array(await (await fetch(`gallery/${file}`)).arrayBuffer());
-    return { ranked: await models.vqa.rankAnswers(image, qs, answers, { k: 4 }), itm: await models.retrieval.itm(image, texts) };
-  }, { file, qs, answers, texts });
+    return { ranked: await models.vqa.rankAnswers(image, qs, answers, { k }), itm: await models.retrieval.itm(image, texts) };
+  }, { file, qs, answers, texts, k });
   for (const [i, w] of want.entries()) {
+    assert.equal(w.candidates.length, k, qs[i]);
     assert.equal(got.ranked[i].answer, w.answer, qs[i]);
     assert.deepEqual(got.ranked[i].candidates.map((c) => c.answer), w.candidates.map((c) => c.answer), qs[i]);
     for (const [j, c] of w.candidates.entries()) assert.ok(Math.abs(got.ranked[i].candidates[j].score - c.score) < 1e-3, `${qs[i]} ${c.answer}`);

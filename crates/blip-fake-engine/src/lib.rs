@@ -1,28 +1,35 @@
-//! A pure-Rust engine for the task layer's tests: [`FakeGraphs`] implements [`Graphs`] with small
-//! deterministic math instead of BLIP's networks, so the task layer (decoding, batching, ranking,
-//! error paths) runs without ONNX Runtime or a converted package. [`fake_blip`] puts it behind a
-//! [`Blip`] with a 12-token word-level tokenizer.
+//! A pure-Rust engine for the task layer's tests: [`FakeBackend`] is a tensor backend of the one
+//! graph driver ([`GraphDriver`], which native ONNX Runtime and onnxruntime-web also run under)
+//! whose graphs are small deterministic math instead of BLIP's networks, so the task layer and
+//! the driver (decoding, batching, the KV cache's padding and positions, ranking, error paths)
+//! run without ONNX Runtime or a converted package. [`FakeGraphs`] counts the driver's calls and
+//! fails on demand; [`fake_blip`] puts it behind a [`Blip`] with a 12-token word-level tokenizer.
 //!
 //! The math is public ([`image_features`], [`token_feature`], [`context`], [`next_token_logits`])
 //! so that tests compute expected results on their own, from first principles, and compare.
-//! Next-token logits depend on the whole real history of a row and on its image, and the cache
-//! keeps each row's tokens with left padding and a mask as the native engine does: a cache that
-//! loses, reorders or leaks a token (beams, joined or selected rows) gives other logits.
+//! Next-token logits depend on the whole real history of a row and on its image. The fake
+//! decoder keeps each row's tokens in its K/V tensors (the token id, and a mark that a decoder
+//! run wrote it), so a driver that loses, reorders or leaks a token (beams, joined or selected
+//! rows) gives other logits; it refuses a mask that reads padding and position ids that are not
+//! the row's own length.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use blip_package::io::{
+    self, ATTENTION_MASK, CROSS_GROUPS, CROSS_SLOTS, ENCODER_ATTENTION_MASK, ENCODER_HIDDEN_STATES,
+    IMAGE_EMBEDS, INPUT_IDS, ITM_LOGITS, LAST_HIDDEN_STATE, LOGITS, PIXEL_VALUES, POSITION_IDS,
+    TEXT_EMBEDS,
+};
 use blip_package::{
     CROSS_KV, DECODER, FORMAT, FORMAT_VERSION, Head, ITM, Manifest, ModelDims, Package, Preprocess,
-    Producer, Source, Tokens, VISION_ENCODER, VQA_QUESTION_ENCODER,
+    Producer, Source, TEXT_ENCODER, Tokens, VISION_ENCODER, VQA_QUESTION_ENCODER,
 };
 use blip_preprocess::{BlipTokenizer, TextBatch};
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 
-use blip_tasks::{
-    Blip, CrossRows, DecoderFeed, Graphs, LogitPositions, Result, TaskError, VisionOutput,
-    encoder_mask,
-};
+use blip_tasks::driver::{CrossKv, GraphDriver, KvCache, TensorBackend};
+use blip_tasks::{Blip, DecoderFeed, Graphs, Result, TaskError, VisionOutput};
 
 pub const PAD: i64 = 0;
 pub const UNK: i64 = 1;
@@ -43,9 +50,6 @@ pub const PIXELS: usize = 3 * IMAGE_SIZE * IMAGE_SIZE;
 pub const IMAGE_TOKENS: usize = 5;
 /// Hidden size of every state, and the ITC embedding width.
 pub const HIDDEN: usize = 4;
-/// The token a joined cache puts in front of a shorter row: masked out, never read (a mask bug
-/// would feed it to the hash and change the logits).
-const FILL: i64 = -1;
 
 /// Per-image features: the means of `HIDDEN` equal chunks of the pixels.
 pub fn image_features(pixels: &[f32]) -> [f32; HIDDEN] {
@@ -109,9 +113,7 @@ fn normalized(v: &[f32]) -> Vec<f32> {
 }
 
 /// Sum of the token features of a row's unmasked tokens.
-fn text_vector(batch: &TextBatch, r: usize) -> [f32; HIDDEN] {
-    let ids = batch.row_ids(r);
-    let mask = &batch.mask[r * batch.cols..(r + 1) * batch.cols];
+fn text_vector(ids: &[i64], mask: &[i64]) -> [f32; HIDDEN] {
     std::array::from_fn(|d| {
         ids.iter()
             .zip(mask)
@@ -128,23 +130,333 @@ fn engine(graph: &str, message: String) -> TaskError {
     }
 }
 
-/// Rows `rows` of a row-major `[n, width]` array.
-fn gather<T: Copy>(data: &[T], width: usize, rows: &[usize]) -> Vec<T> {
-    rows.iter()
-        .flat_map(|&r| data[r * width..(r + 1) * width].iter().copied())
-        .collect()
+/// A tensor of the fake engine: its dims and its values, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeTensor {
+    pub dims: Vec<usize>,
+    pub data: FakeData,
 }
 
-fn check_rows(rows: &[usize], n: usize, what: &str) -> Result<()> {
-    match rows.iter().find(|&&r| r >= n) {
-        Some(r) => Err(TaskError::Input(format!(
-            "{what}: row {r} selected from {n}"
-        ))),
-        None => Ok(()),
+#[derive(Debug, Clone, PartialEq)]
+pub enum FakeData {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+impl FakeTensor {
+    fn f32(dims: Vec<usize>, data: Vec<f32>) -> FakeTensor {
+        FakeTensor {
+            dims,
+            data: FakeData::F32(data),
+        }
     }
 }
 
-/// Graph runs so far, per graph.
+/// A run's named inputs, read by name with their shapes checked.
+struct Feeds<'a> {
+    graph: &'a str,
+    inputs: &'a [(&'a str, &'a FakeTensor)],
+}
+
+impl<'a> Feeds<'a> {
+    fn get(&self, name: &str) -> Result<&'a FakeTensor> {
+        self.inputs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| engine(self.graph, format!("no input {name}")))
+    }
+
+    fn f32(&self, name: &str, rank: usize) -> Result<(&'a [usize], &'a [f32])> {
+        match self.get(name)? {
+            FakeTensor {
+                dims,
+                data: FakeData::F32(v),
+            } if dims.len() == rank && dims.iter().product::<usize>() == v.len() => Ok((dims, v)),
+            t => Err(engine(
+                self.graph,
+                format!("{name} {:?} is not {rank}-D float", t.dims),
+            )),
+        }
+    }
+
+    fn i64(&self, name: &str, rank: usize) -> Result<(&'a [usize], &'a [i64])> {
+        match self.get(name)? {
+            FakeTensor {
+                dims,
+                data: FakeData::I64(v),
+            } if dims.len() == rank && dims.iter().product::<usize>() == v.len() => Ok((dims, v)),
+            t => Err(engine(
+                self.graph,
+                format!("{name} {:?} is not {rank}-D int64", t.dims),
+            )),
+        }
+    }
+}
+
+/// The fake's graphs, as a [`TensorBackend`]: every graph BLIP's packages have, as small math on
+/// named tensors.
+#[derive(Debug, Default)]
+pub struct FakeBackend;
+
+impl FakeBackend {
+    /// Token `t` of image `i` is its features plus `t / 4`; the embedding its normalised features.
+    fn vision(&self, feeds: &Feeds) -> Result<Vec<(String, FakeTensor)>> {
+        let (dims, pixels) = feeds.f32(PIXEL_VALUES, 4)?;
+        let n = dims[0];
+        let features: Vec<[f32; HIDDEN]> = pixels.chunks(PIXELS).map(image_features).collect();
+        let hidden = Array3::from_shape_fn((n, IMAGE_TOKENS, HIDDEN), |(i, t, d)| {
+            features[i][d] + 0.25 * t as f32
+        });
+        let embeds = features.iter().flat_map(|f| normalized(f)).collect();
+        Ok(vec![
+            (
+                LAST_HIDDEN_STATE.into(),
+                FakeTensor::f32(
+                    vec![n, IMAGE_TOKENS, HIDDEN],
+                    hidden.into_raw_vec_and_offset().0,
+                ),
+            ),
+            (
+                IMAGE_EMBEDS.into(),
+                FakeTensor::f32(vec![n, HIDDEN], embeds),
+            ),
+        ])
+    }
+
+    fn text(feeds: &Feeds) -> Result<(usize, usize, Vec<i64>, Vec<i64>)> {
+        let (dims, ids) = feeds.i64(INPUT_IDS, 2)?;
+        let (mdims, mask) = feeds.i64(ATTENTION_MASK, 2)?;
+        if dims != mdims {
+            return Err(engine(feeds.graph, format!("ids {dims:?}, mask {mdims:?}")));
+        }
+        Ok((dims[0], dims[1], ids.to_vec(), mask.to_vec()))
+    }
+
+    /// The normalised sum of the token features of each text.
+    fn text_embeds(&self, feeds: &Feeds) -> Result<Vec<(String, FakeTensor)>> {
+        let (rows, cols, ids, mask) = Self::text(feeds)?;
+        let flat = (0..rows)
+            .flat_map(|r| {
+                let row = r * cols..(r + 1) * cols;
+                normalized(&text_vector(&ids[row.clone()], &mask[row]))
+            })
+            .collect();
+        Ok(vec![(
+            TEXT_EMBEDS.into(),
+            FakeTensor::f32(vec![rows, HIDDEN], flat),
+        )])
+    }
+
+    /// The image states' mean over tokens, per row (`[rows, HIDDEN]`), checked against `rows`.
+    fn image_means(feeds: &Feeds, rows: usize, what: &str) -> Result<Array2<f32>> {
+        let (dims, states) = feeds.f32(ENCODER_HIDDEN_STATES, 3)?;
+        if dims[0] != rows || dims[2] != HIDDEN {
+            return Err(engine(
+                feeds.graph,
+                format!("{} images for {rows} {what}", dims[0]),
+            ));
+        }
+        let view = ArrayView3::from_shape((dims[0], dims[1], dims[2]), states)
+            .map_err(|e| engine(feeds.graph, e.to_string()))?;
+        view.mean_axis(ndarray::Axis(1))
+            .ok_or_else(|| engine(feeds.graph, "no image tokens".into()))
+    }
+
+    /// `[0.5 - m, m]` with `m` the text's (unnormalised) feature sum · the image's mean state:
+    /// unlike ITC it sees the images' scale, so a rerank can reorder ITC's candidates.
+    fn itm(&self, feeds: &Feeds) -> Result<Vec<(String, FakeTensor)>> {
+        let (rows, cols, ids, mask) = Self::text(feeds)?;
+        let mean = Self::image_means(feeds, rows, "texts")?;
+        let logits = Array2::from_shape_fn((rows, 2), |(r, c)| {
+            let row = r * cols..(r + 1) * cols;
+            let m: f32 = text_vector(&ids[row.clone()], &mask[row])
+                .iter()
+                .zip(mean.row(r))
+                .map(|(a, b)| a * b)
+                .sum();
+            if c == 1 { m } else { 0.5 - m }
+        });
+        Ok(vec![(
+            ITM_LOGITS.into(),
+            FakeTensor::f32(vec![rows, 2], logits.into_raw_vec_and_offset().0),
+        )])
+    }
+
+    /// Position `l` of question `i`: the image's mean state plus token `l`'s features (padding
+    /// included, as the real encoder computes states there too).
+    fn question_states(&self, feeds: &Feeds) -> Result<Vec<(String, FakeTensor)>> {
+        let (rows, cols, ids, _) = Self::text(feeds)?;
+        let mean = Self::image_means(feeds, rows, "questions")?;
+        let states = Array3::from_shape_fn((rows, cols, HIDDEN), |(i, l, d)| {
+            mean[[i, d]] + token_feature(ids[i * cols + l], d)
+        });
+        Ok(vec![(
+            LAST_HIDDEN_STATE.into(),
+            FakeTensor::f32(vec![rows, cols, HIDDEN], states.into_raw_vec_and_offset().0),
+        )])
+    }
+
+    /// One layer of one head: the encoder states themselves as K and V (`[n, 1, E, HIDDEN]`).
+    fn cross_kv(&self, feeds: &Feeds) -> Result<Vec<(String, FakeTensor)>> {
+        let (dims, states) = feeds.f32(ENCODER_HIDDEN_STATES, 3)?;
+        if dims[2] != HIDDEN {
+            return Err(engine(
+                CROSS_KV,
+                format!("states of width {}, not {HIDDEN}", dims[2]),
+            ));
+        }
+        let kv = FakeTensor::f32(vec![dims[0], 1, dims[1], HIDDEN], states.to_vec());
+        Ok(vec![
+            (io::cross_key(0), kv.clone()),
+            (io::cross_value(0), kv),
+        ])
+    }
+
+    /// The decoder. Its one-layer, one-head K/V holds each position's token id (feature 0) and
+    /// a 1 where a decoder run wrote it (feature 1; padding a driver adds is all zeros).
+    fn decoder(&self, feeds: &Feeds) -> Result<Vec<(String, FakeTensor)>> {
+        let (dims, tokens) = feeds.i64(INPUT_IDS, 2)?;
+        let (rows, t) = (dims[0], dims[1]);
+        let (_, positions) = feeds.i64(POSITION_IDS, 2)?;
+        let (mdims, mask) = feeds.i64(ATTENTION_MASK, 2)?;
+        let (pdims, past) = feeds.f32(&io::past_key(0), 4)?;
+        let past_len = pdims[2];
+        let width = past_len + t;
+        if pdims[0] != rows || mdims[..] != [rows, width] || positions.len() != rows * t {
+            return Err(engine(
+                DECODER,
+                format!(
+                    "ids {dims:?}, past {pdims:?}, mask {mdims:?}, {} positions",
+                    positions.len()
+                ),
+            ));
+        }
+        let (edims, enc_mask) = feeds.i64(ENCODER_ATTENTION_MASK, 2)?;
+        let (gdims, _) = feeds.i64(CROSS_GROUPS, 2)?;
+        let (_, slots) = feeds.i64(CROSS_SLOTS, 1)?;
+        let (cdims, cross) = feeds.f32(&io::cross_key(0), 4)?;
+        let (images, enc_len) = (cdims[0], cdims[2]);
+        if edims[..] != [images, enc_len] || slots.len() != rows {
+            return Err(engine(
+                DECODER,
+                format!(
+                    "cross K/V {cdims:?}, encoder mask {edims:?}, {} slots",
+                    slots.len()
+                ),
+            ));
+        }
+        let group = gdims[1].max(1);
+        let mut logits = Vec::with_capacity(rows * t * VOCAB);
+        let mut present = Vec::with_capacity(rows * width * HIDDEN);
+        for r in 0..rows {
+            let row_mask = &mask[r * width..(r + 1) * width];
+            let mut row: Vec<i64> = Vec::with_capacity(width);
+            let cached = past[r * past_len * HIDDEN..(r + 1) * past_len * HIDDEN].chunks(HIDDEN);
+            for (p, (kv, &m)) in cached.zip(row_mask).enumerate() {
+                let (id, written) = (kv[0], kv[1]);
+                if m == 1 && written != 1.0 {
+                    return Err(engine(
+                        DECODER,
+                        format!("the attention mask of row {r} reads padding at position {p}"),
+                    ));
+                }
+                row.push(id as i64);
+            }
+            row.extend_from_slice(&tokens[r * t..(r + 1) * t]);
+            // Each row continues from its own length: the real positions before it.
+            let real = row_mask[..past_len].iter().filter(|&&m| m == 1).count();
+            for j in 0..t {
+                if positions[r * t + j] != (real + j) as i64 {
+                    return Err(engine(
+                        DECODER,
+                        format!(
+                            "row {r} is fed position ids {:?} after {real} real positions",
+                            &positions[r * t..(r + 1) * t]
+                        ),
+                    ));
+                }
+            }
+            // Each row reads its image through the shared-K/V slots, as the decoder graph does.
+            let image = slots[r] as usize / group;
+            if image >= images {
+                return Err(engine(
+                    DECODER,
+                    format!("slot {} of {images} images", slots[r]),
+                ));
+            }
+            let states = ArrayView2::from_shape(
+                (enc_len, HIDDEN),
+                &cross[image * enc_len * HIDDEN..][..enc_len * HIDDEN],
+            )
+            .map_err(|e| engine(DECODER, e.to_string()))?;
+            let ctx = context(states, &enc_mask[image * enc_len..(image + 1) * enc_len]);
+            for p in past_len..width {
+                let history: Vec<i64> = (0..=p)
+                    .filter(|&i| row_mask[i] == 1)
+                    .map(|i| row[i])
+                    .collect();
+                logits.extend(next_token_logits(&history, ctx));
+            }
+            for &id in &row {
+                present.extend([id as f32, 1.0, 0.0, 0.0]);
+            }
+        }
+        let kv = FakeTensor::f32(vec![rows, 1, width, HIDDEN], present);
+        Ok(vec![
+            (LOGITS.into(), FakeTensor::f32(vec![rows, t, VOCAB], logits)),
+            (io::present_key(0), kv.clone()),
+            (io::present_value(0), kv),
+        ])
+    }
+}
+
+impl TensorBackend for FakeBackend {
+    type Value = FakeTensor;
+    type Outputs = Vec<(String, FakeTensor)>;
+
+    fn f32(&self, _graph: &str, data: &[f32], dims: &[usize]) -> Result<FakeTensor> {
+        Ok(FakeTensor::f32(dims.to_vec(), data.to_vec()))
+    }
+
+    fn i64(&self, _graph: &str, data: &[i64], dims: &[usize]) -> Result<FakeTensor> {
+        Ok(FakeTensor {
+            dims: dims.to_vec(),
+            data: FakeData::I64(data.to_vec()),
+        })
+    }
+
+    async fn run(&mut self, graph: &str, inputs: &[(&str, &FakeTensor)]) -> Result<Self::Outputs> {
+        let feeds = Feeds { graph, inputs };
+        match graph {
+            VISION_ENCODER => self.vision(&feeds),
+            TEXT_ENCODER => self.text_embeds(&feeds),
+            ITM => self.itm(&feeds),
+            VQA_QUESTION_ENCODER => self.question_states(&feeds),
+            CROSS_KV => self.cross_kv(&feeds),
+            DECODER => self.decoder(&feeds),
+            other => Err(engine(other, "the fake has no such graph".into())),
+        }
+    }
+
+    fn take(&self, outputs: &mut Self::Outputs, name: &str) -> Option<FakeTensor> {
+        let at = outputs.iter().position(|(n, _)| n == name)?;
+        Some(outputs.swap_remove(at).1)
+    }
+
+    fn dims(&self, value: &FakeTensor) -> Vec<usize> {
+        value.dims.clone()
+    }
+
+    fn read_f32(&self, graph: &str, value: &FakeTensor) -> Result<Vec<f32>> {
+        match &value.data {
+            FakeData::F32(v) => Ok(v.clone()),
+            FakeData::I64(_) => Err(engine(graph, "reading int64 values as float".into())),
+        }
+    }
+}
+
+/// Calls of the driver so far, per [`Graphs`] method.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Calls {
     pub vision: usize,
@@ -162,9 +474,14 @@ pub struct Calls {
     pub select_cross_rows: usize,
 }
 
-/// The fake engine: counts its runs and fails on demand.
-#[derive(Debug, Default)]
+/// Cross-attention K/V on the fake engine.
+pub type FakeCross = CrossKv<FakeTensor>;
+/// The KV cache on the fake engine.
+pub type FakeCache = KvCache<FakeTensor>;
+
+/// The graph driver over the fake backend: counts its calls and fails on demand.
 pub struct FakeGraphs {
+    pub driver: GraphDriver<FakeBackend>,
     pub calls: Calls,
     /// Rows of every decoder run, in order (a batched step shows as a run wider than a request).
     pub decode_rows: Vec<usize>,
@@ -174,117 +491,58 @@ pub struct FakeGraphs {
     pub fail_vision: bool,
 }
 
-/// The encoder states (`images × enc_len × HIDDEN`, shorter ones padded behind when joined) and
-/// their mask, and which image each decoder row reads. The real engine holds cross K/V instead;
-/// the decoder only ever reads [`context`] of them.
-pub struct FakeCross {
-    rows: CrossRows,
-    enc_len: usize,
-    states: Vec<f32>,
-    enc_mask: Vec<i64>,
-}
-
-impl FakeCross {
-    /// [`context`] of image `i`.
-    pub fn context(&self, i: usize) -> f32 {
-        let e = self.enc_len;
-        let states =
-            ArrayView2::from_shape((e, HIDDEN), &self.states[i * e * HIDDEN..][..e * HIDDEN])
-                .expect("image states are enc_len × HIDDEN");
-        context(states, &self.enc_mask[i * e..(i + 1) * e])
+impl FakeGraphs {
+    pub fn new(package: &Package) -> FakeGraphs {
+        FakeGraphs {
+            driver: GraphDriver::new(FakeBackend, package),
+            calls: Calls::default(),
+            decode_rows: Vec::new(),
+            fail_decode_at: None,
+            fail_vision: false,
+        }
     }
 }
 
-/// The self-attention cache: every row's tokens, rows shorter than `past_len` padded in front
-/// with a masked `FILL` token (as the native engine left-pads its K/V).
-pub struct FakeCache {
-    rows: usize,
-    past_len: usize,
-    tokens: Vec<i64>,
-    mask: Vec<i64>,
+impl Default for FakeGraphs {
+    fn default() -> FakeGraphs {
+        FakeGraphs::new(&package(Head::Caption))
+    }
 }
 
 impl Graphs for FakeGraphs {
     type Cross = FakeCross;
     type Cache = FakeCache;
 
-    /// Token `t` of image `i` is its features plus `t / 4`; the embedding its normalised features.
     async fn vision(&mut self, pixels: &[f32], n: usize) -> Result<VisionOutput> {
         self.calls.vision += 1;
         self.calls.images += n;
         if self.fail_vision {
             return Err(engine(VISION_ENCODER, "injected failure".into()));
         }
-        if pixels.len() != n * PIXELS {
-            return Err(TaskError::Input(format!(
-                "{} pixels for {n} images of {PIXELS}",
-                pixels.len()
-            )));
-        }
-        let features: Vec<[f32; HIDDEN]> = pixels.chunks(PIXELS).map(image_features).collect();
-        let hidden = Array3::from_shape_fn((n, IMAGE_TOKENS, HIDDEN), |(i, t, d)| {
-            features[i][d] + 0.25 * t as f32
-        });
-        let embeds = features.iter().flat_map(|f| normalized(f)).collect();
-        Ok(VisionOutput {
-            hidden,
-            embeds: Some(Array2::from_shape_vec((n, HIDDEN), embeds).expect("n × HIDDEN")),
-        })
+        self.driver.vision(pixels, n).await
     }
 
-    /// The normalised sum of the token features of each text.
     async fn text_embeds(&mut self, batch: &TextBatch) -> Result<Array2<f32>> {
         self.calls.text_embeds += 1;
-        let flat = (0..batch.rows)
-            .flat_map(|r| normalized(&text_vector(batch, r)))
-            .collect();
-        Ok(Array2::from_shape_vec((batch.rows, HIDDEN), flat).expect("rows × HIDDEN"))
+        self.driver.text_embeds(batch).await
     }
 
-    /// `[0.5 - m, m]` with `m` the text's (unnormalised) feature sum · the image's mean state:
-    /// unlike ITC it sees the images' scale, so a rerank can reorder ITC's candidates.
     async fn itm_logits(
         &mut self,
         batch: &TextBatch,
         image: ArrayView3<'_, f32>,
     ) -> Result<Array2<f32>> {
         self.calls.itm += 1;
-        if image.shape()[0] != batch.rows {
-            return Err(engine(
-                ITM,
-                format!("{} images for {} texts", image.shape()[0], batch.rows),
-            ));
-        }
-        let mean = image.mean_axis(Axis(1)).expect("image tokens");
-        Ok(Array2::from_shape_fn((batch.rows, 2), |(r, c)| {
-            let m: f32 = text_vector(batch, r)
-                .iter()
-                .zip(mean.row(r))
-                .map(|(a, b)| a * b)
-                .sum();
-            if c == 1 { m } else { 0.5 - m }
-        }))
+        self.driver.itm_logits(batch, image).await
     }
 
-    /// Position `l` of question `i`: the image's mean state plus token `l`'s features (padding
-    /// included, as the real encoder computes states there too).
     async fn question_states(
         &mut self,
         batch: &TextBatch,
         image: ArrayView3<'_, f32>,
     ) -> Result<Array3<f32>> {
         self.calls.question_states += 1;
-        if image.shape()[0] != batch.rows {
-            return Err(engine(
-                VQA_QUESTION_ENCODER,
-                format!("{} images for {} questions", image.shape()[0], batch.rows),
-            ));
-        }
-        let mean = image.mean_axis(Axis(1)).expect("image tokens");
-        Ok(Array3::from_shape_fn(
-            (batch.rows, batch.cols, HIDDEN),
-            |(i, l, d)| mean[[i, d]] + token_feature(batch.ids[i * batch.cols + l], d),
-        ))
+        self.driver.question_states(batch, image).await
     }
 
     async fn cross_kv(
@@ -294,98 +552,32 @@ impl Graphs for FakeGraphs {
         repeat: usize,
     ) -> Result<FakeCross> {
         self.calls.cross_kv += 1;
-        let [n, e, d] = states.shape() else {
-            unreachable!("a 3-D view")
-        };
-        if *d != HIDDEN {
-            return Err(engine(
-                CROSS_KV,
-                format!("states of width {d}, not {HIDDEN}"),
-            ));
-        }
-        Ok(FakeCross {
-            rows: CrossRows::repeated(*n, repeat),
-            enc_len: *e,
-            states: states.iter().copied().collect(),
-            enc_mask: encoder_mask(enc_mask, *n, *e)?,
-        })
+        self.driver.cross_kv(states, enc_mask, repeat).await
     }
 
     async fn new_cache(&mut self, rows: usize) -> Result<FakeCache> {
         self.calls.new_cache += 1;
-        Ok(FakeCache {
-            rows,
-            past_len: 0,
-            tokens: Vec::new(),
-            mask: Vec::new(),
-        })
+        self.driver.new_cache(rows).await
     }
 
-    /// Left-pads the shorter caches to the longest, padding masked (the native engine's rule).
     async fn join_caches(&mut self, parts: Vec<FakeCache>) -> Result<FakeCache> {
         self.calls.join_caches += 1;
-        let past_len = parts.iter().map(|c| c.past_len).max().unwrap_or(0);
-        let mut out = FakeCache {
-            rows: parts.iter().map(|c| c.rows).sum(),
-            past_len,
-            tokens: Vec::new(),
-            mask: Vec::new(),
-        };
-        for c in &parts {
-            let pad = past_len - c.past_len;
-            for r in 0..c.rows {
-                let row = r * c.past_len..(r + 1) * c.past_len;
-                out.tokens.extend(std::iter::repeat_n(FILL, pad));
-                out.tokens.extend_from_slice(&c.tokens[row.clone()]);
-                out.mask.extend(std::iter::repeat_n(0, pad));
-                out.mask.extend_from_slice(&c.mask[row]);
-            }
-        }
-        Ok(out)
+        self.driver.join_caches(parts).await
     }
 
     async fn select_cache_rows(&mut self, cache: FakeCache, rows: &[usize]) -> Result<FakeCache> {
         self.calls.select_cache_rows += 1;
-        check_rows(rows, cache.rows, "select_cache_rows")?;
-        Ok(FakeCache {
-            rows: rows.len(),
-            past_len: cache.past_len,
-            tokens: gather(&cache.tokens, cache.past_len, rows),
-            mask: gather(&cache.mask, cache.past_len, rows),
-        })
+        self.driver.select_cache_rows(cache, rows).await
     }
 
-    /// Pads the shorter encoder sequences behind with zero states, masked.
     async fn join_cross(&mut self, parts: Vec<FakeCross>) -> Result<FakeCross> {
         self.calls.join_cross += 1;
-        let enc_len = parts.iter().map(|c| c.enc_len).max().unwrap_or(0);
-        let (mut states, mut enc_mask) = (Vec::new(), Vec::new());
-        for c in &parts {
-            let pad = enc_len - c.enc_len;
-            for i in 0..c.rows.images() {
-                states.extend_from_slice(&c.states[i * c.enc_len * HIDDEN..][..c.enc_len * HIDDEN]);
-                states.extend(std::iter::repeat_n(0.0, pad * HIDDEN));
-                enc_mask.extend_from_slice(&c.enc_mask[i * c.enc_len..(i + 1) * c.enc_len]);
-                enc_mask.extend(std::iter::repeat_n(0, pad));
-            }
-        }
-        Ok(FakeCross {
-            rows: CrossRows::joined(parts.iter().map(|c| &c.rows)),
-            enc_len,
-            states,
-            enc_mask,
-        })
+        self.driver.join_cross(parts).await
     }
 
     async fn select_cross_rows(&mut self, cross: FakeCross, rows: &[usize]) -> Result<FakeCross> {
         self.calls.select_cross_rows += 1;
-        let (left, kept) = cross.rows.select(rows)?;
-        Ok(FakeCross {
-            rows: left,
-            enc_len: cross.enc_len,
-            states: gather(&cross.states, cross.enc_len * HIDDEN, &kept),
-            enc_mask: gather(&cross.enc_mask, cross.enc_len, &kept),
-        })
+        self.driver.select_cross_rows(cross, rows).await
     }
 
     async fn decode(
@@ -396,74 +588,14 @@ impl Graphs for FakeGraphs {
     ) -> Result<Vec<f32>> {
         let run = self.calls.decode;
         self.calls.decode += 1;
-        self.decode_rows.push(cache.rows);
+        self.decode_rows.push(cache.rows().rows());
         if self.fail_decode_at == Some(run) {
             return Err(engine(
                 DECODER,
                 format!("injected failure at decoder run {run}"),
             ));
         }
-        let (rows, t, past) = (cache.rows, feed.t, cache.past_len);
-        if cross.rows.rows() != rows || feed.tokens.len() != rows * t {
-            return Err(TaskError::Input(format!(
-                "decoder feed of {} tokens × {t} for a cache of {rows} rows and cross of {}",
-                feed.tokens.len(),
-                cross.rows.rows()
-            )));
-        }
-        if let Some(src) = feed.reorder {
-            if src.len() != rows {
-                return Err(TaskError::Input(format!("reorder {src:?} for {rows} rows")));
-            }
-            check_rows(src, rows, "reorder")?;
-            // Beam search moved histories between rows.
-            cache.tokens = gather(&cache.tokens, past, src);
-            cache.mask = gather(&cache.mask, past, src);
-        }
-        let width = past + t;
-        let mask = match feed.attention_mask {
-            Some(m) if m.len() == rows * width => m.to_vec(),
-            Some(m) => {
-                return Err(TaskError::Input(format!(
-                    "decoder attention mask has {} values for {rows} × {width}",
-                    m.len()
-                )));
-            }
-            None => (0..rows)
-                .flat_map(|r| {
-                    let cached = cache.mask[r * past..(r + 1) * past].iter().copied();
-                    cached.chain(std::iter::repeat_n(1, t))
-                })
-                .collect(),
-        };
-        let tokens: Vec<i64> = (0..rows)
-            .flat_map(|r| {
-                let cached = cache.tokens[r * past..(r + 1) * past].iter();
-                cached.chain(&feed.tokens[r * t..(r + 1) * t]).copied()
-            })
-            .collect();
-        // Each row reads its image through the shared-K/V slots, as the decoder graph does.
-        let shared = cross.rows.feed();
-        let positions = match feed.logits {
-            LogitPositions::Last => width - 1..width,
-            LogitPositions::All => past..width,
-        };
-        let mut logits = Vec::with_capacity(rows * positions.len() * VOCAB);
-        for r in 0..rows {
-            let ctx = cross.context(shared.slots[r] as usize / shared.group);
-            let (row, row_mask) = (&tokens[r * width..][..width], &mask[r * width..][..width]);
-            for p in positions.clone() {
-                let history: Vec<i64> = (0..=p)
-                    .filter(|&i| row_mask[i] == 1)
-                    .map(|i| row[i])
-                    .collect();
-                logits.extend(next_token_logits(&history, ctx));
-            }
-        }
-        cache.tokens = tokens;
-        cache.mask = mask;
-        cache.past_len = width;
-        Ok(logits)
+        self.driver.decode(cross, cache, feed).await
     }
 }
 
@@ -558,5 +690,6 @@ pub fn fake_blip(head: Head) -> Blip<FakeGraphs> {
     let mut tokenizer = BlipTokenizer::from_bytes(tokenizer_json().as_bytes(), "fake", tokens())
         .expect("the fake tokenizer parses");
     tokenizer.max_positions = Some(package.manifest.model.max_position_embeddings);
-    Blip::new(package, tokenizer, FakeGraphs::default())
+    let graphs = FakeGraphs::new(&package);
+    Blip::new(package, tokenizer, graphs)
 }

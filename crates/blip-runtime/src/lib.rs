@@ -24,7 +24,7 @@ pub use blip_tasks::{
     VisionOutput, VqaOptions, caption_text, match_probability, ready, unique_inputs,
 };
 pub use blip_tasks::{defaults, generate, request, tag};
-pub use engine::{GRAPH_DURATION, OrtCache, OrtCross, OrtGraphs};
+pub use engine::{GRAPH_DURATION, OrtBackend, OrtCache, OrtCross, OrtGraphs};
 pub use model::{BlipModel, CachedDecoder};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;

@@ -14,7 +14,7 @@ use blip_tasks::{
 };
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 
-use crate::engine::{OrtCache, OrtCross, OrtGraphs};
+use crate::engine::{OrtCache, OrtCross, OrtGraphs, open_graphs};
 use crate::{OrtLibrary, Result, SessionOptions};
 
 pub struct BlipModel(Blip<OrtGraphs>);
@@ -42,7 +42,7 @@ impl BlipModel {
             // Limited to the model's positions and checked against its vocabulary: texts that do
             // not fit are refused by name before inference.
             let tokenizer = scope.spawn(|| BlipTokenizer::for_package(&package));
-            let graphs = OrtGraphs::open(&library, &package, opts);
+            let graphs = open_graphs(&library, &package, opts);
             let tokenizer = tokenizer
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));

@@ -8,6 +8,7 @@ mod batch;
 mod cache_rows;
 mod cross_rows;
 pub mod defaults;
+pub mod driver;
 pub mod generate;
 mod graphs;
 mod input;

@@ -18,7 +18,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
 
-use crate::engine::WebGraphs;
+use crate::engine::{WebGraphs, web_graphs};
 use crate::options::{self, AnswerRequest, CaptionResult, RankAnswersRequest, RankImagesRequest};
 use crate::shim;
 use crate::verify::{self, ChecksumMismatch};
@@ -291,7 +291,7 @@ impl BrowserBlip {
             manifest,
         };
         let head = package.manifest.head;
-        let graphs = WebGraphs::new(&package, sessions);
+        let graphs = web_graphs(&package, sessions);
         Ok(BrowserBlip {
             model: Rc::new(RefCell::new(Some(Model::new(package, tokenizer, graphs)))),
             head,
