@@ -419,6 +419,10 @@ impl TensorBackend for FakeBackend {
         Ok(FakeTensor::f32(dims.to_vec(), data.to_vec()))
     }
 
+    fn f32_owned(&self, _graph: &str, data: Vec<f32>, dims: &[usize]) -> Result<FakeTensor> {
+        Ok(FakeTensor::f32(dims.to_vec(), data))
+    }
+
     fn i64(&self, _graph: &str, data: &[i64], dims: &[usize]) -> Result<FakeTensor> {
         Ok(FakeTensor {
             dims: dims.to_vec(),

@@ -112,7 +112,11 @@ impl TensorBackend for OrtBackend {
     type Outputs = Vec<(String, DynValue)>;
 
     fn f32(&self, graph: &str, data: &[f32], dims: &[usize]) -> TaskResult<DynValue> {
-        Ok(Tensor::from_array((dims.to_vec(), data.to_vec()))
+        self.f32_owned(graph, data.to_vec(), dims)
+    }
+
+    fn f32_owned(&self, graph: &str, data: Vec<f32>, dims: &[usize]) -> TaskResult<DynValue> {
+        Ok(Tensor::from_array((dims.to_vec(), data))
             .map_err(infer_err(graph))?
             .into_dyn())
     }
@@ -161,8 +165,6 @@ impl TensorBackend for OrtBackend {
     fn gather_rows(&self, graph: &str, value: &DynValue, rows: &[usize]) -> TaskResult<DynValue> {
         let (dims, data) = extract(graph, value)?;
         let (dims, out) = driver::gather_rows(graph, &dims, data, rows)?;
-        Ok(Tensor::from_array((dims, out))
-            .map_err(infer_err(graph))?
-            .into_dyn())
+        self.f32_owned(graph, out, &dims)
     }
 }

@@ -32,6 +32,11 @@ pub trait TensorBackend {
     type Outputs;
 
     fn f32(&self, graph: &str, data: &[f32], dims: &[usize]) -> Result<Self::Value>;
+    /// [`TensorBackend::f32`] of values the host no longer needs (an engine may keep them
+    /// without copying: joined cross K/V are tens of MB per image).
+    fn f32_owned(&self, graph: &str, data: Vec<f32>, dims: &[usize]) -> Result<Self::Value> {
+        self.f32(graph, &data, dims)
+    }
     fn i64(&self, graph: &str, data: &[i64], dims: &[usize]) -> Result<Self::Value>;
 
     /// Runs the package's graph `graph` on named inputs (a missing graph is
@@ -56,7 +61,7 @@ pub trait TensorBackend {
     fn gather_rows(&self, graph: &str, value: &Self::Value, rows: &[usize]) -> Result<Self::Value> {
         let dims = self.dims(value);
         let (dims, data) = gather_rows(graph, &dims, &self.read_f32(graph, value)?, rows)?;
-        self.f32(graph, &data, &dims)
+        self.f32_owned(graph, data, &dims)
     }
 }
 
@@ -288,7 +293,7 @@ impl<B: TensorBackend> GraphDriver<B> {
             rows += r;
         }
         let (h, hd) = inner.unwrap_or((0, 0));
-        self.backend.f32(graph, &out, &[rows, h, len, hd])
+        self.backend.f32_owned(graph, out, &[rows, h, len, hd])
     }
 
     fn held(&self, values: &NamedValues<B::Value>) -> usize {
