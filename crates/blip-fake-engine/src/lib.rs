@@ -28,7 +28,7 @@ use blip_package::{
 use blip_preprocess::{BlipTokenizer, TextBatch};
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 
-use blip_tasks::driver::{CrossKv, GraphDriver, KvCache, TensorBackend};
+use blip_tasks::driver::{self, CrossKv, GraphDriver, KvCache, TensorBackend};
 use blip_tasks::{Blip, DecoderFeed, Graphs, Result, TaskError, VisionOutput};
 
 pub const PAD: i64 = 0;
@@ -413,7 +413,7 @@ impl FakeBackend {
 
 impl TensorBackend for FakeBackend {
     type Value = FakeTensor;
-    type Outputs = Vec<(String, FakeTensor)>;
+    type Outputs = driver::NamedValues<FakeTensor>;
 
     fn f32(&self, _graph: &str, data: &[f32], dims: &[usize]) -> Result<FakeTensor> {
         Ok(FakeTensor::f32(dims.to_vec(), data.to_vec()))
@@ -444,17 +444,21 @@ impl TensorBackend for FakeBackend {
     }
 
     fn take(&self, outputs: &mut Self::Outputs, name: &str) -> Option<FakeTensor> {
-        let at = outputs.iter().position(|(n, _)| n == name)?;
-        Some(outputs.swap_remove(at).1)
+        driver::take_named(outputs, name)
     }
 
     fn dims(&self, value: &FakeTensor) -> Vec<usize> {
         value.dims.clone()
     }
 
-    fn read_f32(&self, graph: &str, value: &FakeTensor) -> Result<Vec<f32>> {
+    fn with_f32<R>(
+        &self,
+        graph: &str,
+        value: &FakeTensor,
+        read: impl FnOnce(&[f32]) -> Result<R>,
+    ) -> Result<R> {
         match &value.data {
-            FakeData::F32(v) => Ok(v.clone()),
+            FakeData::F32(v) => read(v),
             FakeData::I64(_) => Err(engine(graph, "reading int64 values as float".into())),
         }
     }

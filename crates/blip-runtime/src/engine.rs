@@ -100,16 +100,9 @@ impl OrtBackend {
     }
 }
 
-fn extract<'v>(graph: &str, value: &'v DynValue) -> TaskResult<(Vec<usize>, &'v [f32])> {
-    let (shape, data) = value
-        .try_extract_tensor::<f32>()
-        .map_err(infer_err(graph))?;
-    Ok((shape.iter().map(|&d| d as usize).collect(), data))
-}
-
 impl TensorBackend for OrtBackend {
     type Value = DynValue;
-    type Outputs = Vec<(String, DynValue)>;
+    type Outputs = driver::NamedValues<DynValue>;
 
     fn f32(&self, graph: &str, data: &[f32], dims: &[usize]) -> TaskResult<DynValue> {
         self.f32_owned(graph, data.to_vec(), dims)
@@ -145,26 +138,22 @@ impl TensorBackend for OrtBackend {
     }
 
     fn take(&self, outputs: &mut Self::Outputs, name: &str) -> Option<DynValue> {
-        let at = outputs.iter().position(|(n, _)| n == name)?;
-        Some(outputs.swap_remove(at).1)
+        driver::take_named(outputs, name)
     }
 
     fn dims(&self, value: &DynValue) -> Vec<usize> {
         value.shape().iter().map(|&d| d as usize).collect()
     }
 
-    fn read_f32(&self, graph: &str, value: &DynValue) -> TaskResult<Vec<f32>> {
-        Ok(extract(graph, value)?.1.to_vec())
-    }
-
-    fn read_last_positions(&self, graph: &str, value: &DynValue) -> TaskResult<Vec<f32>> {
-        let (dims, data) = extract(graph, value)?;
-        driver::last_positions(graph, &dims, data)
-    }
-
-    fn gather_rows(&self, graph: &str, value: &DynValue, rows: &[usize]) -> TaskResult<DynValue> {
-        let (dims, data) = extract(graph, value)?;
-        let (dims, out) = driver::gather_rows(graph, &dims, data, rows)?;
-        self.f32_owned(graph, out, &dims)
+    fn with_f32<R>(
+        &self,
+        graph: &str,
+        value: &DynValue,
+        read: impl FnOnce(&[f32]) -> TaskResult<R>,
+    ) -> TaskResult<R> {
+        let (_, data) = value
+            .try_extract_tensor::<f32>()
+            .map_err(infer_err(graph))?;
+        read(data)
     }
 }

@@ -48,25 +48,38 @@ pub trait TensorBackend {
 
     fn dims(&self, value: &Self::Value) -> Vec<usize>;
 
+    /// Calls `read` with a float tensor's values, row-major, as the host sees them (borrowed
+    /// where the engine's memory is the host's, copied where it is not).
+    fn with_f32<R>(
+        &self,
+        graph: &str,
+        value: &Self::Value,
+        read: impl FnOnce(&[f32]) -> Result<R>,
+    ) -> Result<R>;
+
     /// A float tensor's values, row-major, on the host.
-    fn read_f32(&self, graph: &str, value: &Self::Value) -> Result<Vec<f32>>;
+    fn read_f32(&self, graph: &str, value: &Self::Value) -> Result<Vec<f32>> {
+        self.with_f32(graph, value, |data| Ok(data.to_vec()))
+    }
 
     /// The last of `t` positions of each row of `[rows, t, width]` floats, on the host (engines
     /// whose reads cross a boundary copy only these).
     fn read_last_positions(&self, graph: &str, value: &Self::Value) -> Result<Vec<f32>> {
-        last_positions(graph, &self.dims(value), &self.read_f32(graph, value)?)
+        let dims = self.dims(value);
+        self.with_f32(graph, value, |data| last_positions(graph, &dims, data))
     }
 
     /// Rows `rows` (first axis) of a float tensor, in that order.
     fn gather_rows(&self, graph: &str, value: &Self::Value, rows: &[usize]) -> Result<Self::Value> {
         let dims = self.dims(value);
-        let (dims, data) = gather_rows(graph, &dims, &self.read_f32(graph, value)?, rows)?;
+        let (dims, data) =
+            self.with_f32(graph, value, |data| gather_rows(graph, &dims, data, rows))?;
         self.f32_owned(graph, data, &dims)
     }
 }
 
 /// The last of `t` positions of each row of `[rows, t, width]` values.
-pub fn last_positions(graph: &str, dims: &[usize], data: &[f32]) -> Result<Vec<f32>> {
+fn last_positions(graph: &str, dims: &[usize], data: &[f32]) -> Result<Vec<f32>> {
     let [rows, t, width] = dims[..] else {
         return Err(shape_err(
             graph,
@@ -80,7 +93,7 @@ pub fn last_positions(graph: &str, dims: &[usize], data: &[f32]) -> Result<Vec<f
 }
 
 /// Rows `rows` (first axis) of `dims`-shaped values, in that order: their dims and values.
-pub fn gather_rows(
+fn gather_rows(
     graph: &str,
     dims: &[usize],
     data: &[f32],
@@ -110,6 +123,12 @@ fn shape_err(graph: &str, message: String) -> TaskError {
 
 /// Engine values by graph input name, in the decoder's input order.
 pub type NamedValues<V> = Vec<(String, V)>;
+
+/// Takes value `name` out of `values` (for backends whose run outputs are [`NamedValues`]).
+pub fn take_named<V>(values: &mut NamedValues<V>, name: &str) -> Option<V> {
+    let at = values.iter().position(|(n, _)| n == name)?;
+    Some(values.swap_remove(at).1)
+}
 
 /// Cross-attention K/V and the encoder mask, once per image, as engine values; `rows` says which
 /// image each decoder row reads.
@@ -279,16 +298,18 @@ impl<B: TensorBackend> GraphDriver<B> {
             if s * hd == 0 {
                 out.extend(std::iter::repeat_n(0.0, r * h * len * hd));
             } else {
-                let data = self.backend.read_f32(graph, v)?;
-                for block in data.chunks(s * hd).take(r * h) {
-                    if pad_front {
-                        out.extend_from_slice(&pad);
+                self.backend.with_f32(graph, v, |data| {
+                    for block in data.chunks(s * hd).take(r * h) {
+                        if pad_front {
+                            out.extend_from_slice(&pad);
+                        }
+                        out.extend_from_slice(block);
+                        if !pad_front {
+                            out.extend_from_slice(&pad);
+                        }
                     }
-                    out.extend_from_slice(block);
-                    if !pad_front {
-                        out.extend_from_slice(&pad);
-                    }
-                }
+                    Ok(())
+                })?;
             }
             rows += r;
         }

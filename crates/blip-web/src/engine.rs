@@ -108,6 +108,16 @@ impl TensorBackend for WebBackend {
             .collect()
     }
 
+    fn with_f32<R>(
+        &self,
+        graph: &str,
+        value: &JsValue,
+        read: impl FnOnce(&[f32]) -> Result<R>,
+    ) -> Result<R> {
+        read(&self.read_f32(graph, value)?)
+    }
+
+    /// One copy into wasm memory.
     fn read_f32(&self, graph: &str, value: &JsValue) -> Result<Vec<f32>> {
         Ok(shim::tensor_data(value)
             .map_err(engine_err(graph))?
