@@ -346,7 +346,7 @@ fn measure_one(pkg: &Path, args: &BenchArgs) -> Result<Engine> {
     }
     Ok(Engine {
         name: engine_name(pkg, &m, &args.device),
-        precision: m.package.manifest.precision.clone(),
+        precision: m.package.manifest.precision.to_string(),
         size_mb: dir_size_mb(pkg),
         peak_rss_mb: peak_rss_mb(),
         rows,
@@ -459,7 +459,7 @@ fn interleaved_steps(pkgs: &[PathBuf], args: &BenchArgs) -> Result<Vec<Interleav
     for (engine, m, states) in &mut models {
         out.push(InterleavedStep {
             engine: engine.clone(),
-            precision: m.package.manifest.precision.clone(),
+            precision: m.package.manifest.precision.to_string(),
             samples_ms: Vec::with_capacity(args.reps * 2),
         });
         let (mut dec, next) = primed_decoder(m, states.view())?;

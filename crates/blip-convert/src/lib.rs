@@ -336,7 +336,7 @@ fn write_package(
                         .collect::<Vec<_>>(),
                 )?,
                 bytes: stats.onnx_bytes + stats.data_bytes,
-                precision: "fp32".into(),
+                precision: blip_package::Precision::Fp32,
                 quantization: None,
                 optimization: None,
                 inputs: built.inputs.iter().map(spec).collect(),
@@ -402,7 +402,7 @@ fn write_package(
             max_text_tokens: 35,
         },
         opset: OPSET,
-        precision: "fp32".into(),
+        precision: blip_package::Precision::Fp32,
         tokenizer: blip_package::TOKENIZER_FILE.into(),
         // Standard ops only: every runtime runs the converted graphs (docs/runtimes.md).
         runtimes: blip_package::Runtime::ALL.to_vec(),

@@ -681,7 +681,7 @@ pub fn package(head: Head) -> Package {
         preprocess: Preprocess::blip(IMAGE_SIZE),
         tokens: tokens(),
         opset: 17,
-        precision: "fp32".into(),
+        precision: blip_package::Precision::Fp32,
         tokenizer: blip_package::TOKENIZER_FILE.into(),
         runtimes: Vec::new(),
         graphs: BTreeMap::new(),

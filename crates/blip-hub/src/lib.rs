@@ -180,7 +180,7 @@ impl FromStr for ModelId {
     }
 }
 
-/// A package flavour (a name distinct from blip_quantize::Precision, the quantization scheme):
+/// A package flavour (a name distinct from blip_quantize::Scheme, the quantization scheme):
 /// what the package cache holds per commit, the converted package or a quantized copy made as
 /// `blip-onnx quantize` makes it (native target, default policies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -212,16 +212,16 @@ impl Flavour {
     }
 
     /// The quantize passes, in order, that make this precision from the FP32 package.
-    fn passes(self, head: Head) -> Vec<blip_quantize::Precision> {
+    fn passes(self, head: Head) -> Vec<blip_quantize::Scheme> {
         let target = blip_quantize::Target::Native;
         let int4 = target.int4(blip_quantize::DEFAULT_INT4_BLOCK_SIZE, None);
         match self {
             Flavour::Fp32 => vec![],
-            Flavour::Int8 => vec![blip_quantize::Precision::Int8],
+            Flavour::Int8 => vec![blip_quantize::Scheme::Int8],
             Flavour::Int4 => vec![int4],
-            Flavour::Fp16 => vec![blip_quantize::Precision::Fp16],
-            Flavour::Default if head == Head::Retrieval => vec![blip_quantize::Precision::Int8],
-            Flavour::Default => vec![blip_quantize::Precision::Int8, int4],
+            Flavour::Fp16 => vec![blip_quantize::Scheme::Fp16],
+            Flavour::Default if head == Head::Retrieval => vec![blip_quantize::Scheme::Int8],
+            Flavour::Default => vec![blip_quantize::Scheme::Int8, int4],
         }
     }
 }
@@ -581,7 +581,7 @@ impl Hub {
             let target = blip_quantize::Target::Native;
             let opts = blip_quantize::QuantizeOptions {
                 policy: target.default_policy(&pass),
-                precision: pass,
+                scheme: pass,
                 weight_type: target.default_weight_type(),
                 target,
                 ..Default::default()

@@ -120,13 +120,13 @@ fn downloads_converts_once_then_reuses_with_no_request() {
     assert_eq!(fake.requests(), Vec::<String>::new());
     let q = local.path().join("int8");
     let target = blip_quantize::Target::Native;
-    let p = blip_quantize::Precision::Int8;
+    let p = blip_quantize::Scheme::Int8;
     blip_quantize::quantize_package(
         &local_pkg,
         &q,
         &blip_quantize::QuantizeOptions {
             policy: target.default_policy(&p),
-            precision: p,
+            scheme: p,
             ..Default::default()
         },
     )

@@ -105,7 +105,7 @@ pub fn run(args: EvalArgs) -> Result<u8> {
     };
     bar.finish_and_clear();
     let package = args.common.package.display().to_string();
-    let precision = model.package.manifest.precision.clone();
+    let precision = model.package.manifest.precision.to_string();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let report = serde_json::json!({
         "package": package, "precision": precision, "task": task,

@@ -34,7 +34,10 @@ pub fn inspect(dir: &Path, run: bool, threads: usize) -> Result<()> {
         "tokens    bos {} enc {} sep/eos {} pad {}",
         m.tokens.bos, m.tokens.enc, m.tokens.sep, m.tokens.pad
     );
-    if m.graphs.values().any(|g| g.precision.contains("int8")) {
+    if m.graphs
+        .values()
+        .any(|g| g.precision == blip_package::Precision::Int8)
+    {
         let path = Int8Path::detect();
         println!("int8      {} on this CPU: {}", path.name(), path.reason());
     }

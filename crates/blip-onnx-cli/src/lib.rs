@@ -608,15 +608,15 @@ fn run(cli: Cli) -> Result<u8> {
             keep_fp32,
             force,
         } => {
-            let precision = match precision {
-                None => target.default_precision(),
-                Some(PrecisionArg::Int8) => blip_quantize::Precision::Int8,
+            let scheme = match precision {
+                None => target.default_scheme(),
+                Some(PrecisionArg::Int8) => blip_quantize::Scheme::Int8,
                 Some(PrecisionArg::Int4) => target.int4(block_size, accuracy_level),
-                Some(PrecisionArg::Fp16) => blip_quantize::Precision::Fp16,
+                Some(PrecisionArg::Fp16) => blip_quantize::Scheme::Fp16,
             };
-            let policy = blip_quantize::Policy::parse(&policy, &precision, target);
+            let policy = blip_quantize::Policy::parse(&policy, &scheme, target);
             let opts = blip_quantize::QuantizeOptions {
-                precision,
+                scheme,
                 policy,
                 reduce_range,
                 weight_type: match weight_type {

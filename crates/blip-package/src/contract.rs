@@ -85,7 +85,7 @@ impl<'de> serde::Deserialize<'de> for Head {
         let name = String::deserialize(d)?;
         Head::from_manifest_name(&name).ok_or_else(|| {
             let heads: Vec<&str> = Head::ALL.iter().map(|h| h.name()).collect();
-            serde::de::Error::custom(format!("head {name:?} is not one of {}", heads.join(", ")))
+            serde::de::Error::custom(format!("{name:?} is not one of {}", heads.join(", ")))
         })
     }
 }
@@ -96,6 +96,84 @@ impl FromStr for Head {
     /// As [`Head::from_name`] (`itm` is retrieval).
     fn from_str(s: &str) -> Result<Head, UnknownHead> {
         Head::from_name(s).ok_or_else(|| UnknownHead(s.to_string()))
+    }
+}
+
+/// The number format of a graph's weights (`precision` of a graph in `blip.json`), or of a
+/// package: its graphs' one precision, or [`Precision::Mixed`] when they differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Precision {
+    /// What the converter writes.
+    Fp32,
+    /// Dynamic INT8 (`blip-onnx quantize --precision int8`).
+    Int8,
+    /// Weight-only INT4 (`--precision int4`).
+    Int4,
+    /// FP16 weights and activations (`--precision fp16`).
+    Fp16,
+    /// A package whose graphs differ (each graph's entry says which); never a graph's.
+    Mixed,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 5] = [
+        Precision::Fp32,
+        Precision::Int8,
+        Precision::Int4,
+        Precision::Fp16,
+        Precision::Mixed,
+    ];
+
+    /// The manifest's spelling.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+            Precision::Int4 => "int4",
+            Precision::Fp16 => "fp16",
+            Precision::Mixed => "mixed",
+        }
+    }
+
+    /// A package's precision from its graphs': theirs when they share one, else mixed (and
+    /// FP32 for a package without graphs).
+    pub fn of_package(graphs: impl IntoIterator<Item = Precision>) -> Precision {
+        let mut graphs = graphs.into_iter();
+        let Some(first) = graphs.next() else {
+            return Precision::Fp32;
+        };
+        if graphs.all(|p| p == first) {
+            first
+        } else {
+            Precision::Mixed
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// In `blip.json` a precision is its name ([`Precision::name`]); any other string is refused when
+/// the manifest is parsed, naming the precisions there are.
+impl serde::Serialize for Precision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Precision {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
+        let name = String::deserialize(d)?;
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Precision::ALL.iter().map(|p| p.name()).collect();
+                serde::de::Error::custom(format!("{name:?} is not one of {}", names.join(", ")))
+            })
     }
 }
 

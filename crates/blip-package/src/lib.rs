@@ -12,7 +12,7 @@ mod runtime;
 mod staging;
 mod validation;
 
-pub use contract::{DecoderShape, Graph, Head, UnknownGraph, UnknownHead, io};
+pub use contract::{DecoderShape, Graph, Head, Precision, UnknownGraph, UnknownHead, io};
 pub use integrity::{FileStamp, VERIFIED_STAMP};
 pub use runtime::{Runtime, UnknownRuntime};
 pub use staging::{
@@ -101,7 +101,7 @@ pub struct Manifest {
     pub preprocess: Preprocess,
     pub tokens: Tokens,
     pub opset: i64,
-    pub precision: String,
+    pub precision: Precision,
     pub tokenizer: String,
     /// The runtimes the package was made for (convert: every runtime the standard-ops graphs run
     /// on; quantize and optimize narrow it to their target's). Empty in packages written before
@@ -201,7 +201,7 @@ pub struct GraphEntry {
     pub data_file: Option<String>,
     pub sha256: String,
     pub bytes: u64,
-    pub precision: String,
+    pub precision: Precision,
     /// How `blip-onnx quantize` rewrote the graph (INT8/INT4: method, weight type, block size,
     /// accuracy level, embeddings; FP16: the ops kept FP32); absent for FP32 graphs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -222,7 +222,12 @@ impl Manifest {
             path: path.to_path_buf(),
             message,
         };
-        let manifest: Manifest = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let manifest: Manifest =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
+                .map_err(|e| match e.path().to_string().as_str() {
+                    "." => bad(e.inner().to_string()),
+                    field => bad(format!("{field}: {}", e.inner())),
+                })?;
         if manifest.format != FORMAT {
             return Err(bad(format!(
                 "format is {:?}, expected {FORMAT:?}",

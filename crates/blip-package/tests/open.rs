@@ -28,7 +28,7 @@ fn write_package(dir: &Path) -> Manifest {
                 file,
                 data_file: None,
                 bytes: bytes.len() as u64,
-                precision: "fp32".into(),
+                precision: blip_package::Precision::Fp32,
                 quantization: None,
                 optimization: None,
                 inputs: vec![spec("x")],
@@ -77,7 +77,7 @@ fn write_package(dir: &Path) -> Manifest {
             max_text_tokens: 35,
         },
         opset: 17,
-        precision: "fp32".into(),
+        precision: blip_package::Precision::Fp32,
         tokenizer: TOKENIZER_FILE.into(),
         runtimes: Vec::new(),
         graphs,
@@ -198,11 +198,23 @@ fn nonsense_values_are_refused_naming_the_field() {
             Box::new(|v| v["head"] = "segmentation".into()),
             "is not one of caption, retrieval, vqa",
         ),
+        (
+            "precision",
+            Box::new(|v| v["precision"] = "int3".into()),
+            "\"int3\" is not one of fp32, int8, int4, fp16, mixed",
+        ),
+        (
+            "graphs.vision_encoder.precision",
+            Box::new(|v| v["graphs"]["vision_encoder"]["precision"] = "bf16".into()),
+            "\"bf16\" is not one of fp32, int8, int4, fp16, mixed",
+        ),
     ];
     for (field, edit, says) in cases {
         let err = open_err(d, edit);
+        // Validation rules say `field …`, type errors from parsing `field: …`.
         assert!(
-            err.contains(&format!("invalid manifest: {field} ")),
+            err.contains(&format!("invalid manifest: {field} "))
+                || err.contains(&format!("invalid manifest: {field}: ")),
             "{field}: {err}"
         );
         assert!(err.contains(says), "{field}: {err}");

@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use blip_convert::{ConvertError as LibConvertError, ConvertOptions, ExternalData};
 use blip_package::Head;
 use blip_preprocess::{ImagePreprocessor, RgbImage};
-use blip_quantize::{Policy, Precision, QuantizeError as LibQuantizeError, QuantizeOptions};
+use blip_quantize::{Policy, QuantizeError as LibQuantizeError, QuantizeOptions, Scheme};
 use blip_runtime::request;
 use blip_runtime::{
     BlipModel, CandidateStates, CaptionOptions, Device, ImageInput, OrtLibrary, PreprocessError,
@@ -727,14 +727,14 @@ fn quantize<'py>(
     force: bool,
 ) -> PyResult<Bound<'py, PyList>> {
     let target: blip_quantize::Target = target.parse().map_err(InputError::new_err)?;
-    let precision = match precision {
-        None => target.default_precision(),
-        Some("int8") => Precision::Int8,
+    let scheme = match precision {
+        None => target.default_scheme(),
+        Some("int8") => Scheme::Int8,
         Some("int4") => target.int4(
             block_size.unwrap_or(blip_quantize::DEFAULT_INT4_BLOCK_SIZE),
             accuracy_level,
         ),
-        Some("fp16") => Precision::Fp16,
+        Some("fp16") => Scheme::Fp16,
         Some(other) => {
             return Err(InputError::new_err(format!(
                 "precision {other:?}: expected int8, int4 or fp16"
@@ -753,8 +753,8 @@ fn quantize<'py>(
         }
     };
     let opts = QuantizeOptions {
-        policy: Policy::parse(policy, &precision, target),
-        precision,
+        policy: Policy::parse(policy, &scheme, target),
+        scheme,
         reduce_range: reduce_range.unwrap_or(defaults.reduce_range),
         weight_type,
         int4_symmetric: asymmetric.map_or(defaults.int4_symmetric, |a| !a),

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use blip_package::{GraphEntry, Manifest, Package};
+use blip_package::{GraphEntry, Manifest, Package, Precision};
 use onnx_writer::onnx::{
     AttributeProto, ModelProto, NodeProto, TensorProto, tensor_proto::DataLocation,
     tensor_proto::DataType as PbType,
@@ -62,12 +62,12 @@ pub enum QuantizeError {
     AlreadyQuantized {
         path: PathBuf,
         role: String,
-        precision: String,
+        precision: Precision,
     },
     #[error("--target {target} refuses {precision}: {reason}")]
     TargetRefuses {
         target: &'static str,
-        precision: &'static str,
+        precision: Precision,
         reason: &'static str,
     },
     #[error(
@@ -104,9 +104,9 @@ pub enum Policy {
 impl Policy {
     /// Parses a policy name: `default` (the target's choice for the precision,
     /// [`Target::default_policy`]), `encoders`, `decoder`, `all`, or comma-separated roles.
-    pub fn parse(name: &str, precision: &Precision, target: Target) -> Policy {
+    pub fn parse(name: &str, scheme: &Scheme, target: Target) -> Policy {
         match name {
-            "default" => target.default_policy(precision),
+            "default" => target.default_policy(scheme),
             "encoders" => Policy::Encoders,
             "decoder" => Policy::Decoder,
             "all" => Policy::All,
@@ -124,9 +124,9 @@ impl Policy {
     }
 }
 
-/// What the selected MatMuls become.
+/// What the selected MatMuls become: a precision with its parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
+pub enum Scheme {
     /// Dynamic INT8: int8 per-channel weights, activations quantized at run time (standard ops).
     Int8,
     /// Weight-only INT4 (`com.microsoft.MatMulNBits`), symmetric blocks of `block_size` along K.
@@ -144,22 +144,22 @@ pub const DEFAULT_INT4_BLOCK_SIZE: usize = 128;
 /// INT4 accuracy level: 4 multiplies in int8 (fastest on CPU).
 pub const DEFAULT_INT4_ACCURACY_LEVEL: i64 = 4;
 
-impl Precision {
-    /// The manifest's name of the precision.
-    pub fn label(&self) -> &'static str {
+impl Scheme {
+    /// The precision the quantized graphs have.
+    pub fn precision(&self) -> Precision {
         match self {
-            Precision::Int8 => "int8",
-            Precision::Int4 { .. } => "int4",
-            Precision::Fp16 => "fp16",
+            Scheme::Int8 => Precision::Int8,
+            Scheme::Int4 { .. } => Precision::Int4,
+            Scheme::Fp16 => Precision::Fp16,
         }
     }
 
     /// What each precision is meant for: INT8 the encoders, INT4 the decoder, FP16 every graph.
     pub fn default_policy(&self) -> Policy {
         match self {
-            Precision::Int8 => Policy::Encoders,
-            Precision::Int4 { .. } => Policy::Decoder,
-            Precision::Fp16 => Policy::All,
+            Scheme::Int8 => Policy::Encoders,
+            Scheme::Int4 { .. } => Policy::Decoder,
+            Scheme::Fp16 => Policy::All,
         }
     }
 }
@@ -175,7 +175,7 @@ pub enum WeightType {
 
 #[derive(Debug, Clone)]
 pub struct QuantizeOptions {
-    pub precision: Precision,
+    pub scheme: Scheme,
     pub policy: Policy,
     /// 7-bit weights ([-63, 63]): avoids int16 accumulation saturation on CPUs without VNNI.
     pub reduce_range: bool,
@@ -196,16 +196,14 @@ impl QuantizeOptions {
     /// Full-range QInt8 weights: their int16 pair sums saturate on x86 without VNNI unless the
     /// session asks for precise products (see [`Target::narrow`]).
     pub fn saturating_int8(&self) -> bool {
-        self.precision == Precision::Int8
-            && self.weight_type == WeightType::QInt8
-            && !self.reduce_range
+        self.scheme == Scheme::Int8 && self.weight_type == WeightType::QInt8 && !self.reduce_range
     }
 }
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
         QuantizeOptions {
-            precision: Precision::Int8,
+            scheme: Scheme::Int8,
             policy: Policy::Encoders,
             reduce_range: false,
             weight_type: WeightType::QInt8,
@@ -803,10 +801,10 @@ pub fn quantize_package(src: &Path, out: &Path, opts: &QuantizeOptions) -> Resul
 /// The precision must suit the target, and the result must still be meant for some runtime.
 fn check_target(pkg: &Package, opts: &QuantizeOptions) -> Result<()> {
     let target = opts.target;
-    if let Some(reason) = target.refuses(&opts.precision) {
+    if let Some(reason) = target.refuses(&opts.scheme) {
         return Err(QuantizeError::TargetRefuses {
             target: target.name(),
-            precision: opts.precision.label(),
+            precision: opts.scheme.precision(),
             reason,
         });
     }
@@ -850,11 +848,11 @@ fn check_selection(pkg: &Package, opts: &QuantizeOptions) -> Result<()> {
         });
     }
     for (role, entry) in selected {
-        if entry.precision != "fp32" {
+        if entry.precision != Precision::Fp32 {
             return Err(QuantizeError::AlreadyQuantized {
                 path: pkg.dir.join(&entry.file),
                 role: role.clone(),
-                precision: entry.precision.clone(),
+                precision: entry.precision,
             });
         }
     }
@@ -903,8 +901,8 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
         }
         let mut model = load_model(&path)?;
         let qmax = if opts.reduce_range { 63.0 } else { 127.0 };
-        let (count, other, note, suffix, precision) = match opts.precision {
-            Precision::Int8 => {
+        let (count, other, note, suffix, precision) = match opts.scheme {
+            Scheme::Int8 => {
                 let c = quantize_graph(&mut model, &path, opts.reduce_range, opts.weight_type)?;
                 let e = if opts.embeddings {
                     embedding::quantize_int8(&mut model, &path, qmax)?
@@ -920,9 +918,9 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
                         ""
                     }
                 );
-                (c, e, note, "quantized", "int8")
+                (c, e, note, "quantized", Precision::Int8)
             }
-            Precision::Int4 {
+            Scheme::Int4 {
                 block_size,
                 accuracy_level,
             } => {
@@ -954,10 +952,10 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
                         }
                     ),
                     "q4",
-                    "int4",
+                    Precision::Int4,
                 )
             }
-            Precision::Fp16 => {
+            Scheme::Fp16 => {
                 let n = fp16::convert_graph(&mut model, &path, &opts.keep_fp32)?;
                 (
                     0,
@@ -967,7 +965,7 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
                         opts.keep_fp32.join(",")
                     ),
                     "fp16",
-                    "fp16",
+                    Precision::Fp16,
                 )
             }
         };
@@ -990,9 +988,9 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
                 data_file: None,
                 sha256: sha256(&bytes),
                 bytes: bytes.len() as u64,
-                precision: precision.into(),
+                precision,
                 // `other` counts quantized embedding tables (INT8/INT4) or converted tensors (FP16).
-                quantization: Some(if other > 0 && opts.precision != Precision::Fp16 {
+                quantization: Some(if other > 0 && opts.scheme != Scheme::Fp16 {
                     format!("{note}; word embeddings too")
                 } else {
                     note
@@ -1008,17 +1006,7 @@ fn write_quantized(pkg: &Package, dir: &Path, opts: &QuantizeOptions) -> Result<
             bytes_after: bytes.len() as u64,
         });
     }
-    // One precision for the package when every graph shares it, else "mixed" (see each graph's).
-    let first = graphs
-        .values()
-        .next()
-        .map(|g| g.precision.clone())
-        .unwrap_or_default();
-    manifest.precision = if graphs.values().all(|g| g.precision == first) {
-        first
-    } else {
-        "mixed".into()
-    };
+    manifest.precision = Precision::of_package(graphs.values().map(|g| g.precision));
     manifest.graphs = graphs;
     manifest.runtimes = opts
         .target

@@ -4,7 +4,7 @@
 
 use blip_package::Runtime;
 
-use crate::{Policy, Precision, WeightType};
+use crate::{Policy, Scheme, WeightType};
 
 /// Where the quantized package is meant to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,17 +41,17 @@ impl Target {
     }
 
     /// Weight-only INT4 with `block_size`; the accuracy level is the target's unless given.
-    pub fn int4(self, block_size: usize, accuracy_level: Option<i64>) -> Precision {
-        Precision::Int4 {
+    pub fn int4(self, block_size: usize, accuracy_level: Option<i64>) -> Scheme {
+        Scheme::Int4 {
             block_size,
             accuracy_level: accuracy_level.unwrap_or_else(|| self.default_int4_accuracy_level()),
         }
     }
 
-    pub fn default_precision(self) -> Precision {
+    pub fn default_scheme(self) -> Scheme {
         match self {
-            Target::Native | Target::Web => Precision::Int8,
-            Target::Webgpu => Precision::Fp16,
+            Target::Native | Target::Web => Scheme::Int8,
+            Target::Webgpu => Scheme::Fp16,
         }
     }
 
@@ -72,20 +72,20 @@ impl Target {
     }
 
     /// In wasm the decoder is INT8 too (INT4, native's decoder precision, is slow there).
-    pub fn default_policy(self, precision: &Precision) -> Policy {
-        match (self, precision) {
-            (Target::Web, Precision::Int8) => Policy::All,
-            _ => precision.default_policy(),
+    pub fn default_policy(self, scheme: &Scheme) -> Policy {
+        match (self, scheme) {
+            (Target::Web, Scheme::Int8) => Policy::All,
+            _ => scheme.default_policy(),
         }
     }
 
-    /// Why `precision` does not suit this target, if it does not.
-    pub fn refuses(self, precision: &Precision) -> Option<&'static str> {
-        match (self, precision) {
-            (Target::Web, Precision::Fp16) => Some(
+    /// Why `scheme` does not suit this target, if it does not.
+    pub fn refuses(self, scheme: &Scheme) -> Option<&'static str> {
+        match (self, scheme) {
+            (Target::Web, Scheme::Fp16) => Some(
                 "onnxruntime-web's wasm kernels compute FP16 slowly or not at all; use int8 (the default) or --target webgpu",
             ),
-            (Target::Webgpu, Precision::Int8) => Some(
+            (Target::Webgpu, Scheme::Int8) => Some(
                 "the WebGPU EP has no dynamic-INT8 kernels (they fall back to wasm); use fp16 (the default) or int4",
             ),
             _ => None,
@@ -127,7 +127,7 @@ mod tests {
     fn web_is_quint8_on_every_graph_and_narrows_to_web() {
         let t = Target::Web;
         assert_eq!(t.default_weight_type(), WeightType::QUInt8);
-        assert_eq!(t.default_policy(&t.default_precision()), Policy::All);
+        assert_eq!(t.default_policy(&t.default_scheme()), Policy::All);
         assert_eq!(
             t.narrow(&Runtime::ALL, false),
             vec![Runtime::Web, Runtime::OrtMobile]
@@ -137,8 +137,8 @@ mod tests {
             Target::Native.narrow(&Runtime::ALL, true),
             vec![Runtime::Ort, Runtime::Node]
         );
-        assert!(t.refuses(&Precision::Fp16).is_some());
-        assert!(Target::Webgpu.refuses(&Precision::Int8).is_some());
+        assert!(t.refuses(&Scheme::Fp16).is_some());
+        assert!(Target::Webgpu.refuses(&Scheme::Int8).is_some());
         // A package without the field was made for native ONNX Runtime only.
         assert_eq!(Target::Native.narrow(&[], false), vec![Runtime::Ort]);
     }

@@ -122,14 +122,14 @@ fn default_policy_keeps_the_decoder_fp32_and_captions_still_run() {
 
 #[test]
 fn int4_weight_only_decoder_runs_and_stays_close() {
-    use blip_quantize::Precision;
+    use blip_quantize::Scheme;
     let fp32 = convert_fixture(&fixture("models/tiny-caption"), &ConvertOptions::default());
     let int8 = fp32.dir.path().join("int8");
     quantize_package(&fp32.pkg.dir, &int8, &QuantizeOptions::default()).unwrap();
     // Chained: INT8 encoders from the first pass, INT4 decoder now.
     let mixed = fp32.dir.path().join("mixed");
     let opts = QuantizeOptions {
-        precision: Precision::Int4 {
+        scheme: Scheme::Int4 {
             block_size: 32,
             accuracy_level: 0,
         },

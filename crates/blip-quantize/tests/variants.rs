@@ -4,7 +4,7 @@
 use crate::common;
 
 use blip_convert::ConvertOptions;
-use blip_quantize::{Policy, Precision, QuantizeOptions, WeightType, quantize_package};
+use blip_quantize::{Policy, QuantizeOptions, Scheme, WeightType, quantize_package};
 use blip_runtime::{BlipModel, SessionOptions};
 use blip_testkit::{Goldens, convert_fixture, cosine, fixture, manifest_json};
 use common::{assert_checks, greedy, max_diff};
@@ -14,7 +14,7 @@ fn fp16_caption_package_keeps_the_fp32_interface_and_the_captions() {
     let fp32 = convert_fixture(&fixture("models/tiny-caption"), &ConvertOptions::default());
     let out = fp32.dir.path().join("fp16");
     let opts = QuantizeOptions {
-        precision: Precision::Fp16,
+        scheme: Scheme::Fp16,
         policy: Policy::All,
         ..Default::default()
     };
@@ -64,7 +64,7 @@ fn fp16_retrieval_keeps_normalised_embeddings_and_itm() {
         &fp32.pkg.dir,
         &out,
         &QuantizeOptions {
-            precision: Precision::Fp16,
+            scheme: Scheme::Fp16,
             policy: Policy::All,
             ..Default::default()
         },
@@ -148,7 +148,7 @@ fn int4_everywhere_with_embeddings_shrinks_the_package_and_stays_close() {
             &fp32.pkg.dir,
             &out,
             &QuantizeOptions {
-                precision: Precision::Int4 {
+                scheme: Scheme::Int4 {
                     block_size: 32,
                     accuracy_level: 0,
                 },
@@ -198,10 +198,10 @@ fn targets_record_their_runtimes_and_refuse_what_cannot_run_there() {
     );
     let web = fp32.dir.path().join("web");
     let t = Target::Web;
-    let precision = t.default_precision();
+    let scheme = t.default_scheme();
     let opts = QuantizeOptions {
-        policy: t.default_policy(&precision),
-        precision,
+        policy: t.default_policy(&scheme),
+        scheme,
         weight_type: t.default_weight_type(),
         target: t,
         ..Default::default()
@@ -220,13 +220,13 @@ fn targets_record_their_runtimes_and_refuse_what_cannot_run_there() {
     );
     // A web package quantized again for WebGPU would be made for nothing.
     let webgpu_int4 = QuantizeOptions {
-        precision: Target::Webgpu.int4(32, None),
+        scheme: Target::Webgpu.int4(32, None),
         policy: Policy::Decoder,
         target: Target::Webgpu,
         ..Default::default()
     };
     let native_int4 = QuantizeOptions {
-        precision: Precision::Int4 {
+        scheme: Scheme::Int4 {
             block_size: 32,
             accuracy_level: 4,
         },

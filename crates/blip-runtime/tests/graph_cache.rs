@@ -72,24 +72,20 @@ fn cached_graphs_answer_as_the_optimizer_does_and_a_changed_one_is_made_again() 
     let int8 = quant.path().join("int8");
     let mixed = quant.path().join("mixed");
     let target = blip_quantize::Target::Native;
-    for (src, out, precision) in [
-        (
-            fp32.pkg.dir.as_path(),
-            &int8,
-            blip_quantize::Precision::Int8,
-        ),
+    for (src, out, scheme) in [
+        (fp32.pkg.dir.as_path(), &int8, blip_quantize::Scheme::Int8),
         (
             int8.as_path(),
             &mixed,
-            blip_quantize::Precision::Int4 {
+            blip_quantize::Scheme::Int4 {
                 block_size: blip_quantize::DEFAULT_INT4_BLOCK_SIZE,
                 accuracy_level: blip_quantize::DEFAULT_INT4_ACCURACY_LEVEL,
             },
         ),
     ] {
         let opts = blip_quantize::QuantizeOptions {
-            policy: target.default_policy(&precision),
-            precision,
+            policy: target.default_policy(&scheme),
+            scheme,
             ..Default::default()
         };
         blip_quantize::quantize_package(src, out, &opts).unwrap();

@@ -1070,14 +1070,14 @@ async fn info(State(state): St) -> Json<Info> {
             .map(|s| PackageInfo {
                 path: s.package.dir.display().to_string(),
                 head: s.head.name().into(),
-                precision: s.package.manifest.precision.clone(),
+                precision: s.package.manifest.precision.to_string(),
                 image_size: s.package.manifest.preprocess.image_size,
                 graphs: s
                     .package
                     .manifest
                     .graphs
                     .iter()
-                    .map(|(r, g)| (r.clone(), g.precision.clone()))
+                    .map(|(r, g)| (r.clone(), g.precision.to_string()))
                     .collect(),
             })
             .collect(),

@@ -162,7 +162,7 @@ pub fn validate(package: &Path, opts: &ValidateOptions) -> Result<ValidateReport
 }
 
 fn is_fp32(m: &BlipModel) -> bool {
-    m.package.manifest.precision == "fp32"
+    m.package.manifest.precision == blip_package::Precision::Fp32
 }
 
 fn diff_gate(name: &str, got: &[f32], want: &[f32], limit: f64) -> Gate {

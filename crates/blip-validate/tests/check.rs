@@ -101,7 +101,7 @@ fn damaged_packages_fail_with_the_item_named() {
 #[test]
 fn targets_report_what_each_runtime_runs_with_reasons() {
     use blip_package::Runtime;
-    use blip_quantize::{Policy, Precision, QuantizeOptions, quantize_package};
+    use blip_quantize::{Policy, QuantizeOptions, Scheme, quantize_package};
     use blip_validate::check_targets;
     let fp32 = convert_fixture(&fixture("models/tiny-caption"), &ConvertOptions::default());
     // The converted package is standard ops: every runtime runs every graph, and it is made for all.
@@ -132,7 +132,7 @@ fn targets_report_what_each_runtime_runs_with_reasons() {
     // the cross K/V projection, with a note. The package is made for native ONNX Runtime.
     let fp16 = fp32.dir.path().join("fp16");
     let opts = QuantizeOptions {
-        precision: Precision::Fp16,
+        scheme: Scheme::Fp16,
         policy: Policy::All,
         ..Default::default()
     };
@@ -170,7 +170,7 @@ fn targets_report_what_each_runtime_runs_with_reasons() {
     quantize_package(&fp32.pkg.dir, &int8, &QuantizeOptions::default()).unwrap();
     let mixed = fp32.dir.path().join("mixed");
     let int4 = QuantizeOptions {
-        precision: Precision::Int4 {
+        scheme: Scheme::Int4 {
             block_size: 32,
             accuracy_level: 4,
         },

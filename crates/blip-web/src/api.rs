@@ -169,7 +169,10 @@ async fn choose_execution_provider(
     preference: &str,
 ) -> Result<(String, String), JsValue> {
     let made_for_webgpu = Runtime::claimed(&manifest.runtimes).contains(&Runtime::Webgpu);
-    let needs_f16 = manifest.graphs.values().any(|g| g.precision == "fp16");
+    let needs_f16 = manifest
+        .graphs
+        .values()
+        .any(|g| g.precision == blip_package::Precision::Fp16);
     let chosen = shim::choose_execution_provider(preference, made_for_webgpu, needs_f16)
         .await
         .map_err(|e| js_err(shim::message(&e)))?;
