@@ -21,7 +21,7 @@ fi
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 cargo build --quiet --release --target wasm32-unknown-unknown -p blip-web
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-(cd web && npm ci --silent --no-audit --no-fund)
+npm_ci_once web
 
 # Written aside and moved into place: never a half-built web/dist.
 tmp=web/.dist.partial

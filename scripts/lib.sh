@@ -34,6 +34,44 @@ venv_with() {
   fi
 }
 
+# `npm ci` in DIR, skipped while DIR/node_modules holds exactly its package-lock.json (a stamp
+# holds the lock's hash): a second call in one test run costs nothing.
+npm_ci_once() {
+  local dir=$1 want
+  want=$(sha256sum "$dir/package-lock.json" | cut -c1-16)
+  if [ "$(cat "$dir/node_modules/.blip-installed" 2>/dev/null)" != "$want" ]; then
+    (cd "$dir" && npm ci --silent --no-audit --no-fund >&2)
+    echo "$want" > "$dir/node_modules/.blip-installed"
+  fi
+}
+
+# A new venv at DIR (whatever was there is removed) holding the pip arguments given.
+fresh_venv() {
+  local dir=$1; shift
+  rm -rf "$dir"
+  python3 -m venv "$dir" >&2
+  "$dir/bin/pip" install --quiet --disable-pip-version-check "$@" >&2
+}
+
+# The venvs of the checks, made when missing or changed; each prints its folder.
+onnx_checker_venv() {
+  local venv
+  venv="$(blip_cache)/onnx-checker-venv"
+  venv_with "$venv" "onnx==$(pinned ONNX_VERSION)"
+  echo "$venv"
+}
+portability_venv() {
+  local venv
+  venv="$(blip_cache)/portability-venv"
+  venv_with "$venv" -r tools/portability/requirements.txt
+  echo "$venv"
+}
+
+# What the Python tests install beside the wheel (scripts/python-test.sh): the whole suite's, or
+# with --release only the task and console-script tests'.
+PYTHON_TEST_REQS=(-r python/requirements-test.txt -r python/requirements-ray.txt -r python/requirements-clients.txt)
+PYTHON_RELEASE_TEST_REQS=(-r python/requirements-test.txt)
+
 # Debian's chromium (headless tests), installed when missing.
 ensure_chromium() {
   command -v chromium >/dev/null && return 0

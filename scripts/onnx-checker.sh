@@ -4,8 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-venv="$(blip_cache)/onnx-checker-venv"
-venv_with "$venv" "onnx==$(pinned ONNX_VERSION)"
+venv="$(onnx_checker_venv)"
 bin="$(scripts/debug-cli.sh)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

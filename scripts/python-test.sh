@@ -7,21 +7,23 @@
 #    --release the wheel to ship (release, manylinux_2_28 through zig), on which the task and
 #    console-script tests run: what only that build can break (the zig cross-link, the tag, the
 #    optimised code),
-# 3. a FRESH venv with only that wheel (its onnxruntime dependency from PyPI), the test pins and
-#    pinned Ray (python/requirements-*.txt),
+# 3. a FRESH venv with the test pins and pinned Ray (python/requirements-*.txt, made while cargo
+#    compiles when scripts/test.sh runs this: scripts/provision.sh), then that wheel (its
+#    onnxruntime dependency from PyPI; `pip check` proves the set consistent),
 # 4. pytest python/tests, which converts the shapes fixtures with the CLI binary and compares, and
 #    runs blip_onnx.ray on a two-node Ray cluster on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
+. scripts/lib.sh
 build=(--test)
 tests=(python/tests)
-reqs=(-r python/requirements-test.txt -r python/requirements-ray.txt -r python/requirements-clients.txt)
+reqs=("${PYTHON_TEST_REQS[@]}")
 if [ "${1:-}" = --release ]; then
   shift
   build=()
   tests=(python/tests/test_tasks.py python/tests/test_cli.py)
-  reqs=(-r python/requirements-test.txt)
+  reqs=("${PYTHON_RELEASE_TEST_REQS[@]}")
 fi
 eval "$(scripts/fetch-onnxruntime.sh)"  # the CLI the tests compare against loads it from here
 BLIP_ONNX_CLI="$(scripts/debug-cli.sh)"
@@ -30,9 +32,14 @@ wheel="$(scripts/build-wheel.sh "${build[@]}")"
 echo "python-test.sh: built $wheel in $((SECONDS - start)) s" >&2
 
 TEST_VENV=target/python-test-venv
-rm -rf "$TEST_VENV"
-python3 -m venv "$TEST_VENV"
-"$TEST_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$wheel" "${reqs[@]}"
+if [ -n "${BLIP_PROVISIONED_TEST_VENV:-}" ] && [ "${build[*]}" = --test ]; then
+  # Made fresh in this test run by scripts/provision.sh, with the requirements and no wheel yet.
+  TEST_VENV=$BLIP_PROVISIONED_TEST_VENV
+else
+  fresh_venv "$TEST_VENV" "${reqs[@]}"
+fi
+"$TEST_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$wheel"
+"$TEST_VENV/bin/python" -m pip check >&2
 export BLIP_ONNX_REQUIRE_RAY=1  # the Ray cluster tests must run, not skip
 # From the repository root, so `blip_onnx` is the installed wheel, not the python/ source folder.
 "$TEST_VENV/bin/python" -m pytest -q -p no:cacheprovider "${tests[@]}" "$@"

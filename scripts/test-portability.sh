@@ -23,11 +23,11 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 eval "$(scripts/fetch-onnxruntime.sh)"
 cli="$(scripts/debug-cli.sh)"
-scripts/build-web.sh >/dev/null
 . scripts/lib.sh
-venv="$(blip_cache)/portability-venv"
-venv_with "$venv" -r tools/portability/requirements.txt
-(cd tools/portability && npm ci --no-audit --no-fund --silent)
+# scripts/test.sh has built the browser assets already (BLIP_WEB_BUILT=1).
+[ "${BLIP_WEB_BUILT:-}" = 1 ] || scripts/build-web.sh >/dev/null
+venv="$(portability_venv)"
+npm_ci_once tools/portability
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

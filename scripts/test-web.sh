@@ -19,7 +19,9 @@ start=$(date +%s)
 . scripts/lib.sh
 ensure_chromium
 eval "$(scripts/fetch-onnxruntime.sh)"
-scripts/build-web.sh
+# scripts/test.sh has built the browser assets already (BLIP_WEB_BUILT=1), and its cargo test
+# embedded them: building them again would relink every test binary below.
+[ "${BLIP_WEB_BUILT:-}" = 1 ] || scripts/build-web.sh
 cli="$(scripts/debug-cli.sh)"
 
 work=$(mktemp -d)

@@ -4,7 +4,8 @@
 # 1. fetches ONNX Runtime (pinned wheel, sha256-checked) into the cache,
 # 2. checks formatting; clippy lints every crate as the builds below compile it,
 # 3. checks the engine seam (scripts/check-seam.sh: only blip-runtime names ort; the engine-free
-#    crates build for wasm32),
+#    crates build for wasm32) and builds the browser assets from that build (scripts/build-web.sh),
+#    while installing, in the background, what steps 5-10 need (scripts/provision.sh),
 # 4. runs every Rust test (parity against the committed PyTorch goldens, error cases, CLI),
 # 5. converts every fixture and runs onnx.checker (full check) on each graph,
 # 6. runs schemathesis against `blip-onnx serve` (no 5xx, responses conform to docs/openapi.json),
@@ -41,14 +42,35 @@ export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
 # The one crate those builds do not compile, the ANN benchmark tool (see TEST_PACKAGES), is linted
 # by .ci/run after this script.
 step scripts/check-seam.sh
+# The browser assets, before cargo test: its builds embed them (BLIP_ONNX_EMBED_WEB=1), so the
+# binary the scripts drive is the installed-binary test's too (scripts/test-web.sh), not a relink
+# of every test binary late in the run; and the later scripts do not build them again.
+step scripts/build-web.sh
+export BLIP_ONNX_EMBED_WEB=1 BLIP_WEB_BUILT=1
 step scripts/setup-exiftool.sh
+# What the scripts after cargo test install, installed while it compiles (scripts/provision.sh).
+BLIP_PROVISIONED_TEST_VENV="$PWD/${CARGO_TARGET_DIR:-target}/python-test-venv"
+export BLIP_PROVISIONED_TEST_VENV
+mkdir -p "$(dirname "$BLIP_PROVISIONED_TEST_VENV")"
+provision_log=$(mktemp)
+cleanup() {
+  kill "${provision:-}" 2>/dev/null || true
+  rm -rf "$provision_log" "${BLIP_SHAPES_PACKAGES:-}"
+}
+trap cleanup EXIT
+scripts/provision.sh "$BLIP_PROVISIONED_TEST_VENV" >"$provision_log" 2>&1 &
+provision=$!
 step cargo test "${TEST_PACKAGES[@]}"
+wait_for_provision() {
+  wait "$provision" || { cat "$provision_log" >&2; echo "test.sh: scripts/provision.sh failed" >&2; return 1; }
+  cat "$provision_log" >&2
+}
+step wait_for_provision
 # The CLI binary those tests ran: the scripts below drive it (scripts/debug-cli.sh says why).
 export BLIP_TEST_CLI="$PWD/${CARGO_TARGET_DIR:-target}/debug/blip-onnx"
 # The shapes packages, converted once for every script below (scripts/lib.sh: shapes_packages).
 BLIP_SHAPES_PACKAGES=$(mktemp -d)
 export BLIP_SHAPES_PACKAGES
-trap 'rm -rf "$BLIP_SHAPES_PACKAGES"' EXIT
 step scripts/onnx-checker.sh
 step scripts/schemathesis.sh
 step scripts/page-test.sh
