@@ -82,12 +82,25 @@ impl serde::Serialize for Head {
 
 impl<'de> serde::Deserialize<'de> for Head {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Head, D::Error> {
-        let name = String::deserialize(d)?;
-        Head::from_manifest_name(&name).ok_or_else(|| {
-            let heads: Vec<&str> = Head::ALL.iter().map(|h| h.name()).collect();
-            serde::de::Error::custom(format!("{name:?} is not one of {}", heads.join(", ")))
-        })
+        named(d, &Head::ALL, |h| h.name())
     }
+}
+
+/// The value of `all` that `name_of` spells as the string `d` holds; an error naming the string
+/// and every spelling otherwise (the manifest's enums: [`Head`], [`Precision`]).
+fn named<'de, D: serde::Deserializer<'de>, T: Copy>(
+    d: D,
+    all: &[T],
+    name_of: fn(&T) -> &'static str,
+) -> Result<T, D::Error> {
+    let name = <String as serde::Deserialize>::deserialize(d)?;
+    all.iter()
+        .find(|v| name_of(v) == name)
+        .copied()
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(name_of).collect();
+            serde::de::Error::custom(format!("{name:?} is not one of {}", names.join(", ")))
+        })
 }
 
 impl FromStr for Head {
@@ -166,14 +179,7 @@ impl serde::Serialize for Precision {
 
 impl<'de> serde::Deserialize<'de> for Precision {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
-        let name = String::deserialize(d)?;
-        Precision::ALL
-            .into_iter()
-            .find(|p| p.name() == name)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Precision::ALL.iter().map(|p| p.name()).collect();
-                serde::de::Error::custom(format!("{name:?} is not one of {}", names.join(", ")))
-            })
+        named(d, &Precision::ALL, |p| p.name())
     }
 }
 
