@@ -3,8 +3,9 @@
 //! restart skips the optimizer's share of session creation (`scripts/bench-open.sh`).
 //!
 //! An optimized graph can hold layouts and fused kernels for the CPU it was made on and the ONNX
-//! Runtime that made it, so the cache is keyed by both, and by the source graph's sha256 (verified
-//! by [`blip_package::Package::open`]). A cached file is used only while its stamp matches
+//! Runtime build that made it (minor version and commit, [`OrtLibrary::build`]), so the cache is
+//! keyed by both, and by the source graph's sha256 (verified by
+//! [`blip_package::Package::open`]). A cached file is used only while its stamp matches
 //! ([`FileStamp`]: size, mtime, ctime, inode): one changed, truncated or replaced since it was
 //! written is optimized again from the verified source instead. `BLIP_ONNX_GRAPH_CACHE=0` turns
 //! the cache off.
@@ -73,7 +74,7 @@ impl OptimizedGraph {
         }
         let dir = cache_root()?
             .join("optimized-graphs")
-            .join(format!("onnxruntime-1.{}", library.minor_version))
+            .join(format!("onnxruntime-{}", library.build))
             .join(cpu_key());
         Some(OptimizedGraph {
             file: dir.join(format!("{}.onnx", entry.sha256)),

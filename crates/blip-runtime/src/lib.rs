@@ -304,11 +304,31 @@ pub struct OrtLibrary {
     env: Arc<ort::environment::Environment>,
     pub library: PathBuf,
     pub minor_version: u32,
+    /// Which build of ONNX Runtime this is: its minor version and the git commit of its build info
+    /// (`1.32-fab30a4`; a patch release is another commit), or `1.MINOR` when the info names no
+    /// commit. Graphs optimized by one build are reused only by the same build (the
+    /// optimized-graph cache's key).
+    pub build: String,
     /// Size of the intra-op thread pool its CPU sessions share.
     pub pool_threads: usize,
 }
 
 static ORT_LIBRARY: OnceLock<std::result::Result<OrtLibrary, String>> = OnceLock::new();
+
+/// `1.32-fab30a4`: the minor version and the git commit from ONNX Runtime's build info (`ORT
+/// Build Info: git-branch=HEAD, git-commit-id=fab30a4, build type=Release`, as the PyPI wheel's
+/// says); `1.MINOR` alone when the info names no commit.
+fn build_id(info: &str, minor: u32) -> String {
+    let commit = info
+        .split([',', ':'])
+        .find_map(|part| part.trim().strip_prefix("git-commit-id="))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && c.chars().all(|c| c.is_ascii_alphanumeric()));
+    match commit {
+        Some(commit) => format!("1.{minor}-{commit}"),
+        None => format!("1.{minor}"),
+    }
+}
 
 /// A thread count as the runtime applies it: `0` → one thread per core.
 pub fn resolve_threads(threads: usize) -> usize {
@@ -398,6 +418,7 @@ impl OrtLibrary {
             env: Arc::new(env),
             library: lib.to_path_buf(),
             minor_version: minor,
+            build: build_id(ort::info(), minor),
             pool_threads,
         })
     }
@@ -595,4 +616,19 @@ fn check_io(
     };
     compare("input", session.inputs(), &entry.inputs)?;
     compare("output", session.outputs(), &entry.outputs)
+}
+
+#[cfg(test)]
+mod build_id_tests {
+    #[test]
+    fn build_ids_name_the_minor_version_and_commit_or_the_minor_version_alone() {
+        let info = "ORT Build Info: git-branch=HEAD, git-commit-id=fab30a4, fp8-kv-cache=1, build type=Release";
+        assert_eq!(super::build_id(info, 32), "1.32-fab30a4");
+        assert_eq!(
+            super::build_id("ORT Build Info: build type=Release", 32),
+            "1.32"
+        );
+        // Never a path: a commit that is not alphanumeric is left out.
+        assert_eq!(super::build_id("git-commit-id=../x", 32), "1.32");
+    }
 }

@@ -103,8 +103,23 @@ fn cached_graphs_answer_as_the_optimizer_does_and_a_changed_one_is_made_again() 
         );
         assert_eq!(answers(dir), want, "{}: first open (saves)", dir.display());
         let saved = cached(cache.path());
-        // Three graphs, each saved with its stamp.
+        // Three graphs, each saved with its stamp, under this ONNX Runtime build's minor version
+        // and commit (a patch release or another build of the same version optimizes again).
         assert_eq!(saved.len(), before + 6, "{saved:#?}");
+        let library = blip_runtime::OrtLibrary::init().unwrap();
+        let build = library.build;
+        let commit = build
+            .strip_prefix(&format!("1.{}-", library.minor_version))
+            .unwrap_or_else(|| panic!("build {build:?} names no commit"));
+        assert!(
+            commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+            "{build}"
+        );
+        let key = cache
+            .path()
+            .join("optimized-graphs")
+            .join(format!("onnxruntime-{build}"));
+        assert!(saved.iter().all(|(p, _)| p.starts_with(&key)), "{saved:#?}");
         assert!(
             saved
                 .iter()
