@@ -27,9 +27,7 @@ venv_with() {
   local want="$*"
   for a in "$@"; do [ -f "$a" ] && want="$want $(sha256sum "$a" | cut -c1-16)"; done
   if [ ! -x "$dir/bin/python" ] || [ "$(cat "$dir/.blip-installed" 2>/dev/null)" != "$want" ]; then
-    rm -rf "$dir"
-    python3 -m venv "$dir" >&2
-    "$dir/bin/pip" install --quiet --disable-pip-version-check "$@" >&2
+    fresh_venv "$dir" "$@"
     echo "$want" > "$dir/.blip-installed"
   fi
 }
