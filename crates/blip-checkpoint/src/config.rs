@@ -102,7 +102,7 @@ impl Default for VisionConfig {
 /// The error for a BLIP-2 or InstructBLIP config: names the model and its language model, and
 /// says what is missing (BLIP-2 is not converted yet; LLaMA/Vicuna language models and
 /// InstructBLIP are not planned: docs/blip2-reference.md).
-fn unsupported_family(
+pub(crate) fn unsupported_family(
     path: &Path,
     text: &str,
     family: &str,

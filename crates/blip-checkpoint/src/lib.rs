@@ -9,6 +9,7 @@
 //! Tensors stay in the memory-mapped files; [`Checkpoint::f32_bytes`] hands out f32 little-endian
 //! bytes, borrowed when the stored tensor already is contiguous f32 and converted otherwise.
 
+mod blip2_config;
 mod config;
 mod rename;
 mod safetensors_source;
@@ -18,6 +19,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use blip2_config::{Blip2Architecture, Blip2Config, QFormerConfig};
 pub use config::{
     BlipConfig, Head, TextConfig, VisionConfig, head_from_architecture, head_from_tensor_names,
     infer_config_from_shapes,

@@ -1,7 +1,7 @@
 //! The BLIP graphs, one per role, mirroring transformers' `modeling_blip.py` / `modeling_blip_text.py`
 //! (eval mode: no dropout). Node names start with the checkpoint key of the module they compute.
 
-use blip_checkpoint::{BlipConfig, TextConfig};
+use blip_checkpoint::{BlipConfig, TextConfig, VisionConfig};
 use blip_package::Head;
 use blip_package::io::{
     self, ATTENTION_MASK, CROSS_GROUPS, CROSS_SLOTS, ENCODER_ATTENTION_MASK, ENCODER_HIDDEN_STATES,
@@ -21,7 +21,7 @@ pub struct IoSpec {
     pub dims: Vec<Dim>,
 }
 
-fn io_spec(name: &str, dtype: DataType, dims: &[Dim]) -> IoSpec {
+pub(crate) fn io_spec(name: &str, dtype: DataType, dims: &[Dim]) -> IoSpec {
     IoSpec {
         name: name.to_string(),
         dtype,
@@ -29,27 +29,27 @@ fn io_spec(name: &str, dtype: DataType, dims: &[Dim]) -> IoSpec {
     }
 }
 
-fn sym(s: &str) -> Dim {
+pub(crate) fn sym(s: &str) -> Dim {
     Dim::sym(s)
 }
 
-fn fixed(v: usize) -> Dim {
+pub(crate) fn fixed(v: usize) -> Dim {
     Dim::Fixed(v as i64)
 }
 
-pub struct BuiltGraph<'a> {
+pub(crate) struct BuiltGraph<'a> {
     pub net: Net<'a>,
     pub inputs: Vec<IoSpec>,
     pub outputs: Vec<IoSpec>,
 }
 
-fn declare_inputs(net: &mut Net<'_>, inputs: &[IoSpec]) {
+pub(crate) fn declare_inputs(net: &mut Net<'_>, inputs: &[IoSpec]) {
     for i in inputs {
         net.input(&i.name, i.dtype, &i.dims);
     }
 }
 
-fn finish<'a>(
+pub(crate) fn finish<'a>(
     mut net: Net<'a>,
     inputs: Vec<IoSpec>,
     outputs: Vec<(IoSpec, String)>,
@@ -81,10 +81,49 @@ pub fn vision_encoder<'a>(
     head: Head,
     pos_embed: Option<Vec<f32>>,
 ) -> Result<BuiltGraph<'a>> {
+    let (inputs, last) = vision_tower(&mut net, &cfg.vision, pos_embed)?;
     let v = &cfg.vision;
+    let (d, tokens) = (v.hidden_size, vision_tokens(v));
+    let mut outputs = vec![(
+        io_spec(
+            LAST_HIDDEN_STATE,
+            DataType::F32,
+            &[sym("batch"), fixed(tokens), fixed(d)],
+        ),
+        last.clone(),
+    )];
+    if head == Head::Retrieval {
+        let cls_state = net.first_token("vision_proj.cls", &last);
+        let proj = net.linear("vision_proj", &cls_state, d, cfg.image_text_hidden_size)?;
+        let emb = net.l2_normalize("vision_proj.normalize", &proj);
+        outputs.push((
+            io_spec(
+                IMAGE_EMBEDS,
+                DataType::F32,
+                &[sym("batch"), fixed(cfg.image_text_hidden_size)],
+            ),
+            emb,
+        ));
+    }
+    Ok(finish(net, inputs, outputs))
+}
+
+/// Image tokens of the vision tower: the patch grid and the class token.
+pub(crate) fn vision_tokens(v: &VisionConfig) -> usize {
+    let grid = v.image_size / v.patch_size;
+    grid * grid + 1
+}
+
+/// The ViT shared by BLIP and BLIP-2 (`vision_model.*`, pre-norm layers, fused qkv):
+/// declares `pixel_values [B,3,S,S]` and returns it with the state after `post_layernorm`
+/// `[B,N+1,D]`. `pos_embed` replaces the checkpoint's position embedding when it was interpolated.
+pub(crate) fn vision_tower(
+    net: &mut Net<'_>,
+    v: &VisionConfig,
+    pos_embed: Option<Vec<f32>>,
+) -> Result<(Vec<IoSpec>, String)> {
     let (d, s, p) = (v.hidden_size, v.image_size, v.patch_size);
-    let grid = s / p;
-    let tokens = grid * grid + 1;
+    let tokens = vision_tokens(v);
     let heads = v.num_attention_heads;
     let hd = d / heads;
     let inputs = vec![io_spec(
@@ -92,7 +131,7 @@ pub fn vision_encoder<'a>(
         DataType::F32,
         &[sym("batch"), fixed(3), fixed(s), fixed(s)],
     )];
-    declare_inputs(&mut net, &inputs);
+    declare_inputs(net, &inputs);
 
     let e = "vision_model.embeddings";
     let w = net.param(&format!("{e}.patch_embedding.weight"), &[d, 3, p, p])?;
@@ -175,28 +214,7 @@ pub fn vision_encoder<'a>(
         h = net.op("Add", &format!("{l}.residual2"), &[&f2, &r1]);
     }
     let last = net.layer_norm("vision_model.post_layernorm", &h, d, v.layer_norm_eps)?;
-    let mut outputs = vec![(
-        io_spec(
-            LAST_HIDDEN_STATE,
-            DataType::F32,
-            &[sym("batch"), fixed(tokens), fixed(d)],
-        ),
-        last.clone(),
-    )];
-    if head == Head::Retrieval {
-        let cls_state = net.first_token("vision_proj.cls", &last);
-        let proj = net.linear("vision_proj", &cls_state, d, cfg.image_text_hidden_size)?;
-        let emb = net.l2_normalize("vision_proj.normalize", &proj);
-        outputs.push((
-            io_spec(
-                IMAGE_EMBEDS,
-                DataType::F32,
-                &[sym("batch"), fixed(cfg.image_text_hidden_size)],
-            ),
-            emb,
-        ));
-    }
-    Ok(finish(net, inputs, outputs))
+    Ok((inputs, last))
 }
 
 // ---------------------------------------------------------------------------------------------- text
@@ -492,7 +510,7 @@ fn text_encoder_body(
     Ok(h)
 }
 
-fn text_inputs() -> Vec<IoSpec> {
+pub(crate) fn text_inputs() -> Vec<IoSpec> {
     vec![
         io_spec(INPUT_IDS, DataType::I64, &[sym("batch"), sym("sequence")]),
         io_spec(

@@ -5,6 +5,8 @@
 //! tokenizer and the manifest, and only then renames the folder into place: a failed conversion
 //! leaves nothing behind.
 
+mod blip2;
+mod convert_blip2;
 mod graphs;
 mod net;
 mod pos_embed;
@@ -15,10 +17,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use blip_checkpoint::{
-    BlipConfig, Checkpoint, CheckpointError, head_from_tensor_names, infer_config_from_shapes,
+    Blip2Config, BlipConfig, Checkpoint, CheckpointError, VisionConfig, head_from_tensor_names,
+    infer_config_from_shapes,
 };
 use blip_package::{
-    Graph, GraphEntry, Head, Manifest, ModelDims, Preprocess, Producer, Source, TensorSpec, Tokens,
+    Family, Graph, GraphEntry, Head, Manifest, ModelDims, Preprocess, Producer, Source, TensorSpec, Tokens,
 };
 use onnx_writer::{Dim, ModelInfo, WriteError};
 
@@ -131,7 +134,11 @@ fn spec(s: &graphs::IoSpec) -> TensorSpec {
 /// checkpoint it cannot convert (another model, BLIP-2, InstructBLIP, a bad config) before it
 /// fetches the weights.
 pub fn check_config(path: &Path) -> Result<()> {
-    BlipConfig::from_file(path)?;
+    if Blip2Config::claims(path)? {
+        convert_blip2::check_config(path)?;
+    } else {
+        BlipConfig::from_file(path)?;
+    }
     Ok(())
 }
 
@@ -180,43 +187,13 @@ pub fn convert(checkpoint: &Path, output: &Path, opts: &ConvertOptions) -> Resul
         });
     }
     let ck = Checkpoint::open(checkpoint)?;
-    let (mut cfg, head) = load_config(&ck, opts)?;
-
-    // Position embeddings: keep, or interpolate to the requested size.
-    let trained_size = {
-        let pos = "vision_model.embeddings.position_embedding";
-        let rows = ck.shape(pos).and_then(|s| s.get(1).copied()).unwrap_or(0);
-        let grid = ((rows.max(1) - 1) as f64).sqrt().round() as usize;
-        if grid * grid + 1 == rows {
-            grid * cfg.vision.patch_size
-        } else {
-            cfg.vision.image_size
-        }
-    };
-    cfg.vision.image_size = trained_size;
-    let target_size = opts.image_size.unwrap_or(trained_size);
-    if target_size == 0 || !target_size.is_multiple_of(cfg.vision.patch_size) {
-        return Err(ConvertError::ImageSize {
-            size: target_size,
-            patch: cfg.vision.patch_size,
-        });
+    if let Some(path) = opts.config.as_ref().or(ck.config_file.as_ref())
+        && Blip2Config::claims(path)?
+    {
+        return convert_blip2::convert(&ck, checkpoint, path, output, opts, start);
     }
-    let pos_embed = if target_size != trained_size {
-        let key = "vision_model.embeddings.position_embedding";
-        let d = cfg.vision.hidden_size;
-        let g_in = trained_size / cfg.vision.patch_size;
-        ck.expect_shape(key, &[1, g_in * g_in + 1, d])?;
-        let values = ck.f32(key)?;
-        cfg.vision.image_size = target_size;
-        Some(pos_embed::interpolate(
-            &values,
-            d,
-            g_in,
-            target_size / cfg.vision.patch_size,
-        ))
-    } else {
-        None
-    };
+    let (mut cfg, head) = load_config(&ck, opts)?;
+    let (trained_size, pos_embed) = position_embedding(&ck, &mut cfg.vision, opts.image_size)?;
     let checkpoint_dir = if checkpoint.is_dir() {
         Some(checkpoint)
     } else {
@@ -226,10 +203,10 @@ pub fn convert(checkpoint: &Path, output: &Path, opts: &ConvertOptions) -> Resul
         opts.tokenizer.as_deref(),
         checkpoint_dir,
         cfg.text.vocab_size,
+        Family::Blip,
     )?;
 
-    // Everything is written into a hidden sibling folder, renamed into place at the end.
-    let report = blip_package::write_staged(output, |tmp| {
+    let report = staged(output, |tmp| {
         write_package(
             &ck,
             &cfg,
@@ -241,19 +218,6 @@ pub fn convert(checkpoint: &Path, output: &Path, opts: &ConvertOptions) -> Resul
             trained_size,
             start,
         )
-    })
-    .map_err(|e| match e {
-        blip_package::StagedError::Create(source) => ConvertError::Unwritable {
-            path: output.to_path_buf(),
-            source,
-        },
-        other => match other.into_io(output) {
-            Ok(e) => e,
-            Err(source) => ConvertError::Io {
-                path: output.to_path_buf(),
-                source,
-            },
-        },
     })?;
     Ok(ConvertReport {
         output: output.to_path_buf(),
@@ -277,13 +241,7 @@ fn write_package(
     let t_hash = Instant::now();
     let source_sha = blip_package::sha256_files(&ck.files)?;
     let hash_seconds = t_hash.elapsed().as_secs_f64();
-    let tokenizer_path = dir.join(blip_package::TOKENIZER_FILE);
-    tok.tokenizer
-        .save(&tokenizer_path, false)
-        .map_err(|e| ConvertError::Tokenizer {
-            path: tokenizer_path.clone(),
-            message: e.to_string(),
-        })?;
+    save_tokenizer(tok, dir)?;
 
     let info = ModelInfo {
         ir_version: IR_VERSION,
@@ -314,41 +272,9 @@ fn write_package(
             Graph::CrossKv => graphs::cross_kv(net, cfg, head)?,
             Graph::Decoder => graphs::decoder(net, cfg, ck)?,
         };
-        let file = format!("{role}.onnx");
-        let path = dir.join(&file);
-        let nodes = built.net.g.node_count();
-        let stats = onnx_writer::save_model(built.net.g, &info, &path, opts.external_data)?;
-        tracing::info!(
-            role,
-            nodes,
-            bytes = stats.onnx_bytes + stats.data_bytes,
-            "wrote graph"
-        );
-        entries.insert(
-            role.to_string(),
-            GraphEntry {
-                file,
-                data_file: stats.data_file.clone(),
-                // The checksum covers the graph and its external data (GraphEntry::files).
-                sha256: blip_package::sha256_files(
-                    &std::iter::once(path.clone())
-                        .chain(stats.data_file.as_ref().map(|d| dir.join(d)))
-                        .collect::<Vec<_>>(),
-                )?,
-                bytes: stats.onnx_bytes + stats.data_bytes,
-                precision: blip_package::Precision::Fp32,
-                quantization: None,
-                optimization: None,
-                inputs: built.inputs.iter().map(spec).collect(),
-                outputs: built.outputs.iter().map(spec).collect(),
-            },
-        );
-        reports.push(GraphReport {
-            role: role.to_string(),
-            bytes: stats.onnx_bytes + stats.data_bytes,
-            nodes,
-            seconds: t0.elapsed().as_secs_f64(),
-        });
+        let (entry, report) = save_graph(built, role, &info, dir, opts.external_data, t0)?;
+        entries.insert(role.to_string(), entry);
+        reports.push(report);
     }
 
     let v = &cfg.vision;
@@ -376,6 +302,7 @@ fn write_package(
                 .collect(),
             interpolated_from_image_size: (trained_size != v.image_size).then_some(trained_size),
         },
+        family: blip_package::Family::Blip,
         head,
         model: ModelDims {
             vision_hidden_size: v.hidden_size,
@@ -390,6 +317,7 @@ fn write_package(
             vocab_size: t.vocab_size,
             max_position_embeddings: t.max_position_embeddings,
             embed_dim: (head == Head::Retrieval).then_some(cfg.image_text_hidden_size),
+            query_tokens: None,
         },
         preprocess: Preprocess::blip(v.image_size),
         tokens: Tokens {
@@ -423,4 +351,112 @@ fn write_package(
         hash_seconds,
         total_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Writes one built graph as `{role}.onnx` (and its external data) in `dir`, returning its
+/// manifest entry and its report.
+fn save_graph(
+    built: graphs::BuiltGraph<'_>,
+    role: &str,
+    info: &ModelInfo,
+    dir: &Path,
+    external_data: ExternalData,
+    t0: Instant,
+) -> Result<(GraphEntry, GraphReport)> {
+    let file = format!("{role}.onnx");
+    let path = dir.join(&file);
+    let nodes = built.net.g.node_count();
+    let stats = onnx_writer::save_model(built.net.g, info, &path, external_data)?;
+    let bytes = stats.onnx_bytes + stats.data_bytes;
+    tracing::info!(role, nodes, bytes, "wrote graph");
+    let entry = GraphEntry {
+        file,
+        data_file: stats.data_file.clone(),
+        // The checksum covers the graph and its external data (GraphEntry::files).
+        sha256: blip_package::sha256_files(
+            &std::iter::once(path.clone())
+                .chain(stats.data_file.as_ref().map(|d| dir.join(d)))
+                .collect::<Vec<_>>(),
+        )?,
+        bytes,
+        precision: blip_package::Precision::Fp32,
+        quantization: None,
+        optimization: None,
+        inputs: built.inputs.iter().map(spec).collect(),
+        outputs: built.outputs.iter().map(spec).collect(),
+    };
+    let report = GraphReport {
+        role: role.to_string(),
+        bytes,
+        nodes,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    Ok((entry, report))
+}
+
+/// The package's image size and position embedding: the checkpoint's (`None`), or interpolated to
+/// `requested` when it differs. Sets `vision.image_size` to the package's; returns the size the
+/// checkpoint was trained at.
+fn position_embedding(
+    ck: &Checkpoint,
+    vision: &mut VisionConfig,
+    requested: Option<usize>,
+) -> Result<(usize, Option<Vec<f32>>)> {
+    let key = "vision_model.embeddings.position_embedding";
+    let trained_size = {
+        let rows = ck.shape(key).and_then(|s| s.get(1).copied()).unwrap_or(0);
+        let grid = ((rows.max(1) - 1) as f64).sqrt().round() as usize;
+        if grid * grid + 1 == rows {
+            grid * vision.patch_size
+        } else {
+            vision.image_size
+        }
+    };
+    vision.image_size = trained_size;
+    let target_size = requested.unwrap_or(trained_size);
+    if target_size == 0 || !target_size.is_multiple_of(vision.patch_size) {
+        return Err(ConvertError::ImageSize {
+            size: target_size,
+            patch: vision.patch_size,
+        });
+    }
+    if target_size == trained_size {
+        return Ok((trained_size, None));
+    }
+    let d = vision.hidden_size;
+    let g_in = trained_size / vision.patch_size;
+    ck.expect_shape(key, &[1, g_in * g_in + 1, d])?;
+    let values = ck.f32(key)?;
+    vision.image_size = target_size;
+    let interpolated = pos_embed::interpolate(&values, d, g_in, target_size / vision.patch_size);
+    Ok((trained_size, Some(interpolated)))
+}
+
+/// Runs `write` on a hidden sibling folder of `output`, renamed into place when it succeeds: a
+/// failed conversion leaves nothing behind.
+fn staged<T>(output: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    blip_package::write_staged(output, write).map_err(|e| match e {
+        blip_package::StagedError::Create(source) => ConvertError::Unwritable {
+            path: output.to_path_buf(),
+            source,
+        },
+        other => match other.into_io(output) {
+            Ok(e) => e,
+            Err(source) => ConvertError::Io {
+                path: output.to_path_buf(),
+                source,
+            },
+        },
+    })
+}
+
+fn save_tokenizer(tok: &tokenizer::PackageTokenizer, dir: &Path) -> Result<()> {
+    let path = dir.join(blip_package::TOKENIZER_FILE);
+    tok.tokenizer
+        .save(&path, false)
+        .map_err(|e| ConvertError::Tokenizer {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(())
 }

@@ -67,6 +67,18 @@ impl<'a> Net<'a> {
         Ok(name)
     }
 
+    /// Whether the checkpoint holds `key`.
+    pub fn has(&self, key: &str) -> bool {
+        self.ck.contains(key)
+    }
+
+    /// A checkpoint tensor's values as f32, after checking its shape (for tensors the converter
+    /// combines before writing).
+    pub fn tensor(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.ck.expect_shape(key, shape)?;
+        Ok(self.ck.f32(key)?)
+    }
+
     /// A float tensor computed by the converter (e.g. interpolated position embeddings).
     pub fn owned_param(&mut self, key: &str, shape: &[usize], values: Vec<f32>) -> String {
         let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();

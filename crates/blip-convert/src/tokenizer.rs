@@ -10,11 +10,14 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
+use blip_package::Family;
+
 use crate::ConvertError;
 
 pub struct PackageTokenizer {
     pub tokenizer: Tokenizer,
     pub bos: i64,
+    /// The first token of an ITM text: [ENC] for BLIP, [CLS] for BLIP-2.
     pub enc: i64,
     pub cls: i64,
     pub sep: i64,
@@ -63,6 +66,7 @@ pub fn resolve(
     explicit: Option<&Path>,
     checkpoint_dir: Option<&Path>,
     vocab_size: usize,
+    family: Family,
 ) -> Result<PackageTokenizer, ConvertError> {
     let dirs: Vec<PathBuf> = match explicit {
         Some(p) if p.is_file() => vec![],
@@ -97,11 +101,14 @@ pub fn resolve(
     tok.with_padding(None);
     tok.with_truncation(None).map_err(|e| err(&source, e))?;
     // BLIP appends [DEC] and [ENC] to bert-base-uncased's 30522 entries (salesforce/BLIP init_tokenizer).
-    tok.add_special_tokens([
-        AddedToken::from("[DEC]", true),
-        AddedToken::from("[ENC]", true),
-    ])
-    .map_err(|e| err(&source, e))?;
+    // BLIP's tokenizer adds [DEC] (bos) and [ENC] (ITM's first token); BLIP-2's Q-Former adds
+    // [DEC] only, and its ITM text starts with [CLS] (docs/blip2-reference.md §10).
+    let added: &[&str] = match family {
+        Family::Blip => &["[DEC]", "[ENC]"],
+        Family::Blip2 => &["[DEC]"],
+    };
+    tok.add_special_tokens(added.iter().map(|t| AddedToken::from(*t, true)))
+        .map_err(|e| err(&source, e))?;
     let id = |t: &str| {
         tok.token_to_id(t)
             .map(|i| i as i64)
@@ -109,7 +116,10 @@ pub fn resolve(
     };
     let pt = PackageTokenizer {
         bos: id("[DEC]")?,
-        enc: id("[ENC]")?,
+        enc: match family {
+            Family::Blip => id("[ENC]")?,
+            Family::Blip2 => id("[CLS]")?,
+        },
         cls: id("[CLS]")?,
         sep: id("[SEP]")?,
         pad: id("[PAD]")?,

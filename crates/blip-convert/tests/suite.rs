@@ -2,6 +2,7 @@
 
 mod common;
 
+mod blip2;
 mod errors;
 mod graph_structure;
 mod parity;

@@ -663,6 +663,7 @@ pub fn package(head: Head) -> Package {
             files: Vec::new(),
             interpolated_from_image_size: None,
         },
+        family: blip_package::Family::Blip,
         head,
         model: ModelDims {
             vision_hidden_size: HIDDEN,
@@ -677,6 +678,7 @@ pub fn package(head: Head) -> Package {
             vocab_size: VOCAB,
             max_position_embeddings: 64,
             embed_dim: Some(HIDDEN),
+            query_tokens: None,
         },
         preprocess: Preprocess::blip(IMAGE_SIZE),
         tokens: tokens(),

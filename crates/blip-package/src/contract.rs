@@ -9,6 +9,59 @@ use std::str::FromStr;
 
 use crate::Package;
 
+/// `Serialize`/`Deserialize` of a manifest enum through its `name()` and `ALL` ([`named`]).
+macro_rules! serde_by_name {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$t, D::Error> {
+                named(d, &<$t>::ALL, |v| v.name())
+            }
+        }
+    };
+}
+
+/// Which model family a package holds (`family` in `blip.json`; absent means BLIP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Family {
+    /// BLIP (`model_type "blip"`).
+    #[default]
+    Blip,
+    /// BLIP-2 (`model_type "blip-2"`): a Q-Former of learned queries between the vision tower and
+    /// the text side; retrieval embeds an image as one vector per query.
+    Blip2,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::Blip, Family::Blip2];
+
+    /// The manifest's spelling.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Blip => "blip",
+            Family::Blip2 => "blip-2",
+        }
+    }
+
+    /// For `skip_serializing_if`: BLIP manifests stay as they were before the field existed.
+    pub fn is_blip(&self) -> bool {
+        *self == Family::Blip
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+serde_by_name!(Family);
+
 /// Which BLIP task head a package (or a checkpoint) carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Head {
@@ -72,19 +125,9 @@ impl fmt::Display for Head {
 #[error("unknown head {0:?} (expected caption, retrieval or vqa)")]
 pub struct UnknownHead(pub String);
 
-/// In `blip.json` a head is its manifest name ([`Head::name`]); any other string is refused when
-/// the manifest is parsed, naming the heads there are.
-impl serde::Serialize for Head {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Head {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Head, D::Error> {
-        named(d, &Head::ALL, |h| h.name())
-    }
-}
+// In `blip.json` a head is its manifest name (`Head::name`); any other string is refused when
+// the manifest is parsed, naming the heads there are.
+serde_by_name!(Head);
 
 /// The value of `all` that `name_of` spells as the string `d` holds; an error naming the string
 /// and every spelling otherwise (the manifest's enums: [`Head`], [`Precision`]).
@@ -169,19 +212,9 @@ impl fmt::Display for Precision {
     }
 }
 
-/// In `blip.json` a precision is its name ([`Precision::name`]); any other string is refused when
-/// the manifest is parsed, naming the precisions there are.
-impl serde::Serialize for Precision {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Precision {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
-        named(d, &Precision::ALL, |p| p.name())
-    }
-}
+// In `blip.json` a precision is its name (`Precision::name`); any other string is refused when
+// the manifest is parsed, naming the precisions there are.
+serde_by_name!(Precision);
 
 /// One graph of a package: its role, the manifest's key under `graphs` and the stem of the file
 /// the converter writes (`{name}.onnx`).

@@ -12,7 +12,7 @@ mod runtime;
 mod staging;
 mod validation;
 
-pub use contract::{DecoderShape, Graph, Head, Precision, UnknownGraph, UnknownHead, io};
+pub use contract::{DecoderShape, Family, Graph, Head, Precision, UnknownGraph, UnknownHead, io};
 pub use integrity::{FileStamp, VERIFIED_STAMP};
 pub use runtime::{Runtime, UnknownRuntime};
 pub use staging::{
@@ -95,6 +95,8 @@ pub struct Manifest {
     pub format_version: u32,
     pub producer: Producer,
     pub source: Source,
+    #[serde(default, skip_serializing_if = "Family::is_blip")]
+    pub family: Family,
     /// caption | retrieval | vqa
     pub head: Head,
     pub model: ModelDims,
@@ -147,6 +149,9 @@ pub struct ModelDims {
     pub max_position_embeddings: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embed_dim: Option<usize>,
+    /// BLIP-2: the Q-Former's learned queries; a retrieval image embedding is one vector per query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_tokens: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

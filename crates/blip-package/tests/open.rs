@@ -51,6 +51,7 @@ fn write_package(dir: &Path) -> Manifest {
             files: vec![],
             interpolated_from_image_size: None,
         },
+        family: blip_package::Family::Blip,
         head: blip_package::Head::Caption,
         model: ModelDims {
             vision_hidden_size: 32,
@@ -65,6 +66,7 @@ fn write_package(dir: &Path) -> Manifest {
             vocab_size: 30524,
             max_position_embeddings: 64,
             embed_dim: None,
+            query_tokens: None,
         },
         preprocess: Preprocess::blip(32),
         tokens: Tokens {
