@@ -297,7 +297,7 @@ fn measure_one(pkg: &Path, args: &BenchArgs) -> Result<Engine> {
             let times = timed(reps, || Ok(m.embed_texts(&[TEXT_32])?))?;
             rows.push(stats(times, 1, TEXT_CASE.into()));
             let dim = m.package.manifest.model.embed_dim.unwrap_or(256);
-            let embeds = ndarray::Array2::from_shape_fn((1000, dim), |(i, j)| {
+            let embeds = ndarray::Array3::from_shape_fn((1000, 1, dim), |(i, _, j)| {
                 (((i * 31 + j * 17) % 97) as f32 - 48.0) / 400.0
             });
             let cand = ndarray::concatenate(ndarray::Axis(0), &vec![hidden.view(); 16])?;

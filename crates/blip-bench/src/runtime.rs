@@ -72,7 +72,7 @@ pub fn run(
         let (_, hidden) = model.embed_images(std::slice::from_ref(&input))?;
         // 1000 cached unit image embeddings; the 16 rerank candidates' hidden states are cached too.
         let dim = model.package.manifest.model.embed_dim.unwrap_or(256);
-        let embeds = ndarray::Array2::from_shape_fn((1000, dim), |(i, j)| {
+        let embeds = ndarray::Array3::from_shape_fn((1000, 1, dim), |(i, _, j)| {
             (((i * 31 + j * 17) % 97) as f32 - 48.0) / 400.0
         });
         let cand = hidden.select(ndarray::Axis(0), &[0; 16]);

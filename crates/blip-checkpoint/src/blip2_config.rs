@@ -121,11 +121,15 @@ impl Blip2Config {
             model_type: Option<String>,
         }
         let text = crate::read_json_text(path)?;
-        let raw: ModelType = serde_json::from_str(&text).map_err(|e| CheckpointError::BadConfig {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Ok(matches!(raw.model_type.as_deref(), Some("blip-2" | "blip_2")))
+        let raw: ModelType =
+            serde_json::from_str(&text).map_err(|e| CheckpointError::BadConfig {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(matches!(
+            raw.model_type.as_deref(),
+            Some("blip-2" | "blip_2")
+        ))
     }
 
     /// Reads a Hugging Face BLIP-2 `config.json`. InstructBLIP, a language model other than OPT or
@@ -239,7 +243,10 @@ impl Blip2Config {
                 v.image_size, v.patch_size
             ));
         }
-        for (what, act) in [("vision_config", &v.hidden_act), ("qformer_config", &q.hidden_act)] {
+        for (what, act) in [
+            ("vision_config", &v.hidden_act),
+            ("qformer_config", &q.hidden_act),
+        ] {
             if act != "gelu" {
                 return Err(format!(
                     "{what}.hidden_act {act:?} is not supported (BLIP-2 uses exact \"gelu\")"

@@ -10,8 +10,8 @@
 
 use blip_checkpoint::{Blip2Config, QFormerConfig};
 use blip_package::io::{
-    ATTENTION_MASK, ENCODER_HIDDEN_STATES, IMAGE_EMBEDS, INPUT_IDS, ITM_LOGITS, LAST_HIDDEN_STATE, PIXEL_VALUES,
-    TEXT_EMBEDS,
+    ATTENTION_MASK, ENCODER_HIDDEN_STATES, IMAGE_EMBEDS, INPUT_IDS, ITM_LOGITS, LAST_HIDDEN_STATE,
+    PIXEL_VALUES, TEXT_EMBEDS,
 };
 use onnx_writer::{DataType, attr_int, attr_ints};
 
@@ -129,14 +129,7 @@ fn attention_block(
     let kh = net.split_heads(&format!("{a}.key"), &key, heads, hd);
     let vh = net.split_heads(&format!("{a}.value"), &value, heads, hd);
     let k_t = net.transpose_last2(&format!("{a}.key"), &kh);
-    let ctx = net.attention(
-        &a,
-        &qh,
-        &k_t,
-        &vh,
-        mask,
-        Scale::Mul((hd as f32).powf(-0.5)),
-    );
+    let ctx = net.attention(&a, &qh, &k_t, &vh, mask, Scale::Mul((hd as f32).powf(-0.5)));
     let merged = net.merge_heads(&a, &ctx, d);
     dense_residual_norm(net, &format!("{prefix}.output"), &merged, d, x, q)
 }
@@ -361,10 +354,7 @@ pub(crate) fn itm<'a>(mut net: Net<'a>, cfg: &Blip2Config) -> Result<BuiltGraph<
         "ReduceMean",
         "itm_head.mean",
         &[&per_query],
-        vec![
-            attr_ints("axes", &[1]),
-            attr_int("keepdims", 0),
-        ],
+        vec![attr_ints("axes", &[1]), attr_int("keepdims", 0)],
     );
     Ok(finish(
         net,

@@ -88,7 +88,10 @@ fn write_package(
         opsets: vec![(String::new(), OPSET)],
         producer_name: "blip-onnx".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc: format!("BLIP-2 {head} converted by blip-onnx from {}", ck.format.name()),
+        doc: format!(
+            "BLIP-2 {head} converted by blip-onnx from {}",
+            ck.format.name()
+        ),
         metadata: vec![
             ("source_sha256".into(), source_sha.clone()),
             ("family".into(), Family::Blip2.name().into()),

@@ -21,7 +21,8 @@ use blip_checkpoint::{
     infer_config_from_shapes,
 };
 use blip_package::{
-    Family, Graph, GraphEntry, Head, Manifest, ModelDims, Preprocess, Producer, Source, TensorSpec, Tokens,
+    Family, Graph, GraphEntry, Head, Manifest, ModelDims, Preprocess, Producer, Source, TensorSpec,
+    Tokens,
 };
 use onnx_writer::{Dim, ModelInfo, WriteError};
 

@@ -17,7 +17,13 @@ fn itc_scores(image_embeds: &ArrayD<f32>, text_embeds: &ArrayD<f32>) -> ArrayD<f
         image_embeds
             .index_axis(Axis(0), ix[0])
             .outer_iter()
-            .map(|query| query.iter().zip(text.iter()).map(|(a, b)| a * b).sum::<f32>())
+            .map(|query| {
+                query
+                    .iter()
+                    .zip(text.iter())
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>()
+            })
             .fold(f32::NEG_INFINITY, f32::max)
     })
 }
@@ -26,7 +32,10 @@ fn check_blip2_retrieval(pkg: &blip_package::Package, g: &Goldens) {
     let m = &pkg.manifest;
     assert_eq!((m.family, m.head), (Family::Blip2, Head::Retrieval));
     assert_eq!(m.model.query_tokens, Some(8));
-    assert_eq!(m.tokens.enc, m.tokens.cls, "BLIP-2 ITM text starts with [CLS]");
+    assert_eq!(
+        m.tokens.enc, m.tokens.cls,
+        "BLIP-2 ITM text starts with [CLS]"
+    );
 
     let mut vision = session(pkg, "vision_encoder");
     let out = run(
@@ -65,8 +74,14 @@ fn check_blip2_retrieval(pkg: &blip_package::Package, g: &Goldens) {
     assert_close("text_embeds b3", &t["text_embeds"], g.f("text_embeds"));
     for i in 0..3 {
         // Alone, each text is cut to its own length: no padding at all.
-        let len = mask.index_axis(Axis(0), i).iter().filter(|&&v| v == 1).count();
-        let one_ids = rows_i(ids, i..i + 1).slice_axis(Axis(1), (0..len).into()).to_owned();
+        let len = mask
+            .index_axis(Axis(0), i)
+            .iter()
+            .filter(|&&v| v == 1)
+            .count();
+        let one_ids = rows_i(ids, i..i + 1)
+            .slice_axis(Axis(1), (0..len).into())
+            .to_owned();
         let one = run(
             &mut text,
             vec![

@@ -368,8 +368,9 @@ pub fn evaluate_retrieval(
     }
     let views: Vec<_> = txt_emb.iter().map(|a| a.view()).collect();
     let txt_emb = ndarray::concatenate(Axis(0), &views).map_err(|e| dataset_err(&ds.images, e))?;
-    let t2i = txt_emb.dot(&img_emb.t()); // texts × images
-    let i2t = t2i.t().to_owned();
+    let i2t = blip_runtime::itc_similarities(img_emb.view(), txt_emb.view(), "text")
+        .map_err(blip_runtime::RuntimeError::from)?;
+    let t2i = i2t.t().to_owned(); // texts × images
     let image_of = |t: usize| texts[t].0;
     let t2i_ranks = |s: &Array2<f32>| -> Vec<usize> {
         s.axis_iter(Axis(0))

@@ -509,7 +509,10 @@ fn rank_images_reranks_the_itc_top_k_by_itm_plus_itc() {
         .unwrap();
     let t = ready(reference.text_embeds(&cls)).unwrap();
     let itc: Vec<f32> = (0..images.len())
-        .map(|i| embeds.row(i).dot(&t.row(0)))
+        .map(|i| {
+            let v: ndarray::ArrayView1<f32> = embeds.slice(ndarray::s![i, 0, ..]);
+            v.dot(&t.row(0))
+        })
         .collect();
     let mut by_itc: Vec<usize> = (0..images.len()).collect();
     by_itc.sort_by(|&a, &b| itc[b].total_cmp(&itc[a]));

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use blip_package::Package;
 use blip_tasks::{Blip, CandidateStates, Graphs, Hit, ImageInput, TaskError};
-use ndarray::{Array3, ArrayView2};
+use ndarray::{Array3, ArrayView3};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -906,7 +906,9 @@ pub async fn rank_store<G: Graphs>(
     for n in &near {
         flat.extend_from_slice(&n.stored.vectors[n.best * dim..(n.best + 1) * dim]);
     }
-    let embeds = ArrayView2::from_shape((near.len(), dim), &flat)
+    // Each candidate's vector that scored best for this text: its ITC similarity, whatever
+    // the number of vectors it holds.
+    let embeds = ArrayView3::from_shape((near.len(), 1, dim), &flat)
         .map_err(|e| TaskError::Input(e.to_string()))?;
     let with_states = stored_shape.filter(|_| near.iter().take(rerank).all(|n| n.states.is_some()));
     let hits = match with_states {
@@ -966,7 +968,8 @@ pub async fn rank<G: Graphs>(
             expected: width,
         }));
     }
-    let embeds = ArrayView2::from_shape((idx.len(), idx.dim), idx.embeddings())
+    // A format-1/2 index holds one vector per image.
+    let embeds = ArrayView3::from_shape((idx.len(), 1, idx.dim), idx.embeddings())
         .map_err(|e| TaskError::Input(format!("{}: {e}", index_path.display())))?;
     let dims = &blip.package.manifest.model;
     let stored = idx

@@ -340,6 +340,7 @@ pub fn embed(common: &Common, images: &[PathBuf], texts: &[String]) -> Result<u8
                 let embeds = model.vision(&pixels, good.len())?.embeds.with_context(|| {
                     format!("package head {} has no image embeddings", model.head())
                 })?;
+                let embeds = blip_runtime::one_vector_per_image(embeds)?;
                 for (p, row) in good.iter().zip(embeds.rows()) {
                     records.push(json!({"image": p, "embedding": row.to_vec()}));
                 }
@@ -951,7 +952,9 @@ pub fn index(
             match model.embed_images(&[image]) {
                 Ok((embeds, hidden)) => {
                     let flat: Vec<f32> = hidden.iter().copied().collect();
-                    let embedding = embeds.row(0).to_vec();
+                    // Every vector of the image (BLIP-2: one per query); the index scores
+                    // an entry by its best.
+                    let embedding: Vec<f32> = embeds.iter().copied().collect();
                     for r in store.add(vec![entry(embedding.clone(), flat.clone())])? {
                         r?;
                     }

@@ -604,7 +604,8 @@ impl Model {
             let hits = model
                 .rank_images(
                     &text,
-                    embeds.view(),
+                    // One vector per image, as `embed_images` returns them.
+                    embeds.view().insert_axis(ndarray::Axis(1)),
                     rerank,
                     CandidateStates::Pixels(&mut candidate_pixels),
                 )
@@ -627,10 +628,11 @@ fn no_embeddings(model: &BlipModel) -> RuntimeError {
 
 fn image_embeddings(model: &mut BlipModel, images: &[&Image]) -> blip_runtime::Result<Array2<f32>> {
     let pixels = pixels_of(model, images)?;
-    model
+    let embeds = model
         .vision(&pixels, images.len())?
         .embeds
-        .ok_or_else(|| no_embeddings(model))
+        .ok_or_else(|| no_embeddings(model))?;
+    Ok(blip_runtime::one_vector_per_image(embeds)?)
 }
 
 fn convert_err(e: LibConvertError) -> PyErr {

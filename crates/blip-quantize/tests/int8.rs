@@ -45,7 +45,9 @@ fn int8_retrieval_package_keeps_embeddings_and_itm() {
     let mut a = BlipModel::open(&fp32.pkg.dir, &SessionOptions::default()).unwrap();
     let mut b = BlipModel::open(&out, &SessionOptions::default()).unwrap();
     let (va, vb) = (a.vision(&pixels, 3).unwrap(), b.vision(&pixels, 3).unwrap());
-    let (ia, ib) = (va.embeds.unwrap(), vb.embeds.unwrap());
+    let one =
+        |e: Option<ndarray::Array3<f32>>| blip_runtime::one_vector_per_image(e.unwrap()).unwrap();
+    let (ia, ib) = (one(va.embeds), one(vb.embeds));
     let (ta, tb) = (
         a.embed_texts(&texts).unwrap(),
         b.embed_texts(&texts).unwrap(),

@@ -21,7 +21,8 @@ pub use blip_preprocess::PreprocessError;
 pub use blip_tasks::{
     Answer, Blip, CandidateStates, Caption, CaptionOptions, DecodeBatch, Generated, Generation,
     GenerationConfig, Graphs, Hit, ImageInput, ItmScore, RankedAnswers, Strategy, TaskError,
-    VisionOutput, VqaOptions, caption_text, match_probability, ready, unique_inputs,
+    VisionOutput, VqaOptions, caption_text, itc_similarities, itc_similarity, match_probability,
+    one_vector_per_image, ready, unique_inputs,
 };
 pub use blip_tasks::{defaults, generate, request, tag};
 pub use engine::{GRAPH_DURATION, OrtBackend, OrtCache, OrtCross, OrtGraphs};

@@ -12,7 +12,7 @@ use blip_tasks::{
     Answer, Blip, CandidateStates, Caption, CaptionOptions, DecoderFeed, Graphs, Hit, ImageInput,
     ItmScore, LogitPositions, RankedAnswers, VisionOutput, VqaOptions, ready,
 };
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
+use ndarray::{Array2, Array3, ArrayView3};
 
 use crate::engine::{OrtCache, OrtCross, OrtGraphs, open_graphs};
 use crate::{OrtLibrary, Result, SessionOptions};
@@ -113,8 +113,9 @@ impl BlipModel {
             .collect())
     }
 
-    /// ITC embeddings and hidden states of images (retrieval packages).
-    pub fn embed_images(&mut self, images: &[ImageInput]) -> Result<(Array2<f32>, Array3<f32>)> {
+    /// ITC embeddings (`[n, V, E]`: V vectors per image) and hidden states of images
+    /// (retrieval packages).
+    pub fn embed_images(&mut self, images: &[ImageInput]) -> Result<(Array3<f32>, Array3<f32>)> {
         Ok(ready(self.0.embed_images(images))?)
     }
 
@@ -136,7 +137,7 @@ impl BlipModel {
     pub fn rank_images(
         &mut self,
         text: &str,
-        image_embeds: ArrayView2<'_, f32>,
+        image_embeds: ArrayView3<'_, f32>,
         k: usize,
         candidates: CandidateStates<'_>,
     ) -> Result<Vec<Hit>> {

@@ -302,7 +302,8 @@ fn retrieval_embeddings_itm_and_rerank_match_pytorch() {
     let pixels = g.f("pixel_values").as_slice().unwrap().to_vec();
     let vision = m.vision(&pixels, 3).unwrap();
     let ie = vision.embeds.clone().unwrap();
-    assert_close("itc", &ie.dot(&te.t()).into_dyn(), g.f("itc.similarity"));
+    let itc = blip_runtime::itc_similarities(ie.view(), te.view(), "text").unwrap();
+    assert_close("itc", &itc.into_dyn(), g.f("itc.similarity"));
     let itm_golden = g.f("itm.logits");
     for (t, text) in texts.iter().enumerate() {
         // t2i: all 3 images, rerank the top 2 by ITC with ITM; score = ITM logit + ITC sim.
@@ -335,6 +336,72 @@ fn retrieval_embeddings_itm_and_rerank_match_pytorch() {
         assert_eq!(hits[2].index, by_itc[2]);
         assert_eq!(hits[2].itm, None);
     }
+}
+
+/// BLIP-2 through the same task layer: `itm` gives transformers' ITM logits and the ITC score of
+/// the best query; ranking uses that score; raw one-per-image embeddings are refused by name.
+#[test]
+fn blip2_retrieval_scores_and_ranking_match_pytorch() {
+    let (_c, mut m) = model("tiny-blip2-retrieval");
+    let g = Goldens::load("tiny-blip2-retrieval");
+    let texts: Vec<String> = serde_json::from_value(g.meta["texts"].clone()).unwrap();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let itc = g.f("logits_per_image");
+    let itm = g.f("itm_logits");
+    let pixels = g.f("pixel_values");
+    let per_image = pixels.len() / 3;
+    let all = pixels.as_slice().unwrap();
+    for i in 0..3 {
+        let scores = m
+            .itm(&all[i * per_image..(i + 1) * per_image], &texts)
+            .unwrap();
+        for (j, s) in scores.iter().enumerate() {
+            assert!(
+                (s.itc - itc[[i, j]]).abs() <= 1e-4,
+                "image {i} text {j}: ITC {} vs {}",
+                s.itc,
+                itc[[i, j]]
+            );
+        }
+        // The goldens pair image i with text i.
+        let s = &scores[i];
+        for c in 0..2 {
+            assert!(
+                (s.logits[c] - itm[[i, c]]).abs() <= 1e-4,
+                "pair {i}: ITM {:?} vs {}",
+                s.logits,
+                itm.index_axis(Axis(0), i)
+            );
+        }
+    }
+    let vision = m.vision(all, 3).unwrap();
+    let embeds = vision.embeds.clone().unwrap();
+    assert_eq!(embeds.shape(), &[3, 8, 16], "one vector per learned query");
+    for (t, text) in texts.iter().enumerate() {
+        let hidden = vision.hidden.clone();
+        let hits = m
+            .rank_images(
+                text,
+                embeds.view(),
+                0,
+                CandidateStates::Stored(&mut |idx| Ok(hidden.select(Axis(0), idx))),
+            )
+            .unwrap();
+        let mut want: Vec<usize> = (0..3).collect();
+        want.sort_by(|&a, &b| itc[[b, t]].total_cmp(&itc[[a, t]]));
+        assert_eq!(
+            hits.iter().map(|h| h.index).collect::<Vec<_>>(),
+            want,
+            "text {t}: ITC order (best query)"
+        );
+        for h in &hits {
+            assert!((h.itc - itc[[h.index, t]]).abs() <= 1e-4);
+        }
+    }
+    let e = blip_runtime::one_vector_per_image(embeds)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("8 vectors (BLIP-2"), "{e}");
 }
 
 #[test]

@@ -124,7 +124,8 @@ impl Work {
 pub enum Done {
     Captions(Vec<Caption>),
     ImageEmbeds {
-        embeds: Array2<f32>,
+        /// `[n, V, E]`: V vectors per image (BLIP 1, BLIP-2 the learned queries).
+        embeds: Array3<f32>,
         hidden: Array3<f32>,
     },
     TextEmbeds(Array2<f32>),

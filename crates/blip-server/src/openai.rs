@@ -365,6 +365,8 @@ async fn embeddings(State(state): St, req: Request) -> Result<Json<Value>, ApiEr
             else {
                 return Err(ApiError::validation("no embeddings came back"));
             };
+            let embeds = blip_runtime::one_vector_per_image(embeds)
+                .map_err(|e| ApiError::validation(e.to_string()))?;
             (embeds.rows().into_iter().map(|r| r.to_vec()).collect(), 0)
         }
     };

@@ -510,7 +510,9 @@ async fn embed(State(state): St, req: Request) -> AppResult<EmbedResponse> {
             .run(Head::Retrieval, Work::EmbedImages { pixels }, deadline)
             .await?
         {
-            Done::ImageEmbeds { embeds, .. } => Ok(Some(embeds)),
+            Done::ImageEmbeds { embeds, .. } => blip_runtime::one_vector_per_image(embeds)
+                .map(Some)
+                .map_err(|e| ApiError::validation(e.to_string())),
             _ => Ok(None),
         }
     };
@@ -925,7 +927,13 @@ async fn index_add(State(state): St, req: Request) -> AppResult<IndexAddResponse
                             mtime_ns: 0,
                         },
                         metadata,
-                        vectors: e.row(row).to_vec(),
+                        // Every vector of the image (BLIP-2: one per query); the
+                        // store scores an entry by its best.
+                        vectors: e
+                            .index_axis(ndarray::Axis(0), row)
+                            .iter()
+                            .copied()
+                            .collect(),
                         states: Some(states),
                     },
                     bytes,

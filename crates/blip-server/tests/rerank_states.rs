@@ -55,7 +55,11 @@ fn int8_states_keep_the_f16_ranking_of_the_shapes_test_queries() {
                     path: files[i].clone(),
                     stamp: Stamp::of(&files[i]).unwrap(),
                     metadata: None,
-                    vectors: embeds.row(j).to_vec(),
+                    vectors: embeds
+                        .index_axis(ndarray::Axis(0), j)
+                        .iter()
+                        .copied()
+                        .collect(),
                     states: Some(
                         hidden
                             .index_axis(ndarray::Axis(0), j)

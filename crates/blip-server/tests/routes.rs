@@ -201,6 +201,7 @@ async fn caption_vqa_embed_and_itm_equal_the_library() {
     // Embeddings: images and texts, float and base64.
     let mut ret = model("retrieval");
     let (img_e, hidden) = ret.embed_images(&[bytes_input(0), bytes_input(4)]).unwrap();
+    let img_e = blip_runtime::one_vector_per_image(img_e).unwrap();
     let txt_e = ret.embed_texts(&["a purple triangle"]).unwrap();
     let (status, body) = server
         .post(
@@ -408,6 +409,7 @@ async fn index_add_search_get_and_delete_persist_and_rank_as_the_library() {
     let mut ret = model("retrieval");
     let files: Vec<ImageInput> = (0..7).map(bytes_input).collect();
     let (img_e, hidden) = ret.embed_images(&files).unwrap();
+    let img_e = blip_runtime::one_vector_per_image(img_e).unwrap();
     let text_e = ret.embed_texts(&["a purple triangle"]).unwrap();
     let itc: Vec<f32> = (0..7).map(|i| img_e.row(i).dot(&text_e.row(0))).collect();
     let mut want: Vec<(usize, f32, Option<f32>, f32)> =

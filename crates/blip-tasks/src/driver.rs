@@ -351,8 +351,13 @@ impl<B: TensorBackend> Graphs for GraphDriver<B> {
             .await?;
         let hidden = self.output(&mut out, VISION_ENCODER, LAST_HIDDEN_STATE)?;
         let hidden = self.read_array3(VISION_ENCODER, &hidden)?;
+        // BLIP's graph gives one vector per image (`[n, E]`), BLIP-2's one per query.
         let embeds = match self.backend.take(&mut out, IMAGE_EMBEDS) {
-            Some(v) => Some(self.read_array2(VISION_ENCODER, &v)?),
+            Some(v) if self.backend.dims(&v).len() == 2 => Some(
+                self.read_array2(VISION_ENCODER, &v)?
+                    .insert_axis(ndarray::Axis(1)),
+            ),
+            Some(v) => Some(self.read_array3(VISION_ENCODER, &v)?),
             None => None,
         };
         Ok(VisionOutput { hidden, embeds })

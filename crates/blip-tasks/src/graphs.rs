@@ -17,8 +17,9 @@ use crate::{Result, TaskError};
 pub struct VisionOutput {
     /// `[n, tokens, D]`
     pub hidden: Array3<f32>,
-    /// `[n, E]`, L2-normalised (retrieval packages only).
-    pub embeds: Option<Array2<f32>>,
+    /// `[n, V, E]`: each image's V L2-normalised ITC vectors (retrieval packages only; V = 1 for
+    /// BLIP, the learned queries for BLIP-2). Scored by [`crate::itc_similarity`].
+    pub embeds: Option<Array3<f32>>,
 }
 
 /// Which positions' logits a decoder run returns.

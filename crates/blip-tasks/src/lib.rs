@@ -12,6 +12,7 @@ pub mod driver;
 pub mod generate;
 mod graphs;
 mod input;
+pub mod itc;
 pub mod request;
 pub mod tag;
 mod tasks;
@@ -24,6 +25,7 @@ pub use cross_rows::{CrossFeed, CrossRows, encoder_mask};
 pub use generate::{Generated, Generation, GenerationConfig, StepInput, Strategy};
 pub use graphs::{DecoderFeed, Graphs, LogitPositions, VisionOutput, ready};
 pub use input::{ImageInput, unique_inputs};
+pub use itc::{itc_similarities, itc_similarity, one_vector_per_image};
 pub use request::{ModelLimits, RequestError};
 pub use tag::{TAG_PROMPT, Tag, TagOptions, tag_prompt, zero_shot_tags};
 pub use tasks::{

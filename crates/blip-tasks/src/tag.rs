@@ -1,7 +1,7 @@
 //! Zero-shot tagging: each label scored against an image by ITC similarity, the label prompted as
 //! CLIP-style zero-shot classification does ([`TAG_PROMPT`]), defined once for every door.
 
-use ndarray::ArrayView2;
+use ndarray::{ArrayView2, ArrayView3};
 
 use crate::{Result, TaskError};
 
@@ -29,11 +29,11 @@ pub struct Tag {
     pub score: f32,
 }
 
-/// The tags of each image: ITC similarity of image embedding `i` (`image_embeds` row, L2-normalised)
-/// to each label's text embedding (`label_embeds` row `j` for `labels[j]`, embedded as
+/// The tags of each image: ITC similarity ([`crate::itc_similarity`]) of image `i`'s embedding
+/// (`image_embeds [n, V, E]`, L2-normalised) to each label's text embedding (`label_embeds` row `j` for `labels[j]`, embedded as
 /// [`tag_prompt`]), kept by `options`, sorted by score descending, ties by label.
 pub fn zero_shot_tags(
-    image_embeds: ArrayView2<'_, f32>,
+    image_embeds: ArrayView3<'_, f32>,
     label_embeds: ArrayView2<'_, f32>,
     labels: &[String],
     options: TagOptions,
@@ -45,14 +45,7 @@ pub fn zero_shot_tags(
             labels.len()
         )));
     }
-    if image_embeds.ncols() != label_embeds.ncols() {
-        return Err(TaskError::Input(format!(
-            "image embeddings are {} wide but the label embeddings are {}",
-            image_embeds.ncols(),
-            label_embeds.ncols()
-        )));
-    }
-    let sims = image_embeds.dot(&label_embeds.t());
+    let sims = crate::itc_similarities(image_embeds, label_embeds, "label")?;
     Ok(sims
         .rows()
         .into_iter()
@@ -82,7 +75,7 @@ mod tests {
 
     #[test]
     fn sorted_by_score_then_label_and_kept_by_the_options() {
-        let images = array![[1.0f32, 0.0], [0.0, 1.0]];
+        let images = array![[[1.0f32, 0.0]], [[0.0, 1.0]]];
         let labels: Vec<String> = ["b", "a", "c"].map(String::from).to_vec();
         let text = array![[0.6f32, 0.8], [0.6, 0.8], [1.0, 0.0]];
         let tags =

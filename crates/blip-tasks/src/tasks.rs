@@ -4,11 +4,12 @@
 
 use blip_package::{Head, Package};
 use blip_preprocess::{BlipTokenizer, FirstToken, ImagePreprocessor};
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
+use ndarray::{Array2, Array3, ArrayView3, Axis, s};
 
 use crate::generate::{Generated, Generation, GenerationConfig, Strategy};
 use crate::graphs::{DecoderFeed, Graphs, LogitPositions, VisionOutput};
 use crate::input::{ImageInput, unique_inputs};
+use crate::itc::{itc_similarities, itc_similarity};
 use crate::{Result, TaskError};
 
 /// Captioning settings. Defaults are BLIP's COCO evaluation: prompt "a picture of ", beam 3,
@@ -383,11 +384,12 @@ impl<G: Graphs> Blip<G> {
             .collect())
     }
 
-    /// ITC embeddings and hidden states of images (retrieval packages); repeated images are encoded once.
+    /// ITC embeddings (`[n, V, E]`, see [`VisionOutput::embeds`]) and hidden states of images
+    /// (retrieval packages); repeated images are encoded once.
     pub async fn embed_images(
         &mut self,
         images: &[ImageInput],
-    ) -> Result<(Array2<f32>, Array3<f32>)> {
+    ) -> Result<(Array3<f32>, Array3<f32>)> {
         let (unique, map) = unique_inputs(images);
         let pixels = self.pixels_of(&unique)?;
         let v = self.vision(&pixels, unique.len()).await?;
@@ -443,30 +445,26 @@ impl<G: Graphs> Blip<G> {
                 ItmScore {
                     logits,
                     match_probability: match_probability(logits),
-                    itc: embeds.row(0).dot(&text.row(i)),
+                    itc: itc_similarity(embeds.index_axis(Axis(0), 0), text.row(i)),
                 }
             })
             .collect())
     }
 
-    /// Ranks images for one text: ITC top-`k` by similarity, then ITM rerank of those `k`
-    /// (score = ITM "match" logit + ITC similarity, as BLIP's evaluation). `k = 0` skips the rerank.
+    /// Ranks images for one text: ITC top-`k` by similarity ([`itc_similarity`] of each image's
+    /// vectors, `image_embeds [n, V, E]`), then ITM rerank of those `k` (score = ITM "match"
+    /// logit + ITC similarity, as BLIP's evaluation). `k = 0` skips the rerank.
     pub async fn rank_images(
         &mut self,
         text: &str,
-        image_embeds: ArrayView2<'_, f32>,
+        image_embeds: ArrayView3<'_, f32>,
         k: usize,
         candidates: CandidateStates<'_>,
     ) -> Result<Vec<Hit>> {
         let t = self.embed_texts(&[text]).await?;
-        if image_embeds.ncols() != t.ncols() {
-            return Err(TaskError::Input(format!(
-                "image embeddings are {} wide but this package's text embeddings are {}",
-                image_embeds.ncols(),
-                t.ncols()
-            )));
-        }
-        let sims = image_embeds.dot(&t.row(0));
+        let sims = itc_similarities(image_embeds, t.view(), "this package's text")?
+            .column(0)
+            .to_owned();
         let mut order: Vec<usize> = (0..sims.len()).collect();
         order.sort_by(|&a, &b| sims[b].total_cmp(&sims[a]).then(a.cmp(&b)));
         let mut hits: Vec<Hit> = order

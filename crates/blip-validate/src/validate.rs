@@ -317,7 +317,8 @@ fn reference_gates(
                 &b.f32("text.text_embeds")?,
                 tol,
             ));
-            let sim = img.dot(&text.t());
+            let sim = blip_runtime::itc_similarities(img.view(), text.view(), "text")
+                .map_err(blip_runtime::RuntimeError::from)?;
             gates.push(diff_gate(
                 "reference: itc.similarity",
                 sim.as_standard_layout().as_slice().unwrap_or(&[]),
@@ -515,7 +516,15 @@ fn against_gates(
         Head::Retrieval => {
             let (ia, ib) = (va.embeds.unwrap_or_default(), vb.embeds.unwrap_or_default());
             let (ta, tb) = (a.embed_texts(&texts)?, b.embed_texts(&texts)?);
-            let (imin, imean) = rows_cosines(&ia, &ib);
+            // Every vector of every image (BLIP-2: one per query) against its counterpart.
+            let vectors = |e: &ndarray::Array3<f32>| {
+                let (n, v, w) = e.dim();
+                e.as_standard_layout()
+                    .into_owned()
+                    .into_shape_with_order((n * v, w))
+                    .unwrap_or_default()
+            };
+            let (imin, imean) = rows_cosines(&vectors(&ia), &vectors(&ib));
             gates.push(Gate::at_least(
                 "against: image embedding cosine (min)",
                 imin,
@@ -530,7 +539,14 @@ fn against_gates(
                 format!("mean {tmean:.5}"),
             ));
             // Text → image ITC rankings.
-            let (sa, sb) = (ta.dot(&ia.t()), tb.dot(&ib.t()));
+            let (sa, sb) = (
+                blip_runtime::itc_similarities(ia.view(), ta.view(), "text")
+                    .map_err(blip_runtime::RuntimeError::from)?
+                    .reversed_axes(),
+                blip_runtime::itc_similarities(ib.view(), tb.view(), "text")
+                    .map_err(blip_runtime::RuntimeError::from)?
+                    .reversed_axes(),
+            );
             let k = 5.min(n);
             let (mut top1, mut top5) = (0.0, 0.0);
             for (ra, rb) in sa.axis_iter(Axis(0)).zip(sb.axis_iter(Axis(0))) {

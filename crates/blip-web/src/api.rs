@@ -13,7 +13,7 @@ use blip_preprocess::BlipTokenizer;
 use blip_tasks::request;
 use blip_tasks::{CandidateStates, ImageInput};
 use js_sys::{Array, Uint8Array};
-use ndarray::Array2;
+use ndarray::{Array2, Array3};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
@@ -351,6 +351,7 @@ impl BrowserBlip {
         let inputs = images_of(&images)?;
         let mut lease = Lease::take(&self.model)?;
         let (embeds, _) = lease.get().embed_images(&inputs).await.map_err(js_err)?;
+        let embeds = blip_tasks::one_vector_per_image(embeds).map_err(js_err)?;
         to_json(&rows(&embeds))
     }
 
@@ -421,7 +422,8 @@ impl BrowserBlip {
                         inputs.len()
                     )));
                 }
-                Array2::from_shape_vec((rows.len(), dim), rows.concat()).map_err(js_err)?
+                // One vector per image, as `embedImages` returns them.
+                Array3::from_shape_vec((rows.len(), 1, dim), rows.concat()).map_err(js_err)?
             }
             None => model.embed_images(&inputs).await.map_err(js_err)?.0,
         };
