@@ -99,8 +99,11 @@ impl Default for VisionConfig {
     }
 }
 
+/// Why a BLIP-2 captioning / VQA checkpoint is refused, in every door.
+pub const BLIP2_GENERATION_NOT_CONVERTED: &str = "captioning and VQA (Blip2ForConditionalGeneration) are not converted yet; BLIP-2 image-text retrieval (Blip2ForImageTextRetrieval) is";
+
 /// The error for a BLIP-2 or InstructBLIP config: names the model and its language model, and
-/// says what is missing (BLIP-2 is not converted yet; LLaMA/Vicuna language models and
+/// says what is missing (BLIP-2 captioning and VQA are not converted yet; LLaMA/Vicuna language models and
 /// InstructBLIP are not planned: docs/blip2-reference.md).
 pub(crate) fn unsupported_family(
     path: &Path,
@@ -125,8 +128,7 @@ pub(crate) fn unsupported_family(
     } else if matches!(language_model.as_str(), "opt" | "t5") {
         (
             format!("BLIP-2 ({class}, {language_model} language model)"),
-            "blip-onnx converts BLIP (model_type \"blip\") only so far; BLIP-2 is not converted yet"
-                .to_string(),
+            BLIP2_GENERATION_NOT_CONVERTED.to_string(),
         )
     } else {
         (
@@ -357,7 +359,7 @@ mod tests {
         let cases = [
             (
                 r#"{"model_type": "blip-2", "architectures": ["Blip2ForConditionalGeneration"], "text_config": {"model_type": "opt"}}"#,
-                "BLIP-2 (Blip2ForConditionalGeneration, opt language model) is not supported: blip-onnx converts BLIP",
+                "BLIP-2 (Blip2ForConditionalGeneration, opt language model) is not supported: captioning and VQA",
             ),
             (
                 r#"{"model_type": "blip-2", "architectures": ["Blip2ForConditionalGeneration"], "text_config": {"model_type": "llama"}}"#,

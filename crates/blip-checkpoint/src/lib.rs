@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 
 pub use blip2_config::{Blip2Architecture, Blip2Config, QFormerConfig};
 pub use config::{
-    BlipConfig, Head, TextConfig, VisionConfig, head_from_architecture, head_from_tensor_names,
-    infer_config_from_shapes,
+    BLIP2_GENERATION_NOT_CONVERTED, BlipConfig, Head, TextConfig, VisionConfig,
+    head_from_architecture, head_from_tensor_names, infer_config_from_shapes,
 };
 pub use rename::original_to_hf;
 

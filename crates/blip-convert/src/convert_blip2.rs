@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use blip_checkpoint::{Blip2Architecture, Blip2Config, Checkpoint};
+use blip_checkpoint::{
+    BLIP2_GENERATION_NOT_CONVERTED, Blip2Architecture, Blip2Config, Checkpoint, CheckpointError,
+};
 use blip_package::{
     Family, Graph, Head, Manifest, ModelDims, Preprocess, Producer, Source, Tokens,
 };
@@ -21,15 +23,16 @@ use crate::{
 pub(crate) fn check_config(path: &Path) -> Result<Blip2Config> {
     let cfg = Blip2Config::from_file(path)?;
     if cfg.architecture == Blip2Architecture::ConditionalGeneration {
-        return Err(ConvertError::Config {
+        return Err(CheckpointError::UnsupportedModel {
             path: path.to_path_buf(),
-            message: format!(
-                "BLIP-2 {} ({} language model): captioning and VQA are not converted yet; \
-                 BLIP-2 image-text retrieval (Blip2ForImageTextRetrieval) is",
+            model: format!(
+                "BLIP-2 ({}, {} language model)",
                 cfg.architecture.class_name(),
                 cfg.language_model
             ),
-        });
+            reason: BLIP2_GENERATION_NOT_CONVERTED.into(),
+        }
+        .into());
     }
     Ok(cfg)
 }

@@ -140,7 +140,7 @@ fn blip2_models_it_cannot_convert_are_refused_by_name() {
     for (config, expected) in [
         (
             r#"{"model_type": "blip-2", "architectures": ["Blip2ForConditionalGeneration"], "text_config": {"model_type": "opt"}}"#,
-            "BLIP-2 Blip2ForConditionalGeneration (opt language model): captioning and VQA are not converted yet",
+            "BLIP-2 (Blip2ForConditionalGeneration, opt language model) is not supported: captioning and VQA (Blip2ForConditionalGeneration) are not converted yet",
         ),
         (
             r#"{"model_type": "blip-2", "architectures": ["Blip2ForConditionalGeneration"], "text_config": {"model_type": "llama"}}"#,

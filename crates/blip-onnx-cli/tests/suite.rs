@@ -5,6 +5,7 @@ mod common;
 
 mod bad_input;
 mod batch;
+mod blip2;
 mod cli;
 mod doors;
 mod hub;
