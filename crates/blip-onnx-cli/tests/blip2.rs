@@ -148,6 +148,50 @@ fn blip2_retrieval_converts_scores_indexes_and_searches_as_pytorch() {
         );
     }
 
+    // tag: each label scored by the image's best query, as the library scores it.
+    let labels = dir.path().join("labels.txt");
+    std::fs::write(&labels, "red circle\nwoman\nblue square\n").unwrap();
+    let image = fixture(&format!("images/{}", images[1]));
+    let (code, stdout, stderr) = blip(&[
+        "tag",
+        "-p",
+        p,
+        "--labels",
+        labels.to_str().unwrap(),
+        "--top-k",
+        "3",
+        image.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let tags = json(&stdout);
+    let prompts: Vec<String> = ["red circle", "woman", "blue square"]
+        .iter()
+        .map(|l| blip_runtime::tag::tag_prompt(l))
+        .collect();
+    let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let label_embeds = library.embed_texts(&prompts).unwrap();
+    let (embeds, _) = library
+        .embed_images(&[blip_runtime::ImageInput::Path(image.clone())])
+        .unwrap();
+    for t in tags[0]["tags"].as_array().unwrap() {
+        let j = ["red circle", "woman", "blue square"]
+            .iter()
+            .position(|l| t["label"] == *l)
+            .unwrap();
+        let want = blip_runtime::itc_similarity(
+            embeds.index_axis(ndarray::Axis(0), 0),
+            label_embeds.row(j),
+        );
+        close(
+            &format!("tag {}", t["label"]),
+            &t["score"],
+            want,
+            SAME_PIXELS,
+        );
+    }
+
     // Raw embeddings are one vector per image: a BLIP-2 package says why it has none.
     let image = fixture(&format!("images/{}", images[0]));
     let (code, _, stderr) = blip(&["embed", "-p", p, "--image", image.to_str().unwrap()]);

@@ -6,6 +6,7 @@ mod common;
 
 use base64::Engine as _;
 use blip_runtime::{BlipModel, CaptionOptions, ImageInput, SessionOptions, Strategy, VqaOptions};
+use blip_server::ServeArgs;
 use common::*;
 use serde_json::json;
 
@@ -728,4 +729,105 @@ async fn cors_is_off_by_default_and_answers_the_configured_origin() {
         r.headers()["access-control-allow-origin"],
         "http://example.test"
     );
+}
+
+/// A BLIP-2 retrieval package served: `/v1/itm` and `/v1/search` over the server's own index
+/// (every query vector stored) answer as the library does; `/v1/embed` says why an image has no
+/// single vector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blip2_retrieval_itm_index_and_search_equal_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("blip2");
+    blip_convert::convert(
+        &fixture("models/tiny-blip2-retrieval"),
+        &pkg,
+        &blip_convert::ConvertOptions::default(),
+    )
+    .unwrap();
+    let mut a = ServeArgs::new(vec![pkg.clone()]).expect("defaults");
+    a.port = 0;
+    a.host = "127.0.0.1".into();
+    a.threads = 2;
+    a.index = Some(dir.path().join("blip2.idx"));
+    let server = TestServer::start(a).await;
+    let mut lib = blip_runtime::BlipModel::open(
+        &pkg,
+        &blip_runtime::SessionOptions {
+            intra_threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let names = ["synthetic_a.png", "grace_hopper.jpg", "synthetic_b.png"];
+    let files: Vec<_> = names
+        .iter()
+        .map(|n| fixture(&format!("images/{n}")))
+        .collect();
+    let texts = ["a red circle", "a woman in a uniform"];
+
+    let pixels = lib
+        .pixel_values(&blip_runtime::ImageInput::Path(files[1].clone()))
+        .unwrap();
+    let want = lib.itm(&pixels, &texts).unwrap();
+    let (status, body) = server
+        .post("/v1/itm", json!({"image": b64(&files[1]), "texts": texts}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for (r, w) in body["results"].as_array().unwrap().iter().zip(&want) {
+        assert!(
+            close(r["itc_similarity"].as_f64().unwrap(), w.itc as f64),
+            "{r}"
+        );
+        for c in 0..2 {
+            assert!(
+                close(r["itm_logits"][c].as_f64().unwrap(), w.logits[c] as f64),
+                "{r}"
+            );
+        }
+    }
+
+    let images: Vec<_> = names
+        .iter()
+        .zip(&files)
+        .map(|(n, f)| json!({"id": n, "image": b64(f)}))
+        .collect();
+    let (status, body) = server.post("/v1/index", json!({"images": images})).await;
+    assert_eq!(status, 200, "{body}");
+    let inputs: Vec<_> = files
+        .iter()
+        .map(|f| blip_runtime::ImageInput::Path(f.clone()))
+        .collect();
+    let (embeds, hidden) = lib.embed_images(&inputs).unwrap();
+    assert_eq!(embeds.shape()[1], 8, "one vector per learned query");
+    for text in texts {
+        let want = lib
+            .rank_images(
+                text,
+                embeds.view(),
+                2,
+                blip_runtime::CandidateStates::Stored(&mut |idx| {
+                    Ok(hidden.select(ndarray::Axis(0), idx))
+                }),
+            )
+            .unwrap();
+        let (status, got) = server
+            .post("/v1/search", json!({"text": text, "k": 3, "rerank": 2}))
+            .await;
+        assert_eq!(status, 200, "{got}");
+        let hits = got["hits"].as_array().unwrap();
+        assert_eq!(hits.len(), 3, "{got}");
+        for (h, w) in hits.iter().zip(&want) {
+            assert_eq!(h["id"], names[w.index], "{text}: {got}");
+            // Stored states are f16: the reranked score within its rounding.
+            assert!(
+                (h["score"].as_f64().unwrap() - w.score as f64).abs() < 2e-3,
+                "{h} vs {w:?}"
+            );
+        }
+    }
+
+    let got = server
+        .post("/v1/embed", json!({"images": [b64(&files[0])]}))
+        .await;
+    assert_error_naming(&got, 422, "validation", "8 vectors (BLIP-2");
 }
