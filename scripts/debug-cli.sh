@@ -12,4 +12,6 @@ if [ -n "${BLIP_TEST_CLI:-}" ] && [ -x "$BLIP_TEST_CLI" ]; then
   exit 0
 fi
 cargo build --quiet -p blip-onnx-cli >&2
-echo "$PWD/${CARGO_TARGET_DIR:-target}/debug/blip-onnx"
+target="${CARGO_TARGET_DIR:-target}"
+case "$target" in /*) ;; *) target="$PWD/$target" ;; esac  # an absolute target dir stays as given
+echo "$target/debug/blip-onnx"

@@ -141,3 +141,30 @@ def test_convert_and_quantize_write_the_cli_packages(packages, tmp_path):
     assert graphs(tmp_path / "int4") == graphs(tmp_path / "cli-int4")
     with pytest.raises(blip_onnx.QuantizeError, match="already exists"):
         blip_onnx.quantize(tmp_path / "caption", tmp_path / "int4", precision="int4")
+
+
+def test_blip2_retrieval_converts_and_scores_as_the_cli(tmp_path):
+    """A BLIP-2 retrieval checkpoint through the wheel: the package the CLI writes, the CLI's ITM
+    and ITC (best query) scores, and raw one-per-image embeddings refused by name."""
+    from conftest import ROOT
+
+    checkpoint = ROOT / "fixtures" / "models" / "tiny-blip2-retrieval"
+    report = blip_onnx.convert(checkpoint, tmp_path / "blip2")
+    assert report["head"] == "retrieval"
+    run_cli("convert", checkpoint, "-o", tmp_path / "cli-blip2")
+    manifest = json.loads((tmp_path / "blip2" / "blip.json").read_text())
+    cli_manifest = json.loads((tmp_path / "cli-blip2" / "blip.json").read_text())
+    assert manifest["family"] == "blip-2" and manifest["model"]["query_tokens"] == 8
+    assert {r: g["sha256"] for r, g in manifest["graphs"].items()} == {
+        r: g["sha256"] for r, g in cli_manifest["graphs"].items()
+    }
+    image = ROOT / "fixtures" / "images" / "grace_hopper.jpg"
+    texts = ["a red circle", "a woman in a uniform"]
+    model = blip_onnx.BlipModel.open(tmp_path / "blip2", threads=1)
+    expected = cli_json("itm", "-p", tmp_path / "blip2", image, *texts)
+    got = model.itm(image, texts)
+    for g, e in zip(got, expected, strict=True):
+        assert g.itm_logits == pytest.approx(tuple(e["itm_logits"]), abs=1e-5)
+        assert g.itc_similarity == pytest.approx(e["itc_similarity"], abs=1e-6)
+    with pytest.raises(blip_onnx.InputError, match=r"8 vectors \(BLIP-2"):
+        model.embed_images([image])
