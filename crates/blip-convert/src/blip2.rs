@@ -131,22 +131,13 @@ fn attention_block(
     let k_t = net.transpose_last2(&format!("{a}.key"), &kh);
     let ctx = net.attention(&a, &qh, &k_t, &vh, mask, Scale::Mul((hd as f32).powf(-0.5)));
     let merged = net.merge_heads(&a, &ctx, d);
-    dense_residual_norm(net, &format!("{prefix}.output"), &merged, d, x, q)
-}
-
-/// `LayerNorm(dense(x) + residual)` at `prefix` (`dense`, `LayerNorm`); `x` is `d_in` wide.
-fn dense_residual_norm(
-    net: &mut Net<'_>,
-    prefix: &str,
-    x: &str,
-    d_in: usize,
-    residual: &str,
-    q: &QFormerConfig,
-) -> Result<String> {
-    let d = q.hidden_size;
-    let y = net.linear(&format!("{prefix}.dense"), x, d_in, d)?;
-    let r = net.op("Add", prefix, &[&y, residual]);
-    net.layer_norm(&format!("{prefix}.LayerNorm"), &r, d, q.layer_norm_eps)
+    net.dense_residual_norm(
+        &format!("{prefix}.output"),
+        &merged,
+        x,
+        (d, d),
+        q.layer_norm_eps,
+    )
 }
 
 /// A Q-Former FFN: `intermediate{suffix}` → GELU → `output{suffix}` with residual and LayerNorm.
@@ -161,7 +152,13 @@ fn feed_forward(
     let h = net.linear(&up, x, q.hidden_size, q.intermediate_size)?;
     let g = net.gelu(&format!("{layer}.intermediate{suffix}.act"), &h);
     let down = format!("{layer}.output{suffix}");
-    dense_residual_norm(net, &down, &g, q.intermediate_size, x, q)
+    net.dense_residual_norm(
+        &down,
+        &g,
+        x,
+        (q.intermediate_size, q.hidden_size),
+        q.layer_norm_eps,
+    )
 }
 
 /// `Blip2QFormerLayer.forward` for `rows`.

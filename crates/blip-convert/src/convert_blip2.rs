@@ -9,9 +9,7 @@ use std::time::Instant;
 use blip_checkpoint::{
     BLIP2_GENERATION_NOT_CONVERTED, Blip2Architecture, Blip2Config, Checkpoint, CheckpointError,
 };
-use blip_package::{
-    Family, Graph, Head, Manifest, ModelDims, Preprocess, Producer, Source, Tokens,
-};
+use blip_package::{Family, Graph, Head, Manifest, ModelDims, Preprocess, Tokens};
 use onnx_writer::ModelInfo;
 
 use crate::{
@@ -121,25 +119,8 @@ fn write_package(
     let manifest = Manifest {
         format: blip_package::FORMAT.into(),
         format_version: blip_package::FORMAT_VERSION,
-        producer: Producer {
-            name: "blip-onnx".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        },
-        source: Source {
-            name: ck
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            format: ck.format.name().into(),
-            sha256: source_sha,
-            files: ck
-                .files
-                .iter()
-                .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .collect(),
-            interpolated_from_image_size: (trained_size != v.image_size).then_some(trained_size),
-        },
+        producer: crate::producer(),
+        source: crate::source(ck, source_sha, trained_size, v.image_size),
         family: Family::Blip2,
         head,
         // The text side of BLIP-2 retrieval is the Q-Former.

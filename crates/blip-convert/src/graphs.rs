@@ -304,14 +304,7 @@ fn dense_residual_norm(
     d_in: usize,
     t: &TextConfig,
 ) -> Result<String> {
-    let y = net.linear(&format!("{prefix}.dense"), x, d_in, t.hidden_size)?;
-    let r = net.op("Add", prefix, &[&y, residual]);
-    net.layer_norm(
-        &format!("{prefix}.LayerNorm"),
-        &r,
-        t.hidden_size,
-        t.layer_norm_eps,
-    )
+    net.dense_residual_norm(prefix, x, residual, (d_in, t.hidden_size), t.layer_norm_eps)
 }
 
 /// One BERT layer (post-norm): self-attention (with an optional KV cache), optional cross-attention, FFN.

@@ -284,25 +284,8 @@ fn write_package(
     let manifest = Manifest {
         format: blip_package::FORMAT.into(),
         format_version: blip_package::FORMAT_VERSION,
-        producer: Producer {
-            name: "blip-onnx".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        },
-        source: Source {
-            name: ck
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            format: ck.format.name().into(),
-            sha256: source_sha,
-            files: ck
-                .files
-                .iter()
-                .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .collect(),
-            interpolated_from_image_size: (trained_size != v.image_size).then_some(trained_size),
-        },
+        producer: producer(),
+        source: source(ck, source_sha, trained_size, v.image_size),
         family: blip_package::Family::Blip,
         head,
         model: ModelDims {
@@ -460,4 +443,31 @@ fn save_tokenizer(tok: &tokenizer::PackageTokenizer, dir: &Path) -> Result<()> {
             message: e.to_string(),
         })?;
     Ok(())
+}
+
+fn producer() -> Producer {
+    Producer {
+        name: "blip-onnx".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+/// The manifest's record of the checkpoint: its name, format, files and their sha256, and the
+/// size its position embeddings were interpolated from when the package's differs.
+fn source(ck: &Checkpoint, sha256: String, trained_size: usize, image_size: usize) -> Source {
+    Source {
+        name: ck
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        format: ck.format.name().into(),
+        sha256,
+        files: ck
+            .files
+            .iter()
+            .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect(),
+        interpolated_from_image_size: (trained_size != image_size).then_some(trained_size),
+    }
 }

@@ -229,6 +229,20 @@ impl<'a> Net<'a> {
         ))
     }
 
+    /// BERT's output sub-block at `prefix`: `LayerNorm(dense(x) + residual)`, `x` `d_in` wide.
+    pub fn dense_residual_norm(
+        &mut self,
+        prefix: &str,
+        x: &str,
+        residual: &str,
+        (d_in, d_out): (usize, usize),
+        eps: f64,
+    ) -> Result<String> {
+        let y = self.linear(&format!("{prefix}.dense"), x, d_in, d_out)?;
+        let r = self.op("Add", prefix, &[&y, residual]);
+        self.layer_norm(&format!("{prefix}.LayerNorm"), &r, d_out, eps)
+    }
+
     /// Exact (erf) GELU, written in the pattern ONNX Runtime fuses into one Gelu kernel.
     pub fn gelu(&mut self, name: &str, x: &str) -> String {
         let sqrt2 = self.cf32(std::f32::consts::SQRT_2);
