@@ -9,7 +9,7 @@ use std::time::Instant;
 use blip_checkpoint::{
     BLIP2_GENERATION_NOT_CONVERTED, Blip2Architecture, Blip2Config, Checkpoint, CheckpointError,
 };
-use blip_package::{Family, Graph, Head, Manifest, ModelDims, Preprocess, Tokens};
+use blip_package::{Family, Graph, Head, Manifest, ModelDims, Preprocess};
 use onnx_writer::ModelInfo;
 
 use crate::{
@@ -140,15 +140,7 @@ fn write_package(
             query_tokens: Some(cfg.num_query_tokens),
         },
         preprocess: Preprocess::blip(v.image_size),
-        tokens: Tokens {
-            bos: tok.bos,
-            enc: tok.enc,
-            cls: tok.cls,
-            sep: tok.sep,
-            eos: tok.sep,
-            pad: tok.pad,
-            max_text_tokens: 35,
-        },
+        tokens: tok.tokens(),
         opset: OPSET,
         precision: blip_package::Precision::Fp32,
         tokenizer: blip_package::TOKENIZER_FILE.into(),

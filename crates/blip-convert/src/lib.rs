@@ -22,7 +22,6 @@ use blip_checkpoint::{
 };
 use blip_package::{
     Family, Graph, GraphEntry, Head, Manifest, ModelDims, Preprocess, Producer, Source, TensorSpec,
-    Tokens,
 };
 use onnx_writer::{Dim, ModelInfo, WriteError};
 
@@ -304,15 +303,7 @@ fn write_package(
             query_tokens: None,
         },
         preprocess: Preprocess::blip(v.image_size),
-        tokens: Tokens {
-            bos: tok.bos,
-            enc: tok.enc,
-            cls: tok.cls,
-            sep: tok.sep,
-            eos: tok.sep,
-            pad: tok.pad,
-            max_text_tokens: 35,
-        },
+        tokens: tok.tokens(),
         opset: OPSET,
         precision: blip_package::Precision::Fp32,
         tokenizer: blip_package::TOKENIZER_FILE.into(),

@@ -10,7 +10,7 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
-use blip_package::Family;
+use blip_package::{Family, Tokens};
 
 use crate::ConvertError;
 
@@ -22,6 +22,22 @@ pub struct PackageTokenizer {
     pub cls: i64,
     pub sep: i64,
     pub pad: i64,
+}
+
+impl PackageTokenizer {
+    /// The manifest's token ids: [SEP] ends a text, and texts keep at most 35 tokens (BLIP's and
+    /// LAVIS's retrieval limit).
+    pub fn tokens(&self) -> Tokens {
+        Tokens {
+            bos: self.bos,
+            enc: self.enc,
+            cls: self.cls,
+            sep: self.sep,
+            eos: self.sep,
+            pad: self.pad,
+            max_text_tokens: 35,
+        }
+    }
 }
 
 fn err(path: &Path, message: impl std::fmt::Display) -> ConvertError {
