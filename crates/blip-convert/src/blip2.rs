@@ -234,7 +234,7 @@ fn vision_states_input(cfg: &Blip2Config) -> IoSpec {
         DataType::F32,
         &[
             sym("batch"),
-            fixed(vision_tokens(&cfg.vision)),
+            sym("encoder_sequence"),
             fixed(cfg.vision.hidden_size),
         ],
     )

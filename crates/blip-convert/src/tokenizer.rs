@@ -132,10 +132,7 @@ pub fn resolve(
     };
     let pt = PackageTokenizer {
         bos: id("[DEC]")?,
-        enc: match family {
-            Family::Blip => id("[ENC]")?,
-            Family::Blip2 => id("[CLS]")?,
-        },
+        enc: id(family.itm_first_token())?,
         cls: id("[CLS]")?,
         sep: id("[SEP]")?,
         pad: id("[PAD]")?,

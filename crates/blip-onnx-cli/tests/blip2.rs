@@ -37,6 +37,8 @@ fn blip2_retrieval_converts_scores_indexes_and_searches_as_pytorch() {
     let (code, stdout, stderr) = blip(&["convert", ck.to_str().unwrap(), "-o", p, "--json"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(json(&stdout)["head"], "retrieval");
+    let (code, stdout, stderr) = blip(&["check", p]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
     let (code, stdout, stderr) = blip(&["inspect", p, "--run", "--threads", "1"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(

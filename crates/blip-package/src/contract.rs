@@ -48,6 +48,15 @@ impl Family {
         }
     }
 
+    /// The token an ITM text starts with (`tokens.enc` in the manifest): BLIP's own [ENC];
+    /// BLIP-2's Q-Former reads the text as tokenized, [CLS] first.
+    pub const fn itm_first_token(self) -> &'static str {
+        match self {
+            Family::Blip => "[ENC]",
+            Family::Blip2 => "[CLS]",
+        }
+    }
+
     /// For `skip_serializing_if`: BLIP manifests stay as they were before the field existed.
     pub fn is_blip(&self) -> bool {
         *self == Family::Blip

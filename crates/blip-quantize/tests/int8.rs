@@ -70,6 +70,54 @@ fn int8_retrieval_package_keeps_embeddings_and_itm() {
     assert!(worst < 0.05, "ITM logits moved by {worst}");
 }
 
+/// A BLIP-2 retrieval package quantizes like BLIP's: still `blip-2`, every query vector and the
+/// ITC and ITM scores close to FP32's.
+#[test]
+fn int8_blip2_retrieval_package_keeps_query_embeddings_and_itm() {
+    let fp32 = convert_fixture(
+        &fixture("models/tiny-blip2-retrieval"),
+        &ConvertOptions::default(),
+    );
+    let out = fp32.dir.path().join("int8");
+    let stats = quantize_package(&fp32.pkg.dir, &out, &QuantizeOptions::default()).unwrap();
+    assert!(stats.iter().all(|s| s.quantized_matmuls > 0), "{stats:?}");
+    assert_checks(&out);
+    let manifest = manifest_json(&out);
+    assert_eq!(
+        (&manifest["family"], &manifest["precision"]),
+        (&serde_json::json!("blip-2"), &serde_json::json!("int8"))
+    );
+    let g = Goldens::load("tiny-blip2-retrieval");
+    let pixels = g.f("pixel_values").as_slice().unwrap().to_vec();
+    let texts: Vec<String> = serde_json::from_value(g.meta["texts"].clone()).unwrap();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut a = BlipModel::open(&fp32.pkg.dir, &SessionOptions::default()).unwrap();
+    let mut b = BlipModel::open(&out, &SessionOptions::default()).unwrap();
+    let (va, vb) = (a.vision(&pixels, 3).unwrap(), b.vision(&pixels, 3).unwrap());
+    let (ia, ib) = (va.embeds.unwrap(), vb.embeds.unwrap());
+    assert_eq!(ib.shape(), &[3, 8, 16]);
+    let (ia, ib) = (ia.as_slice().unwrap(), ib.as_slice().unwrap());
+    let mut moved = 0f32;
+    for (x, y) in ia.chunks(16).zip(ib.chunks(16)) {
+        let c = cosine(x, y);
+        assert!(c >= 0.99, "a query vector's cosine to FP32 is {c}");
+        moved = moved.max(1.0 - c);
+    }
+    assert!(moved > 1e-7, "the INT8 graph must actually differ");
+    let per = pixels.len() / 3;
+    for i in 0..3 {
+        let (sa, sb) = (
+            a.itm(&pixels[i * per..(i + 1) * per], &texts).unwrap(),
+            b.itm(&pixels[i * per..(i + 1) * per], &texts).unwrap(),
+        );
+        for (x, y) in sa.iter().zip(&sb) {
+            assert!((x.itc - y.itc).abs() < 0.02, "ITC {} vs {}", x.itc, y.itc);
+            let worst = max_diff(&x.logits, &y.logits);
+            assert!(worst < 0.05, "ITM logits moved by {worst}");
+        }
+    }
+}
+
 #[test]
 fn default_policy_keeps_the_decoder_fp32_and_captions_still_run() {
     let fp32 = convert_fixture(&fixture("models/tiny-caption"), &ConvertOptions::default());

@@ -381,7 +381,7 @@ pub fn check(dir: &Path, load_in_ort: bool) -> CheckReport {
                 let t = &m.tokens;
                 let pairs = [
                     ("[DEC]", t.bos),
-                    ("[ENC]", t.enc),
+                    (m.family.itm_first_token(), t.enc),
                     ("[CLS]", t.cls),
                     ("[SEP]", t.sep),
                     ("[PAD]", t.pad),
