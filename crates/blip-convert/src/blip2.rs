@@ -17,8 +17,8 @@ use onnx_writer::{DataType, attr_int, attr_ints};
 
 use crate::Result;
 use crate::graphs::{
-    BuiltGraph, IoSpec, declare_inputs, finish, fixed, io_spec, sym, text_inputs, vision_tokens,
-    vision_tower,
+    BuiltGraph, declare_inputs, finish, fixed, image_states_input, io_spec, sym, text_inputs,
+    vision_tokens, vision_tower,
 };
 use crate::net::{Net, Scale};
 
@@ -228,18 +228,6 @@ fn qformer(
     Ok(h)
 }
 
-fn vision_states_input(cfg: &Blip2Config) -> IoSpec {
-    io_spec(
-        ENCODER_HIDDEN_STATES,
-        DataType::F32,
-        &[
-            sym("batch"),
-            sym("encoder_sequence"),
-            fixed(cfg.vision.hidden_size),
-        ],
-    )
-}
-
 /// Retrieval: pixels → ViT states and the per-query ITC embeddings `[B, Q, E]`. `pos_embed`
 /// replaces the checkpoint's position embedding when it was interpolated to a new size.
 pub(crate) fn vision_encoder<'a>(
@@ -302,7 +290,7 @@ pub(crate) fn text_encoder<'a>(mut net: Net<'a>, cfg: &Blip2Config) -> Result<Bu
 /// the ITM head averaged over the query rows, `itm_logits [B, 2]` (column 1: match).
 pub(crate) fn itm<'a>(mut net: Net<'a>, cfg: &Blip2Config) -> Result<BuiltGraph<'a>> {
     let mut inputs = text_inputs();
-    inputs.push(vision_states_input(cfg));
+    inputs.push(image_states_input(&cfg.vision));
     declare_inputs(&mut net, &inputs);
     let q = cfg.num_query_tokens;
     let queries = query_tokens(&mut net, cfg, INPUT_IDS)?;

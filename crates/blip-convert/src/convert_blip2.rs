@@ -47,7 +47,7 @@ pub(crate) fn convert(
     if let Some(asked) = opts.head.filter(|h| *h != Head::Retrieval) {
         return Err(ConvertError::HeadMismatch {
             asked: asked.name().into(),
-            missing: format!("{asked} (a BLIP-2 retrieval checkpoint has no such head)"),
+            missing: crate::required_prefix(asked).trim_end_matches('.').into(),
         });
     }
     let (trained_size, pos_embed) =
@@ -58,13 +58,8 @@ pub(crate) fn convert(
         cfg.qformer.vocab_size,
         Family::Blip2,
     )?;
-    let report = staged(output, |dir| {
+    staged(output, start, |dir| {
         write_package(ck, &cfg, pos_embed, &tok, dir, opts, trained_size, start)
-    })?;
-    Ok(ConvertReport {
-        output: output.to_path_buf(),
-        total_seconds: start.elapsed().as_secs_f64(),
-        ..report
     })
 }
 

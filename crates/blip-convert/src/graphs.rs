@@ -544,22 +544,20 @@ pub fn text_encoder<'a>(mut net: Net<'a>, cfg: &BlipConfig) -> Result<BuiltGraph
     Ok(finish(net, inputs, outputs))
 }
 
-fn image_states_input(cfg: &BlipConfig) -> IoSpec {
+/// The vision tower's states as a graph input (`encoder_hidden_states [batch, tokens, D]`), for
+/// the graphs that cross-attend to an image (BLIP's and BLIP-2's ITM, BLIP's VQA encoder).
+pub(crate) fn image_states_input(v: &VisionConfig) -> IoSpec {
     io_spec(
         ENCODER_HIDDEN_STATES,
         DataType::F32,
-        &[
-            sym("batch"),
-            sym("encoder_sequence"),
-            fixed(cfg.vision.hidden_size),
-        ],
+        &[sym("batch"), sym("encoder_sequence"), fixed(v.hidden_size)],
     )
 }
 
 /// The image-grounded text encoder shared by ITM and VQA: ids, mask and image states in, hidden states out.
 fn grounded_encoder(net: &mut Net<'_>, cfg: &BlipConfig) -> Result<(Vec<IoSpec>, String)> {
     let mut inputs = text_inputs();
-    inputs.push(image_states_input(cfg));
+    inputs.push(image_states_input(&cfg.vision));
     declare_inputs(net, &inputs);
     let h = text_encoder_body(
         net,

@@ -206,7 +206,7 @@ pub fn convert(checkpoint: &Path, output: &Path, opts: &ConvertOptions) -> Resul
         Family::Blip,
     )?;
 
-    let report = staged(output, |tmp| {
+    staged(output, start, |tmp| {
         write_package(
             &ck,
             &cfg,
@@ -218,11 +218,6 @@ pub fn convert(checkpoint: &Path, output: &Path, opts: &ConvertOptions) -> Resul
             trained_size,
             start,
         )
-    })?;
-    Ok(ConvertReport {
-        output: output.to_path_buf(),
-        total_seconds: start.elapsed().as_secs_f64(),
-        ..report
     })
 }
 
@@ -407,10 +402,15 @@ fn position_embedding(
     Ok((trained_size, Some(interpolated)))
 }
 
-/// Runs `write` on a hidden sibling folder of `output`, renamed into place when it succeeds: a
-/// failed conversion leaves nothing behind.
-fn staged<T>(output: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-    blip_package::write_staged(output, write).map_err(|e| match e {
+/// Runs `write` on a hidden sibling folder of `output`, renamed into place when it succeeds (a
+/// failed conversion leaves nothing behind); the report names `output` and the whole time since
+/// `start`.
+fn staged(
+    output: &Path,
+    start: Instant,
+    write: impl FnOnce(&Path) -> Result<ConvertReport>,
+) -> Result<ConvertReport> {
+    let report = blip_package::write_staged(output, write).map_err(|e| match e {
         blip_package::StagedError::Create(source) => ConvertError::Unwritable {
             path: output.to_path_buf(),
             source,
@@ -422,6 +422,11 @@ fn staged<T>(output: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T>
                 source,
             },
         },
+    })?;
+    Ok(ConvertReport {
+        output: output.to_path_buf(),
+        total_seconds: start.elapsed().as_secs_f64(),
+        ..report
     })
 }
 

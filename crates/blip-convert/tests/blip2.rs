@@ -168,3 +168,22 @@ fn blip2_models_it_cannot_convert_are_refused_by_name() {
         assert!(e.contains(expected), "check_config: {e}");
     }
 }
+
+/// `--head` other than retrieval on a BLIP-2 retrieval checkpoint: BLIP's mismatch error, nothing written.
+#[test]
+fn blip2_retrieval_checkpoint_refuses_another_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let opts = ConvertOptions {
+        head: Some(Head::Caption),
+        ..Default::default()
+    };
+    let e = blip_convert::convert(&fixture("models/tiny-blip2-retrieval"), &out, &opts)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "--head caption does not match the checkpoint, which has no text_decoder tensors"
+    );
+    assert!(!out.exists());
+}
