@@ -517,14 +517,13 @@ fn against_gates(
             let (ia, ib) = (va.embeds.unwrap_or_default(), vb.embeds.unwrap_or_default());
             let (ta, tb) = (a.embed_texts(&texts)?, b.embed_texts(&texts)?);
             // Every vector of every image (BLIP-2: one per query) against its counterpart.
+            // (An empty gate would pass: a shape error is an error, not no rows.)
             let vectors = |e: &ndarray::Array3<f32>| {
                 let (n, v, w) = e.dim();
-                e.as_standard_layout()
-                    .into_owned()
-                    .into_shape_with_order((n * v, w))
-                    .unwrap_or_default()
+                ndarray::Array2::from_shape_vec((n * v, w), e.iter().copied().collect())
+                    .map_err(|err| ValidateError::Input(format!("image embeddings: {err}")))
             };
-            let (imin, imean) = rows_cosines(&vectors(&ia), &vectors(&ib));
+            let (imin, imean) = rows_cosines(&vectors(&ia)?, &vectors(&ib)?);
             gates.push(Gate::at_least(
                 "against: image embedding cosine (min)",
                 imin,
